@@ -1,0 +1,146 @@
+"""What the engine learns from: one workflow execution, as a DAG of task runs.
+
+Two input forms are accepted everywhere (Python, ``POST /executions``):
+
+- full: ``{workflow_id, tasks: [{id, tool_id, depends_on, success}], success, execution_time_ms}``
+- short: ``{workflow_id, tool_ids: [...], success, execution_time_ms}``, a plain sequence.
+
+Bad input is refused with a ``pydantic.ValidationError`` whose location names the field.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+ToolId = str
+
+
+def _new_workflow_id() -> str:
+    return f"wf-{uuid.uuid4().hex[:12]}"
+
+
+class TaskRun(BaseModel):
+    """One task of a workflow: which tool ran, what it waited for, whether it worked."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1, description="Task id, unique within the workflow.")
+    tool_id: ToolId = Field(min_length=1, description="The tool that ran, e.g. files__read.")
+    depends_on: list[str] = Field(default_factory=list, description="Ids of tasks this one waited for.")
+    success: bool = True
+
+    @model_validator(mode="after")
+    def _tool_id_not_blank(self) -> TaskRun:
+        if not self.tool_id.strip():
+            raise PydanticCustomError("blank_tool_id", "tool_id must not be blank")
+        return self
+
+
+class WorkflowExecution(BaseModel):
+    """A finished workflow: its tasks (a DAG), overall success and duration."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    workflow_id: str = Field(default_factory=_new_workflow_id, min_length=1)
+    tasks: list[TaskRun] = Field(min_length=1)
+    success: bool = Field(default=None, validate_default=False)  # type: ignore[assignment]
+    execution_time_ms: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_short_form(cls, value: Any) -> Any:
+        if not isinstance(value, dict) or "tool_ids" not in value:
+            return value
+        if "tasks" in value:
+            raise PydanticCustomError("ambiguous_form", "give either tasks or tool_ids, not both")
+        value = dict(value)
+        tool_ids = value.pop("tool_ids")
+        if not isinstance(tool_ids, list):
+            # Let the normal list validation produce the error, under the name the caller used.
+            raise PydanticCustomError("list_type", "tool_ids: must be a list of tool ids")
+        if not tool_ids:
+            raise PydanticCustomError("too_short", "tool_ids: must name at least one tool")
+        task_success = value.get("success", True)
+        value["tasks"] = [
+            {"id": f"t{i}", "tool_id": tool_id, "success": task_success if isinstance(task_success, bool) else True}
+            for i, tool_id in enumerate(tool_ids)
+        ]
+        return value
+
+    @field_validator("tasks")
+    @classmethod
+    def _check_dag(cls, tasks: list[TaskRun]) -> list[TaskRun]:
+        ids = [task.id for task in tasks]
+        seen: set[str] = set()
+        for index, task_id in enumerate(ids):
+            if task_id in seen:
+                raise PydanticCustomError("duplicate_task_id", f"tasks[{index}].id: duplicate task id {task_id!r}")
+            seen.add(task_id)
+        for index, task in enumerate(tasks):
+            for dep in task.depends_on:
+                if dep not in seen:
+                    raise PydanticCustomError(
+                        "unknown_dependency", f"tasks[{index}].depends_on: {dep!r} names no task of this workflow"
+                    )
+                if dep == task.id:
+                    raise PydanticCustomError("self_dependency", f"tasks[{index}].depends_on: task {dep!r} depends on itself")
+        cycle = _find_cycle({task.id: task.depends_on for task in tasks})
+        if cycle:
+            raise PydanticCustomError("dependency_cycle", "dependency cycle " + " -> ".join(cycle))
+        return tasks
+
+    @model_validator(mode="after")
+    def _default_success(self) -> WorkflowExecution:
+        if self.success is None:  # default: the workflow worked when every task did
+            object.__setattr__(self, "success", all(task.success for task in self.tasks))
+        return self
+
+    @property
+    def tool_ids(self) -> list[ToolId]:
+        return [task.tool_id for task in self.tasks]
+
+    @property
+    def has_dependencies(self) -> bool:
+        return any(task.depends_on for task in self.tasks)
+
+    @classmethod
+    def from_tool_ids(
+        cls, tool_ids: list[ToolId], *, success: bool = True, execution_time_ms: float = 0.0, workflow_id: str | None = None
+    ) -> WorkflowExecution:
+        data: dict[str, Any] = {"tool_ids": tool_ids, "success": success, "execution_time_ms": execution_time_ms}
+        if workflow_id is not None:
+            data["workflow_id"] = workflow_id
+        return cls.model_validate(data)
+
+
+def _find_cycle(depends_on: dict[str, list[str]]) -> list[str] | None:
+    """A dependency cycle as a list of task ids (first id repeated at the end), or None."""
+    WHITE, GREY, BLACK = 0, 1, 2
+    colour = dict.fromkeys(depends_on, WHITE)
+    for root in depends_on:
+        if colour[root] != WHITE:
+            continue
+        stack: list[tuple[str, int]] = [(root, 0)]
+        path: list[str] = [root]
+        colour[root] = GREY
+        while stack:
+            node, i = stack[-1]
+            deps = depends_on[node]
+            if i < len(deps):
+                stack[-1] = (node, i + 1)
+                nxt = deps[i]
+                if colour[nxt] == GREY:
+                    return path[path.index(nxt) :] + [nxt]
+                if colour[nxt] == WHITE:
+                    colour[nxt] = GREY
+                    stack.append((nxt, 0))
+                    path.append(nxt)
+            else:
+                colour[node] = BLACK
+                stack.pop()
+                path.pop()
+    return None
