@@ -1,0 +1,223 @@
+"""The embedded default store: one SQLite file (WAL), versioned schema, append-only event log.
+
+Durability: WAL with ``synchronous=NORMAL`` keeps every committed transaction across a crash of
+the process (SIGKILL included); only a power loss may lose the last transactions, and never
+half of one. The engine emits an execution's events only after ``record_execution`` committed.
+
+Ids: the log's ``INTEGER PRIMARY KEY AUTOINCREMENT`` never reuses an id, even after pruning, and
+SQLite has one writer at a time, so ids are assigned in commit order.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from .events import GraphEvent
+from .execution import WorkflowExecution
+from .learning import EdgeState
+from .store import LogBounds, StoredGraph
+
+SCHEMA_VERSION = 1
+
+_SCHEMA_V1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE nodes (tool_id TEXT PRIMARY KEY, server TEXT) WITHOUT ROWID;
+CREATE TABLE edges (
+    from_tool_id TEXT NOT NULL,
+    to_tool_id TEXT NOT NULL,
+    edge_type TEXT NOT NULL CHECK (edge_type IN ('dependency', 'sequence')),
+    observed_count INTEGER NOT NULL,
+    success_count INTEGER NOT NULL,
+    failure_count INTEGER NOT NULL,
+    confidence REAL NOT NULL,
+    last_observed TEXT NOT NULL,
+    PRIMARY KEY (from_tool_id, to_tool_id)
+) WITHOUT ROWID;
+CREATE TABLE executions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    workflow_id TEXT NOT NULL,
+    success INTEGER NOT NULL,
+    execution_time_ms REAL NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX executions_workflow ON executions (workflow_id);
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    type TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+"""
+
+
+class StoreError(RuntimeError):
+    """The database file cannot be used (newer schema, not a pml-gateway database, ...)."""
+
+
+class SQLiteStore:
+    """Nodes, edges, executions and the event log in one SQLite file (or ``":memory:"``).
+
+    ``max_events`` bounds the log: older events are pruned in batches, and a client asking to
+    replay from before the oldest kept id gets a reset.
+    """
+
+    def __init__(self, path: str | Path, *, max_events: int = 1_000_000) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        self._max_events = max_events
+        self._lock = threading.Lock()  # one connection, shared by the loop and replay threads
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._epoch = self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"db: {self.path} is not a usable SQLite database ({exc})") from exc
+        self._appended_since_prune = 0
+
+    # -- schema ---------------------------------------------------------------------------
+    def _migrate(self) -> str:
+        db = self._db
+        has_meta = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+        if not has_meta:
+            other = db.execute("SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()[0]
+            if other:
+                raise StoreError(f"db: {self.path} holds other tables: not a pml-gateway database")
+            epoch = uuid.uuid4().hex  # hex only: safe to inline in the script
+            db.executescript(
+                "BEGIN IMMEDIATE;"
+                + _SCHEMA_V1
+                + f"INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'), ('epoch', '{epoch}');"
+                + "COMMIT;"
+            )
+            return epoch
+        version = int(db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"db: {self.path} has schema version {version}; this pml-gateway knows up to {SCHEMA_VERSION}: upgrade it"
+            )
+        # Future migrations go here, one `if version < N:` step each.
+        return str(db.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()[0])
+
+    # -- reads ----------------------------------------------------------------------------
+    def load(self) -> StoredGraph:
+        with self._lock:
+            nodes = dict(self._db.execute("SELECT tool_id, server FROM nodes").fetchall())
+            edges = [
+                EdgeState(
+                    source=row[0],
+                    target=row[1],
+                    edge_type=row[2],
+                    observed_count=row[3],
+                    success_count=row[4],
+                    failure_count=row[5],
+                    confidence=row[6],
+                    last_observed=datetime.fromisoformat(row[7]),
+                )
+                for row in self._db.execute(
+                    "SELECT from_tool_id, to_tool_id, edge_type, observed_count, success_count, failure_count,"
+                    " confidence, last_observed FROM edges"
+                )
+            ]
+            return StoredGraph(nodes, edges, self._bounds())
+
+    def events_after(self, after_id: int, limit: int = 1000) -> list[GraphEvent]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, type, data FROM events WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+            ).fetchall()
+        return [GraphEvent.model_validate({"id": i, "type": t, "data": json.loads(d)}) for i, t, d in rows]
+
+    def bounds(self) -> LogBounds:
+        with self._lock:
+            return self._bounds()
+
+    def _bounds(self) -> LogBounds:
+        oldest, last = self._db.execute("SELECT min(id), max(id) FROM events").fetchone()
+        if last is None:  # empty log: ids still continue after what was pruned
+            row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
+            return LogBounds(self._epoch, None, row[0] if row else None)
+        return LogBounds(self._epoch, oldest, last)
+
+    def execution_count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM executions").fetchone()[0])
+
+    def workflow_ids(self) -> list[str]:
+        with self._lock:
+            return [row[0] for row in self._db.execute("SELECT workflow_id FROM executions ORDER BY seq")]
+
+    # -- writes ---------------------------------------------------------------------------
+    def record_execution(
+        self,
+        execution: WorkflowExecution,
+        nodes: dict[str, str | None],
+        edges: Sequence[EdgeState],
+        events: Sequence[GraphEvent],
+    ) -> list[GraphEvent]:
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(
+                    "INSERT INTO executions (workflow_id, success, execution_time_ms, body) VALUES (?, ?, ?, ?)",
+                    (execution.workflow_id, int(execution.success), execution.execution_time_ms, execution.model_dump_json()),
+                )
+                db.executemany("INSERT OR IGNORE INTO nodes (tool_id, server) VALUES (?, ?)", nodes.items())
+                db.executemany(
+                    "INSERT OR REPLACE INTO edges VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            e.source,
+                            e.target,
+                            e.edge_type,
+                            e.observed_count,
+                            e.success_count,
+                            e.failure_count,
+                            e.confidence,
+                            e.last_observed.isoformat(),
+                        )
+                        for e in edges
+                    ],
+                )
+                stored = self._insert_events(events)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return stored
+
+    def append_events(self, events: Sequence[GraphEvent]) -> list[GraphEvent]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                stored = self._insert_events(events)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return stored
+
+    def _insert_events(self, events: Sequence[GraphEvent]) -> list[GraphEvent]:
+        stored = []
+        for event in events:
+            cursor = self._db.execute("INSERT INTO events (type, data) VALUES (?, ?)", (event.type, event.data_json()))
+            stored.append(event.with_id(int(cursor.lastrowid)))  # type: ignore[arg-type]
+        self._appended_since_prune += len(events)
+        if self._appended_since_prune >= max(1000, self._max_events // 100):
+            self._appended_since_prune = 0
+            self._db.execute(
+                "DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?", (self._max_events,)
+            )
+        return stored
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

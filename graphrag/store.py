@@ -1,0 +1,132 @@
+"""The store seam: where the graph, the executions and the event log live.
+
+The engine needs little of a store, so that SQLite (the embedded default), memory, and later
+PostgreSQL can all sit behind it:
+
+- ``load()``: the graph as last committed, with the log's bounds.
+- ``record_execution(...)``: an execution, its edge changes and its events in ONE transaction;
+  returns the events with their log ids. Ids are assigned in commit order and only grow.
+- ``append_events(...)``: events that change no edge (``graph_synced``, ``metrics_updated``).
+- ``events_after(id, limit)`` and ``bounds()``: replay for stream clients.
+
+The log carries an ``epoch``: a Last-Event-ID from another history (a replaced database) is
+recognised by comparing ids with the bounds and answered with a reset.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol, runtime_checkable
+
+from .events import GraphEvent
+from .execution import WorkflowExecution
+from .learning import EdgeState
+
+
+class LogBounds(NamedTuple):
+    """The event log's identity and range: ``oldest_id``/``last_id`` are None while it is empty."""
+
+    epoch: str
+    oldest_id: int | None
+    last_id: int | None
+
+
+@dataclass
+class StoredGraph:
+    """Everything ``sync_from_database`` needs to rebuild the in-memory graph."""
+
+    nodes: dict[str, str | None] = field(default_factory=dict)  # tool id -> server
+    edges: list[EdgeState] = field(default_factory=list)
+    bounds: LogBounds = LogBounds("", None, None)
+
+
+@runtime_checkable
+class GraphStore(Protocol):
+    def load(self) -> StoredGraph: ...
+
+    def record_execution(
+        self,
+        execution: WorkflowExecution,
+        nodes: dict[str, str | None],
+        edges: Sequence[EdgeState],
+        events: Sequence[GraphEvent],
+    ) -> list[GraphEvent]: ...
+
+    def append_events(self, events: Sequence[GraphEvent]) -> list[GraphEvent]: ...
+
+    def events_after(self, after_id: int, limit: int = 1000) -> list[GraphEvent]: ...
+
+    def bounds(self) -> LogBounds: ...
+
+    def close(self) -> None: ...
+
+
+class MemoryStore:
+    """A store that forgets on exit: for tests, benchmarks and ``db=":memory:"``.
+
+    Its event log keeps the last ``max_events`` events, so replay behaves as with a file.
+    """
+
+    def __init__(self, *, max_events: int = 100_000) -> None:
+        self._epoch = uuid.uuid4().hex
+        self._nodes: dict[str, str | None] = {}
+        self._edges: dict[tuple[str, str], EdgeState] = {}
+        self._events: deque[GraphEvent] = deque(maxlen=max_events)
+        self._next_id = 1
+        self._lock = threading.Lock()  # events_after may be called from a worker thread
+        self.executions_recorded = 0
+
+    def load(self) -> StoredGraph:
+        with self._lock:
+            return StoredGraph(dict(self._nodes), list(self._edges.values()), self._bounds())
+
+    def record_execution(
+        self,
+        execution: WorkflowExecution,
+        nodes: dict[str, str | None],
+        edges: Sequence[EdgeState],
+        events: Sequence[GraphEvent],
+    ) -> list[GraphEvent]:
+        with self._lock:
+            for tool_id, server in nodes.items():
+                self._nodes.setdefault(tool_id, server)
+            for edge in edges:
+                self._edges[(edge.source, edge.target)] = edge
+            self.executions_recorded += 1
+            return self._append(events)
+
+    def append_events(self, events: Sequence[GraphEvent]) -> list[GraphEvent]:
+        with self._lock:
+            return self._append(events)
+
+    def _append(self, events: Sequence[GraphEvent]) -> list[GraphEvent]:
+        stored = []
+        for event in events:
+            event = event.with_id(self._next_id)
+            self._next_id += 1
+            self._events.append(event)
+            stored.append(event)
+        return stored
+
+    def events_after(self, after_id: int, limit: int = 1000) -> list[GraphEvent]:
+        with self._lock:
+            if not self._events:
+                return []
+            start = max(0, after_id + 1 - self._events[0].id)  # ids are contiguous in memory
+            return [self._events[i] for i in range(start, min(len(self._events), start + limit))]
+
+    def bounds(self) -> LogBounds:
+        with self._lock:
+            return self._bounds()
+
+    def _bounds(self) -> LogBounds:
+        if not self._events:
+            return LogBounds(self._epoch, None, self._next_id - 1 or None)
+        return LogBounds(self._epoch, self._events[0].id, self._events[-1].id)
+
+    def close(self) -> None:
+        pass
