@@ -1,0 +1,146 @@
+"""The tools the gateway exposes for its downstream servers, under ``<server>__<tool>`` names.
+
+Exposed names must match ``^[a-zA-Z0-9_-]{1,64}$``. Every other character becomes ``_``; a name
+longer than 64 characters keeps its first 57 and ends in ``_`` plus 6 hex digits of a hash of the
+original pair. When two tools still end up with the same name, the one whose name needed no change
+keeps it and every other gets that hash suffix. The hash depends only on (server, tool), so the
+outcome is the same whatever order servers connect in; each rename is logged. Input and output
+schemas pass through untouched: only ``name`` is rewritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import mcp.types as types
+
+logger = logging.getLogger(__name__)
+
+MAX_NAME = 64
+NAME_PATTERN = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_INVALID = re.compile(r"[^a-zA-Z0-9_-]")
+SEPARATOR = "__"
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredTool:
+    """A downstream tool as the gateway exposes it."""
+
+    name: str  #: exposed name, e.g. ``notes__search``
+    server: str  #: downstream server name from the config
+    original_name: str  #: the tool's name on its own server
+    tool: types.Tool  #: the downstream definition with ``name`` replaced
+
+
+def _digest(server: str, tool: str) -> str:
+    return hashlib.sha1(f"{server}\0{tool}".encode()).hexdigest()[:6]
+
+
+def sanitize(server: str, tool: str) -> str:
+    """``<server>__<tool>`` made valid; long names are trimmed and made unique with a hash."""
+    name = _INVALID.sub("_", f"{server}{SEPARATOR}{tool}")
+    if len(name) > MAX_NAME:
+        name = f"{name[: MAX_NAME - 7]}_{_digest(server, tool)}"
+    return name
+
+
+def _with_suffix(name: str, server: str, tool: str) -> str:
+    suffix = f"_{_digest(server, tool)}"
+    return name[: MAX_NAME - len(suffix)] + suffix
+
+
+class ToolRegistry:
+    """Tools per downstream server; listeners hear about every change of the exposed set."""
+
+    def __init__(self, reserved: Iterable[str] = ()) -> None:
+        self._reserved = frozenset(reserved)  # the gateway's own tool names
+        self._by_server: dict[str, list[types.Tool]] = {}
+        self._by_name: dict[str, RegisteredTool] = {}
+        self._listeners: list[Callable[[], None]] = []
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def get(self, name: str) -> RegisteredTool | None:
+        return self._by_name.get(name)
+
+    def tools(self) -> list[RegisteredTool]:
+        """Every exposed tool, ordered by exposed name."""
+        return [self._by_name[name] for name in sorted(self._by_name)]
+
+    def server_tools(self, server: str) -> list[RegisteredTool]:
+        return [entry for entry in self.tools() if entry.server == server]
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    # -- changing ------------------------------------------------------------------------------
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """``listener()`` runs synchronously after every change of the exposed tools."""
+        self._listeners.append(listener)
+
+    def set_server_tools(self, server: str, tools: Iterable[types.Tool]) -> bool:
+        """Replace one server's tools. Returns whether the exposed set changed."""
+        tools = list(tools)
+        if self._by_server.get(server) == tools:
+            return False
+        self._by_server[server] = tools
+        return self._rebuild()
+
+    def remove_server(self, server: str) -> bool:
+        """Forget a server's tools (it died or was stopped). Returns whether anything changed."""
+        if self._by_server.pop(server, None) is None:
+            return False
+        return self._rebuild()
+
+    def _rebuild(self) -> bool:
+        wanted: dict[str, list[tuple[str, types.Tool]]] = {}
+        for server in sorted(self._by_server):
+            for tool in sorted(self._by_server[server], key=lambda t: t.name):
+                wanted.setdefault(sanitize(server, tool.name), []).append((server, tool))
+        by_name: dict[str, RegisteredTool] = {}
+        renamed: list[tuple[str, str, str]] = []
+        for name, claimants in sorted(wanted.items()):
+            keeper = self._keeper(name, claimants)
+            for index, (server, tool) in enumerate(claimants):
+                final = name
+                if index != keeper:
+                    final = _with_suffix(name, server, tool.name)
+                    attempt = 1
+                    while final in by_name or final in wanted or final in self._reserved:
+                        attempt += 1  # a suffixed name that is taken too: astronomically rare
+                        final = _with_suffix(f"{name}{attempt}", server, tool.name)
+                if final != f"{server}{SEPARATOR}{tool.name}":
+                    renamed.append((tool.name, server, final))
+                by_name[final] = RegisteredTool(
+                    name=final, server=server, original_name=tool.name, tool=tool.model_copy(update={"name": final})
+                )
+        changed = by_name.keys() != self._by_name.keys() or any(
+            by_name[name].tool != self._by_name[name].tool for name in by_name
+        )
+        self._by_name = by_name
+        if not changed:
+            return False
+        for original, server, final in renamed:
+            logger.info("downstream tool %r of server %r is exposed as %r", original, server, final)
+        for listener in list(self._listeners):
+            listener()
+        return True
+
+    def _keeper(self, name: str, claimants: list[tuple[str, types.Tool]]) -> int | None:
+        """Which claimant keeps the plain name: the only one, else the first that needed no change."""
+        if name in self._reserved:
+            return None
+        if len(claimants) == 1:
+            return 0
+        for index, (server, tool) in enumerate(claimants):
+            if f"{server}{SEPARATOR}{tool.name}" == name:
+                return index
+        return None
