@@ -1,0 +1,128 @@
+"""GraphRAGEngine: events per learning step, listener order, suggestions, snapshot."""
+
+from __future__ import annotations
+
+import pytest
+
+from graphrag import GraphEvent, GraphRAGEngine, TaskRun, WorkflowExecution
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def test_first_observation_creates_then_updates() -> None:
+    engine = GraphRAGEngine()
+    first = await engine.update_from_execution(WorkflowExecution.from_tool_ids(["a", "b", "c"], workflow_id="w1"))
+    assert [e.type for e in first] == ["edge_created", "edge_created", "workflow_executed"]
+    assert first[0].data.from_tool_id == "a" and first[0].data.to_tool_id == "b"
+    assert first[0].data.observed_count == 1 and first[0].data.edge_type == "sequence"
+    assert first[-1].data.workflow_id == "w1" and first[-1].data.tool_ids == ["a", "b", "c"]
+
+    second = await engine.update_from_execution(WorkflowExecution.from_tool_ids(["a", "b"], success=False))
+    assert [e.type for e in second] == ["edge_updated", "workflow_executed"]
+    update = second[0].data
+    assert update.old_confidence == first[0].data.confidence_score
+    assert update.new_confidence < update.old_confidence
+    assert update.observed_count == 2
+    assert engine.graph.edges["a", "b"]["failure_count"] == 1
+    assert [e.id for e in first + second] == [1, 2, 3, 4, 5]
+
+
+async def test_listeners_hear_every_event_in_order_and_off_stops_them() -> None:
+    engine = GraphRAGEngine()
+    heard: list[tuple[str, int | None, str]] = []
+
+    def first(event: GraphEvent) -> None:
+        heard.append(("first", event.id, event.type))
+
+    def broken(event: GraphEvent) -> None:
+        raise RuntimeError("listener bug")
+
+    def second(event: GraphEvent) -> None:
+        heard.append(("second", event.id, event.type))
+
+    for listener in (first, broken, second):
+        engine.on(listener)
+    await engine.update_from_execution(WorkflowExecution.from_tool_ids(["a", "b"]))
+    assert heard == [
+        ("first", 1, "edge_created"),
+        ("second", 1, "edge_created"),
+        ("first", 2, "workflow_executed"),
+        ("second", 2, "workflow_executed"),
+    ]
+    engine.off(first)
+    engine.off(broken)
+    await engine.update_from_execution(WorkflowExecution.from_tool_ids(["a", "b"]))
+    assert heard[4:] == [("second", 3, "edge_updated"), ("second", 4, "workflow_executed")]
+
+
+async def test_dependency_wins_over_sequence() -> None:
+    engine = GraphRAGEngine()
+    await engine.update_from_execution(WorkflowExecution.from_tool_ids(["a", "b"]))
+    dag = WorkflowExecution(tasks=[TaskRun(id="1", tool_id="a"), TaskRun(id="2", tool_id="b", depends_on=["1"])])
+    events = await engine.update_from_execution(dag)
+    assert events[0].data.edge_type == "dependency"
+    events = await engine.update_from_execution(WorkflowExecution.from_tool_ids(["a", "b"]))
+    assert events[0].data.edge_type == "dependency"
+    assert engine.graph.edges["a", "b"]["observed_count"] == 3
+
+
+async def test_metrics_and_sync_events() -> None:
+    engine = GraphRAGEngine()
+    synced = await engine.sync_from_database()
+    assert synced.type == "graph_synced" and synced.data.node_count == 0
+    await engine.update_from_execution(WorkflowExecution.from_tool_ids(["a", "b", "c"]))
+    heard: list[GraphEvent] = []
+    engine.on(heard.append)
+    metrics = await engine.refresh_metrics()
+    assert [e.type for e in heard] == ["metrics_updated"]
+    assert heard[0].data.node_count == metrics.node_count == 3
+    assert heard[0].data.edge_count == 2
+    assert heard[0].data.density == pytest.approx(2 / 6)
+    assert engine.get_density() == pytest.approx(2 / 6)
+    assert [p.tool_id for p in engine.get_top_pagerank(3)] == ["c", "b", "a"]  # a chain: rank flows downstream
+    assert engine.get_communities_count() == metrics.communities_count >= 1
+    assert heard[0].id == engine.last_event_id
+
+
+async def test_suggestions_rank_reliable_successors_first() -> None:
+    engine = GraphRAGEngine()
+    for _ in range(20):
+        await engine.update_from_execution(WorkflowExecution.from_tool_ids(["read", "summarize"]))
+    for _ in range(20):
+        await engine.update_from_execution(
+            WorkflowExecution(tasks=[TaskRun(id="1", tool_id="read"), TaskRun(id="2", tool_id="translate", success=False)])
+        )
+    await engine.update_from_execution(WorkflowExecution.from_tool_ids(["read", "lucky"]))
+    suggestions = engine.suggest_next(["read"], limit=5)
+    assert [s.tool_id for s in suggestions] == ["summarize", "lucky", "translate"]
+    assert "observed 20x, 20 succeeded" in suggestions[0].reason
+    assert suggestions[0].confidence > suggestions[1].confidence > suggestions[2].confidence
+    assert engine.suggest_next(["read"], limit=1)[0].tool_id == "summarize"
+    assert engine.suggest_next(["unknown"]) == []
+    # the last tool weighs most; tools already used are not suggested again
+    await engine.update_from_execution(WorkflowExecution.from_tool_ids(["summarize", "save"]))
+    assert engine.suggest_next(["read", "summarize"])[0].tool_id == "save"
+    assert "summarize" not in [s.tool_id for s in engine.suggest_next(["read", "summarize"])]
+
+
+async def test_snapshot_matches_the_graph() -> None:
+    engine = GraphRAGEngine()
+    await engine.update_from_execution(WorkflowExecution.from_tool_ids(["files__read", "text__summarize", "plain"]))
+    snapshot = engine.snapshot()
+    assert snapshot.last_event_id == 3
+    assert {(n.id, n.server) for n in snapshot.nodes} == {("files__read", "files"), ("text__summarize", "text"), ("plain", None)}
+    assert snapshot.metrics is None and all(n.pagerank is None for n in snapshot.nodes)
+    await engine.refresh_metrics()
+    body = engine.snapshot().model_dump(mode="json")
+    assert body["last_event_id"] == 4
+    assert {e["from_tool_id"] for e in body["edges"]} == {"files__read", "text__summarize"}
+    assert set(body["edges"][0]) >= {
+        "from_tool_id", "to_tool_id", "confidence", "observed_count", "success_count", "failure_count", "edge_type",
+    }
+    assert body["metrics"]["node_count"] == 3 and "pagerank" not in body["metrics"]
+    assert all(n["pagerank"] is not None and n["community"] is not None for n in body["nodes"])

@@ -1,0 +1,144 @@
+"""SQLiteStore: round trip through a file, ids that only grow, epoch, pruning, schema checks."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from graphrag import GraphRAGEngine, MemoryStore, SQLiteStore, StoreError, WorkflowExecution
+from graphrag.sqlite_store import SCHEMA_VERSION
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _executions() -> list[WorkflowExecution]:
+    return [
+        WorkflowExecution.from_tool_ids(["fs__read", "text__summarize", "notes__save"]),
+        WorkflowExecution.from_tool_ids(["fs__read", "text__summarize"], success=False),
+        WorkflowExecution.model_validate(
+            {
+                "workflow_id": "dag",
+                "tasks": [
+                    {"id": "r", "tool_id": "fs__read"},
+                    {"id": "s", "tool_id": "text__summarize", "depends_on": ["r"]},
+                    {"id": "k", "tool_id": "text__keywords", "depends_on": ["r"]},
+                ],
+            }
+        ),
+    ]
+
+
+async def test_reopened_file_gives_back_the_same_graph(tmp_path: Path) -> None:
+    path = tmp_path / "graph.db"
+    engine = GraphRAGEngine(store=SQLiteStore(path))
+    await engine.sync_from_database()
+    for execution in _executions():
+        await engine.update_from_execution(execution)
+    edges = {(u, v): dict(a) for u, v, a in engine.graph.edges(data=True)}
+    nodes = dict(engine.graph.nodes(data=True))
+    last = engine.last_event_id
+    engine.store.close()
+
+    reopened = GraphRAGEngine(store=SQLiteStore(path))
+    synced = await reopened.sync_from_database()
+    assert {(u, v): dict(a) for u, v, a in reopened.graph.edges(data=True)} == edges
+    assert dict(reopened.graph.nodes(data=True)) == nodes
+    assert edges[("fs__read", "text__summarize")]["edge_type"] == "dependency"
+    assert edges[("fs__read", "text__summarize")]["observed_count"] == 3
+    assert edges[("fs__read", "text__summarize")]["failure_count"] == 1
+    assert synced.data.node_count == 4 and synced.data.edge_count == 3
+    assert synced.id == last + 1  # ids keep growing across restarts
+    assert reopened.store.execution_count() == 3
+    assert reopened.store.workflow_ids()[-1] == "dag"
+
+
+async def test_events_after_replays_the_log_in_order(tmp_path: Path) -> None:
+    engine = GraphRAGEngine(store=SQLiteStore(tmp_path / "g.db"))
+    emitted = []
+    engine.on(emitted.append)
+    for execution in _executions():
+        await engine.update_from_execution(execution)
+    replayed = engine.store.events_after(0, limit=1000)
+    assert [(e.id, e.type, e.data_json()) for e in replayed] == [(e.id, e.type, e.data_json()) for e in emitted]
+    assert [e.id for e in engine.store.events_after(emitted[2].id, limit=2)] == [emitted[3].id, emitted[4].id]
+    bounds = engine.store.bounds()
+    assert (bounds.oldest_id, bounds.last_id) == (emitted[0].id, emitted[-1].id)
+
+
+async def test_epoch_differs_between_databases(tmp_path: Path) -> None:
+    a, b = SQLiteStore(tmp_path / "a.db"), SQLiteStore(tmp_path / "b.db")
+    assert a.bounds().epoch != b.bounds().epoch
+    assert SQLiteStore(tmp_path / "a.db").bounds().epoch == a.bounds().epoch
+
+
+async def test_log_is_pruned_but_ids_never_reused(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "g.db", max_events=500)
+    engine = GraphRAGEngine(store=store)
+    for i in range(1500):
+        await engine.update_from_execution(WorkflowExecution.from_tool_ids([f"t{i % 7}", f"t{(i + 1) % 7}"]))
+    bounds = store.bounds()
+    assert bounds.last_id == engine.last_event_id
+    assert bounds.oldest_id is not None and bounds.oldest_id > 1
+    assert bounds.last_id - bounds.oldest_id < 1500  # something was pruned
+    assert store.events_after(0, limit=1)[0].id == bounds.oldest_id
+
+
+@pytest.mark.parametrize("store_factory", [MemoryStore, lambda: SQLiteStore(":memory:")])
+async def test_in_memory_stores_count_ids_from_one(store_factory) -> None:
+    engine = GraphRAGEngine(store=store_factory())
+    events = await engine.update_from_execution(WorkflowExecution.from_tool_ids(["a", "b"]))
+    assert [e.id for e in events] == [1, 2]
+    assert [e.id for e in engine.store.events_after(1)] == [2]
+
+
+def test_memory_store_keeps_the_last_events_only() -> None:
+    store = MemoryStore(max_events=10)
+    engine = GraphRAGEngine(store=store)
+    for _ in range(20):
+        engine.record(WorkflowExecution.from_tool_ids(["a", "b"]))
+    bounds = store.bounds()
+    assert (bounds.oldest_id, bounds.last_id) == (31, 40)
+    assert [e.id for e in store.events_after(35)] == [36, 37, 38, 39, 40]
+    assert [e.id for e in store.events_after(0, limit=3)] == [31, 32, 33]
+
+
+def test_newer_schema_and_foreign_files_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    SQLiteStore(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    with pytest.raises(StoreError, match="schema version"):
+        SQLiteStore(path)
+
+    foreign = tmp_path / "other.db"
+    with sqlite3.connect(foreign) as db:
+        db.execute("CREATE TABLE customers (id INTEGER)")
+    with pytest.raises(StoreError, match="not a pml-gateway database"):
+        SQLiteStore(foreign)
+
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="not a usable SQLite database"):
+        SQLiteStore(garbage)
+
+
+async def test_failed_commit_changes_nothing(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "g.db")
+    engine = GraphRAGEngine(store=store)
+    await engine.update_from_execution(WorkflowExecution.from_tool_ids(["a", "b"]))
+    heard = []
+    engine.on(heard.append)
+    before = {(u, v): dict(a) for u, v, a in engine.graph.edges(data=True)}
+    store._db.execute("CREATE TRIGGER boom BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
+    with pytest.raises(sqlite3.DatabaseError, match="disk says no"):
+        await engine.update_from_execution(WorkflowExecution.from_tool_ids(["a", "b", "c"]))
+    assert {(u, v): dict(a) for u, v, a in engine.graph.edges(data=True)} == before
+    assert heard == []
+    assert store.execution_count() == 1
