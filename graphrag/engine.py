@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 
 import anyio
 import networkx as nx
@@ -36,7 +37,7 @@ from .graph_arrays import GraphArrays
 from .learning import EdgeState, learn, observations
 from .metrics import GraphMetrics, MetricsComputer
 from .snapshot import GraphSnapshot, SnapshotEdge, SnapshotNode
-from .store import GraphStore, MemoryStore
+from .store import ExecutionRecord, GraphStore, MemoryStore
 from .suggestions import Suggestion, suggest_next
 
 log = logging.getLogger(__name__)
@@ -105,16 +106,39 @@ class GraphRAGEngine:
 
     # -- learning -------------------------------------------------------------------------
     async def update_from_execution(self, execution: WorkflowExecution) -> list[GraphEvent]:
-        return self.record(execution)
+        return self.record_many([execution])[0]
+
+    async def update_from_executions(self, executions: Sequence[WorkflowExecution]) -> list[list[GraphEvent]]:
+        """Learn from several executions at once: one commit for all, events as if one by one."""
+        return self.record_many(executions)
 
     def record(self, execution: WorkflowExecution) -> list[GraphEvent]:
         """``update_from_execution`` for synchronous callers (benchmarks, scripts)."""
+        return self.record_many([execution])[0]
+
+    def record_many(self, executions: Sequence[WorkflowExecution]) -> list[list[GraphEvent]]:
+        if not executions:
+            return []
         now = utcnow()
+        staged: dict[tuple[str, str], EdgeState] = {}  # edges changed earlier in this batch
+        records = [self._learn(execution, staged, now) for execution in executions]
+        stored = self.store.record_executions(records)  # the commit: nothing changes before it
+        for record in records:
+            for tool_id, server in record.nodes.items():
+                self._add_node(tool_id, server)
+        for edge in staged.values():
+            self._apply_edge(edge)
+        for events in stored:
+            self._emit(events)
+        return stored
+
+    def _learn(self, execution: WorkflowExecution, staged: dict[tuple[str, str], EdgeState], now: datetime) -> ExecutionRecord:
         changes: list[EdgeState] = []
         payloads: list[EventPayload] = []
         for observation in observations(execution):
-            previous = self._edge_state(observation.source, observation.target)
-            edge = learn(previous, observation, now)
+            key = (observation.source, observation.target)
+            previous = staged.get(key) or self._edge_state(*key)
+            edge = staged[key] = learn(previous, observation, now)
             changes.append(edge)
             if previous is None:
                 payloads.append(
@@ -149,13 +173,7 @@ class GraphRAGEngine:
             )
         )
         nodes = {tool_id: server_of(tool_id) for tool_id in execution.tool_ids}
-        stored = self.store.record_execution(execution, nodes, changes, [GraphEvent.of(p) for p in payloads])
-        for tool_id, server in nodes.items():
-            self._add_node(tool_id, server)
-        for edge in changes:
-            self._apply_edge(edge)
-        self._emit(stored)
-        return stored
+        return ExecutionRecord(execution, nodes, changes, payloads)
 
     def _add_node(self, tool_id: str, server: str | None) -> None:
         if tool_id not in self.graph:
@@ -184,7 +202,7 @@ class GraphRAGEngine:
         return EdgeState(source=source, target=target, **attrs)
 
     def _store_and_emit(self, payloads: Sequence[EventPayload]) -> list[GraphEvent]:
-        stored = self.store.append_events([GraphEvent.of(p) for p in payloads])
+        stored = self.store.append_events(payloads)
         self._emit(stored)
         return stored
 

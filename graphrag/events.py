@@ -8,6 +8,7 @@ and, for graph events, the id the store's log gave it.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from functools import cached_property
 from typing import Any, ClassVar, Literal
 
 from pydantic import (
@@ -32,8 +33,9 @@ def format_timestamp(value: datetime) -> str:
     """``2026-11-21T12:00:00.000Z``: UTC, millisecond precision, as browsers' Date.parse likes it."""
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
-    value = value.astimezone(timezone.utc)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    elif value.utcoffset():
+        value = value.astimezone(timezone.utc)
+    return value.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 class EventPayload(BaseModel):
@@ -182,9 +184,18 @@ class GraphEvent(BaseModel):
     def of(cls, data: EventPayload, id: int | None = None) -> GraphEvent:
         return cls(type=data.event_type, data=data, id=id)
 
+    @classmethod
+    def stored(cls, data: EventPayload, id: int) -> GraphEvent:
+        """A logged event, built without re-validation: ``data`` is already a validated payload."""
+        return cls.model_construct(type=data.event_type, data=data, id=id)
+
     def with_id(self, id: int) -> GraphEvent:
         return self.model_copy(update={"id": id})
 
-    def data_json(self) -> str:
-        """The payload as one line of compact JSON: the SSE ``data`` field."""
+    @cached_property
+    def _data_json(self) -> str:
         return self.data.model_dump_json()
+
+    def data_json(self) -> str:
+        """The payload as one line of compact JSON: the SSE ``data`` field (computed once)."""
+        return self._data_json

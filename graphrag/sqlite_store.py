@@ -18,10 +18,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from .events import GraphEvent
-from .execution import WorkflowExecution
+from .events import EventPayload, GraphEvent
 from .learning import EdgeState
-from .store import LogBounds, StoredGraph
+from .store import ExecutionRecord, LogBounds, StoredGraph
 
 SCHEMA_VERSION = 1
 
@@ -46,7 +45,6 @@ CREATE TABLE executions (
     execution_time_ms REAL NOT NULL,
     body TEXT NOT NULL
 );
-CREATE INDEX executions_workflow ON executions (workflow_id);
 CREATE TABLE events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     type TEXT NOT NULL,
@@ -155,22 +153,22 @@ class SQLiteStore:
             return [row[0] for row in self._db.execute("SELECT workflow_id FROM executions ORDER BY seq")]
 
     # -- writes ---------------------------------------------------------------------------
-    def record_execution(
-        self,
-        execution: WorkflowExecution,
-        nodes: dict[str, str | None],
-        edges: Sequence[EdgeState],
-        events: Sequence[GraphEvent],
-    ) -> list[GraphEvent]:
+    def record_executions(self, records: Sequence[ExecutionRecord]) -> list[list[GraphEvent]]:
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.execute(
+                db.executemany(
                     "INSERT INTO executions (workflow_id, success, execution_time_ms, body) VALUES (?, ?, ?, ?)",
-                    (execution.workflow_id, int(execution.success), execution.execution_time_ms, execution.model_dump_json()),
+                    [
+                        (r.execution.workflow_id, int(r.execution.success), r.execution.execution_time_ms, r.execution.model_dump_json())
+                        for r in records
+                    ],
                 )
-                db.executemany("INSERT OR IGNORE INTO nodes (tool_id, server) VALUES (?, ?)", nodes.items())
+                db.executemany(
+                    "INSERT OR IGNORE INTO nodes (tool_id, server) VALUES (?, ?)",
+                    [item for r in records for item in r.nodes.items()],
+                )
                 db.executemany(
                     "INSERT OR REPLACE INTO edges VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [
@@ -184,38 +182,45 @@ class SQLiteStore:
                             e.confidence,
                             e.last_observed.isoformat(),
                         )
-                        for e in edges
+                        for r in records
+                        for e in r.edges
                     ],
                 )
-                stored = self._insert_events(events)
+                events = self._insert_events([p for r in records for p in r.payloads])
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+        stored, start = [], 0
+        for r in records:
+            stored.append(events[start : start + len(r.payloads)])
+            start += len(r.payloads)
         return stored
 
-    def append_events(self, events: Sequence[GraphEvent]) -> list[GraphEvent]:
+    def append_events(self, payloads: Sequence[EventPayload]) -> list[GraphEvent]:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                stored = self._insert_events(events)
+                stored = self._insert_events(payloads)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
         return stored
 
-    def _insert_events(self, events: Sequence[GraphEvent]) -> list[GraphEvent]:
-        stored = []
-        for event in events:
-            cursor = self._db.execute("INSERT INTO events (type, data) VALUES (?, ?)", (event.type, event.data_json()))
-            stored.append(event.with_id(int(cursor.lastrowid)))  # type: ignore[arg-type]
-        self._appended_since_prune += len(events)
+    def _insert_events(self, payloads: Sequence[EventPayload]) -> list[GraphEvent]:
+        # Inside the write transaction: nobody else can take ids, so number them here and insert
+        # them in one statement. AUTOINCREMENT's counter follows explicit ids.
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        first = (row[0] if row else 0) + 1
+        stored = [GraphEvent.stored(payload, first + offset) for offset, payload in enumerate(payloads)]
+        self._db.executemany(
+            "INSERT INTO events (id, type, data) VALUES (?, ?, ?)", [(e.id, e.type, e.data_json()) for e in stored]
+        )
+        self._appended_since_prune += len(stored)
         if self._appended_since_prune >= max(1000, self._max_events // 100):
             self._appended_since_prune = 0
-            self._db.execute(
-                "DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?", (self._max_events,)
-            )
+            self._db.execute("DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?", (self._max_events,))
         return stored
 
     def close(self) -> None:

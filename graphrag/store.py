@@ -4,9 +4,10 @@ The engine needs little of a store, so that SQLite (the embedded default), memor
 PostgreSQL can all sit behind it:
 
 - ``load()``: the graph as last committed, with the log's bounds.
-- ``record_execution(...)``: an execution, its edge changes and its events in ONE transaction;
-  returns the events with their log ids. Ids are assigned in commit order and only grow.
-- ``append_events(...)``: events that change no edge (``graph_synced``, ``metrics_updated``).
+- ``record_executions(records)``: executions, their edge changes and their events in ONE
+  transaction; returns each execution's events with their log ids. Ids are assigned in commit
+  order and only grow. (A batch shares one commit: the cost of ingesting lists.)
+- ``append_events(...)``: payloads of events that change no edge (``graph_synced``, ``metrics_updated``).
 - ``events_after(id, limit)`` and ``bounds()``: replay for stream clients.
 
 The log carries an ``epoch``: a Last-Event-ID from another history (a replaced database) is
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol, runtime_checkable
 
-from .events import GraphEvent
+from .events import EventPayload, GraphEvent
 from .execution import WorkflowExecution
 from .learning import EdgeState
 
@@ -44,19 +45,23 @@ class StoredGraph:
     bounds: LogBounds = LogBounds("", None, None)
 
 
+@dataclass(frozen=True, slots=True)
+class ExecutionRecord:
+    """One execution and what learning it changes, ready to be committed."""
+
+    execution: WorkflowExecution
+    nodes: dict[str, str | None]  # tool id -> server, inserted if new
+    edges: Sequence[EdgeState]  # the edges' new states
+    payloads: Sequence[EventPayload]  # its events, in order
+
+
 @runtime_checkable
 class GraphStore(Protocol):
     def load(self) -> StoredGraph: ...
 
-    def record_execution(
-        self,
-        execution: WorkflowExecution,
-        nodes: dict[str, str | None],
-        edges: Sequence[EdgeState],
-        events: Sequence[GraphEvent],
-    ) -> list[GraphEvent]: ...
+    def record_executions(self, records: Sequence[ExecutionRecord]) -> list[list[GraphEvent]]: ...
 
-    def append_events(self, events: Sequence[GraphEvent]) -> list[GraphEvent]: ...
+    def append_events(self, payloads: Sequence[EventPayload]) -> list[GraphEvent]: ...
 
     def events_after(self, after_id: int, limit: int = 1000) -> list[GraphEvent]: ...
 
@@ -84,32 +89,26 @@ class MemoryStore:
         with self._lock:
             return StoredGraph(dict(self._nodes), list(self._edges.values()), self._bounds())
 
-    def record_execution(
-        self,
-        execution: WorkflowExecution,
-        nodes: dict[str, str | None],
-        edges: Sequence[EdgeState],
-        events: Sequence[GraphEvent],
-    ) -> list[GraphEvent]:
+    def record_executions(self, records: Sequence[ExecutionRecord]) -> list[list[GraphEvent]]:
         with self._lock:
-            for tool_id, server in nodes.items():
-                self._nodes.setdefault(tool_id, server)
-            for edge in edges:
-                self._edges[(edge.source, edge.target)] = edge
-            self.executions_recorded += 1
-            return self._append(events)
+            stored = []
+            for record in records:
+                for tool_id, server in record.nodes.items():
+                    self._nodes.setdefault(tool_id, server)
+                for edge in record.edges:
+                    self._edges[(edge.source, edge.target)] = edge
+                stored.append(self._append(record.payloads))
+            self.executions_recorded += len(records)
+            return stored
 
-    def append_events(self, events: Sequence[GraphEvent]) -> list[GraphEvent]:
+    def append_events(self, payloads: Sequence[EventPayload]) -> list[GraphEvent]:
         with self._lock:
-            return self._append(events)
+            return self._append(payloads)
 
-    def _append(self, events: Sequence[GraphEvent]) -> list[GraphEvent]:
-        stored = []
-        for event in events:
-            event = event.with_id(self._next_id)
-            self._next_id += 1
-            self._events.append(event)
-            stored.append(event)
+    def _append(self, payloads: Sequence[EventPayload]) -> list[GraphEvent]:
+        stored = [GraphEvent.stored(payload, self._next_id + offset) for offset, payload in enumerate(payloads)]
+        self._next_id += len(stored)
+        self._events.extend(stored)
         return stored
 
     def events_after(self, after_id: int, limit: int = 1000) -> list[GraphEvent]:

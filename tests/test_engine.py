@@ -126,3 +126,26 @@ async def test_snapshot_matches_the_graph() -> None:
     }
     assert body["metrics"]["node_count"] == 3 and "pagerank" not in body["metrics"]
     assert all(n["pagerank"] is not None and n["community"] is not None for n in body["nodes"])
+
+
+async def test_a_batch_learns_exactly_as_one_by_one(tmp_path) -> None:
+    from graphrag import SQLiteStore
+
+    executions = [
+        WorkflowExecution.from_tool_ids(["a", "b", "c"], workflow_id="w0"),
+        WorkflowExecution.from_tool_ids(["a", "b"], success=False, workflow_id="w1"),
+        WorkflowExecution.from_tool_ids(["b", "c", "a"], workflow_id="w2"),
+    ]
+    single, batched = GraphRAGEngine(), GraphRAGEngine(store=SQLiteStore(tmp_path / "b.db"))
+    expected = [await single.update_from_execution(x) for x in executions]
+    heard: list[GraphEvent] = []
+    batched.on(heard.append)
+    got = await batched.update_from_executions(executions)
+
+    def strip(events):
+        return [(e.id, e.type, {k: v for k, v in e.data.model_dump().items() if k != "timestamp"}) for e in events]
+
+    assert [strip(events) for events in got] == [strip(events) for events in expected]
+    assert strip(heard) == strip([e for events in expected for e in events])
+    assert dict(batched.graph.edges) == dict(single.graph.edges)
+    assert batched.store.execution_count() == 3
