@@ -1,0 +1,5 @@
+"""``python -m pml_gateway``: the same as the ``pml-gateway`` console script."""
+
+from .cli import main
+
+raise SystemExit(main())

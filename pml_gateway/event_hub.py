@@ -1,0 +1,399 @@
+"""The event hub: between the engine, which produces events, and the stream clients.
+
+The hub receives every ``GraphEvent`` once (it is an engine listener), serialises it ONCE to the
+bytes that go on the wire, keeps the last ``replay_buffer`` of them, and offers them to every
+subscriber's bounded queue. The broadcaster never awaits a client: offering is a bounds check and
+a deque append; a client whose queue is full is dropped (``clients_dropped_slow``) instead of
+slowing everyone down.
+
+Replay (``Last-Event-ID``) is gap-free and duplicate-free by construction: a subscriber is
+registered for live events first, synchronously, and remembers the last id published at that
+moment (its *seam*). Replay then covers ``(requested, seam]`` (from memory when the buffer still
+holds it, else from the store's event log) and live delivery covers ``(seam, ...)``. Live frames
+are also deduplicated by id, so a future hub that cannot register atomically stays correct.
+
+``EventHub`` is the small interface the stream depends on; ``InProcessEventHub`` is the
+single-process implementation. A Redis Streams hub (several gateway processes) implements the
+same interface later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+import anyio
+
+from graphrag import GraphEvent, LogBounds
+from graphrag.events import EventPayload, ResetData
+
+log = logging.getLogger(__name__)
+
+#: Replayed frames are sent in chunks of this many events (one write each).
+REPLAY_CHUNK = 256
+#: Events read from the store's log per query while replaying.
+LOG_PAGE = 1000
+
+
+# -- wire format ------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One event as it goes on the wire: serialised once, shared by every client."""
+
+    type: str
+    id: int | None
+    wire: bytes
+
+
+def encode_event(event: GraphEvent) -> Frame:
+    """``id: N\\nevent: T\\ndata: {json}\\n\\n`` (no ``id:`` line for connection events)."""
+    head = f"id: {event.id}\n" if event.id is not None else ""
+    wire = f"{head}event: {event.type}\ndata: {event.data_json()}\n\n".encode()
+    return Frame(event.type, event.id, wire)
+
+
+def encode_payload(payload: EventPayload, *, retry_ms: int | None = None) -> bytes:
+    """A connection event (``connected``, ``heartbeat``, ``reset``): never an ``id:`` line."""
+    retry = f"retry: {retry_ms}\n" if retry_ms is not None else ""
+    return f"event: {payload.event_type}\ndata: {payload.model_dump_json()}\n{retry}\n".encode()
+
+
+# -- what the hub needs from the store ---------------------------------------------------------
+class EventLog(Protocol):
+    """The store's event log, as far as replay needs it (``graphrag.GraphStore`` satisfies it)."""
+
+    def events_after(self, after_id: int, limit: int = 1000) -> list[GraphEvent]: ...
+
+    def bounds(self) -> LogBounds: ...
+
+
+class CloseReason(str, Enum):
+    CLIENT = "client"  # the client went away, or the stream ended
+    SLOW = "slow"  # its queue overflowed
+    SHUTDOWN = "shutdown"  # the hub closed
+
+
+class HubClosed(RuntimeError):
+    """Subscribing to a hub that is shutting down."""
+
+
+@dataclass(frozen=True)
+class HubStats:
+    connected_clients: int
+    total_connections: int
+    events_published: int
+    events_delivered: int
+    clients_dropped_slow: int
+    last_event_id: int | None
+    oldest_buffered_id: int | None
+
+
+# -- the interface ---------------------------------------------------------------------------
+class Subscription(ABC):
+    """One client's view of the hub: a replay, then live chunks, until closed."""
+
+    __slots__ = ()
+
+    client_id: str
+    #: The last event id published when the subscription was registered: replay ends here.
+    seam_id: int | None
+    #: Why it ended, once it did.
+    close_reason: CloseReason | None
+    #: Called when the hub drops the client while it is not waiting (it may be stuck in a send
+    #: to a client that stopped reading): the stream cancels its response with it.
+    on_forced_close: Callable[[], None] | None
+
+    @abstractmethod
+    def replay(self) -> AsyncIterator[bytes]:
+        """Chunks of wire bytes: a ``reset`` frame, or the events after the requested id up to the seam."""
+
+    @abstractmethod
+    async def next_chunk(self) -> bytes | None:
+        """The live frames queued since the last call, joined; waits for one; None once closed."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Unregister (idempotent)."""
+
+
+class EventHub(ABC):
+    """Fan-out of graph events to stream subscribers, with a replay buffer."""
+
+    @property
+    @abstractmethod
+    def connected_clients(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def last_event_id(self) -> int | None: ...
+
+    @abstractmethod
+    def publish(self, event: GraphEvent) -> None:
+        """Hand one graph event (with its id) to every subscriber. Never blocks on a client."""
+
+    @abstractmethod
+    def broadcast(self, wire: bytes) -> None:
+        """Hand connection-scoped bytes (the heartbeat) to every subscriber, unfiltered, unbuffered."""
+
+    @abstractmethod
+    def subscribe(self, *, types: frozenset[str] | None = None, last_event_id: int | None = None) -> Subscription:
+        """Register a client now (live events from this moment on); replay from ``last_event_id``."""
+
+    @abstractmethod
+    def stats(self) -> HubStats: ...
+
+    @abstractmethod
+    def close(self) -> None:
+        """End every subscription and refuse new ones (process shutdown)."""
+
+
+# -- the in-process implementation -----------------------------------------------------------
+class _Subscriber(Subscription):
+    __slots__ = (
+        "client_id",
+        "seam_id",
+        "close_reason",
+        "on_forced_close",
+        "_hub",
+        "_types",
+        "_capacity",
+        "_queue",
+        "_waiter",
+        "_requested",
+        "_missed",
+        "_last_sent_id",
+    )
+
+    def __init__(
+        self,
+        hub: InProcessEventHub,
+        *,
+        types: frozenset[str] | None,
+        capacity: int,
+        requested: int | None,
+        seam: int | None,
+        missed: list[Frame] | None,
+    ) -> None:
+        self.client_id = uuid.uuid4().hex[:16]
+        self.seam_id = seam
+        self.close_reason: CloseReason | None = None
+        self.on_forced_close: Callable[[], None] | None = None
+        self._hub = hub
+        self._types = types
+        self._capacity = capacity
+        self._queue: deque[Frame | bytes] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._requested = requested
+        self._missed = missed  # replay taken from memory at registration; None: ask the log
+        self._last_sent_id = seam if seam is not None else -1
+
+    # Called by the hub, synchronously, for every frame. Never awaits.
+    def _offer(self, item: Frame | bytes) -> None:
+        if type(item) is Frame and self._types is not None and item.type not in self._types:
+            return
+        if len(self._queue) >= self._capacity:
+            self._hub._drop_slow(self)
+            return
+        self._queue.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _end(self, reason: CloseReason) -> None:
+        if self.close_reason is not None:
+            return
+        self.close_reason = reason
+        self._queue.clear()
+        waiter = self._waiter
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(None)  # it was waiting: it wakes up and ends its stream itself
+        elif reason is CloseReason.SLOW and self.on_forced_close is not None:
+            self.on_forced_close()  # busy (maybe stuck writing to a client that stopped reading)
+
+    async def next_chunk(self) -> bytes | None:
+        while not self._queue:
+            if self.close_reason is not None:
+                return None
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if self.close_reason is not None:
+            return None
+        items = list(self._queue)
+        self._queue.clear()
+        parts: list[bytes] = []
+        delivered = 0
+        last = self._last_sent_id
+        for item in items:
+            if type(item) is Frame:
+                if item.id is not None:
+                    if item.id <= last:
+                        continue  # already sent by the replay
+                    last = item.id
+                    delivered += 1
+                parts.append(item.wire)
+            else:
+                parts.append(item)
+        self._last_sent_id = last
+        self._hub._delivered += delivered
+        return b"".join(parts)
+
+    async def replay(self) -> AsyncIterator[bytes]:
+        requested, seam, hub = self._requested, self.seam_id, self._hub
+        if requested is None or requested == seam:
+            return
+        if seam is None or requested > seam:
+            # Beyond the last id: a Last-Event-ID from another history (the database was replaced).
+            yield hub._reset_frame("unknown_event_id", requested)
+            return
+        if self._missed is not None:
+            frames: Iterable[Frame] = self._missed
+            self._missed = None
+            for chunk in self._chunks(frames):
+                yield chunk
+            return
+        # Older than the memory buffer: the store's log, while it still holds the id after it.
+        bounds = await anyio.to_thread.run_sync(hub._log.bounds)
+        if bounds.oldest_id is None or bounds.oldest_id > requested + 1:
+            yield hub._reset_frame("evicted", requested, bounds.oldest_id)
+            return
+        cursor = requested
+        while cursor < seam:
+            events = await anyio.to_thread.run_sync(hub._log.events_after, cursor, LOG_PAGE)
+            if not events:
+                break
+            cursor = events[-1].id or cursor
+            frames = [encode_event(e) for e in events if e.id is not None and e.id <= seam]
+            for chunk in self._chunks(frames):
+                yield chunk
+            if len(events) < LOG_PAGE:
+                break
+
+    def _chunks(self, frames: Iterable[Frame]) -> Iterable[bytes]:
+        batch: list[bytes] = []
+        types = self._types
+        for frame in frames:
+            if types is not None and frame.type not in types:
+                continue
+            batch.append(frame.wire)
+            self._hub._delivered += 1
+            if len(batch) >= REPLAY_CHUNK:
+                yield b"".join(batch)
+                batch = []
+        if batch:
+            yield b"".join(batch)
+
+    def close(self) -> None:
+        self._hub._unsubscribe(self, CloseReason.CLIENT)
+
+
+class InProcessEventHub(EventHub):
+    """One process: events from this process's engine, subscribers in this process."""
+
+    def __init__(self, log: EventLog, *, replay_buffer: int = 10_000, client_queue: int = 1_000) -> None:
+        self._log = log
+        self._client_queue = client_queue
+        self._buffer: deque[Frame] = deque(maxlen=replay_buffer)
+        bounds = log.bounds()
+        self._last_id: int | None = bounds.last_id
+        # Every event with an id above the floor is in memory; below it, ask the log.
+        self._memory_floor: int = bounds.last_id or 0
+        self._subscribers: dict[str, _Subscriber] = {}
+        self._closed = False
+        self._published = 0
+        self._delivered = 0
+        self._total_connections = 0
+        self._dropped_slow = 0
+
+    # -- producer side --------------------------------------------------------------------
+    @property
+    def connected_clients(self) -> int:
+        return len(self._subscribers)
+
+    @property
+    def last_event_id(self) -> int | None:
+        return self._last_id
+
+    def publish(self, event: GraphEvent) -> None:
+        frame = encode_event(event)
+        if frame.id is not None:
+            if self._last_id is not None and frame.id <= self._last_id:
+                log.warning("event id %s does not follow %s: ignored", frame.id, self._last_id)
+                return
+            buffer = self._buffer
+            if buffer.maxlen is not None and len(buffer) == buffer.maxlen:
+                self._memory_floor = buffer[0].id  # type: ignore[assignment]  # about to be evicted
+            buffer.append(frame)
+            self._last_id = frame.id
+        self._published += 1
+        self._fan_out(frame)
+
+    def broadcast(self, wire: bytes) -> None:
+        self._fan_out(wire)
+
+    def _fan_out(self, item: Frame | bytes) -> None:
+        # A copy: a subscriber dropped during the loop leaves the dict.
+        for subscriber in tuple(self._subscribers.values()):
+            subscriber._offer(item)
+
+    # -- consumer side --------------------------------------------------------------------
+    def subscribe(self, *, types: frozenset[str] | None = None, last_event_id: int | None = None) -> Subscription:
+        if self._closed:
+            raise HubClosed("the event hub is shutting down")
+        seam = self._last_id
+        missed: list[Frame] | None = None
+        if last_event_id is not None and seam is not None and last_event_id < seam and last_event_id >= self._memory_floor:
+            # Everything after it is in memory now: take it before anything can be evicted.
+            missed = []
+            for frame in reversed(self._buffer):
+                if frame.id is not None and frame.id <= last_event_id:
+                    break
+                missed.append(frame)
+            missed.reverse()
+        subscriber = _Subscriber(
+            self, types=types, capacity=self._client_queue, requested=last_event_id, seam=seam, missed=missed
+        )
+        self._subscribers[subscriber.client_id] = subscriber
+        self._total_connections += 1
+        return subscriber
+
+    def _unsubscribe(self, subscriber: _Subscriber, reason: CloseReason) -> None:
+        if self._subscribers.pop(subscriber.client_id, None) is not None:
+            subscriber._end(reason)
+
+    def _drop_slow(self, subscriber: _Subscriber) -> None:
+        if subscriber.client_id in self._subscribers:
+            self._dropped_slow += 1
+            log.warning("event stream client %s dropped: its queue of %d events is full", subscriber.client_id, self._client_queue)
+            self._unsubscribe(subscriber, CloseReason.SLOW)
+
+    def _reset_frame(self, reason: str, requested: int, oldest: int | None = None) -> bytes:
+        if oldest is None:
+            oldest = self._buffer[0].id if self._buffer else None
+        return encode_payload(ResetData(reason=reason, oldest_event_id=oldest, requested_event_id=requested))
+
+    def stats(self) -> HubStats:
+        return HubStats(
+            connected_clients=len(self._subscribers),
+            total_connections=self._total_connections,
+            events_published=self._published,
+            events_delivered=self._delivered,
+            clients_dropped_slow=self._dropped_slow,
+            last_event_id=self._last_id,
+            oldest_buffered_id=self._buffer[0].id if self._buffer else None,
+        )
+
+    def close(self) -> None:
+        self._closed = True
+        for subscriber in tuple(self._subscribers.values()):
+            self._unsubscribe(subscriber, CloseReason.SHUTDOWN)

@@ -1,0 +1,266 @@
+"""``GET /events/stream``: the Server-Sent Events endpoint, and the manager behind it.
+
+One connection is: a ``connected`` frame (with a ``retry:`` hint), then the replay asked for with
+``Last-Event-ID`` / ``?last_event_id=`` (or a ``reset``), then live events from the hub until the
+client leaves, is dropped for being slow, or the process shuts down. The heartbeat is one frame
+for everyone, made once per ``heartbeat_seconds`` and broadcast through the hub.
+
+The wire bytes come ready-made from the hub (serialised once per event); sse-starlette's
+``EventSourceResponse`` carries them, with its SSE headers, HEAD handling and disconnect detection.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable
+
+import anyio
+from pydantic import BaseModel
+from sse_starlette import EventSourceResponse
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
+
+from graphrag.events import EVENT_TYPES, GRAPH_EVENT_TYPES, ConnectedData, HeartbeatData
+
+from .event_hub import EventHub, HubClosed, Subscription, encode_payload
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: The ``retry:`` hint of the ``connected`` frame: how long EventSource waits before reconnecting.
+RETRY_MS = 3000
+#: ``Retry-After`` on a 503.
+RETRY_AFTER_SECONDS = 5
+QUERY_PARAMETERS = ("types", "last_event_id")
+
+
+class StreamRequestError(Exception):
+    """A request the stream refuses before opening: answered as JSON with ``status``."""
+
+    def __init__(self, status: int, body: dict[str, object], headers: dict[str, str] | None = None) -> None:
+        super().__init__(body.get("error"))
+        self.status = status
+        self.body = body
+        self.headers = headers
+
+    def response(self) -> Response:
+        return JSONResponse(self.body, status_code=self.status, headers=self.headers)
+
+
+def parse_types(values: Iterable[str]) -> frozenset[str] | None:
+    """``?types=edge_*,metrics_updated`` -> the graph event types to send (None: all of them).
+
+    A trailing ``*`` matches a prefix. ``connected``, ``heartbeat`` and ``reset`` always come, so
+    naming them is allowed and changes nothing.
+    """
+    selected: set[str] = set()
+    unknown: list[str] = []
+    seen_any = False
+    for value in values:
+        for name in (part.strip() for part in value.split(",")):
+            if not name:
+                continue
+            seen_any = True
+            if name.endswith("*"):
+                matches = {t for t in EVENT_TYPES if t.startswith(name[:-1])}
+                if not matches:
+                    unknown.append(name)
+                selected |= matches
+            elif name in EVENT_TYPES:
+                selected.add(name)
+            else:
+                unknown.append(name)
+    if unknown:
+        raise StreamRequestError(
+            400,
+            {
+                "error": f"Unknown event type in types: {', '.join(unknown)}",
+                "parameter": "types",
+                "unknown": unknown,
+                "known": sorted(EVENT_TYPES),
+            },
+        )
+    if not seen_any:
+        raise StreamRequestError(400, {"error": "types is empty: name at least one event type", "parameter": "types"})
+    if "*" in selected or selected >= GRAPH_EVENT_TYPES:
+        return None
+    return frozenset(selected & GRAPH_EVENT_TYPES)
+
+
+def parse_event_id(value: str, source: str) -> int | None:
+    value = value.strip()
+    if not value:
+        return None  # an empty Last-Event-ID means "none" (EventSource before its first id)
+    if not value.isdigit():
+        raise StreamRequestError(
+            400, {"error": f"{source} must be a non-negative integer event id, got {value!r}", "parameter": source}
+        )
+    return int(value)
+
+
+def parse_request(request: Request) -> tuple[frozenset[str] | None, int | None]:
+    """Filter and replay point of a stream request; ``StreamRequestError`` on anything unknown."""
+    params = request.query_params
+    unknown = [key for key in params.keys() if key not in QUERY_PARAMETERS]
+    if unknown:
+        raise StreamRequestError(
+            400,
+            {
+                "error": f"Unknown query parameter: {', '.join(unknown)}",
+                "parameter": unknown[0],
+                "allowed": list(QUERY_PARAMETERS),
+            },
+        )
+    types = parse_types(params.getlist("types")) if "types" in params else None
+    ids = params.getlist("last_event_id")
+    if len(ids) > 1:
+        raise StreamRequestError(400, {"error": "last_event_id is given more than once", "parameter": "last_event_id"})
+    last_event_id = parse_event_id(ids[0], "last_event_id") if ids else None
+    # The header is what EventSource sends on reconnect: newer than the URL it was opened with.
+    header = request.headers.get("last-event-id")
+    if header is not None:
+        from_header = parse_event_id(header, "Last-Event-ID")
+        if from_header is not None:
+            last_event_id = from_header
+    return types, last_event_id
+
+
+class EventsStats(BaseModel):
+    """``GET /events/stats``."""
+
+    connected_clients: int
+    max_clients: int
+    total_connections: int
+    events_published: int
+    events_delivered: int
+    clients_dropped_slow: int
+    last_event_id: int | None
+    oldest_buffered_id: int | None
+    uptime_seconds: float
+
+
+class EventsStreamManager:
+    """The ASGI endpoint of ``GET /events/stream`` and the stream's heartbeat.
+
+    Built with the app; bound to the hub once the lifespan has one (``bind``); ``close`` ends
+    every open stream and refuses new ones (shutdown).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._hub: EventHub | None = None
+        self._started_at = time.time()
+        self._closing = False
+
+    @property
+    def hub(self) -> EventHub:
+        if self._hub is None:
+            raise RuntimeError("the event stream is not bound to a hub yet")
+        return self._hub
+
+    def bind(self, hub: EventHub, *, started_at: float) -> None:
+        self._hub = hub
+        self._started_at = started_at
+        self._closing = False
+
+    def uptime_seconds(self) -> float:
+        return round(max(0.0, time.time() - self._started_at), 3)
+
+    async def run_heartbeat(self) -> None:
+        """Broadcast one ``heartbeat`` every ``heartbeat_seconds`` until cancelled."""
+        while True:
+            await anyio.sleep(self.settings.heartbeat_seconds)
+            hub = self.hub
+            if hub.connected_clients:
+                payload = HeartbeatData(connected_clients=hub.connected_clients, uptime_seconds=self.uptime_seconds())
+                hub.broadcast(encode_payload(payload))
+
+    def close(self) -> None:
+        """End every open stream cleanly (each gets its final chunk) and refuse new ones."""
+        self._closing = True
+        if self._hub is not None:
+            self._hub.close()
+
+    def stats(self) -> EventsStats:
+        stats = self.hub.stats()
+        return EventsStats(
+            connected_clients=stats.connected_clients,
+            max_clients=self.settings.max_clients,
+            total_connections=stats.total_connections,
+            events_published=stats.events_published,
+            events_delivered=stats.events_delivered,
+            clients_dropped_slow=stats.clients_dropped_slow,
+            last_event_id=stats.last_event_id,
+            oldest_buffered_id=stats.oldest_buffered_id,
+            uptime_seconds=self.uptime_seconds(),
+        )
+
+    # -- the endpoint ---------------------------------------------------------------------
+    def _check_open(self) -> EventHub:
+        if self._hub is None or self._closing:
+            raise StreamRequestError(
+                503, {"error": "Shutting down"}, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
+            )
+        if self._hub.connected_clients >= self.settings.max_clients:
+            raise StreamRequestError(
+                503,
+                {"error": "Too many clients", "max": self.settings.max_clients},
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+        return self._hub
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        try:
+            types, last_event_id = parse_request(request)
+            hub = self._check_open()
+            if request.method == "HEAD":
+                # The headers a GET would get, and no stream, no subscription (sse-starlette sends
+                # headers only for HEAD).
+                await EventSourceResponse(_nothing(), ping=0)(scope, receive, send)
+                return
+            subscription = hub.subscribe(types=types, last_event_id=last_event_id)
+        except HubClosed:
+            await StreamRequestError(503, {"error": "Shutting down"}, {"Retry-After": str(RETRY_AFTER_SECONDS)}).response()(
+                scope, receive, send
+            )
+            return
+        except StreamRequestError as refused:
+            await refused.response()(scope, receive, send)
+            return
+
+        connected = encode_payload(
+            ConnectedData(
+                client_id=subscription.client_id,
+                connected_clients=hub.connected_clients,
+                last_event_id=subscription.seam_id,
+            ),
+            retry_ms=RETRY_MS,
+        )
+        log.debug("stream client %s connected (types=%s, last_event_id=%s)", subscription.client_id, types, last_event_id)
+        # The heartbeat comes through the hub, so sse-starlette's own ping is off.
+        response = EventSourceResponse(_frames(subscription, connected), ping=0, sep="\n")
+        with anyio.CancelScope() as cancel_scope:
+            # A client dropped for being slow may be stuck in a send that never completes:
+            # cancelling the response is the only way to free it.
+            subscription.on_forced_close = cancel_scope.cancel
+            try:
+                await response(scope, receive, send)
+            finally:
+                subscription.close()
+                log.debug("stream client %s gone (%s)", subscription.client_id, subscription.close_reason)
+
+
+async def _frames(subscription: Subscription, connected: bytes) -> AsyncIterator[bytes]:
+    yield connected
+    async for chunk in subscription.replay():
+        yield chunk
+    while (chunk := await subscription.next_chunk()) is not None:
+        yield chunk
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield b""  # pragma: no cover  (makes this an async generator)
