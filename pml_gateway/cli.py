@@ -19,6 +19,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from .app import AppExtension, create_app, make_server
+from .dashboard import PATH as DASHBOARD_PATH
+from .dashboard import Dashboard
 from .settings import Settings, describe_error, env_var, flag
 
 PROG = "pml-gateway"
@@ -81,6 +83,7 @@ def check_store(settings: Settings) -> None:
 def build_extensions(settings: Settings, args: argparse.Namespace) -> list[AppExtension]:
     """The extensions ``serve`` runs with (the MCP gateway, the dashboard)."""
     extensions: list[AppExtension] = []
+    extensions.append(Dashboard())  # GET /dashboard
     return extensions
 
 
@@ -88,6 +91,7 @@ def announce(settings: Settings, base_url: str) -> None:
     """Start-up lines: where to find things."""
     print(f"{PROG}: listening on {base_url}", file=sys.stderr)
     print(f"{PROG}: events at {base_url}/events/stream", file=sys.stderr)
+    print(f"{PROG}: dashboard at {base_url}{DASHBOARD_PATH}", file=sys.stderr)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

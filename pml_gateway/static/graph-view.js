@@ -1,0 +1,796 @@
+// A compact force-directed graph on a <canvas>: pan, zoom, hover, drag. No dependencies.
+//
+// Positions live in world units; `view` maps them to CSS pixels (screen = world * k + (x, y)).
+// The simulation is velocity Verlet with a cooling `alpha`, as in d3-force: it stops by itself
+// when the layout has settled and is reheated by structural changes, so an idle page costs nothing.
+
+export const PALETTE = [
+  "#60a5fa", "#f472b6", "#34d399", "#fbbf24", "#a78bfa", "#f87171",
+  "#22d3ee", "#a3e635", "#fb923c", "#e879f9", "#2dd4bf", "#facc15",
+];
+export const NO_COMMUNITY = "#8391a7";
+export const FLASH_COLORS = { created: "#4ade80", updated: "#fbbf24" };
+
+const ALPHA_MIN = 0.002;
+const ALPHA_DECAY = 1 - Math.pow(ALPHA_MIN, 1 / 300);
+const VELOCITY_KEEP = 0.6;
+const CHARGE = 320;               // repulsion between every pair
+const CHARGE_RANGE2 = 700 * 700;  // beyond this distance, no repulsion (keeps components near)
+const LINK_LENGTH = 46;
+const GRAVITY = 0.045;            // pull toward the origin, so components do not drift apart
+const COHESION = 0.06;            // pull toward the community's centroid: communities read as clusters
+const EXACT_LIMIT = 1200;         // above this many nodes, repulsion uses a grid with a cut-off
+const GRID_CELL = 160;
+const FLASH_MS = 2600;
+const BASE_RADIUS = 4.5;
+const RADIUS_RANGE = 14;
+
+function hashString(text) {
+  let h = 2166136261;
+  for (let i = 0; i < text.length; i++) {
+    h ^= text.charCodeAt(i);
+    h = Math.imul(h, 16777619);
+  }
+  return h >>> 0;
+}
+
+function serverOf(id) {
+  const cut = id.indexOf("__");
+  return cut > 0 ? id.slice(0, cut) : null;
+}
+
+function mix(a, b, t) {
+  return a + (b - a) * t;
+}
+
+/** Edge colour for a confidence in [0, 1]: dim slate for weak evidence, bright sky for strong. */
+export function edgeRgb(confidence) {
+  const t = Math.max(0, Math.min(1, confidence));
+  return [Math.round(mix(70, 56, t)), Math.round(mix(84, 189, t)), Math.round(mix(106, 248, t))];
+}
+
+export class GraphView {
+  constructor(canvas, { onHover = () => {}, onFocus = () => {} } = {}) {
+    this.canvas = canvas;
+    this.ctx = canvas.getContext("2d");
+    this.onHover = onHover;
+    this.onFocus = onFocus;
+    this.nodes = new Map();
+    this.edges = new Map();
+    this.view = { k: 1, x: 0, y: 0 };
+    this.autoFit = true;
+    this.alpha = 1;
+    this.alphaTarget = 0;
+    this.frozen = false;
+    this.showAllLabels = false;
+    this.hover = null;        // {kind: "node", node} | {kind: "edge", edge}
+    this.focusId = null;      // sticky highlight: a clicked node or a row of the PageRank list
+    this.communityColors = new Map();
+    this.width = 0;
+    this.height = 0;
+    this.dpr = 1;
+    this._nodeList = [];
+    this._edgeList = [];
+    this._listsStale = false;
+    this._maxPagerank = 0;
+    this._raf = 0;
+    this._dirty = true;
+    this._flashing = false;
+    this._pointer = null;
+    this._frame = this._frame.bind(this);
+    this._resize();
+    new ResizeObserver(() => this._resize()).observe(canvas);
+    this._bindPointer();
+  }
+
+  get nodeCount() { return this.nodes.size; }
+  get edgeCount() { return this.edges.size; }
+
+  // ---- data ------------------------------------------------------------------------------
+
+  /** Replace everything with a snapshot; nodes that survive keep their place. */
+  setGraph(nodes, edges) {
+    const firstLoad = this.nodes.size === 0;
+    const keep = new Set(nodes.map((n) => n.id));
+    for (const id of [...this.nodes.keys()]) if (!keep.has(id)) this.nodes.delete(id);
+    this.edges.clear();
+    for (const node of this.nodes.values()) { node.out.clear(); node.in.clear(); }
+    for (const n of nodes) this._node(n.id, n);
+    for (const e of edges) this._edge(e.from_tool_id, e.to_tool_id, e, null);
+    this._afterStructure(1);
+    this._recolor();
+    this._resizeNodes();
+    if (firstLoad) this._settle(120, 60);
+    this.invalidate();
+  }
+
+  /** PageRank and community of every node from a fresh snapshot, without touching the layout. */
+  mergeAttributes(nodes) {
+    for (const n of nodes) {
+      const node = this.nodes.get(n.id);
+      if (!node) continue;
+      node.pagerank = n.pagerank ?? node.pagerank;
+      node.community = n.community ?? null;
+      if (n.server !== undefined) node.server = n.server;
+    }
+    this._recolor();
+    this._resizeNodes();
+    this.invalidate();
+  }
+
+  setPagerank(toolId, score) {
+    const node = this.nodes.get(toolId);
+    if (node) node.pagerank = score;
+  }
+
+  refreshSizes() {
+    this._resizeNodes();
+    this.invalidate();
+  }
+
+  /** Add or update an edge (and its nodes); `flash` is "created", "updated" or null. */
+  upsertEdge(from, to, attrs, flash) {
+    const before = this.nodes.size + this.edges.size;
+    const edge = this._edge(from, to, attrs, flash);
+    const grew = this.nodes.size + this.edges.size !== before;
+    if (grew) {
+      this._afterStructure(0.35);
+      this._resizeNodes();
+    }
+    this.invalidate();
+    return edge;
+  }
+
+  /** Tools that ran without (yet) being on an edge, e.g. a one-tool workflow. */
+  ensureNodes(ids) {
+    let added = false;
+    for (const id of ids) {
+      if (!this.nodes.has(id)) { this._node(id); added = true; }
+    }
+    if (added) {
+      this._afterStructure(0.35);
+      this._resizeNodes();
+    }
+  }
+
+  edge(from, to) {
+    return this.edges.get(from + "\u0000" + to) || null;
+  }
+
+  /** Briefly ring the nodes of a workflow that just ran. */
+  flashNodes(ids, ok) {
+    const until = performance.now() + FLASH_MS;
+    for (const id of ids) {
+      const node = this.nodes.get(id);
+      if (node) { node.flashUntil = until; node.flashOk = ok; }
+    }
+    this._flashing = true;
+    this.invalidate();
+  }
+
+  setFocus(id) {
+    this.focusId = id && this.nodes.has(id) ? id : null;
+    this.invalidate();
+  }
+
+  setFrozen(frozen) {
+    this.frozen = frozen;
+    if (!frozen) this.reheat(0.3);
+    this.invalidate();
+  }
+
+  setShowAllLabels(show) {
+    this.showAllLabels = show;
+    this.invalidate();
+  }
+
+  reheat(alpha) {
+    this.alpha = Math.max(this.alpha, alpha);
+    this.invalidate();
+  }
+
+  fit() {
+    this.autoFit = true;
+    this.invalidate();
+  }
+
+  invalidate() {
+    this._dirty = true;
+    if (!this._raf) this._raf = requestAnimationFrame(this._frame);
+  }
+
+  /** Colour of a community id (stable across recomputations as far as membership allows). */
+  colorOf(node) {
+    if (node.community == null) return NO_COMMUNITY;
+    const index = this.communityColors.get(node.community);
+    return index == null ? NO_COMMUNITY : PALETTE[index % PALETTE.length];
+  }
+
+  /** [{community, color, size}] largest first, for the legend. */
+  communities() {
+    const sizes = new Map();
+    for (const node of this.nodes.values()) {
+      if (node.community == null) continue;
+      sizes.set(node.community, (sizes.get(node.community) || 0) + 1);
+    }
+    return [...sizes.entries()]
+      .sort((a, b) => b[1] - a[1] || a[0] - b[0])
+      .map(([community, size]) => ({ community, size, color: this.colorOf({ community }) }));
+  }
+
+  _node(id, attrs = {}) {
+    let node = this.nodes.get(id);
+    if (!node) {
+      const h = hashString(id);
+      const angle = (h % 3600) / 3600 * Math.PI * 2;
+      const radius = 12 * Math.sqrt(this.nodes.size + 1) * (0.4 + ((h >>> 12) % 1000) / 1666);
+      node = {
+        id, server: serverOf(id), pagerank: null, community: null,
+        x: Math.cos(angle) * radius, y: Math.sin(angle) * radius, vx: 0, vy: 0, fx: null, fy: null,
+        r: BASE_RADIUS, out: new Set(), in: new Set(), flashUntil: 0, flashOk: true, colorIndex: -1,
+      };
+      this.nodes.set(id, node);
+      this._listsStale = true;
+    }
+    if (attrs.server !== undefined) node.server = attrs.server;
+    if (attrs.pagerank !== undefined) node.pagerank = attrs.pagerank;
+    if (attrs.community !== undefined) node.community = attrs.community;
+    return node;
+  }
+
+  _edge(from, to, attrs, flash) {
+    const key = from + "\u0000" + to;
+    let edge = this.edges.get(key);
+    if (!edge) {
+      const fresh = !this.nodes.has(from) || !this.nodes.has(to);
+      const source = this._node(from);
+      const target = this._node(to);
+      // A new tool starts next to the tool it is linked to, not somewhere random.
+      if (fresh) this._placeNear(source, target);
+      edge = {
+        source, target, confidence: 0.5, observed_count: 0, success_count: null, failure_count: null,
+        edge_type: "sequence", last_observed: null, flashUntil: 0, flashKind: null,
+      };
+      this.edges.set(key, edge);
+      source.out.add(edge);
+      target.in.add(edge);
+      this._listsStale = true;
+    }
+    for (const field of ["confidence", "observed_count", "success_count", "failure_count", "edge_type", "last_observed"]) {
+      if (attrs[field] !== undefined && attrs[field] !== null) edge[field] = attrs[field];
+    }
+    if (flash) {
+      edge.flashUntil = performance.now() + FLASH_MS;
+      edge.flashKind = flash;
+      this._flashing = true;
+    }
+    return edge;
+  }
+
+  _placeNear(a, b) {
+    const aNew = a.out.size + a.in.size === 0;
+    const bNew = b.out.size + b.in.size === 0;
+    const jitter = (node) => (hashString(node.id) % 200 - 100) / 100 * 20;
+    if (aNew && !bNew) { a.x = b.x + jitter(a); a.y = b.y + jitter(b); }
+    else if (bNew && !aNew) { b.x = a.x + jitter(b); b.y = a.y + jitter(a); }
+  }
+
+  _afterStructure(alpha) {
+    this._listsStale = true;
+    this.reheat(alpha);
+  }
+
+  _lists() {
+    if (this._listsStale) {
+      this._nodeList = [...this.nodes.values()];
+      this._edgeList = [...this.edges.values()];
+      this._listsStale = false;
+    }
+    return [this._nodeList, this._edgeList];
+  }
+
+  _resizeNodes() {
+    let max = 0;
+    for (const node of this.nodes.values()) if (node.pagerank > max) max = node.pagerank;
+    this._maxPagerank = max;
+    for (const node of this.nodes.values()) {
+      node.r = max > 0 && node.pagerank != null
+        ? BASE_RADIUS + RADIUS_RANGE * Math.sqrt(node.pagerank / max)
+        : BASE_RADIUS + 1;
+    }
+  }
+
+  // Louvain numbers communities afresh on every run; give each new community the colour most
+  // of its members already had, so the picture does not flicker when metrics are recomputed.
+  _recolor() {
+    const groups = new Map();
+    for (const node of this.nodes.values()) {
+      if (node.community == null) continue;
+      if (!groups.has(node.community)) groups.set(node.community, []);
+      groups.get(node.community).push(node);
+    }
+    const ordered = [...groups.entries()].sort((a, b) => b[1].length - a[1].length || a[0] - b[0]);
+    const used = new Set();
+    const colors = new Map();
+    for (const [community, members] of ordered) {
+      const votes = new Map();
+      for (const m of members) if (m.colorIndex >= 0) votes.set(m.colorIndex, (votes.get(m.colorIndex) || 0) + 1);
+      let choice = -1;
+      let best = 0;
+      for (const [index, count] of votes) {
+        if (!used.has(index) && count > best) { choice = index; best = count; }
+      }
+      if (choice < 0) {
+        for (let i = 0; i < PALETTE.length; i++) if (!used.has(i)) { choice = i; break; }
+      }
+      if (choice < 0) choice = colors.size % PALETTE.length;
+      used.add(choice);
+      colors.set(community, choice);
+    }
+    for (const node of this.nodes.values()) {
+      node.colorIndex = node.community == null ? -1 : colors.get(node.community);
+    }
+    this.communityColors = colors;
+  }
+
+  // ---- simulation ------------------------------------------------------------------------
+
+  _settle(maxTicks, budgetMs) {
+    const start = performance.now();
+    for (let i = 0; i < maxTicks && performance.now() - start < budgetMs; i++) this._tick();
+  }
+
+  _tick() {
+    const [nodes, edges] = this._lists();
+    this.alpha += (this.alphaTarget - this.alpha) * ALPHA_DECAY;
+    const alpha = this.alpha;
+    const n = nodes.length;
+    if (n === 0) return;
+
+    for (const e of edges) {
+      const s = e.source;
+      const t = e.target;
+      if (s === t) continue;
+      let dx = t.x + t.vx - s.x - s.vx;
+      let dy = t.y + t.vy - s.y - s.vy;
+      const d = Math.sqrt(dx * dx + dy * dy) || 1e-6;
+      const degS = s.out.size + s.in.size;
+      const degT = t.out.size + t.in.size;
+      const strength = (0.35 + 0.65 * e.confidence) / Math.max(1, Math.min(degS, degT));
+      const l = ((d - (LINK_LENGTH + s.r + t.r)) / d) * alpha * strength;
+      dx *= l;
+      dy *= l;
+      const bias = degS / (degS + degT || 1);
+      t.vx -= dx * bias;
+      t.vy -= dy * bias;
+      s.vx += dx * (1 - bias);
+      s.vy += dy * (1 - bias);
+    }
+
+    if (n <= EXACT_LIMIT) {
+      for (let i = 0; i < n; i++) {
+        const p = nodes[i];
+        for (let j = i + 1; j < n; j++) this._repel(p, nodes[j], alpha);
+      }
+    } else {
+      this._repelGrid(nodes, alpha);
+    }
+
+    // Cohesion toward the community centroid, gravity toward the origin.
+    const sums = new Map();
+    for (const node of nodes) {
+      if (node.community == null) continue;
+      let s = sums.get(node.community);
+      if (!s) sums.set(node.community, (s = { x: 0, y: 0, n: 0 }));
+      s.x += node.x; s.y += node.y; s.n += 1;
+    }
+    for (const node of nodes) {
+      const s = node.community == null ? null : sums.get(node.community);
+      if (s && s.n > 1) {
+        node.vx += (s.x / s.n - node.x) * COHESION * alpha;
+        node.vy += (s.y / s.n - node.y) * COHESION * alpha;
+      }
+      node.vx -= node.x * GRAVITY * alpha;
+      node.vy -= node.y * GRAVITY * alpha;
+    }
+
+    for (const node of nodes) {
+      if (node.fx != null) {
+        node.x = node.fx; node.y = node.fy; node.vx = 0; node.vy = 0;
+        continue;
+      }
+      node.vx *= VELOCITY_KEEP;
+      node.vy *= VELOCITY_KEEP;
+      node.x += node.vx;
+      node.y += node.vy;
+    }
+  }
+
+  _repel(p, q, alpha) {
+    let dx = q.x - p.x;
+    let dy = q.y - p.y;
+    let d2 = dx * dx + dy * dy;
+    if (d2 > CHARGE_RANGE2) return;
+    if (d2 < 1e-4) {
+      // Coincident nodes: separate them along a direction derived from their ids.
+      const a = (hashString(p.id + q.id) % 628) / 100;
+      dx = Math.cos(a) * 0.01; dy = Math.sin(a) * 0.01; d2 = 1e-4;
+    }
+    const f = (CHARGE * alpha) / Math.max(d2, 25);
+    p.vx -= dx * f; p.vy -= dy * f;
+    q.vx += dx * f; q.vy += dy * f;
+    const min = p.r + q.r + 4;
+    if (d2 < min * min) {
+      const d = Math.sqrt(d2);
+      const push = ((min - d) / d) * 0.35;
+      p.vx -= dx * push; p.vy -= dy * push;
+      q.vx += dx * push; q.vy += dy * push;
+    }
+  }
+
+  _repelGrid(nodes, alpha) {
+    const grid = new Map();
+    for (const node of nodes) {
+      const key = Math.floor(node.x / GRID_CELL) + "," + Math.floor(node.y / GRID_CELL);
+      if (!grid.has(key)) grid.set(key, []);
+      grid.get(key).push(node);
+    }
+    for (const [key, cell] of grid) {
+      const [cx, cy] = key.split(",").map(Number);
+      for (let gx = cx - 1; gx <= cx + 1; gx++) {
+        for (let gy = cy - 1; gy <= cy + 1; gy++) {
+          const other = grid.get(gx + "," + gy);
+          if (!other) continue;
+          // Each pair of cells once; within a cell, each pair once.
+          if (other === cell) {
+            for (let i = 0; i < cell.length; i++) for (let j = i + 1; j < cell.length; j++) this._repel(cell[i], cell[j], alpha);
+          } else if (gx + "," + gy > key) {
+            for (const p of cell) for (const q of other) this._repel(p, q, alpha);
+          }
+        }
+      }
+    }
+  }
+
+  // ---- view ------------------------------------------------------------------------------
+
+  _resize() {
+    const rect = this.canvas.getBoundingClientRect();
+    this.dpr = window.devicePixelRatio || 1;
+    this.width = Math.max(1, rect.width);
+    this.height = Math.max(1, rect.height);
+    this.canvas.width = Math.round(this.width * this.dpr);
+    this.canvas.height = Math.round(this.height * this.dpr);
+    this.invalidate();
+  }
+
+  _fitTarget() {
+    let minX = Infinity, minY = Infinity, maxX = -Infinity, maxY = -Infinity;
+    for (const node of this.nodes.values()) {
+      minX = Math.min(minX, node.x - node.r); maxX = Math.max(maxX, node.x + node.r);
+      minY = Math.min(minY, node.y - node.r); maxY = Math.max(maxY, node.y + node.r);
+    }
+    if (!isFinite(minX)) return { k: 1, x: this.width / 2, y: this.height / 2 };
+    const pad = 48;
+    const w = Math.max(maxX - minX, 60);
+    const h = Math.max(maxY - minY, 60);
+    const k = Math.min(2.2, Math.max(0.05, Math.min((this.width - 2 * pad) / w, (this.height - 2 * pad) / h)));
+    return { k, x: this.width / 2 - ((minX + maxX) / 2) * k, y: this.height / 2 - ((minY + maxY) / 2) * k };
+  }
+
+  _toWorld(sx, sy) {
+    return [(sx - this.view.x) / this.view.k, (sy - this.view.y) / this.view.k];
+  }
+
+  _frame() {
+    this._raf = 0;
+    let active = false;
+    const simulating = !this.frozen && (this.alpha > ALPHA_MIN || this.alphaTarget > 0);
+    if (simulating) {
+      const n = this.nodes.size;
+      const ticks = n < 300 ? 2 : 1;
+      for (let i = 0; i < ticks; i++) this._tick();
+      active = true;
+    } else if (this._pointer && this._pointer.node) {
+      active = true; // frozen, but a node is being dragged
+    }
+    if (this.autoFit) {
+      const t = this._fitTarget();
+      const v = this.view;
+      const ease = simulating ? 0.12 : 0.25;
+      v.k += (t.k - v.k) * ease; v.x += (t.x - v.x) * ease; v.y += (t.y - v.y) * ease;
+      if (Math.abs(t.k - v.k) / t.k > 0.002 || Math.abs(t.x - v.x) > 0.5 || Math.abs(t.y - v.y) > 0.5) active = true;
+    }
+    this._draw();
+    this._dirty = false;
+    if (active || this._flashing) this._raf = requestAnimationFrame(this._frame);
+  }
+
+  _curve(e) {
+    // A slight bend to the left of the direction of travel, so a->b and b->a never overlap.
+    const s = e.source, t = e.target;
+    const dx = t.x - s.x, dy = t.y - s.y;
+    const d = Math.sqrt(dx * dx + dy * dy) || 1;
+    const cx = (s.x + t.x) / 2 - (dy / d) * d * 0.12;
+    const cy = (s.y + t.y) / 2 + (dx / d) * d * 0.12;
+    const trim = (from, toward, r) => {
+      const ux = toward.x - from.x, uy = toward.y - from.y;
+      const ul = Math.sqrt(ux * ux + uy * uy) || 1;
+      return [from.x + (ux / ul) * r, from.y + (uy / ul) * r];
+    };
+    const [x0, y0] = trim(s, { x: cx, y: cy }, s.r + 1);
+    const [x1, y1] = trim(t, { x: cx, y: cy }, t.r + 2);
+    return { x0, y0, cx, cy, x1, y1 };
+  }
+
+  _draw() {
+    const ctx = this.ctx;
+    const { k } = this.view;
+    const now = performance.now();
+    const [nodes, edges] = this._lists();
+    ctx.setTransform(this.dpr, 0, 0, this.dpr, 0, 0);
+    ctx.clearRect(0, 0, this.width, this.height);
+    ctx.save();
+    ctx.translate(this.view.x, this.view.y);
+    ctx.scale(k, k);
+
+    const hovered = this.hover && this.hover.kind === "node" ? this.hover.node : null;
+    const center = hovered || (this.focusId && this.nodes.get(this.focusId)) || null;
+    let near = null;
+    if (center) {
+      near = new Set([center]);
+      for (const e of center.out) near.add(e.target);
+      for (const e of center.in) near.add(e.source);
+    }
+    const hoveredEdge = this.hover && this.hover.kind === "edge" ? this.hover.edge : null;
+    let flashing = false;
+
+    ctx.lineCap = "round";
+    for (const e of edges) {
+      const touches = !center || e.source === center || e.target === center;
+      const rgb = edgeRgb(e.confidence);
+      const strong = e === hoveredEdge || (center && touches);
+      const alpha = touches ? (strong ? 0.95 : 0.3 + 0.55 * e.confidence) : 0.05;
+      const width = (0.7 + 2.3 * e.confidence + (e === hoveredEdge ? 1.5 : 0)) / k;
+      ctx.strokeStyle = `rgba(${rgb[0]},${rgb[1]},${rgb[2]},${alpha})`;
+      ctx.fillStyle = ctx.strokeStyle;
+      ctx.lineWidth = width;
+      ctx.setLineDash(e.edge_type === "sequence" ? [5 / k, 3.5 / k] : []);
+      this._pathEdge(ctx, e);
+      ctx.stroke();
+      ctx.setLineDash([]);
+      this._arrow(ctx, e, (3.5 + 2.5 * e.confidence) / k);
+
+      if (e.flashUntil > now) {
+        flashing = true;
+        const f = (e.flashUntil - now) / FLASH_MS;
+        ctx.globalAlpha = Math.min(1, f * 1.4);
+        ctx.strokeStyle = FLASH_COLORS[e.flashKind] || FLASH_COLORS.updated;
+        ctx.lineWidth = width + (2 + 4 * f) / k;
+        this._pathEdge(ctx, e);
+        ctx.stroke();
+        ctx.globalAlpha = 1;
+      }
+    }
+
+    for (const node of nodes) {
+      const dim = near && !near.has(node);
+      ctx.globalAlpha = dim ? 0.18 : 1;
+      ctx.beginPath();
+      ctx.arc(node.x, node.y, node.r, 0, Math.PI * 2);
+      ctx.fillStyle = this.colorOf(node);
+      ctx.fill();
+      ctx.lineWidth = 1.5 / k;
+      ctx.strokeStyle = node === center ? "#f8fafc" : "rgba(8,12,20,0.9)";
+      if (node === center) ctx.lineWidth = 2.5 / k;
+      ctx.stroke();
+      if (node.flashUntil > now) {
+        flashing = true;
+        const f = (node.flashUntil - now) / FLASH_MS;
+        ctx.globalAlpha = f;
+        ctx.strokeStyle = node.flashOk ? FLASH_COLORS.created : "#f87171";
+        ctx.lineWidth = 2 / k;
+        ctx.beginPath();
+        ctx.arc(node.x, node.y, node.r + (3 + (1 - f) * 10) / k, 0, Math.PI * 2);
+        ctx.stroke();
+      }
+      ctx.globalAlpha = 1;
+    }
+    ctx.restore();
+    this._flashing = flashing;
+    this._labels(nodes, center, near);
+  }
+
+  _pathEdge(ctx, e) {
+    ctx.beginPath();
+    if (e.source === e.target) {
+      const n = e.source;
+      ctx.arc(n.x, n.y - n.r - 5, 6, 0, Math.PI * 2);
+      return;
+    }
+    const c = this._curve(e);
+    ctx.moveTo(c.x0, c.y0);
+    ctx.quadraticCurveTo(c.cx, c.cy, c.x1, c.y1);
+  }
+
+  _arrow(ctx, e, size) {
+    if (e.source === e.target) return;
+    const c = this._curve(e);
+    const angle = Math.atan2(c.y1 - c.cy, c.x1 - c.cx);
+    ctx.beginPath();
+    ctx.moveTo(c.x1, c.y1);
+    ctx.lineTo(c.x1 - size * Math.cos(angle - 0.45), c.y1 - size * Math.sin(angle - 0.45));
+    ctx.lineTo(c.x1 - size * Math.cos(angle + 0.45), c.y1 - size * Math.sin(angle + 0.45));
+    ctx.closePath();
+    ctx.fill();
+  }
+
+  _labels(nodes, center, near) {
+    const ctx = this.ctx;
+    const { k, x: tx, y: ty } = this.view;
+    let candidates;
+    if (this.showAllLabels || k >= 1.6 || nodes.length <= 24) {
+      candidates = nodes.slice();
+    } else {
+      const byRank = nodes.slice().sort((a, b) => (b.pagerank ?? 0) - (a.pagerank ?? 0));
+      candidates = byRank.slice(0, 14);
+      for (const node of nodes) if (node.r * k >= 11 && !candidates.includes(node)) candidates.push(node);
+    }
+    if (near) candidates = [...near, ...candidates.filter((n) => !near.has(n))];
+    else candidates.sort((a, b) => (b.pagerank ?? 0) - (a.pagerank ?? 0));
+
+    ctx.font = "11px ui-monospace, 'DejaVu Sans Mono', Menlo, Consolas, monospace";
+    ctx.textBaseline = "middle";
+    ctx.lineJoin = "round";
+    const placed = [];
+    for (const node of candidates) {
+      if (near && !near.has(node) && !this.showAllLabels) continue;
+      const text = node.id.length > 32 ? node.id.slice(0, 31) + "…" : node.id;
+      const w = ctx.measureText(text).width;
+      const sx = node.x * k + tx + node.r * k + 4;
+      const sy = node.y * k + ty;
+      if (sx > this.width || sy < -10 || sy > this.height + 10 || sx + w < 0) continue;
+      const box = [sx - 2, sy - 8, sx + w + 2, sy + 8];
+      const must = node === center;
+      if (!must && placed.some((b) => box[0] < b[2] && box[2] > b[0] && box[1] < b[3] && box[3] > b[1])) continue;
+      placed.push(box);
+      ctx.lineWidth = 3;
+      ctx.strokeStyle = "rgba(11,15,23,0.92)";
+      ctx.strokeText(text, sx, sy);
+      ctx.fillStyle = node === center ? "#ffffff" : near ? "#e2e8f0" : "#b8c4d6";
+      ctx.fillText(text, sx, sy);
+    }
+  }
+
+  // ---- pointer ---------------------------------------------------------------------------
+
+  _nodeAt(sx, sy) {
+    const [wx, wy] = this._toWorld(sx, sy);
+    const slack = 4 / this.view.k;
+    let best = null;
+    let bestD = Infinity;
+    for (const node of this.nodes.values()) {
+      const d = Math.hypot(node.x - wx, node.y - wy);
+      if (d <= node.r + slack && d < bestD) { best = node; bestD = d; }
+    }
+    return best;
+  }
+
+  _edgeAt(sx, sy) {
+    const [wx, wy] = this._toWorld(sx, sy);
+    const limit = 5 / this.view.k;
+    let best = null;
+    let bestD = limit;
+    for (const e of this.edges.values()) {
+      let d;
+      if (e.source === e.target) {
+        const n = e.source;
+        d = Math.abs(Math.hypot(wx - n.x, wy - n.y + n.r + 5) - 6);
+      } else {
+        const c = this._curve(e);
+        d = Infinity;
+        let px = c.x0, py = c.y0;
+        for (let i = 1; i <= 12; i++) {
+          const t = i / 12;
+          const qx = (1 - t) * (1 - t) * c.x0 + 2 * (1 - t) * t * c.cx + t * t * c.x1;
+          const qy = (1 - t) * (1 - t) * c.y0 + 2 * (1 - t) * t * c.cy + t * t * c.y1;
+          d = Math.min(d, segmentDistance(wx, wy, px, py, qx, qy));
+          px = qx; py = qy;
+        }
+      }
+      if (d < bestD) { best = e; bestD = d; }
+    }
+    return best;
+  }
+
+  _setHover(hover, sx, sy) {
+    const same = (this.hover && hover && this.hover.kind === hover.kind &&
+      (this.hover.node || this.hover.edge) === (hover.node || hover.edge)) || (!this.hover && !hover);
+    this.hover = hover;
+    this.canvas.classList.toggle("over-node", !!(hover && hover.kind === "node"));
+    this.onHover(hover, sx, sy);
+    if (!same) this.invalidate();
+  }
+
+  _bindPointer() {
+    const c = this.canvas;
+    const local = (ev) => {
+      const rect = c.getBoundingClientRect();
+      return [ev.clientX - rect.left, ev.clientY - rect.top];
+    };
+    c.addEventListener("pointerdown", (ev) => {
+      if (ev.button !== 0) return;
+      const [sx, sy] = local(ev);
+      const node = this._nodeAt(sx, sy);
+      c.setPointerCapture(ev.pointerId);
+      this._pointer = { sx, sy, startX: sx, startY: sy, node, moved: false };
+      if (node) {
+        node.fx = node.x; node.fy = node.y;
+        this.alphaTarget = 0.25;
+        this.reheat(0.25);
+      }
+      c.classList.add("dragging");
+    });
+    c.addEventListener("pointermove", (ev) => {
+      const [sx, sy] = local(ev);
+      const p = this._pointer;
+      if (p) {
+        if (Math.hypot(sx - p.startX, sy - p.startY) > 3) p.moved = true;
+        if (p.node) {
+          const [wx, wy] = this._toWorld(sx, sy);
+          p.node.fx = wx; p.node.fy = wy;
+          if (this.frozen) { p.node.x = wx; p.node.y = wy; }
+        } else if (p.moved) {
+          this.view.x += sx - p.sx;
+          this.view.y += sy - p.sy;
+          this.autoFit = false;
+        }
+        p.sx = sx; p.sy = sy;
+        this.invalidate();
+        return;
+      }
+      const node = this._nodeAt(sx, sy);
+      if (node) return this._setHover({ kind: "node", node }, sx, sy);
+      const edge = this._edgeAt(sx, sy);
+      this._setHover(edge ? { kind: "edge", edge } : null, sx, sy);
+    });
+    const release = (ev) => {
+      const p = this._pointer;
+      if (!p) return;
+      this._pointer = null;
+      c.classList.remove("dragging");
+      if (p.node) {
+        p.node.fx = null; p.node.fy = null;
+        this.alphaTarget = 0;
+      }
+      if (!p.moved && ev.type === "pointerup") {
+        const id = p.node ? p.node.id : null;
+        this.focusId = id && id !== this.focusId ? id : null;
+        this.onFocus(this.focusId);
+      }
+      this.invalidate();
+    };
+    c.addEventListener("pointerup", release);
+    c.addEventListener("pointercancel", release);
+    c.addEventListener("pointerleave", () => { if (!this._pointer) this._setHover(null, 0, 0); });
+    c.addEventListener("wheel", (ev) => {
+      ev.preventDefault();
+      const [sx, sy] = local(ev);
+      const v = this.view;
+      const k = Math.min(8, Math.max(0.05, v.k * Math.exp(-ev.deltaY * 0.0015)));
+      v.x = sx - ((sx - v.x) / v.k) * k;
+      v.y = sy - ((sy - v.y) / v.k) * k;
+      v.k = k;
+      this.autoFit = false;
+      this.invalidate();
+    }, { passive: false });
+    c.addEventListener("dblclick", () => this.fit());
+  }
+}
+
+function segmentDistance(px, py, ax, ay, bx, by) {
+  const dx = bx - ax, dy = by - ay;
+  const len2 = dx * dx + dy * dy;
+  const t = len2 ? Math.max(0, Math.min(1, ((px - ax) * dx + (py - ay) * dy) / len2)) : 0;
+  return Math.hypot(px - (ax + t * dx), py - (ay + t * dy));
+}
