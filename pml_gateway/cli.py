@@ -21,6 +21,8 @@ from pydantic import ValidationError
 from .app import AppExtension, create_app, make_server
 from .dashboard import PATH as DASHBOARD_PATH
 from .dashboard import Dashboard
+from .downstream_config import ConfigError
+from .gateway import Gateway
 from .settings import Settings, describe_error, env_var, flag
 
 PROG = "pml-gateway"
@@ -83,6 +85,10 @@ def check_store(settings: Settings) -> None:
 def build_extensions(settings: Settings, args: argparse.Namespace) -> list[AppExtension]:
     """The extensions ``serve`` runs with (the MCP gateway, the dashboard)."""
     extensions: list[AppExtension] = []
+    try:
+        extensions.append(Gateway(settings))  # /mcp and the downstream servers
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from exc
     extensions.append(Dashboard())  # GET /dashboard
     return extensions
 
@@ -104,6 +110,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0 if server.started else 1
 
 
+def cmd_stdio(args: argparse.Namespace) -> int:
+    from .stdio_mode import main_stdio
+
+    return main_stdio(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import main_demo
+
+    return main_demo(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="An MCP gateway that learns which tools work together and streams what it learns."
@@ -113,6 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve /mcp, /events/stream and the HTTP API over HTTP")
     add_settings_arguments(serve)
     serve.set_defaults(handler=cmd_serve)
+
+    stdio = commands.add_parser("stdio", help="MCP over stdin/stdout; with --events-port, the HTTP API on that port too")
+    add_settings_arguments(stdio, [name for name in Settings.model_fields if name != "port"])
+    stdio.add_argument("--events-port", type=int, metavar="PORT", help="also serve /events/stream and the HTTP API here")
+    stdio.set_defaults(handler=cmd_stdio)
+
+    demo = commands.add_parser("demo", help="serve the bundled example servers with a workload, so events flow at once")
+    add_settings_arguments(demo, [name for name in Settings.model_fields if name != "config"])
+    demo.set_defaults(handler=cmd_demo)
 
     return parser
 

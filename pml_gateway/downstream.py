@@ -1,0 +1,327 @@
+"""Downstream MCP servers, each kept alive by its own supervisor task.
+
+Why one task per server (SDK_NOTES §4): a dead HTTP downstream raises out of its transport as an
+``ExceptionGroup`` and cancels the task that entered it. Inside a shared exit stack that takes the
+whole app down; in its own task it only ends that server's connection.
+
+A supervisor loops: connect, initialise, list tools and register them, then watch the connection
+(a ping while idle, a ``CONNECTION_CLOSED`` seen by any call, a ``tools/list_changed`` from the
+server). When the connection ends or never comes up, the server's tools leave the registry (the
+registry's listeners tell upstream clients) and it is retried after an exponential backoff, 1 s
+doubling up to 30 s by default. Calls never raise: errors, timeouts and dead servers come back as a
+``CallToolResult`` with ``is_error`` and a message that says what happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, TextIO
+
+import anyio
+import httpx2
+import mcp.types as types
+from mcp import ClientSession, MCPError, StdioServerParameters, stdio_client
+from mcp.client.session import IncomingMessage
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
+
+from .downstream_config import HttpServerConfig, StdioServerConfig
+from .tool_registry import RegisteredTool, ToolRegistry
+
+logger = logging.getLogger(__name__)
+
+ServerConfig = StdioServerConfig | HttpServerConfig
+
+
+class DownstreamState(str, Enum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisionTiming:
+    """How patiently downstreams are connected, watched and restarted (short in tests)."""
+
+    backoff_initial: float = 1.0  #: first delay before a restart, seconds
+    backoff_max: float = 30.0  #: the delay doubles up to this
+    connect_timeout: float = 30.0  #: start + initialize + list tools
+    ping_interval: float = 10.0  #: idle time between liveness pings
+    ping_timeout: float = 10.0
+    #: a connection that lived this long resets the backoff to ``backoff_initial``
+    stable_after: float = 30.0
+
+    def backoff(self, failures: int) -> float:
+        """Delay before restart number ``failures`` (1-based): 1, 2, 4, ... capped."""
+        return min(self.backoff_max, self.backoff_initial * 2 ** max(0, failures - 1))
+
+
+def error_result(message: str) -> types.CallToolResult:
+    return types.CallToolResult(content=[types.TextContent(type="text", text=message)], is_error=True)
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line reason, from the innermost cause of an ``ExceptionGroup``."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    if isinstance(exc, MCPError):
+        return exc.message or f"MCP error {exc.code}"
+    if isinstance(exc, TimeoutError):
+        return str(exc) or "timed out"
+    if isinstance(exc, httpx2.HTTPStatusError):
+        return f"HTTP {exc.response.status_code} from {exc.request.url}"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class _ConnectionEnded(Exception):
+    """The watch loop saw the connection die."""
+
+
+class Downstream:
+    """One downstream server: its supervisor loop, its state, and calls to its tools."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        registry: ToolRegistry,
+        timing: SupervisionTiming | None = None,
+        *,
+        errlog: TextIO | None = None,
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.timing = timing or SupervisionTiming()
+        self.state = DownstreamState.CONNECTING
+        self.last_error: str | None = None
+        self.restarts = 0
+        self._errlog = errlog
+        self._session: ClientSession | None = None
+        self._wake = anyio.Event()  # set when the connection died or the tools changed
+        self._dead = False
+        self._relist = False
+        self._inflight: set[anyio.CancelScope] = set()
+        self.first_attempt_done = anyio.Event()  #: set once the first connection attempt settled
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def tool_count(self) -> int:
+        return len(self.registry.server_tools(self.name)) if self.state is DownstreamState.CONNECTED else 0
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "tools": self.tool_count,
+            "error": None if self.state is DownstreamState.CONNECTED else self.last_error,
+            "transport": self.config.transport,
+            "restarts": self.restarts,
+        }
+
+    # -- supervision ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Supervise forever (until cancelled): connect, watch, restart with backoff."""
+        failures = 0
+        while True:
+            self.state = DownstreamState.CONNECTING
+            connected_at: float | None = None
+            try:
+                async with self._connect() as session:
+                    connected_at = time.monotonic()
+                    await self._serve(session)
+            except Exception as exc:  # includes ExceptionGroup from HTTP transports; never cancellation
+                self.last_error = describe_error(exc)
+            finally:
+                self._session = None
+                for scope in list(self._inflight):
+                    scope.cancel()  # calls stuck on the dead connection return an error now
+                if self.registry.remove_server(self.name):
+                    logger.info("downstream %r: its tools left the list", self.name)
+            self.state = DownstreamState.FAILED
+            self.first_attempt_done.set()
+            if connected_at is not None and time.monotonic() - connected_at >= self.timing.stable_after:
+                failures = 0
+            failures += 1
+            self.restarts += 1
+            delay = self.timing.backoff(failures)
+            logger.warning("downstream %r failed: %s; restarting in %.1f s", self.name, self.last_error, delay)
+            await anyio.sleep(delay)
+
+    @asynccontextmanager
+    async def _connect(self) -> AsyncIterator[ClientSession]:
+        self._wake = anyio.Event()
+        self._dead = self._relist = False
+        async with self._transport() as (read, write):
+            async with ClientSession(
+                read,
+                write,
+                message_handler=self._on_message,
+                client_info=types.Implementation(name="pml-gateway", version="0.1.0"),
+            ) as session:
+                with anyio.fail_after(self.timing.connect_timeout):
+                    await session.initialize()
+                    tools = await self._list_tools(session)
+                self._session = session
+                self.state = DownstreamState.CONNECTED
+                self.last_error = None
+                self.first_attempt_done.set()
+                self.registry.set_server_tools(self.name, tools)
+                logger.info("downstream %r connected: %d tools", self.name, len(tools))
+                yield session
+
+    def _transport(self) -> AbstractAsyncContextManager[Any]:
+        config = self.config
+        if isinstance(config, StdioServerConfig):
+            params = StdioServerParameters(
+                command=config.command,
+                args=list(config.args),
+                env=dict(config.env) or None,
+                cwd=config.cwd,
+            )
+            return stdio_client(params, errlog=self._errlog or sys.stderr)
+        if config.transport == "sse":
+            return sse_client(config.url, headers=dict(config.headers) or None, timeout=self.timing.connect_timeout)
+        return _streamable_http(config.url, config.headers, self.timing.connect_timeout)
+
+    async def _serve(self, session: ClientSession) -> None:
+        """Watch a live connection until it dies; re-list tools when the server says they changed."""
+        while True:
+            with anyio.move_on_after(self.timing.ping_interval):
+                await self._wake.wait()
+            if self._dead:
+                raise _ConnectionEnded("connection closed")
+            if self._relist:
+                self._wake = anyio.Event()
+                self._relist = False
+                with anyio.fail_after(self.timing.connect_timeout):
+                    tools = await self._list_tools(session)
+                if self.registry.set_server_tools(self.name, tools):
+                    logger.info("downstream %r: tool list changed (%d tools)", self.name, len(tools))
+                continue
+            try:
+                with anyio.fail_after(self.timing.ping_timeout):
+                    await session.send_ping()
+            except TimeoutError:
+                raise _ConnectionEnded(f"no answer to ping within {self.timing.ping_timeout:g} s") from None
+
+    @staticmethod
+    async def _list_tools(session: ClientSession) -> list[types.Tool]:
+        tools: list[types.Tool] = []
+        cursor: str | None = None
+        while True:
+            params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
+            page = await session.list_tools(params=params)
+            tools.extend(page.tools)
+            cursor = page.next_cursor
+            if not cursor:
+                return tools
+
+    async def _on_message(self, message: IncomingMessage) -> None:
+        # Runs in the session's receive loop: only flag work here, never await a request.
+        if isinstance(message, types.ToolListChangedNotification):
+            self._relist = True
+            self._wake.set()
+        elif isinstance(message, Exception):
+            logger.debug("downstream %r transport error: %s", self.name, describe_error(message))
+
+    # -- calls ---------------------------------------------------------------------------------
+
+    async def call_tool(self, tool: str, arguments: dict[str, Any] | None) -> types.CallToolResult:
+        """Call one of this server's tools by its own name. Never raises (except cancellation)."""
+        session = self._session
+        if session is None:
+            reason = f": {self.last_error}" if self.last_error else ""
+            return error_result(f"downstream server {self.name!r} is {self.state.value}{reason}")
+        timeout = self.config.timeout
+        scope = anyio.CancelScope()
+        self._inflight.add(scope)
+        try:
+            with scope:
+                return await session.call_tool(tool, arguments, read_timeout_seconds=timeout)
+        except MCPError as exc:
+            if exc.code == types.CONNECTION_CLOSED:
+                if self._session is session:  # not a stale call on an earlier connection
+                    self._dead = True
+                    self._wake.set()
+                return error_result(f"downstream server {self.name!r} closed the connection during {tool!r}")
+            if exc.code == types.REQUEST_TIMEOUT:
+                return error_result(f"tool {tool!r} on downstream server {self.name!r} timed out after {timeout:g} s")
+            return error_result(f"downstream server {self.name!r} refused {tool!r}: {describe_error(exc)}")
+        except Exception as exc:
+            return error_result(f"calling {tool!r} on downstream server {self.name!r} failed: {describe_error(exc)}")
+        finally:
+            self._inflight.discard(scope)
+        # Only reached when the supervisor cancelled the scope: the connection died mid-call.
+        return error_result(f"downstream server {self.name!r} disconnected during {tool!r}")
+
+
+@asynccontextmanager
+async def _streamable_http(url: str, headers: dict[str, str], connect_timeout: float) -> AsyncIterator[Any]:
+    # Headers and timeouts go on an httpx2 client (SDK_NOTES §4); long reads for server streams.
+    timeout = httpx2.Timeout(connect_timeout, read=300.0)
+    async with httpx2.AsyncClient(headers=headers or None, timeout=timeout) as client:
+        async with streamable_http_client(url, http_client=client) as streams:
+            yield streams
+
+
+class DownstreamPool:
+    """Every enabled downstream, supervised together; the gateway's view of them."""
+
+    def __init__(
+        self,
+        configs: Iterable[ServerConfig],
+        registry: ToolRegistry,
+        timing: SupervisionTiming | None = None,
+        *,
+        errlog: TextIO | None = None,
+    ) -> None:
+        self.registry = registry
+        self.downstreams: dict[str, Downstream] = {}
+        for config in configs:
+            if not config.enabled:
+                logger.info("downstream %r is disabled in the config", config.name)
+                continue
+            self.downstreams[config.name] = Downstream(config, registry, timing, errlog=errlog)
+
+    @asynccontextmanager
+    async def running(self, *, startup_timeout: float = 10.0) -> AsyncIterator[DownstreamPool]:
+        """Supervise every downstream while inside; waits (bounded) for each one's first attempt."""
+        async with anyio.create_task_group() as tg:
+            for downstream in self.downstreams.values():
+                tg.start_soon(downstream.run, name=f"downstream {downstream.name}")
+            # Serving before the first attempts settle would show clients an empty tool list.
+            with anyio.move_on_after(startup_timeout if math.isfinite(startup_timeout) else None):
+                for downstream in self.downstreams.values():
+                    await downstream.first_attempt_done.wait()
+            try:
+                yield self
+            finally:
+                tg.cancel_scope.cancel()
+
+    def health(self) -> dict[str, dict[str, Any]]:
+        return {name: downstream.health() for name, downstream in self.downstreams.items()}
+
+    async def call(self, entry: RegisteredTool, arguments: dict[str, Any] | None) -> types.CallToolResult:
+        downstream = self.downstreams.get(entry.server)
+        if downstream is None:
+            return error_result(f"downstream server {entry.server!r} is not configured")
+        return await downstream.call_tool(entry.original_name, arguments)
+
+    def unavailable_reason(self, tool_name: str) -> str | None:
+        """Why a ``<server>__<tool>`` name is missing, when its server is known but down."""
+        server, sep, _ = tool_name.partition("__")
+        downstream = self.downstreams.get(server) if sep else None
+        if downstream is None or downstream.state is DownstreamState.CONNECTED:
+            return None
+        reason = f" ({downstream.last_error})" if downstream.last_error else ""
+        return f"downstream server {server!r} is {downstream.state.value}{reason}"

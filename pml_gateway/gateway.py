@@ -1,0 +1,171 @@
+"""The MCP gateway as an extension of the app: ``/mcp``, the downstream servers, learning from calls.
+
+``Gateway(settings)`` reads the downstream config at once, so a bad file stops the process before
+anything starts. Its lifespan (entered by the app once engine, hub and metrics scheduler are up)
+starts one supervisor per downstream, the MCP server's background work (change notifications,
+trace closing) and the Streamable HTTP session manager. The same running gateway also serves MCP
+over stdio (``serve_stdio``), which is how ``pml-gateway stdio`` works.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, TextIO
+
+import mcp.types as types
+from mcp.server.stdio import stdio_server
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
+
+from graphrag import GraphRAGEngine, WorkflowExecution
+
+from . import gateway_tools
+from .downstream import DownstreamPool, SupervisionTiming, error_result
+from .downstream_config import HttpServerConfig, StdioServerConfig, load_config
+from .gateway_tools import GatewayTools
+from .settings import Settings
+from .tool_registry import ToolRegistry
+from .traces import TraceRecorder
+from .upstream_server import MCP_SESSION_ID_HEADER, UpstreamServer
+
+if TYPE_CHECKING:
+    from .app import AppState
+
+logger = logging.getLogger(__name__)
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+__all__ = ["Gateway"]
+
+
+def security_settings(host: str) -> TransportSecuritySettings | None:
+    """DNS-rebinding protection when bound to localhost: only local Host and Origin headers pass."""
+    if host not in LOCAL_HOSTS:
+        return None  # reachable by name from elsewhere: the operator's proxy owns Host checks
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost", "[::1]"],
+        allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
+    )
+
+
+class Gateway:
+    """The MCP gateway (an ``AppExtension``): downstream servers in, one MCP server out."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        servers: list[StdioServerConfig | HttpServerConfig] | None = None,
+        timing: SupervisionTiming | None = None,
+        startup_timeout: float = 15.0,
+        errlog: TextIO | None = None,
+    ) -> None:
+        self.settings = settings
+        # Read the config now: a bad file is one clear ConfigError before anything starts.
+        if servers is None:
+            servers = load_config(settings.config) if settings.config is not None else []
+        self.servers = servers
+        self.registry = ToolRegistry(reserved=gateway_tools.NAMES)
+        self.pool = DownstreamPool(servers, self.registry, timing, errlog=errlog)
+        self.startup_timeout = startup_timeout
+        self.upstream: UpstreamServer | None = None
+        self.traces: TraceRecorder | None = None
+        self.session_manager: StreamableHTTPSessionManager | None = None
+        self._http_app: StreamableHTTPASGIApp | None = None
+
+    # -- AppExtension --------------------------------------------------------------------------
+
+    def routes(self) -> list[BaseRoute]:
+        return [Route("/mcp", _MCPEndpoint(self))]
+
+    @asynccontextmanager
+    async def lifespan(self, state: AppState) -> AsyncIterator[None]:
+        async with self.running(state.engine):
+            yield
+
+    def health(self) -> dict[str, Any]:
+        return self.pool.health()
+
+    # -- running -------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def running(self, engine: GraphRAGEngine) -> AsyncIterator[Gateway]:
+        """Downstreams, the MCP server and the HTTP session manager, learning into ``engine``."""
+
+        async def record(execution: WorkflowExecution) -> None:
+            await engine.update_from_execution(execution)
+
+        async def record_workflow(execution: WorkflowExecution) -> None:
+            try:
+                await record(execution)
+            except Exception:  # the caller still gets its results
+                logger.exception("could not record workflow %s", execution.workflow_id)
+
+        self.traces = TraceRecorder(record, idle_seconds=self.settings.trace_idle_seconds)
+        tools = GatewayTools(
+            engine,
+            self.registry,
+            self.call_tool,
+            record_workflow,
+            unavailable_reason=self.pool.unavailable_reason,
+        )
+        upstream = UpstreamServer(self.registry, self.pool, tools, self.traces)
+        manager = StreamableHTTPSessionManager(app=upstream.server, security_settings=security_settings(self.settings.host))
+        async with self.pool.running(startup_timeout=self.startup_timeout), upstream.running(), manager.run():
+            self.upstream, self.session_manager = upstream, manager
+            self._http_app = StreamableHTTPASGIApp(manager)
+            try:
+                yield self
+            finally:
+                self.upstream = self.session_manager = self._http_app = None
+
+    async def call_tool(self, name: str, arguments: dict[str, Any]) -> types.CallToolResult:
+        """Call a downstream tool by its exposed name (what workflow tasks do)."""
+        entry = self.registry.get(name)
+        if entry is None:
+            why = self.pool.unavailable_reason(name)
+            return error_result(f"tool {name!r} is unavailable: {why}" if why else f"unknown tool {name!r}")
+        return await self.pool.call(entry, arguments)
+
+    async def serve_stdio(self) -> None:
+        """Serve MCP over this process's stdin/stdout until the client closes it (inside ``running``)."""
+        if self.upstream is None:
+            raise RuntimeError("the gateway is not running")
+        server = self.upstream.server
+        async with stdio_server() as (read, write):
+            await server.run(read, write, server.create_initialization_options())
+        if self.traces is not None:
+            await self.traces.flush()  # the stdio session ended
+
+
+class _MCPEndpoint:
+    """``/mcp``: the session manager's ASGI app, plus the end of a session's trace on DELETE."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        app = self.gateway._http_app
+        upstream = self.gateway.upstream
+        if app is None or upstream is None:
+            await JSONResponse({"error": "the MCP gateway is not running"}, status_code=503)(scope, receive, send)
+            return
+        await app(scope, receive, send)
+        if scope.get("method") == "DELETE":
+            session_id = _header(scope, MCP_SESSION_ID_HEADER)
+            if session_id:
+                await upstream.session_ended(session_id)
+
+
+def _header(scope: Scope, name: str) -> str | None:
+    key = name.encode("latin-1")
+    for header, value in scope.get("headers", ()):
+        if header.lower() == key:
+            return value.decode("latin-1")
+    return None

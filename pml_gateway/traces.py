@@ -1,0 +1,129 @@
+"""Traces: the proxied calls of one caller, learned as one sequence workflow.
+
+Each call to a downstream tool is added to its caller's open trace. A trace closes after
+``idle_seconds`` without a call, when its caller's session ends, when it reaches ``max_calls``,
+or at shutdown; it is then recorded as a ``WorkflowExecution`` whose tasks are the calls in order
+(so consecutive calls become ``sequence`` edges) and which succeeded when every call did.
+
+Who is "one caller" depends on the protocol era (SDK_NOTES §8): on 2025-11-25 and earlier the
+MCP session; on 2026-07-28, which has no sessions, what identifies the caller (a trace id the
+client sends in ``_meta``, else client address plus client name); over stdio, the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from graphrag import TaskRun, WorkflowExecution
+
+logger = logging.getLogger(__name__)
+
+Recorder = Callable[[WorkflowExecution], Awaitable[Any]]
+
+
+@dataclass
+class _Call:
+    tool_id: str
+    success: bool
+
+
+@dataclass
+class _Trace:
+    started: float  # monotonic, first call's start
+    last: float  # monotonic, last call's end
+    calls: list[_Call] = field(default_factory=list)
+
+
+class TraceRecorder:
+    """Groups proxied calls per caller and records each closed trace through ``record``."""
+
+    def __init__(
+        self,
+        record: Recorder,
+        *,
+        idle_seconds: float,
+        max_calls: int = 100,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._record = record
+        self.idle_seconds = idle_seconds
+        self.max_calls = max_calls
+        self._clock = clock
+        self._open: dict[str, _Trace] = {}
+        self._full: list[tuple[str, _Trace]] = []  # closed by max_calls, waiting to be recorded
+        self._wake = anyio.Event()
+        self.recorded = 0  #: traces recorded so far
+
+    @property
+    def open_traces(self) -> int:
+        return len(self._open)
+
+    def add(self, caller: str, tool_id: str, *, success: bool, started: float | None = None) -> None:
+        """One proxied call finished. ``started`` is its monotonic start time (default: now)."""
+        now = self._clock()
+        trace = self._open.get(caller)
+        if trace is None:
+            trace = self._open[caller] = _Trace(started=now if started is None else started, last=now)
+            self._wake.set()  # the idle watcher may be sleeping with no deadline
+        trace.calls.append(_Call(tool_id, success))
+        trace.last = now
+        if len(trace.calls) >= self.max_calls:
+            # Recording is async and add() is not: the watcher records it on its next pass.
+            self._full.append((caller, self._open.pop(caller)))
+            self._wake.set()
+
+    async def end(self, caller: str) -> None:
+        """The caller's session ended: record its trace now."""
+        trace = self._open.pop(caller, None)
+        if trace is not None:
+            await self._save(caller, trace)
+
+    async def flush(self) -> None:
+        """Record every open trace (shutdown)."""
+        await self._save_full()
+        for caller in list(self._open):
+            await self.end(caller)
+
+    async def run(self) -> None:
+        """Close traces that went quiet; run inside a task group until cancelled, then flush."""
+        try:
+            while True:
+                await self._save_full()
+                now = self._clock()
+                for caller, trace in list(self._open.items()):
+                    if now - trace.last >= self.idle_seconds:
+                        await self.end(caller)
+                deadline = min((t.last + self.idle_seconds for t in self._open.values()), default=math.inf)
+                self._wake = anyio.Event()
+                with anyio.move_on_after(max(0.0, deadline - self._clock()) if deadline != math.inf else None):
+                    await self._wake.wait()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.flush()
+
+    async def _save_full(self) -> None:
+        while self._full:
+            caller, trace = self._full.pop(0)
+            await self._save(caller, trace)
+
+    async def _save(self, caller: str, trace: _Trace) -> None:
+        execution = WorkflowExecution(
+            workflow_id=f"trace-{uuid.uuid4().hex[:12]}",
+            tasks=[TaskRun(id=f"t{i}", tool_id=call.tool_id, success=call.success) for i, call in enumerate(trace.calls)],
+            success=all(call.success for call in trace.calls),
+            execution_time_ms=round(max(0.0, trace.last - trace.started) * 1000, 3),
+        )
+        try:
+            await self._record(execution)
+            self.recorded += 1
+            logger.debug("trace of %s recorded: %s", caller, execution.tool_ids)
+        except Exception:  # learning must never break serving
+            logger.exception("could not record the trace of %s", caller)

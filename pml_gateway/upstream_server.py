@@ -1,0 +1,216 @@
+"""The MCP server clients talk to: downstream tools plus the gateway's own, over any transport.
+
+Built on the low-level ``Server`` because it re-exposes downstream JSON schemas untouched
+(SDK_NOTES §1). It does no checking for us, so every failure is turned into a
+``CallToolResult(is_error=True)`` here: an unknown tool, a dead downstream, a timeout.
+
+Tool-list changes reach clients of both protocol eras (SDK_NOTES §8): 2025-era sessions get
+``notifications/tools/list_changed`` on their standalone stream (the gateway keeps one
+``ServerSession`` per live session for that), 2026-era clients through ``subscriptions/listen``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import mcp.types as types
+from mcp.server import NotificationOptions, Server, ServerRequestContext
+from mcp.server.context import CallNext, HandlerResult
+from mcp.server.models import InitializationOptions
+from mcp.server.session import ServerSession
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from . import gateway_tools
+from .downstream import DownstreamPool, error_result
+from .gateway_tools import GatewayTools
+from .tool_registry import ToolRegistry
+from .traces import TraceRecorder
+
+logger = logging.getLogger(__name__)
+
+MCP_SESSION_ID_HEADER = "mcp-session-id"
+#: ``_meta`` key a client may send to group its calls into one trace explicitly.
+TRACE_ID_META_KEY = "pml-gateway/trace_id"
+#: Sessions not heard from for this long are forgotten (the SDK's own idle timeout is 30 min).
+SESSION_FORGET_SECONDS = 1800.0
+
+
+class UpstreamMCPServer(Server[Any]):
+    """A low-level server that advertises ``tools.listChanged`` on every transport."""
+
+    def create_initialization_options(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> InitializationOptions:
+        # The HTTP session manager calls this without arguments (SDK_NOTES §8).
+        return super().create_initialization_options(
+            notification_options or NotificationOptions(tools_changed=True), experimental_capabilities, extensions
+        )
+
+
+def caller_key(ctx: ServerRequestContext[Any, Any]) -> str:
+    """Who is calling, for grouping calls into traces (see traces.py)."""
+    meta = ctx.meta or {}
+    trace_id = meta.get(TRACE_ID_META_KEY)
+    if isinstance(trace_id, str) and trace_id:
+        return f"trace:{trace_id}"
+    request = ctx.request
+    headers = getattr(request, "headers", None)
+    if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+        session_id = headers.get(MCP_SESSION_ID_HEADER) if headers is not None else None
+        if session_id:
+            return f"session:{session_id}"
+    client = getattr(request, "client", None)
+    host = client.host if client is not None else "local"
+    params = ctx.session.client_params
+    name = params.client_info.name if params is not None else "client"
+    if request is None:
+        return "local"  # stdio or in-process: the one peer of this connection
+    return f"caller:{host}:{name}"
+
+
+class UpstreamServer:
+    """The gateway's MCP server over the tool registry, the downstream pool and the pml_* tools."""
+
+    def __init__(
+        self,
+        registry: ToolRegistry,
+        pool: DownstreamPool,
+        tools: GatewayTools,
+        traces: TraceRecorder | None = None,
+        *,
+        name: str = "pml-gateway",
+        version: str = "0.1.0",
+    ) -> None:
+        self.registry = registry
+        self.pool = pool
+        self.tools = tools
+        self.traces = traces
+        self.bus = InMemorySubscriptionBus()
+        self.listen = ListenHandler(self.bus)
+        self.server = UpstreamMCPServer(
+            name,
+            version=version,
+            instructions=(
+                "pml-gateway: the tools of several MCP servers as <server>__<tool>, plus pml_* tools that "
+                "search them, suggest what comes next from learned usage, and run workflows of them."
+            ),
+            on_list_tools=self._list_tools,
+            on_call_tool=self._call_tool,
+            on_subscriptions_listen=self.listen,
+            get_tool_input_schema=self._input_schema,
+        )
+        self.server.middleware.append(self._track_session)
+        self._sessions: dict[str, tuple[ServerSession, float]] = {}
+        self._changed = anyio.Event()
+        self.list_changed_sent = 0  #: notifications sent (both eras), for tests and stats
+        registry.on_change(lambda: self._changed.set())
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[UpstreamServer]:
+        """Background work while serving: change notifications and closing idle traces."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._notify_changes, name="tools/list_changed notifier")
+            if self.traces is not None:
+                tg.start_soon(self.traces.run, name="trace closer")
+            try:
+                yield self
+            finally:
+                self.listen.close()  # end 2026-era listen streams so HTTP shutdown is not held up
+                tg.cancel_scope.cancel()
+
+    async def session_ended(self, session_id: str) -> None:
+        """A 2025-era HTTP session was deleted: forget it and record its trace now."""
+        self._sessions.pop(f"session:{session_id}", None)
+        if self.traces is not None:
+            await self.traces.end(f"session:{session_id}")
+
+    # -- handlers ------------------------------------------------------------------------------
+
+    async def _list_tools(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=[*self.tools.definitions(), *(e.tool for e in self.registry.tools())])
+
+    def _input_schema(self, name: str) -> dict[str, Any] | None:
+        entry = self.registry.get(name)
+        if entry is not None:
+            return entry.tool.input_schema
+        return self.tools.input_schema(name)
+
+    async def _call_tool(
+        self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        name = params.name
+        try:
+            if name in gateway_tools.NAMES:
+                return await self.tools.call(name, params.arguments, _progress_reporter(ctx))
+            entry = self.registry.get(name)
+            if entry is None:
+                why = self.pool.unavailable_reason(name)
+                return error_result(f"tool {name!r} is unavailable: {why}" if why else f"unknown tool {name!r}")
+            started = time.monotonic()
+            result = await self.pool.call(entry, params.arguments)
+            if self.traces is not None:
+                self.traces.add(caller_key(ctx), entry.name, success=not result.is_error, started=started)
+            return result
+        except Exception as exc:  # a bug must reach the client as a tool error, never a crash
+            logger.exception("tool %r failed inside the gateway", name)
+            return error_result(f"internal error in pml-gateway while calling {name!r}: {type(exc).__name__}: {exc}")
+
+    # -- sessions and change notifications -----------------------------------------------------
+
+    async def _track_session(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        # Any message of a 2025-era session (notifications/initialized included) lets us reach it later.
+        if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            key = caller_key(ctx) if ctx.request is None or _session_id(ctx) else None
+            if key is not None:
+                self._sessions[key] = (ctx.session, time.monotonic())
+        return await call_next(ctx)
+
+    async def _notify_changes(self) -> None:
+        while True:
+            await self._changed.wait()
+            self._changed = anyio.Event()
+            await self._send_list_changed()
+            await anyio.sleep(0.05)  # coalesce a burst (several servers coming up at once)
+
+    async def _send_list_changed(self) -> None:
+        now = time.monotonic()
+        for key, (session, seen) in list(self._sessions.items()):
+            if now - seen > SESSION_FORGET_SECONDS:
+                del self._sessions[key]
+                continue
+            try:
+                await session.send_tool_list_changed()
+                self.list_changed_sent += 1
+            except Exception as exc:  # a closed session: drop it
+                logger.debug("session %s is gone (%s)", key, exc)
+                del self._sessions[key]
+        await self.bus.publish(ToolsListChanged())
+
+
+def _session_id(ctx: ServerRequestContext[Any, Any]) -> str | None:
+    headers = getattr(ctx.request, "headers", None)
+    return headers.get(MCP_SESSION_ID_HEADER) if headers is not None else None
+
+
+def _progress_reporter(ctx: ServerRequestContext[Any, Any]) -> Callable[[float, float, str], Awaitable[None]]:
+    async def report(progress: float, total: float, message: str) -> None:
+        # A no-op unless the request carried a progress token.
+        try:
+            await ctx.session.report_progress(progress, total, message)
+        except Exception as exc:  # the client went away: the workflow still finishes
+            logger.debug("progress not delivered: %s", exc)
+
+    return report

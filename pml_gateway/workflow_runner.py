@@ -1,0 +1,207 @@
+"""Runs a workflow DAG of tool calls (``pml_execute_workflow``) and records what happened.
+
+A task starts as soon as every task it depends on has succeeded, so independent tasks run in
+parallel. A task whose dependency failed (or was skipped) does not run: it is ``skipped``, and so
+are its own dependents. After each task settles, progress is reported (when the caller asked
+for it). The execution is then recorded for learning with its dependency edges; skipped tasks
+are left out of it, since they never ran.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+import anyio
+import mcp.types as types
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from graphrag import TaskRun, WorkflowExecution
+
+ToolCaller = Callable[[str, dict[str, Any]], Awaitable[types.CallToolResult]]
+Recorder = Callable[[WorkflowExecution], Awaitable[Any]]
+ProgressReporter = Callable[[float, float, str], Awaitable[None]]
+
+MAX_TASKS = 256
+
+
+class WorkflowTask(BaseModel):
+    """One node of the DAG: call ``tool`` with ``arguments`` once ``depends_on`` succeeded."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=128, description="Task id, unique within the workflow.")
+    tool: str = Field(min_length=1, description="Exposed tool name, e.g. notes__search_notes.")
+    arguments: dict[str, Any] = Field(default_factory=dict, description="Arguments for the tool.")
+    depends_on: list[str] = Field(default_factory=list, description="Ids of tasks that must succeed first.")
+
+
+class WorkflowRequest(BaseModel):
+    """The input of ``pml_execute_workflow``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workflow_id: str | None = Field(
+        default=None, min_length=1, max_length=128, description="Id to record the execution under (generated if absent)."
+    )
+    tasks: list[WorkflowTask] = Field(min_length=1, max_length=MAX_TASKS, description="The DAG's tasks.")
+
+    @field_validator("tasks")
+    @classmethod
+    def _check_dag(cls, tasks: list[WorkflowTask]) -> list[WorkflowTask]:
+        ids: set[str] = set()
+        for index, task in enumerate(tasks):
+            if task.id in ids:
+                raise ValueError(f"tasks[{index}].id: duplicate task id {task.id!r}")
+            ids.add(task.id)
+        for index, task in enumerate(tasks):
+            for dep in task.depends_on:
+                if dep == task.id:
+                    raise ValueError(f"tasks[{index}].depends_on: task {dep!r} depends on itself")
+                if dep not in ids:
+                    raise ValueError(f"tasks[{index}].depends_on: {dep!r} names no task of this workflow")
+        cycle = _find_cycle(tasks)
+        if cycle:
+            raise ValueError("tasks: dependency cycle " + " -> ".join(cycle))
+        return tasks
+
+
+TaskStatus = Literal["succeeded", "failed", "skipped"]
+
+
+class TaskOutcome(BaseModel):
+    """What one task did. ``content`` and ``structured_content`` are the tool's own result."""
+
+    id: str
+    tool: str
+    status: TaskStatus
+    is_error: bool
+    content: list[dict[str, Any]] = Field(default_factory=list)
+    structured_content: dict[str, Any] | None = None
+    error: str | None = Field(default=None, description="Why it failed or was skipped.")
+    duration_ms: float = 0.0
+
+
+class WorkflowResult(BaseModel):
+    """The output of ``pml_execute_workflow``."""
+
+    workflow_id: str
+    success: bool
+    execution_time_ms: float
+    tasks: list[TaskOutcome]
+
+
+class WorkflowRunner:
+    def __init__(self, call: ToolCaller, record: Recorder, *, max_parallel: int = 16) -> None:
+        self._call = call
+        self._record = record
+        self._max_parallel = max_parallel
+
+    async def run(self, request: WorkflowRequest, progress: ProgressReporter | None = None) -> WorkflowResult:
+        workflow_id = request.workflow_id or f"wf-{uuid.uuid4().hex[:12]}"
+        tasks = request.tasks
+        total = len(tasks)
+        done = {task.id: anyio.Event() for task in tasks}
+        outcomes: dict[str, TaskOutcome] = {}
+        limiter = anyio.CapacityLimiter(self._max_parallel)
+        settled = 0
+        started = time.perf_counter()
+
+        async def settle(outcome: TaskOutcome) -> None:
+            nonlocal settled
+            outcomes[outcome.id] = outcome
+            settled += 1
+            done[outcome.id].set()
+            if progress is not None:
+                await progress(settled, total, f"task {outcome.id} ({outcome.tool}) {outcome.status}")
+
+        async def run_task(task: WorkflowTask) -> None:
+            for dep in task.depends_on:
+                await done[dep].wait()
+            blocked = [dep for dep in task.depends_on if outcomes[dep].status != "succeeded"]
+            if blocked:
+                reason = ", ".join(f"{dep} {outcomes[dep].status}" for dep in blocked)
+                await settle(
+                    TaskOutcome(id=task.id, tool=task.tool, status="skipped", is_error=True, error=f"not run: {reason}")
+                )
+                return
+            async with limiter:
+                t0 = time.perf_counter()
+                result = await self._call(task.tool, task.arguments)
+                elapsed = round((time.perf_counter() - t0) * 1000, 3)
+            error = None
+            if result.is_error:
+                error = " ".join(c.text for c in result.content if isinstance(c, types.TextContent)) or "tool error"
+            await settle(
+                TaskOutcome(
+                    id=task.id,
+                    tool=task.tool,
+                    status="failed" if result.is_error else "succeeded",
+                    is_error=bool(result.is_error),
+                    content=[c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in result.content],
+                    structured_content=result.structured_content,
+                    error=error,
+                    duration_ms=elapsed,
+                )
+            )
+
+        async with anyio.create_task_group() as tg:
+            for task in tasks:
+                tg.start_soon(run_task, task)
+
+        elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
+        ordered = [outcomes[task.id] for task in tasks]
+        result = WorkflowResult(
+            workflow_id=workflow_id,
+            success=all(o.status == "succeeded" for o in ordered),
+            execution_time_ms=elapsed_ms,
+            tasks=ordered,
+        )
+        ran = [task for task in tasks if outcomes[task.id].status != "skipped"]
+        await self._record(
+            WorkflowExecution(
+                workflow_id=workflow_id,
+                tasks=[
+                    TaskRun(
+                        id=task.id,
+                        tool_id=task.tool,
+                        depends_on=task.depends_on,
+                        success=outcomes[task.id].status == "succeeded",
+                    )
+                    for task in ran
+                ],
+                success=result.success,
+                execution_time_ms=elapsed_ms,
+            )
+        )
+        return result
+
+
+def _find_cycle(tasks: list[WorkflowTask]) -> list[str] | None:
+    """One dependency cycle as task ids (first repeated at the end), or None."""
+    deps = {task.id: task.depends_on for task in tasks}
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for dep in deps[node]:
+            if state.get(dep) == 1:
+                return path[path.index(dep) :] + [dep]
+            if dep not in state:
+                found = visit(dep)
+                if found:
+                    return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for task in tasks:
+        if task.id not in state:
+            found = visit(task.id)
+            if found:
+                return found
+    return None

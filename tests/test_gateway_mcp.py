@@ -1,0 +1,121 @@
+"""The gateway through real MCP clients: tools listed with their schemas, called, errors as tool errors."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import anyio
+import httpx
+import mcp.types as types
+import pytest
+from mcp import Client, ClientSession, StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+
+from gateway_support import EXAMPLES, TEST_SERVER, health, http_downstream, run_gateway, stdio_entry, wait_listening
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def text(result: types.CallToolResult) -> str:
+    return " ".join(c.text for c in result.content if isinstance(c, types.TextContent))
+
+
+async def test_tools_of_stdio_and_http_downstreams_are_listed_and_called(tmp_path: Path) -> None:
+    with http_downstream("--prefix", "h_") as (url, port, _proc):
+        await wait_listening(port)
+        servers = {"local": stdio_entry(), "remote": {"url": url, "timeout": 10}}
+        async with run_gateway(tmp_path, servers) as gw:
+            with anyio.fail_after(30):
+                async with streamable_http_client(gw.mcp_url) as (read, write), ClientSession(read, write) as session:
+                    init = await session.initialize()
+                    assert init.capabilities.tools is not None and init.capabilities.tools.list_changed is True
+                    tools = {t.name: t for t in (await session.list_tools()).tools}
+                    assert {"local__echo", "local__pick", "remote__h_echo", "remote__h_pick"} <= tools.keys()
+                    assert {"pml_graph_metrics", "pml_search_tools", "pml_suggest_next_tools", "pml_execute_workflow"} <= tools.keys()
+                    # schemas pass through untouched
+                    pick = tools["local__pick"].input_schema
+                    assert pick["properties"]["count"]["minimum"] == 1 and pick["properties"]["mode"]["enum"] == ["fast", "slow"]
+                    assert tools["remote__h_pick"].input_schema == pick
+                    assert tools["local__echo"].output_schema is not None
+
+                    local = await session.call_tool("local__echo", {"text": "hi"})
+                    remote = await session.call_tool("remote__h_echo", {"text": "there"})
+                    assert not local.is_error and local.structured_content["text"] == "hi"
+                    assert not remote.is_error and remote.structured_content["text"] == "there"
+                    assert local.structured_content["pid"] != remote.structured_content["pid"]
+
+                    # bad arguments: the downstream's own validation, as a tool error
+                    bad = await session.call_tool("local__pick", {"count": 0})
+                    assert bad.is_error and "count" in text(bad)
+                    # a tool that fails
+                    failed = await session.call_tool("remote__h_fail", {"message": "nope"})
+                    assert failed.is_error and "nope" in text(failed)
+                    # an unknown tool
+                    unknown = await session.call_tool("nobody__nothing", {})
+                    assert unknown.is_error and "unknown tool 'nobody__nothing'" in text(unknown)
+
+            status = await health(gw.url)
+            assert status["status"] == "ok"
+            assert status["downstreams"]["local"]["state"] == "connected"
+            assert status["downstreams"]["local"]["tools"] == 5
+            assert status["downstreams"]["remote"] == {**status["downstreams"]["remote"], "state": "connected", "tools": 5, "error": None}
+
+
+async def test_the_2026_client_in_auto_mode(tmp_path: Path) -> None:
+    async with run_gateway(tmp_path, {"local": stdio_entry()}) as gw:
+        with anyio.fail_after(30):
+            async with Client(gw.mcp_url, cache=None) as client:
+                assert client.protocol_version == "2026-07-28"
+                names = {t.name for t in (await client.list_tools()).tools}
+                assert "local__echo" in names and "pml_search_tools" in names
+                result = await client.call_tool("local__echo", {"text": "modern"})
+                assert not result.is_error and result.structured_content["text"] == "modern"
+                metrics = await client.call_tool("pml_graph_metrics", {})
+                assert not metrics.is_error and "node_count" in metrics.structured_content
+
+
+async def test_a_timeout_comes_back_as_a_tool_error(tmp_path: Path) -> None:
+    async with run_gateway(tmp_path, {"slow": stdio_entry(timeout=0.5)}) as gw:
+        with anyio.fail_after(30):
+            async with Client(gw.mcp_url, mode="legacy", cache=None) as client:
+                result = await client.call_tool("slow__sleep", {"seconds": 5})
+                assert result.is_error
+                assert "timed out after 0.5 s" in text(result)
+                # the server is still fine afterwards
+                again = await client.call_tool("slow__echo", {"text": "ok"})
+                assert not again.is_error
+
+
+async def test_dns_rebinding_protection_on_localhost(tmp_path: Path) -> None:
+    async with run_gateway(tmp_path, {}) as gw:
+        body = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+        headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+        async with httpx.AsyncClient() as client:
+            evil = await client.post(gw.mcp_url, json=body, headers={**headers, "Host": "evil.example"})
+            assert evil.status_code == 421
+            fine = await client.post(gw.mcp_url, json=body, headers=headers)
+            assert fine.status_code == 200
+
+
+async def test_over_stdio_with_pml_gateway_stdio(tmp_path: Path) -> None:
+    config = tmp_path / "mcp.json"
+    config.write_text('{"mcpServers": {"local": {"command": "python", "args": ["%s"]}}}' % TEST_SERVER)
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "pml_gateway", "stdio", "--config", str(config), "--db", ":memory:"],
+        cwd=str(tmp_path),
+    )
+    with anyio.fail_after(60):
+        async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+            init = await session.initialize()
+            assert init.server_info.name == "pml-gateway"
+            names = {t.name for t in (await session.list_tools()).tools}
+            assert "local__echo" in names and "pml_execute_workflow" in names
+            result = await session.call_tool("local__echo", {"text": "via stdio"})
+            assert not result.is_error and result.structured_content["text"] == "via stdio"
