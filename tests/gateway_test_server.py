@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from typing import Literal
 
 import anyio
@@ -47,6 +48,19 @@ async def sleep(seconds: float) -> str:
     """Sleep, then say so."""
     await anyio.sleep(seconds)
     return f"slept {seconds}"
+
+
+class Span(BaseModel):
+    start: float
+    end: float
+
+
+@tool("span")
+async def span(seconds: float = 0.3) -> Span:
+    """Sleep, reporting when it started and ended (wall clock), to show what ran in parallel."""
+    start = time.time()
+    await anyio.sleep(seconds)
+    return Span(start=start, end=time.time())
 
 
 @tool("fail")

@@ -119,3 +119,32 @@ async def test_over_stdio_with_pml_gateway_stdio(tmp_path: Path) -> None:
             assert "local__echo" in names and "pml_execute_workflow" in names
             result = await session.call_tool("local__echo", {"text": "via stdio"})
             assert not result.is_error and result.structured_content["text"] == "via stdio"
+
+
+async def test_stdio_with_the_http_api_beside_it(tmp_path: Path) -> None:
+    from gateway_support import free_port
+
+    config = tmp_path / "mcp.json"
+    config.write_text('{"mcpServers": {"local": {"command": "python", "args": ["%s"]}}}' % TEST_SERVER)
+    port = free_port()
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "pml_gateway", "stdio", "--config", str(config), "--db", ":memory:", "--events-port", str(port)],
+        env={"PML_TRACE_IDLE_SECONDS": "0.3"},
+        cwd=str(tmp_path),
+    )
+    with anyio.fail_after(60):
+        async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            await wait_listening(port)
+            base = f"http://127.0.0.1:{port}"
+            assert (await health(base))["downstreams"]["local"]["state"] == "connected"
+            await session.call_tool("local__echo", {"text": "1"})
+            await session.call_tool("local__pid", {})
+            async with httpx.AsyncClient() as http:
+                while True:  # the stdio session's trace goes quiet, is recorded, and shows up over HTTP
+                    edges = (await http.get(f"{base}/graph")).json()["edges"]
+                    if edges:
+                        break
+                    await anyio.sleep(0.1)
+            assert [(e["from_tool_id"], e["to_tool_id"]) for e in edges] == [("local__echo", "local__pid")]
