@@ -1,31 +1,55 @@
 """Graph metrics: density, PageRank over confidence weights, Louvain communities.
 
 Computed from an ``ArraysSnapshot`` (see graph_arrays.py) in a worker thread. ``MetricsComputer``
-keeps state warm between runs: the sparse transition matrix is rebuilt only when the structure
-changed (new nodes or edges), and PageRank starts from the previous scores, so a recompute after
-a few edge updates converges in a few iterations.
+keeps state warm between runs, because at a million edges building things costs more than
+computing with them:
+
+- PageRank keeps its sparse matrix. Edges are append-only, so edges added since the matrix was
+  built go into a small second matrix, merged into the big one only once it has grown by a
+  sixteenth; weight changes just refresh the matrix data in place (one gather). The iteration
+  starts from the previous scores, so after a few changes it converges in a few steps.
+- Communities keep their graph (igraph's, or arrays for networkx) and receive only new edges;
+  large graphs are computed in a child process, because igraph holds the GIL (communities.py).
+
+Everything heavy here is numpy/scipy C code that releases the GIL, so the event loop keeps
+running while a recompute is under way.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 from datetime import datetime
 
-import networkx as nx
 import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel, Field
 
+from .communities import (
+    LOUVAIN_SEED,
+    PROCESS_THRESHOLD_EDGES,
+    CommunityRequest,
+    CommunityState,
+    CommunityWorker,
+    canonical_labels,
+    resolve_backend,
+)
 from .events import PageRankEntry, utcnow
 from .graph_arrays import ArraysSnapshot
+
+__all__ = ["DAMPING", "LOUVAIN_SEED", "GraphMetrics", "MetricsComputer", "density", "top_k"]
 
 log = logging.getLogger(__name__)
 
 DAMPING = 0.85
-PAGERANK_TOL = 1.0e-6  # per node, as networkx
+#: networkx's tolerance: its iteration stops when the L1 change falls below N × tol.
+PAGERANK_TOL = 1.0e-6
 PAGERANK_MAX_ITER = 100
-LOUVAIN_SEED = 42
+#: We stop when the L1 distance to the fixed point is provably below N × tol: the iteration
+#: contracts by DAMPING, so that distance is at most change × d / (1 − d).
+_STOP_FACTOR = (1.0 - DAMPING) / DAMPING
+#: Merge the matrix of recently added edges into the main one when it holds this share of it.
+_DELTA_SHARE = 16
+_DELTA_MIN = 4096
 
 
 class GraphMetrics(BaseModel):
@@ -51,122 +75,187 @@ def top_k(pagerank: dict[str, float], k: int) -> list[PageRankEntry]:
     return [PageRankEntry(tool_id=tool_id, score=score) for tool_id, score in ranked]
 
 
-class MetricsComputer:
-    """Computes ``GraphMetrics`` from snapshots; call from one thread at a time."""
+def _top_k_arrays(nodes: tuple[str, ...], scores: np.ndarray, k: int) -> list[PageRankEntry]:
+    """``top_k`` without sorting every node: only those scoring at least the k-th best."""
+    n = scores.shape[0]
+    if n > k > 0:
+        kth = np.partition(scores, n - k)[n - k]
+        candidates = np.flatnonzero(scores >= kth).tolist()
+    else:
+        candidates = list(range(n))
+    ranked = sorted(candidates, key=lambda i: (-scores[i], nodes[i]))[: max(k, 0)]
+    return [PageRankEntry(tool_id=nodes[i], score=float(scores[i])) for i in ranked]
 
-    def __init__(self, *, community_backend: str = "auto") -> None:
-        self._community_backend = community_backend
-        self._structure_version = -1
-        self._matrix: sp.csr_matrix | None = None  # column-stochastic transpose: x' = M @ x
-        self._order: np.ndarray | None = None  # matrix data position -> snapshot edge position
+
+class _TransitionMatrix:
+    """A = weights laid out as A[dst, src], kept as a main CSR part plus recently added edges.
+
+    PageRank multiplies ``A @ (x / out_weight)``: the division happens on the N-vector, so a
+    weight change only refreshes ``data`` (a gather by a fixed permutation).
+    """
+
+    def __init__(self) -> None:
+        self.lineage: int | None = None
+        self.main: sp.csr_matrix | None = None
+        self.main_nodes = 0
+        self.main_edges = 0
+        self.order = np.empty(0, dtype=np.int64)  # CSR data position -> edge position
+        self.delta: sp.csr_matrix | None = None
+        self.delta_version: int | None = None
+
+    def update(self, snapshot: ArraysSnapshot) -> None:
+        m = snapshot.edge_count
+        if (
+            self.main is None
+            or snapshot.lineage != self.lineage
+            or m < self.main_edges
+            or m - self.main_edges > max(_DELTA_MIN, self.main_edges // _DELTA_SHARE)
+        ):
+            self._build_main(snapshot)
+        assert self.main is not None
+        self.main.data = snapshot.weight[self.order]
+        if m == self.main_edges:
+            self.delta = None
+        else:
+            n = snapshot.node_count
+            src, dst = snapshot.src[self.main_edges :], snapshot.dst[self.main_edges :]
+            self.delta = sp.csr_matrix((snapshot.weight[self.main_edges :], (dst, src)), shape=(n, n))
+
+    def _build_main(self, snapshot: ArraysSnapshot) -> None:
+        n, m = snapshot.node_count, snapshot.edge_count
+        # Build the pattern once with each entry's edge position as data (+1: no explicit zeros),
+        # so the permutation from edge order to CSR order is read off the result.
+        positions = np.arange(1, m + 1, dtype=np.float64)
+        pattern = sp.csr_matrix((positions, (snapshot.dst, snapshot.src)), shape=(n, n))
+        self.order = pattern.data.astype(np.int64) - 1
+        self.main, self.main_nodes, self.main_edges = pattern, n, m
+        self.lineage = snapshot.lineage
+
+    def multiply(self, vector: np.ndarray) -> np.ndarray:
+        assert self.main is not None
+        out = np.zeros(vector.shape[0])
+        out[: self.main_nodes] = self.main @ vector[: self.main_nodes]
+        if self.delta is not None:
+            out += self.delta @ vector
+        return out
+
+
+class MetricsComputer:
+    """Computes ``GraphMetrics`` from snapshots; call from one thread at a time.
+
+    ``community_backend``: "auto" (igraph when installed, else networkx), "igraph" or "networkx".
+    ``process_threshold_edges``: graphs with more edges get their communities from the worker
+    process (None: never; 0: always).
+    """
+
+    def __init__(
+        self, *, community_backend: str = "auto", process_threshold_edges: int | None = PROCESS_THRESHOLD_EDGES
+    ) -> None:
+        self.community_backend = resolve_backend(community_backend)
+        self.process_threshold_edges = process_threshold_edges
+        self._matrix = _TransitionMatrix()
         self._scores: np.ndarray | None = None
+        self._scores_lineage: int | None = None
+        self._communities = CommunityState()
+        self._worker: CommunityWorker | None = None
+        #: Iterations the last PageRank took (for benchmarks and tests of the warm start).
+        self.last_pagerank_iterations = 0
 
     def compute(self, snapshot: ArraysSnapshot) -> GraphMetrics:
         scores = self.pagerank(snapshot)
-        pagerank = dict(zip(snapshot.nodes, scores.tolist()))
-        communities = self.communities(snapshot)
+        labels = self.community_labels(snapshot)
+        nodes = snapshot.nodes
         return GraphMetrics(
             node_count=snapshot.node_count,
             edge_count=snapshot.edge_count,
             density=density(snapshot.node_count, snapshot.edge_count),
-            pagerank_top_10=top_k(pagerank, 10),
-            communities_count=len(set(communities.values())),
-            pagerank=pagerank,
-            communities=communities,
+            pagerank_top_10=_top_k_arrays(nodes, scores, 10),
+            communities_count=int(labels.max()) + 1 if labels.shape[0] else 0,
+            pagerank=dict(zip(nodes, scores.tolist())),
+            communities=dict(zip(nodes, labels.tolist())),
         )
+
+    def close(self) -> None:
+        """Stop the worker process, if one was started (also happens at exit)."""
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
 
     # -- PageRank ---------------------------------------------------------------------------
     def pagerank(self, snapshot: ArraysSnapshot) -> np.ndarray:
-        """Weighted PageRank (damping 0.85, uniform teleport, dangling mass spread uniformly)."""
+        """Weighted PageRank (damping 0.85, uniform teleport, dangling mass spread uniformly).
+
+        The same fixed point as ``networkx.pagerank(G, weight="confidence")``.
+        """
         n = snapshot.node_count
         if n == 0:
+            self.last_pagerank_iterations = 0
             return np.zeros(0)
-        matrix = self._transition_matrix(snapshot)
+        self._matrix.update(snapshot)
         out_weight = np.bincount(snapshot.src, weights=snapshot.weight, minlength=n)
         dangling = out_weight == 0
-        x = self._start_vector(n)
-        for _ in range(PAGERANK_MAX_ITER):
+        inverse_out = np.divide(1.0, out_weight, out=np.zeros(n), where=~dangling)
+        x = self._start_vector(snapshot)
+        stop = n * PAGERANK_TOL * _STOP_FACTOR
+        for iteration in range(1, PAGERANK_MAX_ITER + 1):
             previous = x
-            x = DAMPING * (matrix @ x) + (DAMPING * previous[dangling].sum() + 1.0 - DAMPING) / n
-            if np.abs(x - previous).sum() < n * PAGERANK_TOL:
+            x = DAMPING * self._matrix.multiply(previous * inverse_out)
+            x += (DAMPING * previous[dangling].sum() + 1.0 - DAMPING) / n
+            if np.abs(x - previous).sum() < stop:
                 break
         else:
             log.warning("pagerank did not converge in %d iterations", PAGERANK_MAX_ITER)
+        self.last_pagerank_iterations = iteration
         x /= x.sum()
-        self._scores = x
+        self._scores, self._scores_lineage = x, snapshot.lineage
         return x
 
-    def _transition_matrix(self, snapshot: ArraysSnapshot) -> sp.csr_matrix:
-        n, src, dst = snapshot.node_count, snapshot.src, snapshot.dst
-        if self._matrix is None or snapshot.structure_version != self._structure_version:
-            # Build the pattern once per structure; data holds each entry's edge position.
-            positions = np.arange(1, src.shape[0] + 1, dtype=np.float64)  # +1: keep explicit entries
-            pattern = sp.csr_matrix((positions, (dst, src)), shape=(n, n))
-            self._order = pattern.data.astype(np.int64) - 1
-            self._matrix = pattern
-            self._structure_version = snapshot.structure_version
-        assert self._order is not None
-        out_weight = np.bincount(src, weights=snapshot.weight, minlength=n)
-        order = self._order
-        with np.errstate(divide="ignore", invalid="ignore"):
-            self._matrix.data = snapshot.weight[order] / out_weight[src[order]]
-        return self._matrix
-
-    def _start_vector(self, n: int) -> np.ndarray:
-        # Warm start: node indices are stable and only grow, so the last scores still line up.
-        if self._scores is None or self._scores.shape[0] > n:
-            return np.full(n, 1.0 / n)
+    def _start_vector(self, snapshot: ArraysSnapshot) -> np.ndarray:
+        # Warm start: node indices are stable and only grow within a lineage, so the last scores
+        # still line up; new nodes start at the uniform value.
+        n = snapshot.node_count
         x = np.full(n, 1.0 / n)
-        x[: self._scores.shape[0]] = self._scores
-        return x / x.sum()
+        previous = self._scores
+        if previous is not None and self._scores_lineage == snapshot.lineage and previous.shape[0] <= n:
+            x[: previous.shape[0]] = previous
+            x /= x.sum()
+        return x
 
     # -- communities ------------------------------------------------------------------------
     def communities(self, snapshot: ArraysSnapshot) -> dict[str, int]:
-        """Louvain on the undirected projection (reciprocal edges' weights summed), fixed seed."""
-        if snapshot.node_count == 0:
-            return {}
-        if self._community_backend in ("auto", "igraph"):
+        """Louvain on the undirected projection, fixed seed: tool id -> community (0 = largest)."""
+        return dict(zip(snapshot.nodes, self.community_labels(snapshot).tolist()))
+
+    def community_labels(self, snapshot: ArraysSnapshot) -> np.ndarray:
+        """The community of each node index (0 = largest community, then by smallest member)."""
+        return canonical_labels(self._membership(snapshot))
+
+    def _membership(self, snapshot: ArraysSnapshot) -> np.ndarray:
+        threshold = self.process_threshold_edges
+        if threshold is not None and snapshot.edge_count > threshold:
+            if self._worker is None:
+                self._worker = CommunityWorker()
             try:
-                return _igraph_louvain(snapshot)
-            except ImportError:
-                if self._community_backend == "igraph":
-                    raise
-        return _networkx_louvain(snapshot)
-
-
-def _undirected_weights(snapshot: ArraysSnapshot) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    low = np.minimum(snapshot.src, snapshot.dst)
-    high = np.maximum(snapshot.src, snapshot.dst)
-    matrix = sp.coo_matrix((snapshot.weight, (low, high)), shape=(snapshot.node_count,) * 2).tocsr()
-    matrix.sum_duplicates()
-    coo = matrix.tocoo()
-    return coo.row, coo.col, coo.data
-
-
-def _networkx_louvain(snapshot: ArraysSnapshot) -> dict[str, int]:
-    rows, cols, weights = _undirected_weights(snapshot)
-    graph = nx.Graph()
-    graph.add_nodes_from(range(snapshot.node_count))
-    graph.add_weighted_edges_from(zip(rows.tolist(), cols.tolist(), weights.tolist()))
-    parts = nx.community.louvain_communities(graph, weight="weight", seed=LOUVAIN_SEED)
-    return _label(snapshot, parts)
-
-
-def _igraph_louvain(snapshot: ArraysSnapshot) -> dict[str, int]:
-    import igraph  # optional extra "fast"
-
-    rows, cols, weights = _undirected_weights(snapshot)
-    graph = igraph.Graph(n=snapshot.node_count, edges=np.column_stack((rows, cols)).tolist(), directed=False)
-    igraph.set_random_number_generator(random.Random(LOUVAIN_SEED))
-    clustering = graph.community_multilevel(weights=weights.tolist())
-    return _label(snapshot, [set(members) for members in clustering])
-
-
-def _label(snapshot: ArraysSnapshot, parts: list[set[int]]) -> dict[str, int]:
-    # Community 0 is the largest, then by smallest member: labels stay stable for colouring.
-    ordered = sorted(parts, key=lambda part: (-len(part), min(part)))
-    labels: dict[str, int] = {}
-    for label, part in enumerate(ordered):
-        for index in part:
-            labels[snapshot.nodes[index]] = label
-    return labels
+                return self._worker.membership(
+                    self.community_backend,
+                    snapshot.lineage,
+                    snapshot.node_count,
+                    snapshot.src,
+                    snapshot.dst,
+                    snapshot.weight,
+                )
+            except RuntimeError:  # the next call starts a fresh worker; this one computes here
+                log.exception("community worker failed; computing in this thread")
+        state = self._communities
+        continues = snapshot.lineage == state.lineage and snapshot.edge_count >= state.edge_count
+        start = state.edge_count if continues else 0
+        request = CommunityRequest(
+            self.community_backend,
+            snapshot.lineage,
+            snapshot.node_count,
+            start,
+            snapshot.src[start:],
+            snapshot.dst[start:],
+            snapshot.weight,
+        )
+        return state.membership(request)
