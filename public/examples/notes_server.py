@@ -6,9 +6,11 @@ has something to search. Tools: create, list, search, read, append.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
+import shutil
 import tempfile
 import uuid
 from datetime import datetime, timezone
@@ -37,6 +39,7 @@ def _directory() -> Path:
         path.mkdir(parents=True, exist_ok=True)
         return path
     path = Path(tempfile.mkdtemp(prefix="pml-notes-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
     for title, body, tags in SEED:
         _write(path, _new(title, body, tags))
     return path

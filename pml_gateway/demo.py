@@ -1,0 +1,74 @@
+"""``pml-gateway demo``: ``serve`` on the bundled examples, with a workload, so events flow at once.
+
+The example config (``mcp.json`` next to the notes, text and math servers) is found inside the
+installed package (``pml_gateway/examples``) or, in a checkout, in ``public/examples``. Once the
+server listens, ``workload.py`` starts in a child process and drives workflows through ``/mcp``;
+it stops with the server. Unless set by flag or env var, the demo keeps its graph in memory (your
+own graph file stays untouched) and closes traces after 2 s of quiet so edges appear quickly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .settings import env_var
+
+#: Defaults that make a demo lively; a flag or PML_* variable still wins.
+DEMO_DEFAULTS = {"db": ":memory:", "trace_idle_seconds": "2"}
+
+
+def examples_dir() -> Path:
+    """The directory holding the example ``mcp.json``, servers and workload."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "examples", package.parent / "public" / "examples"):
+        if (candidate / "mcp.json").is_file() and (candidate / "workload.py").is_file():
+            return candidate
+    raise FileNotFoundError("the bundled examples (mcp.json, workload.py) are missing from this installation")
+
+
+def main_demo(args: argparse.Namespace) -> int:
+    from .app import create_app, make_server
+    from .cli import UsageError, announce, build_extensions, check_store, configure_logging, settings_from_args
+
+    try:
+        examples = examples_dir()
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from exc
+    args.config = examples / "mcp.json"
+    for name, value in DEMO_DEFAULTS.items():
+        if not hasattr(args, name) and env_var(name) not in os.environ:
+            setattr(args, name, value)
+    settings = settings_from_args(args)
+    configure_logging(settings)
+    logging.getLogger("mcp").setLevel(logging.WARNING)  # one line per session would drown the demo
+    check_store(settings)
+    app = create_app(settings, extensions=build_extensions(settings, args))
+    workload: list[subprocess.Popen[bytes]] = []
+
+    def started(base_url: str) -> None:
+        announce(settings, base_url)
+        print(f"pml-gateway: demo workload driving {base_url}/mcp (Ctrl+C stops everything)", file=sys.stderr)
+        workload.append(
+            subprocess.Popen(
+                [sys.executable, str(examples / "workload.py"), "--url", f"{base_url}/mcp"],
+                cwd=examples,
+                stdin=subprocess.DEVNULL,
+            )
+        )
+
+    server = make_server(app, settings, on_started=started, access_log=False)
+    try:
+        server.run()
+    finally:
+        for process in workload:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    return 0 if server.started else 1
