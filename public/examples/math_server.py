@@ -10,7 +10,7 @@ from _serve import serve
 from mcp.server import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
-server = MCPServer("math", instructions="Arithmetic, descriptive statistics and unit conversion.")
+server = MCPServer("math", instructions="Arithmetic, descriptive statistics and unit conversion.", log_level="WARNING")
 
 # Factors to a base unit per dimension; temperatures are handled apart.
 UNITS: dict[str, tuple[str, float]] = {

@@ -22,7 +22,7 @@ from _serve import serve
 from mcp.server import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
-server = MCPServer("notes", instructions="Create, find and read short notes.")
+server = MCPServer("notes", instructions="Create, find and read short notes.", log_level="WARNING")
 
 SEED = [
     ("Release checklist", "Run the test suite. Tag the release. Publish the wheel. Announce it on the mailing list.", ["work"]),

@@ -11,7 +11,7 @@ from _serve import serve
 from mcp.server import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
-server = MCPServer("text", instructions="Small text utilities: count, summarize, keywords, sentiment.")
+server = MCPServer("text", instructions="Small text utilities: count, summarize, keywords, sentiment.", log_level="WARNING")
 
 STOPWORDS = frozenset(
     "a an and are as at be by for from has have in is it its of on or that the this to was we were will with "
