@@ -115,7 +115,21 @@ class _Spec:
 
 
 def _schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with ``$defs`` inlined: not every client resolves ``$ref``."""
     schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    schema = inline(schema)
     schema.pop("title", None)
     schema.setdefault("properties", {})
     return schema

@@ -28,7 +28,7 @@ MAX_TASKS = 256
 
 
 class WorkflowTask(BaseModel):
-    """One node of the DAG: call ``tool`` with ``arguments`` once ``depends_on`` succeeded."""
+    """One node of the DAG: call `tool` with `arguments` once every task in `depends_on` succeeded."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -39,7 +39,7 @@ class WorkflowTask(BaseModel):
 
 
 class WorkflowRequest(BaseModel):
-    """The input of ``pml_execute_workflow``."""
+    """A workflow to run: a DAG of tool calls."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -72,7 +72,7 @@ TaskStatus = Literal["succeeded", "failed", "skipped"]
 
 
 class TaskOutcome(BaseModel):
-    """What one task did. ``content`` and ``structured_content`` are the tool's own result."""
+    """What one task did; `content` and `structured_content` are the tool's own result."""
 
     id: str
     tool: str
@@ -85,7 +85,7 @@ class TaskOutcome(BaseModel):
 
 
 class WorkflowResult(BaseModel):
-    """The output of ``pml_execute_workflow``."""
+    """Every task's outcome, in the order given, and whether all of them succeeded."""
 
     workflow_id: str
     success: bool
