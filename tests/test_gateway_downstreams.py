@@ -90,7 +90,7 @@ async def test_a_stdio_downstream_killed_mid_session(tmp_path: Path) -> None:
                 back = await s.call_tool("victim__echo", {"text": "back"})
                 assert not back.is_error and back.structured_content["pid"] != pid
                 status = (await health(gw.url))["downstreams"]["victim"]
-                assert status["state"] == "connected" and status["tools"] == 5 and status["restarts"] == 1
+                assert status["state"] == "connected" and status["tools"] == 6 and status["restarts"] == 1
 
 
 async def test_an_http_downstream_killed_and_restarted(tmp_path: Path) -> None:

@@ -63,8 +63,8 @@ async def test_tools_of_stdio_and_http_downstreams_are_listed_and_called(tmp_pat
             status = await health(gw.url)
             assert status["status"] == "ok"
             assert status["downstreams"]["local"]["state"] == "connected"
-            assert status["downstreams"]["local"]["tools"] == 5
-            assert status["downstreams"]["remote"] == {**status["downstreams"]["remote"], "state": "connected", "tools": 5, "error": None}
+            assert status["downstreams"]["local"]["tools"] == 6
+            assert status["downstreams"]["remote"] == {**status["downstreams"]["remote"], "state": "connected", "tools": 6, "error": None}
 
 
 async def test_the_2026_client_in_auto_mode(tmp_path: Path) -> None:
