@@ -175,6 +175,17 @@ class MetricsComputer:
             communities=dict(zip(nodes, labels.tolist())),
         )
 
+    def start_worker(self, *, wait: bool = True) -> None:
+        """Start the community worker process now rather than on the first large graph.
+
+        Starting it costs up to a second (a fresh interpreter importing numpy and igraph); a
+        server that loads a large graph can take that off its first recompute. ``wait``: return
+        once the child is ready (blocks: call it from a worker thread in async code).
+        """
+        if self._worker is None:
+            self._worker = CommunityWorker()
+        self._worker.start(wait=wait)
+
     def close(self) -> None:
         """Stop the worker process, if one was started (also happens at exit)."""
         if self._worker is not None:

@@ -8,6 +8,7 @@ import anyio
 import pytest
 
 from graphrag import GraphEvent, GraphRAGEngine, MetricsScheduler, WorkflowExecution
+from graphrag.metrics import MetricsComputer
 
 pytestmark = pytest.mark.anyio
 
@@ -95,7 +96,8 @@ async def test_no_change_no_recompute() -> None:
 
 
 async def test_the_event_loop_keeps_running_during_a_recompute() -> None:
-    engine = GraphRAGEngine()
+    computer = MetricsComputer()  # 20k edges: communities go to the worker process
+    engine = GraphRAGEngine(metrics_computer=computer)
     rng = random.Random(0)
     tools = [f"s{i % 40}__t{i}" for i in range(2000)]
     for _ in range(200):  # about 20k edges
@@ -109,14 +111,17 @@ async def test_the_event_loop_keeps_running_during_a_recompute() -> None:
             await anyio.sleep(0)
             ticks += 1
 
-    with anyio.fail_after(60):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(ticker)
-            await anyio.sleep(0)
-            before = ticks
-            await engine.refresh_metrics()
-            during = ticks - before
-            tg.cancel_scope.cancel()
+    try:
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(ticker)
+                await anyio.sleep(0)
+                before = ticks
+                await engine.refresh_metrics()
+                during = ticks - before
+                tg.cancel_scope.cancel()
+    finally:
+        computer.close()
     # Computed on the loop, the ticker could not have run at all while we awaited.
     assert during >= 10
     assert engine.metrics is not None and engine.metrics.edge_count == engine.graph.number_of_edges()
