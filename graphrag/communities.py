@@ -196,6 +196,10 @@ def serve(fd: int) -> None:
     A parent that dies closes its end too, so the child never outlives it for long.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; EOF ends us
+    try:
+        os.nice(5)  # background work: on a busy machine the serving process goes first
+    except OSError:
+        pass
     conn = Connection(fd)
     if igraph_available():  # import now, so that the first request does not pay for it
         import igraph  # noqa: F401
