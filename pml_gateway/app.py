@@ -109,6 +109,7 @@ def create_app(settings: Settings, *, extensions: Sequence[AppExtension] = ()) -
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(scheduler.run)
                 tasks.start_soon(stream.run_heartbeat)
+                tasks.start_soon(stream.watch_exit_signal)
                 tasks.start_soon(_initial_metrics, engine)
                 try:
                     async with AsyncExitStack() as stack:
