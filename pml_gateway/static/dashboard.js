@@ -112,10 +112,10 @@ function onMessage(type, ev) {
       state.stats.duplicates += 1;
       return;
     }
+    if (type === "metrics_updated") state.metricsEventId = id;
     applyGraphEvent(type, data);
     if (id != null) state.lastEventId = id;
     state.stats.applied += 1;
-    if (type === "metrics_updated") state.metricsEventId = id;
     renderLastEventId();
     addLog(type, id, data);
     return;
@@ -124,6 +124,9 @@ function onMessage(type, ev) {
   if (type === "connected") {
     state.stats.connects += 1;
     state.clients = data.connected_clients;
+    // Heartbeat age and uptime describe this connection (perhaps another server process).
+    state.heartbeatAt = null;
+    state.uptime = null;
     retryDelay = RETRY_MIN_MS;
     $("conn").title = `Connected as ${data.client_id}`;
     setConnection("live");
@@ -153,7 +156,7 @@ function onReset(data) {
   state.lastAutoReload = now;
   showBanner("stale", `${why} Reloading the graph…`);
   loadSnapshot("reset").then((ok) => {
-    if (ok) showBanner("info", `${why} The graph was reloaded from a fresh snapshot at #${state.lastEventId ?? 0}.`, 15000);
+    if (ok) showBanner("info", `${why} The graph was reloaded from a fresh snapshot at #${state.lastEventId ?? 0}.`);
   });
 }
 
@@ -217,7 +220,7 @@ function scheduleAttributeRefresh() {
 
 async function refreshAttributes() {
   attributeTimer = 0;
-  if (attributeBusy || loading) return;
+  if (attributeBusy || loading || state.connection !== "live") return;
   attributeBusy = true;
   attributeLast = performance.now();
   try {
@@ -268,7 +271,7 @@ function applyGraphEvent(type, d) {
         `${view.nodeCount} and ${view.edgeCount}.`;
       showBanner("stale", `${text} Reloading the graph…`);
       queueMicrotask(() => loadSnapshot("resync").then((ok) => {
-        if (ok) showBanner("info", `${text} The graph was reloaded from a fresh snapshot.`, 15000);
+        if (ok) showBanner("info", `${text} The graph was reloaded from a fresh snapshot.`);
       }));
     }
   }
@@ -394,39 +397,43 @@ function renderGraphChrome() {
   let dependency = 0;
   for (const e of view.edges.values()) if (e.edge_type === "dependency") dependency += 1;
   const servers = new Set([...view.nodes.values()].map((n) => n.server).filter(Boolean));
-  $("m-tools-foot").textContent = `${view.nodeCount} in view · ${servers.size} server${servers.size === 1 ? "" : "s"}`;
-  $("m-edges-foot").textContent = `${dependency} dependency · ${view.edgeCount - dependency} sequence`;
+  $("m-tools-foot").textContent = `${servers.size} server${servers.size === 1 ? "" : "s"}`;
+  $("m-edges-foot").textContent = `${dependency} dep · ${view.edgeCount - dependency} seq`;
   renderLegend();
 }
 
 function renderLegend() {
   const legend = $("legend");
   legend.replaceChildren();
-  if (view.nodeCount === 0) return;
+  if (view.nodeCount === 0) {
+    view.setInsets({ bottom: 0 });
+    return;
+  }
   const communities = view.communities();
-  for (const c of communities.slice(0, 8)) {
-    const item = span("item", "");
+  const colours = span("item", "");
+  colours.title = "Node colour: community (Louvain); the number is its size";
+  colours.append("communities");
+  for (const c of communities.slice(0, 10)) {
     const sw = span("sw", "");
     sw.style.background = c.color;
-    item.append(sw, `community ${c.community} · ${c.size}`);
-    legend.append(item);
+    colours.append(sw, span("n", String(c.size)));
   }
-  if (communities.length > 8) legend.append(span("item", `+${communities.length - 8} more`));
+  if (communities.length > 10) colours.append(span("n", `+${communities.length - 10}`));
   if (communities.length === 0) {
-    const item = span("item", "");
     const sw = span("sw", "");
     sw.style.background = NO_COMMUNITY;
-    item.append(sw, "community not computed yet");
-    legend.append(item);
+    colours.append(sw, "not computed yet");
   }
-  legend.append(span("sep", ""));
+  const size = span("item", "size: PageRank");
   const dep = span("item", "");
   dep.append(span("ln", ""), "dependency");
   const seq = span("item", "");
   seq.append(span("ln dashed", ""), "sequence");
   const conf = span("item", "");
-  conf.append("low", span("grad", ""), "high confidence");
-  legend.append(dep, seq, conf);
+  conf.title = "Edge colour and width: confidence (log scale)";
+  conf.append("confidence", span("grad", ""));
+  legend.append(colours, span("sep", ""), size, span("sep", ""), dep, seq, conf);
+  view.setInsets({ bottom: legend.offsetHeight + 10 });
 }
 
 function span(cls, text) {
@@ -438,19 +445,16 @@ function span(cls, text) {
 
 // ---- banner --------------------------------------------------------------------------------
 
-let bannerTimer = 0;
-
-function showBanner(kind, text, hideAfterMs = 0) {
+// "stale": the view may be behind the server; "info": it was repaired, and this says why.
+// Either stays until dismissed or until the button refetched the graph.
+function showBanner(kind, text) {
   const banner = $("stale-banner");
-  clearTimeout(bannerTimer);
   banner.dataset.kind = kind;
   $("stale-text").textContent = text;
   banner.hidden = false;
-  if (hideAfterMs) bannerTimer = setTimeout(hideBanner, hideAfterMs);
 }
 
 function hideBanner() {
-  clearTimeout(bannerTimer);
   $("stale-banner").hidden = true;
 }
 
@@ -673,15 +677,26 @@ window.__pmlDashboard = {
       connection: state.connection, lastEventId: state.lastEventId, nodeCount: view.nodeCount, edgeCount: view.edgeCount,
       metrics: state.metrics, stats: { ...state.stats }, counts: { ...state.counts },
       bannerVisible: !$("stale-banner").hidden, bannerKind: $("stale-banner").dataset.kind,
+      nodesWithoutCommunity: [...view.nodes.values()].filter((n) => n.community == null).length,
     };
   },
   edge(from, to) {
     const e = view.edge(from, to);
-    return e && { confidence: e.confidence, observed_count: e.observed_count, edge_type: e.edge_type, flashing: e.flashUntil > performance.now() };
+    return e && {
+      confidence: e.confidence, observed_count: e.observed_count, edge_type: e.edge_type,
+      highlight: e.flashKind, highlighted: e.flashUntil > performance.now(),
+    };
   },
   node(id) {
     const n = view.nodes.get(id);
     return n && { id: n.id, server: n.server, pagerank: n.pagerank, community: n.community, color: view.colorOf(n), x: n.x, y: n.y, r: n.r };
+  },
+  /** Where a tool is drawn, in page coordinates (for pointing at it). */
+  screenPosition(id) {
+    const n = view.nodes.get(id);
+    if (!n) return null;
+    const rect = $("graph").getBoundingClientRect();
+    return { x: rect.left + view.view.x + n.x * view.view.k, y: rect.top + view.view.y + n.y * view.view.k };
   },
   refetch: () => loadSnapshot("refetch"),
   view,

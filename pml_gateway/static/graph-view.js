@@ -43,9 +43,18 @@ function mix(a, b, t) {
   return a + (b - a) * t;
 }
 
-/** Edge colour for a confidence in [0, 1]: dim slate for weak evidence, bright sky for strong. */
-export function edgeRgb(confidence) {
-  const t = Math.max(0, Math.min(1, confidence));
+/**
+ * Where a confidence sits on the edge scale, in [0, 1]. Logarithmic: learned confidences grow
+ * with evidence and most edges sit between 0.01 and 0.3, where a linear scale shows nothing.
+ */
+export function confidenceLevel(confidence) {
+  const floor = Math.log10(0.005);
+  return Math.max(0, Math.min(1, (Math.log10(Math.max(confidence, 0.005)) - floor) / -floor));
+}
+
+/** Edge colour for a level from confidenceLevel: dim slate for weak evidence, bright sky for strong. */
+export function edgeRgb(level) {
+  const t = Math.max(0, Math.min(1, level));
   return [Math.round(mix(70, 56, t)), Math.round(mix(84, 189, t)), Math.round(mix(106, 248, t))];
 }
 
@@ -63,6 +72,7 @@ export class GraphView {
     this.alphaTarget = 0;
     this.frozen = false;
     this.showAllLabels = false;
+    this.insets = { top: 0, right: 0, bottom: 0, left: 0 }; // CSS px covered by overlays
     this.hover = null;        // {kind: "node", node} | {kind: "edge", edge}
     this.focusId = null;      // sticky highlight: a clicked node or a row of the PageRank list
     this.communityColors = new Map();
@@ -176,6 +186,11 @@ export class GraphView {
   setFrozen(frozen) {
     this.frozen = frozen;
     if (!frozen) this.reheat(0.3);
+    this.invalidate();
+  }
+
+  setInsets(insets) {
+    this.insets = { ...this.insets, ...insets };
     this.invalidate();
   }
 
@@ -356,7 +371,7 @@ export class GraphView {
       const d = Math.sqrt(dx * dx + dy * dy) || 1e-6;
       const degS = s.out.size + s.in.size;
       const degT = t.out.size + t.in.size;
-      const strength = (0.35 + 0.65 * e.confidence) / Math.max(1, Math.min(degS, degT));
+      const strength = (0.35 + 0.65 * confidenceLevel(e.confidence)) / Math.max(1, Math.min(degS, degT));
       const l = ((d - (LINK_LENGTH + s.r + t.r)) / d) * alpha * strength;
       dx *= l;
       dy *= l;
@@ -470,12 +485,17 @@ export class GraphView {
       minX = Math.min(minX, node.x - node.r); maxX = Math.max(maxX, node.x + node.r);
       minY = Math.min(minY, node.y - node.r); maxY = Math.max(maxY, node.y + node.r);
     }
-    if (!isFinite(minX)) return { k: 1, x: this.width / 2, y: this.height / 2 };
-    const pad = 48;
+    const pad = 36;
+    const ins = this.insets;
+    const left = ins.left + pad, top = ins.top + pad;
+    const width = Math.max(40, this.width - ins.left - ins.right - 2 * pad);
+    const height = Math.max(40, this.height - ins.top - ins.bottom - 2 * pad);
+    if (!isFinite(minX)) return { k: 1, x: left + width / 2, y: top + height / 2 };
     const w = Math.max(maxX - minX, 60);
     const h = Math.max(maxY - minY, 60);
-    const k = Math.min(2.2, Math.max(0.05, Math.min((this.width - 2 * pad) / w, (this.height - 2 * pad) / h)));
-    return { k, x: this.width / 2 - ((minX + maxX) / 2) * k, y: this.height / 2 - ((minY + maxY) / 2) * k };
+    // Labels hang to the right of their node: leave them some room.
+    const k = Math.min(1.5, Math.max(0.05, Math.min((width - 60) / w, height / h)));
+    return { k, x: left + (width - 60) / 2 - ((minX + maxX) / 2) * k, y: top + height / 2 - ((minY + maxY) / 2) * k };
   }
 
   _toWorld(sx, sy) {
@@ -548,18 +568,19 @@ export class GraphView {
     ctx.lineCap = "round";
     for (const e of edges) {
       const touches = !center || e.source === center || e.target === center;
-      const rgb = edgeRgb(e.confidence);
+      const level = confidenceLevel(e.confidence);
+      const rgb = edgeRgb(level);
       const strong = e === hoveredEdge || (center && touches);
-      const alpha = touches ? (strong ? 0.95 : 0.3 + 0.55 * e.confidence) : 0.05;
-      const width = (0.7 + 2.3 * e.confidence + (e === hoveredEdge ? 1.5 : 0)) / k;
+      const alpha = touches ? (strong ? 0.95 : 0.22 + 0.6 * level) : 0.05;
+      const width = (0.6 + 2.4 * level * level + (e === hoveredEdge ? 1.5 : 0)) / k;
       ctx.strokeStyle = `rgba(${rgb[0]},${rgb[1]},${rgb[2]},${alpha})`;
       ctx.fillStyle = ctx.strokeStyle;
       ctx.lineWidth = width;
-      ctx.setLineDash(e.edge_type === "sequence" ? [5 / k, 3.5 / k] : []);
+      ctx.setLineDash(e.edge_type === "sequence" ? [6 / k, 3 / k] : []);
       this._pathEdge(ctx, e);
       ctx.stroke();
       ctx.setLineDash([]);
-      this._arrow(ctx, e, (3.5 + 2.5 * e.confidence) / k);
+      this._arrow(ctx, e, (3.5 + 3 * level) / k);
 
       if (e.flashUntil > now) {
         flashing = true;
