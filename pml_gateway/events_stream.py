@@ -103,7 +103,7 @@ def parse_types(values: Iterable[str]) -> frozenset[str] | None:
         )
     if not seen_any:
         raise StreamRequestError(400, {"error": "types is empty: name at least one event type", "parameter": "types"})
-    if "*" in selected or selected >= GRAPH_EVENT_TYPES:
+    if selected >= GRAPH_EVENT_TYPES:
         return None
     return frozenset(selected & GRAPH_EVENT_TYPES)
 
