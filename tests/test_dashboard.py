@@ -281,6 +281,7 @@ async def test_dashboard_shows_the_graph_learning_live(tmp_path: Path) -> None:
             await browser.until("() => document.querySelector('#heartbeat-age').dataset.seconds !== ''")
             assert (await page.inner_text("#heartbeat-age")).endswith("ago")
             assert await page.inner_text("#clients") == "1"
+            await browser.until("() => document.querySelector('#uptime').textContent !== '—'")
 
             # The event log, newest first, filterable by type.
             await browser.until("() => document.querySelectorAll('#log li[data-id]').length >= 2")

@@ -130,6 +130,7 @@ function onMessage(type, ev) {
     retryDelay = RETRY_MIN_MS;
     $("conn").title = `Connected as ${data.client_id}`;
     setConnection("live");
+    loadUptime();
   } else if (type === "heartbeat") {
     const now = performance.now();
     if (state.heartbeatAt != null) state.heartbeatGap = now - state.heartbeatAt;
@@ -158,6 +159,19 @@ function onReset(data) {
   loadSnapshot("reset").then((ok) => {
     if (ok) showBanner("info", `${why} The graph was reloaded from a fresh snapshot at #${state.lastEventId ?? 0}.`);
   });
+}
+
+// Heartbeats carry the uptime, but the first may be heartbeat_seconds (30 by default) away.
+async function loadUptime() {
+  try {
+    const response = await fetch(new URL("events/stats", document.baseURI), { cache: "no-store" });
+    if (!response.ok) return;
+    const stats = await response.json();
+    if (state.uptime == null) state.uptime = { seconds: stats.uptime_seconds, at: performance.now() };
+    renderClock();
+  } catch {
+    // Only cosmetic: the next heartbeat brings it.
+  }
 }
 
 // ---- the snapshot --------------------------------------------------------------------------

@@ -596,7 +596,7 @@ export class GraphView {
 
     for (const node of nodes) {
       const dim = near && !near.has(node);
-      ctx.globalAlpha = dim ? 0.18 : 1;
+      ctx.globalAlpha = dim ? 0.25 : 1;
       ctx.beginPath();
       ctx.arc(node.x, node.y, node.r, 0, Math.PI * 2);
       ctx.fillStyle = this.colorOf(node);
