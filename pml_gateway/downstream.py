@@ -27,10 +27,11 @@ from typing import Any, TextIO
 import anyio
 import httpx2
 import mcp.types as types
-from mcp import ClientSession, MCPError, StdioServerParameters, stdio_client
+from mcp import Client, ClientSession, MCPError, StdioServerParameters, stdio_client
 from mcp.client.session import IncomingMessage
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from .downstream_config import HttpServerConfig, StdioServerConfig
 from .tool_registry import RegisteredTool, ToolRegistry
@@ -103,7 +104,7 @@ class Downstream:
         self.last_error: str | None = None
         self.restarts = 0
         self._errlog = errlog
-        self._session: ClientSession | None = None
+        self._client: Client | None = None
         self._wake = anyio.Event()  # set when the connection died or the tools changed
         self._dead = False
         self._relist = False
@@ -136,13 +137,13 @@ class Downstream:
             self.state = DownstreamState.CONNECTING
             connected_at: float | None = None
             try:
-                async with self._connect() as session:
+                async with self._connect() as client:
                     connected_at = time.monotonic()
-                    await self._serve(session)
+                    await self._serve(client)
             except Exception as exc:  # includes ExceptionGroup from HTTP transports; never cancellation
                 self.last_error = describe_error(exc)
             finally:
-                self._session = None
+                self._client = None
                 for scope in list(self._inflight):
                     scope.cancel()  # calls stuck on the dead connection return an error now
                 if self.registry.remove_server(self.name):
@@ -158,26 +159,30 @@ class Downstream:
             await anyio.sleep(delay)
 
     @asynccontextmanager
-    async def _connect(self) -> AsyncIterator[ClientSession]:
+    async def _connect(self) -> AsyncIterator[Client]:
         self._wake = anyio.Event()
         self._dead = self._relist = False
-        async with self._transport() as (read, write):
-            async with ClientSession(
-                read,
-                write,
-                message_handler=self._on_message,
-                client_info=types.Implementation(name="pml-gateway", version="0.1.0"),
-            ) as session:
-                with anyio.fail_after(self.timing.connect_timeout):
-                    await session.initialize()
-                    tools = await self._list_tools(session)
-                self._session = session
-                self.state = DownstreamState.CONNECTED
-                self.last_error = None
-                self.first_attempt_done.set()
-                self.registry.set_server_tools(self.name, tools)
-                logger.info("downstream %r connected: %d tools", self.name, len(tools))
-                yield session
+        # mode="auto": the 2026-07-28 era when the server speaks it (self-contained requests, kept-alive
+        # HTTP connections: a cheaper hop), else the initialize handshake. The read timeout bounds the
+        # handshake and tool listing; calls pass their own.
+        async with Client(
+            self._transport(),
+            mode="auto",
+            cache=None,
+            read_timeout_seconds=self.timing.connect_timeout,
+            message_handler=self._on_message,
+            client_info=types.Implementation(name="pml-gateway", version="0.1.0"),
+        ) as client:
+            tools = await self._list_tools(client.session)
+            self._client = client
+            self.state = DownstreamState.CONNECTED
+            self.last_error = None
+            self.first_attempt_done.set()
+            self.registry.set_server_tools(self.name, tools)
+            logger.info(
+                "downstream %r connected (protocol %s): %d tools", self.name, client.protocol_version, len(tools)
+            )
+            yield client
 
     def _transport(self) -> AbstractAsyncContextManager[Any]:
         config = self.config
@@ -193,26 +198,44 @@ class Downstream:
             return sse_client(config.url, headers=dict(config.headers) or None, timeout=self.timing.connect_timeout)
         return _streamable_http(config.url, config.headers, self.timing.connect_timeout)
 
-    async def _serve(self, session: ClientSession) -> None:
-        """Watch a live connection until it dies; re-list tools when the server says they changed."""
-        while True:
-            with anyio.move_on_after(self.timing.ping_interval):
-                await self._wake.wait()
-            if self._dead:
-                raise _ConnectionEnded("connection closed")
-            if self._relist:
-                self._wake = anyio.Event()
-                self._relist = False
-                with anyio.fail_after(self.timing.connect_timeout):
-                    tools = await self._list_tools(session)
-                if self.registry.set_server_tools(self.name, tools):
-                    logger.info("downstream %r: tool list changed (%d tools)", self.name, len(tools))
-                continue
-            try:
-                with anyio.fail_after(self.timing.ping_timeout):
-                    await session.send_ping()
-            except TimeoutError:
-                raise _ConnectionEnded(f"no answer to ping within {self.timing.ping_timeout:g} s") from None
+    async def _serve(self, client: Client) -> None:
+        """Watch a live connection until it dies; re-list tools when they may have changed."""
+        modern = client.protocol_version in MODERN_PROTOCOL_VERSIONS
+        async with anyio.create_task_group() as tg:
+            if modern:
+                tg.start_soon(self._listen_for_changes, client)
+            while True:
+                with anyio.move_on_after(self.timing.ping_interval):
+                    await self._wake.wait()
+                if self._dead:
+                    raise _ConnectionEnded("connection closed")
+                if self._relist or modern:
+                    # 2026-07-28 has no ping: listing the tools is the liveness check, and catches changes.
+                    self._wake = anyio.Event()
+                    self._relist = False
+                    try:
+                        with anyio.fail_after(self.timing.ping_timeout):
+                            tools = await self._list_tools(client.session)
+                    except TimeoutError:
+                        raise _ConnectionEnded(f"no answer within {self.timing.ping_timeout:g} s") from None
+                    if self.registry.set_server_tools(self.name, tools):
+                        logger.info("downstream %r: tool list changed (%d tools)", self.name, len(tools))
+                    continue
+                try:
+                    with anyio.fail_after(self.timing.ping_timeout):
+                        await client.session.send_ping()
+                except TimeoutError:
+                    raise _ConnectionEnded(f"no answer to ping within {self.timing.ping_timeout:g} s") from None
+
+    async def _listen_for_changes(self, client: Client) -> None:
+        """2026-07-28: change notifications come on a subscriptions/listen stream, when served."""
+        try:
+            async with client.listen(tools_list_changed=True) as subscription:
+                async for _event in subscription:
+                    self._relist = True
+                    self._wake.set()
+        except Exception as exc:  # not served, or the stream dropped: the periodic listing still catches changes
+            logger.debug("downstream %r: no change subscription (%s)", self.name, describe_error(exc))
 
     @staticmethod
     async def _list_tools(session: ClientSession) -> list[types.Tool]:
@@ -238,8 +261,8 @@ class Downstream:
 
     async def call_tool(self, tool: str, arguments: dict[str, Any] | None) -> types.CallToolResult:
         """Call one of this server's tools by its own name. Never raises (except cancellation)."""
-        session = self._session
-        if session is None:
+        client = self._client
+        if client is None:
             reason = f": {self.last_error}" if self.last_error else ""
             return error_result(f"downstream server {self.name!r} is {self.state.value}{reason}")
         timeout = self.config.timeout
@@ -247,10 +270,16 @@ class Downstream:
         self._inflight.add(scope)
         try:
             with scope:
-                return await session.call_tool(tool, arguments, read_timeout_seconds=timeout)
+                # The request itself, not Client.call_tool: a proxy passes results through and leaves
+                # checking them against the output schema to the client at the end of the chain.
+                return await client.session.send_request(
+                    types.CallToolRequest(params=types.CallToolRequestParams(name=tool, arguments=arguments)),
+                    types.CallToolResult,
+                    request_read_timeout_seconds=timeout,
+                )
         except MCPError as exc:
             if exc.code == types.CONNECTION_CLOSED:
-                if self._session is session:  # not a stale call on an earlier connection
+                if self._client is client:  # not a stale call on an earlier connection
                     self._dead = True
                     self._wake.set()
                 return error_result(f"downstream server {self.name!r} closed the connection during {tool!r}")
