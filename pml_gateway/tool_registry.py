@@ -2,10 +2,11 @@
 
 Exposed names must match ``^[a-zA-Z0-9_-]{1,64}$``. Every other character becomes ``_``; a name
 longer than 64 characters keeps its first 57 and ends in ``_`` plus 6 hex digits of a hash of the
-original pair. When two tools still end up with the same name, the one whose name needed no change
-keeps it and every other gets that hash suffix. The hash depends only on (server, tool), so the
-outcome is the same whatever order servers connect in; each rename is logged. Input and output
-schemas pass through untouched: only ``name`` is rewritten.
+original pair. When several tools still end up with the same name, the one whose name needed no
+change keeps it (the first by server name if several did) and every other gets that hash suffix.
+The hash depends only on (server, tool), so the outcome does not depend on the order servers
+connect in; each rename is logged. Input and output schemas pass through untouched: only
+``name`` is rewritten.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import pytest
 from mcp import Client, ClientSession, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
-from gateway_support import EXAMPLES, TEST_SERVER, health, http_downstream, run_gateway, stdio_entry, wait_listening
+from gateway_support import TEST_SERVER, health, http_downstream, run_gateway, stdio_entry, wait_listening
 
 pytestmark = pytest.mark.anyio
 
