@@ -20,7 +20,7 @@ from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, Streamable
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from graphrag import GraphRAGEngine, WorkflowExecution
 
@@ -156,11 +156,40 @@ class _MCPEndpoint:
         if app is None or upstream is None:
             await JSONResponse({"error": "the MCP gateway is not running"}, status_code=503)(scope, receive, send)
             return
-        await app(scope, receive, send)
+        response = _ResponseState(send)
+        await app(scope, receive, response.send)
+        if response.started and not response.completed:
+            # The SDK ends a session's GET stream at shutdown without a last chunk; finish it cleanly.
+            await response.finish()
         if scope.get("method") == "DELETE":
             session_id = _header(scope, MCP_SESSION_ID_HEADER)
             if session_id:
                 await upstream.session_ended(session_id)
+
+
+class _ResponseState:
+    """Watches what an ASGI app sent, to complete a response it left open."""
+
+    __slots__ = ("_send", "started", "completed")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+        self.completed = False
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.started = True
+        elif kind == "http.response.body" and not message.get("more_body", False):
+            self.completed = True
+        await self._send(message)
+
+    async def finish(self) -> None:
+        try:
+            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+        except Exception:  # the client is gone already
+            pass
 
 
 def _header(scope: Scope, name: str) -> str | None:
