@@ -148,3 +148,31 @@ async def test_stdio_with_the_http_api_beside_it(tmp_path: Path) -> None:
                         break
                     await anyio.sleep(0.1)
             assert [(e["from_tool_id"], e["to_tool_id"]) for e in edges] == [("local__echo", "local__pid")]
+
+
+async def test_the_example_servers_over_every_transport(tmp_path: Path) -> None:
+    from gateway_support import EXAMPLES
+
+    notes_dir = tmp_path / "notes"
+    with http_downstream(script=EXAMPLES / "notes_server.py", env={"NOTES_DIR": str(notes_dir)}) as (notes_url, notes_port, _), \
+            http_downstream(script=EXAMPLES / "math_server.py", transport="sse") as (math_url, math_port, _):
+        await wait_listening(notes_port)
+        await wait_listening(math_port)
+        servers = {
+            "notes": {"type": "http", "url": notes_url},
+            "math": {"type": "sse", "url": math_url},
+            "text": {"command": "python", "args": [str(EXAMPLES / "text_server.py")]},
+        }
+        async with run_gateway(tmp_path, servers) as gw:
+            with anyio.fail_after(30):
+                async with Client(gw.mcp_url, mode="legacy", cache=None) as client:
+                    created = await client.call_tool("notes__create_note", {"title": "Plan", "body": "Ship it. Then rest."})
+                    assert not created.is_error and (notes_dir / f"{created.structured_content['id']}.json").exists()
+                    summary = await client.call_tool("text__summarize", {"text": "Ship it. Then rest.", "sentences": 1})
+                    assert summary.structured_content["summary"] == "Ship it."
+                    miles = await client.call_tool("math__convert_units", {"value": 42.195, "from_unit": "km", "to_unit": "mi"})
+                    assert abs(miles.structured_content["value"] - 26.219) < 0.001
+                    bad = await client.call_tool("math__convert_units", {"value": 1, "from_unit": "km", "to_unit": "kg"})
+                    assert bad.is_error and "cannot convert length (km) to mass (kg)" in text(bad)
+            transports = {name: h["transport"] for name, h in (await health(gw.url))["downstreams"].items()}
+            assert transports == {"notes": "streamable-http", "math": "sse", "text": "stdio"}
