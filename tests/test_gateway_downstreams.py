@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -220,3 +221,31 @@ def test_a_bad_config_file_stops_start_up_with_one_clear_error(tmp_path: Path) -
         assert "server 'files': field 'args'" in done.stderr
         assert "Traceback" not in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("transport", ["stdio", "streamable-http"])
+async def test_a_downstream_dying_during_a_call(tmp_path: Path, transport: str) -> None:
+    """The pending call returns an error at once, not after its timeout (SDK_NOTES §4: over HTTP it never would)."""
+    with contextlib.ExitStack() as stack:
+        if transport == "stdio":
+            servers: dict[str, Any] = {"victim": stdio_entry(timeout=120)}
+        else:
+            url, port, _proc = stack.enter_context(http_downstream())
+            await wait_listening(port)
+            servers = {"victim": {"url": url, "timeout": 120}}
+        async with run_gateway(tmp_path, servers, timing=PATIENT) as gw:
+            with anyio.fail_after(60):  # far below the call's own 120 s timeout
+                async with Client(gw.mcp_url, mode="legacy", cache=None) as client:
+                    pid = (await client.call_tool("victim__pid", {})).structured_content["result"]
+                    results: list[types.CallToolResult] = []
+
+                    async def slow_call() -> None:
+                        results.append(await client.call_tool("victim__sleep", {"seconds": 100}))
+
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(slow_call)
+                        await anyio.sleep(0.5)
+                        os.kill(pid, signal.SIGKILL)
+                    (result,) = results
+                    assert result.is_error
+                    assert "'victim'" in text(result) and ("closed" in text(result) or "disconnected" in text(result))
