@@ -1,0 +1,1 @@
+"""Example MCP servers, config and workload for `pml-gateway demo` (shipped as pml_gateway.examples)."""
