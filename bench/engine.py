@@ -1,6 +1,6 @@
 """Engine benchmark: ingest rate, metrics recompute, event-loop stalls, learning quality.
 
-    .venv/bin/python bench/engine.py              # everything, about 3-4 minutes on 2 cores
+    .venv/bin/python bench/engine.py              # everything, about 2 minutes on 2 cores
     .venv/bin/python bench/engine.py --quick      # small sizes, a sanity run in seconds
     .venv/bin/python bench/engine.py --only ingest,quality
 
