@@ -268,6 +268,9 @@ class CommunityWorker:
             process = subprocess.Popen(
                 [sys.executable, "-c", code], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env
             )
+        except OSError as exc:
+            ours.close()
+            raise RuntimeError(f"community worker could not start: {exc!r}") from exc
         finally:
             theirs.close()
         self._process, self._conn = process, Connection(ours.detach())

@@ -50,6 +50,8 @@ _STOP_FACTOR = (1.0 - DAMPING) / DAMPING
 #: Merge the matrix of recently added edges into the main one when it holds this share of it.
 _DELTA_SHARE = 16
 _DELTA_MIN = 4096
+#: Consecutive worker failures after which communities stay in-thread for good.
+_WORKER_ATTEMPTS = 3
 
 
 class GraphMetrics(BaseModel):
@@ -158,6 +160,7 @@ class MetricsComputer:
         self._scores_lineage: int | None = None
         self._communities = CommunityState()
         self._worker: CommunityWorker | None = None
+        self._worker_failures = 0
         #: Iterations the last PageRank took (for benchmarks and tests of the warm start).
         self.last_pagerank_iterations = 0
 
@@ -250,7 +253,7 @@ class MetricsComputer:
             if self._worker is None:
                 self._worker = CommunityWorker()
             try:
-                return self._worker.membership(
+                membership = self._worker.membership(
                     self.community_backend,
                     snapshot.lineage,
                     snapshot.node_count,
@@ -259,7 +262,18 @@ class MetricsComputer:
                     snapshot.weight,
                 )
             except RuntimeError:  # the next call starts a fresh worker; this one computes here
-                log.exception("community worker failed; computing in this thread")
+                self._worker_failures += 1
+                if self._worker_failures >= _WORKER_ATTEMPTS:  # e.g. no subprocesses allowed here
+                    self.process_threshold_edges = None
+                    log.exception(
+                        "community worker failed %d times; communities are computed in-thread from now on",
+                        self._worker_failures,
+                    )
+                else:
+                    log.exception("community worker failed; computing in this thread")
+            else:
+                self._worker_failures = 0
+                return membership
         state = self._communities
         continues = snapshot.lineage == state.lineage and snapshot.edge_count >= state.edge_count
         start = state.edge_count if continues else 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import sys
 
 import networkx as nx
 import numpy as np
@@ -333,6 +334,20 @@ def test_a_dead_worker_is_replaced() -> None:
         assert worker.running and worker.pid != first_pid
     finally:
         computer.close()
+
+
+def test_without_a_worker_process_communities_are_computed_in_thread(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    snapshot = arrays_of(two_cliques()).snapshot()
+    expected = MetricsComputer(process_threshold_edges=None).communities(snapshot)
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")  # subprocesses cannot start
+    computer = MetricsComputer(process_threshold_edges=0)
+    for _ in range(3):
+        assert computer.communities(snapshot) == expected
+    assert "could not start" in caplog.text
+    assert computer.process_threshold_edges is None  # given up after three attempts: no more logs
+    computer.close()
 
 
 def test_closing_an_unstarted_worker_is_harmless() -> None:
