@@ -7,12 +7,13 @@ Order of one learning step (``update_from_execution``), which is what makes it c
 4. call the listeners, in registration order, with each stored event.
 A crash before 2 loses nothing anyone saw; after 2 everything is on disk.
 
-The engine is driven from one event loop; each learning step runs without awaiting, so steps
-never interleave. Metrics are computed in a worker thread from an array snapshot.
+The engine is driven from one asyncio event loop; each learning step runs without awaiting, so
+steps never interleave. Metrics are computed in a worker thread from an array snapshot.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -63,6 +64,7 @@ class GraphRAGEngine:
         self._listeners: list[Listener] = []
         self._last_event_id: int | None = self.store.bounds().last_id
         self._metrics_lock: anyio.Lock | None = None
+        self._group: list[tuple[WorkflowExecution, asyncio.Future[list[GraphEvent]]]] = []
 
     # -- listeners ------------------------------------------------------------------------
     def on(self, listener: Listener) -> None:
@@ -106,7 +108,32 @@ class GraphRAGEngine:
 
     # -- learning -------------------------------------------------------------------------
     async def update_from_execution(self, execution: WorkflowExecution) -> list[GraphEvent]:
-        return self.record_many([execution])[0]
+        """Learn from one execution; returns its events (with ids) once they are committed.
+
+        Group commit: executions submitted during the same event-loop turn (concurrent requests,
+        traces closing together) share one transaction, committed at the end of that turn. Each
+        still gets its own events, in submission order. If the caller is cancelled while it
+        waits, its execution is recorded all the same.
+        """
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[list[GraphEvent]] = loop.create_future()
+        if not self._group:
+            loop.call_soon(self._commit_group)
+        self._group.append((execution, waiter))
+        return await asyncio.shield(waiter)
+
+    def _commit_group(self) -> None:
+        group, self._group = self._group, []
+        try:
+            results = self.record_many([execution for execution, _ in group])
+        except Exception as exc:  # the store refused the transaction: nothing of it was applied
+            for _, waiter in group:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            return
+        for (_, waiter), events in zip(group, results):
+            if not waiter.done():
+                waiter.set_result(events)
 
     async def update_from_executions(self, executions: Sequence[WorkflowExecution]) -> list[list[GraphEvent]]:
         """Learn from several executions at once: one commit for all, events as if one by one."""

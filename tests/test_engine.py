@@ -152,3 +152,36 @@ async def test_a_batch_learns_exactly_as_one_by_one(tmp_path) -> None:
 
     assert counts(batched) == counts(single)
     assert batched.store.execution_count() == 3
+
+
+async def test_concurrent_executions_share_one_commit() -> None:
+    import anyio
+
+    from graphrag import MemoryStore
+
+    class CountingStore(MemoryStore):
+        commits = 0
+
+        def record_executions(self, records):
+            self.commits += 1
+            return super().record_executions(records)
+
+    store = CountingStore()
+    engine = GraphRAGEngine(store=store)
+    results: dict[int, list[GraphEvent]] = {}
+
+    async def submit(i: int) -> None:
+        results[i] = await engine.update_from_execution(WorkflowExecution.from_tool_ids(["a", f"t{i}"], workflow_id=f"w{i}"))
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tasks:
+            for i in range(20):
+                tasks.start_soon(submit, i)
+    assert store.commits == 1
+    assert sorted(events[-1].data.workflow_id for events in results.values()) == sorted(f"w{i}" for i in range(20))
+    ids = sorted(e.id for events in results.values() for e in events)
+    assert ids == list(range(1, 41))  # each execution got its own edge event and workflow_executed
+    # One after the other, each call commits on its own.
+    await engine.update_from_execution(WorkflowExecution.from_tool_ids(["a", "b"]))
+    await engine.update_from_execution(WorkflowExecution.from_tool_ids(["a", "b"]))
+    assert store.commits == 3
