@@ -21,6 +21,7 @@ from datetime import datetime
 
 import anyio
 import networkx as nx
+from pydantic_core import to_json
 
 from .events import (
     EdgeCreatedData,
@@ -64,7 +65,12 @@ class GraphRAGEngine:
         self._listeners: list[Listener] = []
         self._last_event_id: int | None = self.store.bounds().last_id
         self._metrics_lock: anyio.Lock | None = None
+        self._snapshot_cache: tuple[tuple[int, int | None], bytes] | None = None
         self._group: list[tuple[WorkflowExecution, asyncio.Future[list[GraphEvent]]]] = []
+
+    def close(self) -> None:
+        """Stop the metrics worker process, if one was started (the store is closed by its owner)."""
+        self._computer.close()
 
     # -- listeners ------------------------------------------------------------------------
     def on(self, listener: Listener) -> None:
@@ -274,6 +280,44 @@ class GraphRAGEngine:
     # -- queries --------------------------------------------------------------------------
     def suggest_next(self, after: Sequence[str], limit: int = 5) -> list[Suggestion]:
         return suggest_next(self.graph, after, limit)
+
+    def snapshot_json(self) -> bytes:
+        """``snapshot().model_dump_json()``, built from plain dicts and cached until the next event.
+
+        ``GET /graph`` runs on the event loop: per-edge pydantic models cost ~8 µs an edge, plain
+        dicts serialised by pydantic-core ~2 µs; a dashboard refetching after each
+        ``metrics_updated`` hits the cache.
+        """
+        key = (id(self.graph), self._last_event_id)
+        if self._snapshot_cache is not None and self._snapshot_cache[0] == key:
+            return self._snapshot_cache[1]
+        metrics = self.metrics
+        pagerank = metrics.pagerank if metrics else {}
+        communities = metrics.communities if metrics else {}
+        document = {
+            "last_event_id": self._last_event_id,
+            "nodes": [
+                {"id": node, "server": attrs.get("server"), "pagerank": pagerank.get(node), "community": communities.get(node)}
+                for node, attrs in self.graph.nodes(data=True)
+            ],
+            "edges": [
+                {
+                    "from_tool_id": source,
+                    "to_tool_id": target,
+                    "confidence": attrs["confidence"],
+                    "observed_count": attrs["observed_count"],
+                    "success_count": attrs["success_count"],
+                    "failure_count": attrs["failure_count"],
+                    "edge_type": attrs["edge_type"],
+                    "last_observed": attrs["last_observed"],
+                }
+                for source, target, attrs in self.graph.edges(data=True)
+            ],
+            "metrics": metrics.model_dump(mode="json") if metrics else None,
+        }
+        body = to_json(document)  # pydantic-core: datetimes exactly as the models write them
+        self._snapshot_cache = (key, body)
+        return body
 
     def snapshot(self) -> GraphSnapshot:
         metrics = self.metrics

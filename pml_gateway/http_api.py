@@ -39,8 +39,7 @@ async def events_stats(request: Request) -> Response:
 # -- GET /graph -------------------------------------------------------------------------------
 async def graph(request: Request) -> Response:
     # last_event_id in the snapshot is the id the graph reflects: resume the stream from it.
-    snapshot = app_state(request).engine.snapshot()
-    return Response(snapshot.model_dump_json(), media_type="application/json")
+    return Response(app_state(request).engine.snapshot_json(), media_type="application/json")
 
 
 # -- POST /executions -------------------------------------------------------------------------

@@ -185,3 +185,23 @@ async def test_concurrent_executions_share_one_commit() -> None:
     await engine.update_from_execution(WorkflowExecution.from_tool_ids(["a", "b"]))
     await engine.update_from_execution(WorkflowExecution.from_tool_ids(["a", "b"]))
     assert store.commits == 3
+
+
+async def test_snapshot_json_is_the_snapshot_document_and_is_cached(tmp_path) -> None:
+    import json
+
+    from graphrag import SQLiteStore
+
+    engine = GraphRAGEngine(store=SQLiteStore(tmp_path / "g.db"))
+    await engine.update_from_execution(WorkflowExecution.from_tool_ids(["files__read", "text__summarize", "plain"]))
+    assert json.loads(engine.snapshot_json()) == json.loads(engine.snapshot().model_dump_json())
+    await engine.refresh_metrics()
+    body = engine.snapshot_json()
+    assert json.loads(body) == json.loads(engine.snapshot().model_dump_json())
+    assert engine.snapshot_json() is body  # nothing happened: the cached document
+    await engine.update_from_execution(WorkflowExecution.from_tool_ids(["plain", "files__read"]))
+    assert json.loads(engine.snapshot_json())["last_event_id"] == engine.last_event_id
+    # reloaded from the file, timestamps read back from SQLite serialise the same way
+    reopened = GraphRAGEngine(store=SQLiteStore(tmp_path / "g.db"))
+    await reopened.sync_from_database()
+    assert json.loads(reopened.snapshot_json()) == json.loads(reopened.snapshot().model_dump_json())
