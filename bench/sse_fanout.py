@@ -19,7 +19,12 @@ Three designs, same app, same middleware, same uvicorn:
   generator per client (default settings, its 15 s ping task included), each event encoded to JSON
   and SSE for each client.
 
-Memory per client = (server RSS with N idle clients connected - RSS before) / N.
+Memory per client = (server RSS with N idle clients connected - RSS before) / N. Server CPU per
+delivery = the server process's CPU time while publishing / (events x clients): unlike the latency
+it hardly depends on what else the machine is doing.
+
+The server runs with the gateway's GC thresholds (``pml_gateway.app.GC_THRESHOLDS``, all designs
+alike); ``--default-gc`` keeps Python's, to show what they are for.
 """
 
 from __future__ import annotations
@@ -69,7 +74,7 @@ def rss_bytes(pid: int) -> int:
 # =============================================================================================
 # Server side (a subprocess: ``sse_fanout.py --serve pml|naive``)
 # =============================================================================================
-def serve(mode: str) -> None:
+def serve(mode: str, default_gc: bool) -> None:
     import anyio
     from sse_starlette import EventSourceResponse, ServerSentEvent
     from starlette.requests import Request
@@ -78,14 +83,10 @@ def serve(mode: str) -> None:
 
     from graphrag import GraphEvent
     from graphrag.events import WorkflowExecutedData
-    from pml_gateway.app import AppState, create_app, make_server
+    from pml_gateway.app import GC_THRESHOLDS, AppState, create_app, make_server
     from pml_gateway.settings import Settings
 
     raise_fd_limit()
-    if os.environ.get("BENCH_GC") == "off":
-        import gc
-
-        gc.disable()
     naive_queues: set[asyncio.Queue[GraphEvent]] = set()
 
     async def naive_stream(request: Request) -> Response:
@@ -183,6 +184,7 @@ def serve(mode: str) -> None:
         timeout_graceful_shutdown=2,
         access_log=False,
         on_started=lambda url: print(f"READY {url}", flush=True),
+        gc_thresholds=None if default_gc else GC_THRESHOLDS,
     )
     server.run()
 
@@ -255,10 +257,9 @@ def percentile(sorted_values: list[int], p: float) -> float:
     return sorted_values[index] / 1e6
 
 
-async def run_case(mode: str, clients: int, rate: float, seconds: float) -> dict[str, Any]:
-    server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", mode], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
+async def run_case(mode: str, clients: int, rate: float, seconds: float, default_gc: bool) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--serve", mode, *(["--default-gc"] if default_gc else [])]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         line = await asyncio.wait_for(asyncio.to_thread(server.stdout.readline), 30)  # type: ignore[union-attr]
         host, port_text = line.split("http://", 1)[1].strip().rsplit(":", 1)
@@ -291,11 +292,13 @@ async def run_case(mode: str, clients: int, rate: float, seconds: float) -> dict
 
         count = max(1, round(rate * seconds))
         cpu_before = cpu_seconds(server.pid)
+        client_cpu_before = time.process_time()
         await http_json(host, port, "POST", "/bench/publish", {"rate": rate, "count": count})
         deadline = time.monotonic() + seconds + 30
         while time.monotonic() < deadline and any(p.received < count for p in protocols):
             await asyncio.sleep(0.1)
         cpu_used = cpu_seconds(server.pid) - cpu_before
+        client_cpu_used = time.process_time() - client_cpu_before
         complete = sum(1 for p in protocols if p.received >= count)
 
         for protocol in protocols:
@@ -303,7 +306,7 @@ async def run_case(mode: str, clients: int, rate: float, seconds: float) -> dict
                 protocol.transport.close()
         latencies = sorted(latency for protocol in protocols for latency in protocol.latencies())
         return {
-            "mode": mode,
+            "mode": mode + (", default GC" if default_gc else ""),
             "clients": clients,
             "connected": stats.connected,
             "server_saw": server_count,
@@ -317,6 +320,7 @@ async def run_case(mode: str, clients: int, rate: float, seconds: float) -> dict
             "max_ms": latencies[-1] / 1e6 if latencies else float("nan"),
             "kb_per_client": (rss_idle - rss_before) / clients / 1024,
             "cpu_us_per_delivery": cpu_used * 1e6 / (count * clients),
+            "client_cpu_us_per_delivery": client_cpu_used * 1e6 / (count * clients),
             "rss_idle_mb": rss_idle / 2**20,
         }
     finally:
@@ -331,7 +335,7 @@ async def run_case(mode: str, clients: int, rate: float, seconds: float) -> dict
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Several rounds of one case: the median of each figure, and every round's p99."""
     summary = dict(runs[0])
-    for key in ("p50_ms", "p99_ms", "max_ms", "cpu_us_per_delivery", "kb_per_client"):
+    for key in ("p50_ms", "p99_ms", "max_ms", "cpu_us_per_delivery", "client_cpu_us_per_delivery", "kb_per_client"):
         summary[key] = statistics.median(r[key] for r in runs)
     summary["complete"] = min(r["complete"] for r in runs)
     summary["p99_rounds"] = [round(r["p99_ms"], 1) for r in runs]
@@ -361,14 +365,15 @@ async def main_async(args: argparse.Namespace) -> None:
         runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in args.modes}
         for _ in range(rounds):  # designs interleaved: a noisy minute hurts them alike
             for mode in args.modes:
-                result = await run_case(mode, clients, rate, args.seconds)
+                result = await run_case(mode, clients, rate, args.seconds, args.default_gc)
                 runs[mode].append(result)
                 print(json.dumps(result), file=sys.stderr, flush=True)
         results.extend(summarise(runs[mode]) for mode in args.modes)
+    by_design = lambda name: name.split(",")[0]  # noqa: E731
     print(table(results))
     print()
     for clients in args.clients:
-        by_mode = {r["mode"]: r for r in results if r["clients"] == clients}
+        by_mode = {by_design(r["mode"]): r for r in results if r["clients"] == clients}
         for other in ("naive", "pml-sse"):
             if {"pml", other} <= set(by_mode):
                 p99 = by_mode[other]["p99_ms"] / by_mode["pml"]["p99_ms"]
@@ -383,10 +388,11 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES), type=lambda s: s.split(","))
     parser.add_argument("--seconds", type=float, default=5.0, help="publishing time per case")
     parser.add_argument("--rate", type=float, help="events per second (default: 20 / 10 / 1 for 100 / 1k / 10k)")
+    parser.add_argument("--default-gc", action="store_true", help="keep Python's GC thresholds in the server")
     parser.add_argument("--rounds", type=int, help="rounds per case (default: 3, and 1 for 10,000 clients)")
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve)
+        serve(args.serve, args.default_gc)
         return
     limit = raise_fd_limit()
     if max(args.clients) + 100 > limit:

@@ -12,6 +12,12 @@ moment (its *seam*). Replay then covers ``(requested, seam]`` (from memory when 
 holds it, else from the store's event log) and live delivery covers ``(seam, ...)``. Live frames
 are also deduplicated by id, so a future hub that cannot register atomically stays correct.
 
+A subscriber is consumed one of two ways. Pulled: a task awaits ``next_chunk()`` (one wake-up per
+event per client). Pushed (``attach(sink)``): one flush callback per burst of events writes to
+every client's ``Sink`` synchronously; only a client whose write cannot complete at once (it
+reads slower than we write) is paused until its sink calls ``resume()``, and its queue fills
+meanwhile. Pushing costs no task switch and no allocation that outlives the event per client.
+
 ``EventHub`` is the small interface the stream depends on; ``InProcessEventHub`` is the
 single-process implementation. A Redis Streams hub (several gateway processes) implements the
 same interface later.
@@ -80,6 +86,18 @@ class CloseReason(str, Enum):
     SHUTDOWN = "shutdown"  # the hub closed
 
 
+class Sink(Protocol):
+    """Where a pushed subscription writes (the stream's connection)."""
+
+    def write(self, chunk: bytes) -> bool:
+        """Write now; False if the write had to wait (then ``Subscription.resume()`` follows)."""
+        ...
+
+    def close(self, reason: CloseReason) -> None:
+        """The subscription ended (unless ``reason`` is CLIENT, the sink ends the response)."""
+        ...
+
+
 class HubClosed(RuntimeError):
     """Subscribing to a hub that is shutting down."""
 
@@ -116,9 +134,17 @@ class Subscription(ABC):
 
     @abstractmethod
     async def next_chunk(self) -> bytes | None:
-        """The live frames queued since the last call, joined; waits for one; None once closed.
+        """Pull: the live frames queued since the last call, joined; waits for one; None once closed.
 
         May return ``b""`` (everything queued had been replayed already): send nothing then."""
+
+    @abstractmethod
+    def attach(self, sink: Sink) -> None:
+        """Push from now on: queued and future chunks go to ``sink`` (after the replay)."""
+
+    @abstractmethod
+    def resume(self) -> None:
+        """The sink's write that had to wait is done: push what queued meanwhile."""
 
     @abstractmethod
     def close(self) -> None:
@@ -171,6 +197,9 @@ class _Subscriber(Subscription):
         "_requested",
         "_missed",
         "_last_sent_id",
+        "_sink",
+        "_paused",
+        "_scheduled",
     )
 
     def __init__(
@@ -196,6 +225,9 @@ class _Subscriber(Subscription):
         self._requested = requested
         self._missed = missed  # replay taken from memory at registration; None: ask the log
         self._last_sent_id = seam if seam is not None else -1
+        self._sink: Sink | None = None
+        self._paused = False  # push: the sink is finishing a write that had to wait
+        self._scheduled = False  # push: waiting for the hub's flush
 
     # Called by the hub, synchronously, for every frame. Never awaits.
     def _offer(self, item: Frame | bytes) -> None:
@@ -205,15 +237,23 @@ class _Subscriber(Subscription):
             self._hub._drop_slow(self)
             return
         self._queue.append(item)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if self._sink is not None:
+            if not self._scheduled and not self._paused:
+                self._scheduled = True
+                self._hub._schedule_flush(self)
+        else:
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     def _end(self, reason: CloseReason) -> None:
         if self.close_reason is not None:
             return
         self.close_reason = reason
         self._queue = []
+        if self._sink is not None:
+            self._sink.close(reason)
+            return
         waiter = self._waiter
         if waiter is not None:
             if not waiter.done():
@@ -221,6 +261,32 @@ class _Subscriber(Subscription):
         elif reason is CloseReason.SLOW and self.on_forced_close is not None:
             self.on_forced_close()  # busy (maybe stuck writing to a client that stopped reading)
 
+    # -- push -----------------------------------------------------------------------------
+    def attach(self, sink: Sink) -> None:
+        self._sink = sink
+        if self.close_reason is not None:  # ended during the replay
+            sink.close(self.close_reason)
+        else:
+            self._push()
+
+    def resume(self) -> None:
+        self._paused = False
+        self._push()
+
+    def _push(self) -> None:
+        """Write what is queued, until the sink has to wait (called by the hub's flush)."""
+        self._scheduled = False
+        sink = self._sink
+        while self._queue and not self._paused and self.close_reason is None and sink is not None:
+            chunk = self._take()
+            if chunk:
+                try:
+                    self._paused = not sink.write(chunk)
+                except Exception:
+                    log.exception("event stream client %s failed", self.client_id)
+                    self.close()
+
+    # -- pull -----------------------------------------------------------------------------
     async def next_chunk(self) -> bytes | None:
         while not self._queue:
             if self.close_reason is not None:
@@ -232,15 +298,19 @@ class _Subscriber(Subscription):
                 self._waiter = None
         if self.close_reason is not None:
             return None
+        return self._take()
+
+    def _take(self) -> bytes:
+        """Everything queued, joined; ids already sent (by the replay) skipped."""
         items, self._queue = self._queue, []
         last = self._last_sent_id
-        if len(items) == 1:  # the common case: one event since the last wake-up
+        if len(items) == 1:  # the common case: one event since the last write
             item = items[0]
             if type(item) is not Frame:
                 return item  # type: ignore[return-value]
             if item.id is not None:
                 if item.id <= last:
-                    return b""  # already sent by the replay
+                    return b""
                 self._last_sent_id = item.id
                 self._hub._delivered += 1
             return item.wire
@@ -250,7 +320,7 @@ class _Subscriber(Subscription):
             if type(item) is Frame:
                 if item.id is not None:
                     if item.id <= last:
-                        continue  # already sent by the replay
+                        continue
                     last = item.id
                     delivered += 1
                 parts.append(item.wire)
@@ -321,6 +391,7 @@ class InProcessEventHub(EventHub):
         # Every event with an id above the floor is in memory; below it, ask the log.
         self._memory_floor: int = bounds.last_id or 0
         self._subscribers: dict[str, _Subscriber] = {}
+        self._dirty: list[_Subscriber] = []  # pushed subscribers with something to write
         self._closed = False
         self._published = 0
         self._delivered = 0
@@ -335,6 +406,11 @@ class InProcessEventHub(EventHub):
     @property
     def last_event_id(self) -> int | None:
         return self._last_id
+
+    @property
+    def paused_clients(self) -> int:
+        """Pushed clients whose last write is still waiting for them to read (diagnostics)."""
+        return sum(1 for subscriber in self._subscribers.values() if subscriber._paused)
 
     def publish(self, event: GraphEvent) -> None:
         frame = encode_event(event)
@@ -357,6 +433,18 @@ class InProcessEventHub(EventHub):
         # A copy: a subscriber dropped during the loop leaves the dict.
         for subscriber in tuple(self._subscribers.values()):
             subscriber._offer(item)
+
+    def _schedule_flush(self, subscriber: _Subscriber) -> None:
+        if not self._dirty:
+            # One callback writes to every pushed client, after the publisher's step: a burst of
+            # events becomes one write per client.
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._dirty.append(subscriber)
+
+    def _flush(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for subscriber in dirty:
+            subscriber._push()
 
     # -- consumer side --------------------------------------------------------------------
     def subscribe(self, *, types: frozenset[str] | None = None, last_event_id: int | None = None) -> Subscription:

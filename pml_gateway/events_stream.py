@@ -7,12 +7,15 @@ for everyone, made once per ``heartbeat_seconds`` and broadcast through the hub.
 
 The wire bytes come ready-made from the hub (serialised once per event). Two ways to carry them:
 
-- ``"direct"`` (the default): a small ASGI response that awaits the subscription and sends each
-  chunk straight to the server: one task per connection plus one waiting for the disconnect.
-- ``"sse-starlette"``: sse-starlette's ``EventSourceResponse`` around a generator. Per connection
-  it runs a task group of three tasks and wraps every send in a cancel scope; bench/sse_fanout.py
-  measured it no faster than the naive design at 1,000 clients and at 35 KB per idle client, so
-  it is kept only as the reference the benchmark compares against.
+- ``"direct"`` (the default): a small ASGI response. The request's task sends the headers and the
+  replay, then only waits for the disconnect; the hub pushes live chunks to a ``_ServerSink``,
+  which writes them with the server's own ``send`` from one flush callback per burst of events:
+  no task wakes up per client and event.
+- ``"sse-starlette"``: sse-starlette's ``EventSourceResponse`` around a generator that pulls
+  ``next_chunk()``: per connection a task group of three tasks, every event waking a task that
+  resumes the whole middleware stack, every send wrapped in a cancel scope. bench/sse_fanout.py
+  measured it at about twice the CPU per delivered event and twice the memory per idle client of
+  the direct response, so it is kept only as the reference the benchmark compares against.
 
 Both send the same bytes and the same headers.
 """
@@ -22,8 +25,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
-from typing import Literal
+from collections.abc import AsyncIterator, Callable, Generator, Iterable
+from typing import Any, Literal
 
 import anyio
 from pydantic import BaseModel
@@ -35,7 +38,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from graphrag.events import EVENT_TYPES, GRAPH_EVENT_TYPES, ConnectedData, HeartbeatData
 
-from .event_hub import EventHub, HubClosed, Subscription, encode_payload
+from .event_hub import CloseReason, EventHub, HubClosed, Subscription, encode_payload
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,8 @@ STREAM_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 ResponseKind = Literal["direct", "sse-starlette"]
+#: Scope key under which the app (``pml_gateway.app.GatewayApp``) puts the server's own ``send``.
+SERVER_SEND = "pml.server_send"
 
 
 class StreamRequestError(Exception):
@@ -276,7 +281,7 @@ class EventsStreamManager:
             subscription.on_forced_close = cancel_scope.cancel
             try:
                 if self.response_kind == "direct":
-                    await _stream(subscription, connected, receive, send)
+                    await _stream(subscription, connected, scope, receive, send, cancel_scope.cancel)
                 else:
                     # The heartbeat comes through the hub, so sse-starlette's own ping is off.
                     response = EventSourceResponse(_frames(subscription, connected), ping=0, sep="\n")
@@ -286,26 +291,108 @@ class EventsStreamManager:
                 log.debug("stream client %s gone (%s)", subscription.client_id, subscription.close_reason)
 
 
-async def _stream(subscription: Subscription, connected: bytes, receive: Receive, send: Send) -> None:
-    """The direct response: chunks from the subscription, sent as they come, until it ends."""
+async def _stream(
+    subscription: Subscription, connected: bytes, scope: Scope, receive: Receive, send: Send, end: Callable[[], None]
+) -> None:
+    """The direct response: headers, replay, then the hub pushes live chunks to a ``_ServerSink``.
 
-    async def watch_disconnect() -> None:
+    This task only waits for the disconnect. Body chunks go to the server's own ``send`` when the
+    app put it in the scope (``GatewayApp``): this app's middleware only looks at response starts.
+    The start message still goes through it: CORS adds its headers there. ``end()`` cancels this
+    task (its caller's cancel scope) when the stream is ended from the hub's side.
+    """
+    await send({"type": "http.response.start", "status": 200, "headers": STREAM_HEADERS})
+    body_send: Send = scope.get(SERVER_SEND, send)
+    await body_send(_body(connected))
+    async for chunk in subscription.replay():
+        await body_send(_body(chunk))
+    sink = _ServerSink(subscription, body_send, end)
+    subscription.attach(sink)
+    try:
         while (await receive())["type"] != "http.disconnect":
             pass
-        subscription.close()  # wakes next_chunk(), which then returns None
-
-    watcher = asyncio.get_running_loop().create_task(watch_disconnect())
-    try:
-        await send({"type": "http.response.start", "status": 200, "headers": STREAM_HEADERS})
-        await send(_body(connected))
-        async for chunk in subscription.replay():
-            await send(_body(chunk))
-        while (chunk := await subscription.next_chunk()) is not None:
-            if chunk:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
     finally:
-        watcher.cancel()
+        sink.abort()
+
+
+class _ServerSink:
+    """Writes pushed chunks with the ASGI ``send``, synchronously when it does not have to wait.
+
+    uvicorn's ``send`` only suspends when the connection's buffers are full (flow control). So a
+    write first runs the ``send`` coroutine one step by hand: usually it finishes right there,
+    with no task and no wake-up. When it suspends instead, a task finishes it (``_Resume``) and
+    tells the subscription to ``resume()``; meanwhile the client's queue in the hub fills up.
+    """
+
+    __slots__ = ("_subscription", "_send", "_end", "_waiting")
+
+    def __init__(self, subscription: Subscription, send: Send, end: Callable[[], None]) -> None:
+        self._subscription = subscription
+        self._send = send
+        self._end = end
+        self._waiting: asyncio.Task[None] | None = None
+
+    def write(self, chunk: bytes) -> bool:
+        return self._start({"type": "http.response.body", "body": chunk, "more_body": True})
+
+    def _start(self, message: Message) -> bool:
+        step = self._send(message)
+        try:
+            pending = step.send(None)  # type: ignore[attr-defined]
+        except StopIteration:
+            return True
+        self._waiting = asyncio.get_running_loop().create_task(self._finish(_Resume(step, pending)))
+        return False
+
+    async def _finish(self, rest: _Resume) -> None:
+        try:
+            await rest
+        except Exception:
+            log.exception("event stream client %s failed", self._subscription.client_id)
+            self._waiting = None
+            self._subscription.close()
+            return
+        self._waiting = None
+        self._subscription.resume()
+
+    def close(self, reason: CloseReason) -> None:
+        if reason is CloseReason.SHUTDOWN and self._waiting is None:
+            self._start({"type": "http.response.body", "body": b"", "more_body": False})  # a clean end
+        self._end()  # stop the response's task (a no-op when it is the one leaving)
+
+    def abort(self) -> None:
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+
+class _Resume:
+    """Awaitable that finishes a coroutine which already ran up to its first suspension.
+
+    The coroutine yielded ``pending`` (the future it waits for); a task awaiting this object
+    waits for that future, then drives the coroutine on, exactly as if it had awaited it itself.
+    """
+
+    __slots__ = ("_coroutine", "_pending")
+
+    def __init__(self, coroutine: Any, pending: Any) -> None:
+        self._coroutine = coroutine
+        self._pending = pending
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        pending = self._pending
+        while True:
+            try:
+                value = yield pending
+            except BaseException as exc:  # cancellation included: the coroutine sees it
+                try:
+                    pending = self._coroutine.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    pending = self._coroutine.send(value)
+                except StopIteration:
+                    return
 
 
 def _body(chunk: bytes) -> Message:

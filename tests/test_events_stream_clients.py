@@ -3,6 +3,7 @@ everything, the connected count going back to 0, and shutdown with open streams.
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import sys
@@ -178,3 +179,38 @@ async def test_serve_command_ends_streams_on_sigterm(tmp_path: Path) -> None:
             process.kill()
             await process.wait()
         await process.aclose()
+
+
+async def test_client_that_pauses_reading_gets_everything_once_it_reads_again() -> None:
+    """A client whose connection fills up is paused (its events queue in the hub), not dropped,
+    and receives everything, in order, when it reads again."""
+    settings = make_settings(client_queue=5_000, metrics_interval_seconds=60.0)
+    async with (
+        running_server(settings) as running,
+        httpx.AsyncClient(base_url=running.base_url) as producer,
+    ):
+        hub = running.state.hub
+        port = int(running.base_url.rsplit(":", 1)[1])
+        paused = await anyio.connect_tcp("127.0.0.1", port)
+        await paused.send(b"GET /events/stream HTTP/1.1\r\nHost: test\r\n\r\n")
+        received = b""
+        with anyio.fail_after(10):
+            while b"event: connected" not in received:
+                received += await paused.receive()
+        seam = int(re.search(rb'"last_event_id":(\d+|null)', received).group(1).replace(b"null", b"0"))  # type: ignore[union-attr]
+        i = 0
+        with anyio.fail_after(120):
+            while hub.paused_clients == 0:  # until its buffers are full and a write had to wait
+                await post_executions(producer, big_workflow(i))
+                i += 1
+        for j in range(3):  # these queue in the hub while it is paused
+            await post_executions(producer, big_workflow(i + j))
+        last = f"big-{i + 2}".encode()
+        with anyio.fail_after(60):
+            while b'"workflow_id":"' + last + b'"' not in received:
+                received += await paused.receive(1 << 20)
+        stats = (await producer.get("/events/stats")).json()
+        await paused.aclose()
+    ids = [int(m) for m in re.findall(rb"^id: (\d+)$", received, flags=re.MULTILINE)]
+    assert ids == list(range(seam + 1, stats["last_event_id"] + 1))
+    assert stats["clients_dropped_slow"] == 0 and hub.paused_clients == 0
