@@ -33,12 +33,20 @@ from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from pydantic import ValidationError
+
 from .downstream_config import HttpServerConfig, StdioServerConfig
+from .http_link import HttpLink, LinkError, Redirected, RemoteError, Unreachable, link_supported
 from .tool_registry import RegisteredTool, ToolRegistry
 
 logger = logging.getLogger(__name__)
 
 ServerConfig = StdioServerConfig | HttpServerConfig
+
+#: Who the gateway is to its downstreams.
+CLIENT_INFO = types.Implementation(name="pml-gateway", version="0.1.0")
+#: The ``_meta`` key of a result's server identity (2026-07-28): the gateway stamps its own.
+SERVER_INFO_META_KEY = "io.modelcontextprotocol/serverInfo"
 
 
 class DownstreamState(str, Enum):
@@ -66,6 +74,24 @@ class SupervisionTiming:
 
 def error_result(message: str) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(type="text", text=message)], is_error=True)
+
+
+def error_wire(message: str) -> dict[str, Any]:
+    """``error_result`` in wire form (what the fast path passes on): the same as its model dump."""
+    return {"content": [{"type": "text", "text": message}], "isError": True, "resultType": "complete"}
+
+
+def _without_server_info(result: dict[str, Any]) -> dict[str, Any]:
+    # The downstream's identity stamp would pass for the gateway's: drop it, the gateway stamps its own.
+    meta = result.get("_meta")
+    if isinstance(meta, dict) and SERVER_INFO_META_KEY in meta:
+        rest = {key: value for key, value in meta.items() if key != SERVER_INFO_META_KEY}
+        result = {**result}
+        if rest:
+            result["_meta"] = rest
+        else:
+            del result["_meta"]
+    return result
 
 
 def describe_error(exc: BaseException) -> str:
@@ -96,6 +122,7 @@ class Downstream:
         timing: SupervisionTiming | None = None,
         *,
         errlog: TextIO | None = None,
+        lean_http: bool = True,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -105,6 +132,8 @@ class Downstream:
         self.restarts = 0
         self._errlog = errlog
         self._client: Client | None = None
+        self._link: HttpLink | None = None  # tools/call without the SDK's client, when it can carry them
+        self.lean_http = lean_http
         self._wake = anyio.Event()  # set when the connection died or the tools changed
         self._dead = False
         self._relist = False
@@ -144,6 +173,9 @@ class Downstream:
                 self.last_error = describe_error(exc)
             finally:
                 self._client = None
+                if self._link is not None:
+                    self._link.close()  # lean calls in flight fail at once, like the SDK's below
+                    self._link = None
                 for scope in list(self._inflight):
                     scope.cancel()  # calls stuck on the dead connection return an error now
                 if self.registry.remove_server(self.name):
@@ -171,10 +203,11 @@ class Downstream:
             cache=None,
             read_timeout_seconds=self.timing.connect_timeout,
             message_handler=self._on_message,
-            client_info=types.Implementation(name="pml-gateway", version="0.1.0"),
+            client_info=CLIENT_INFO,
         ) as client:
             tools = await self._list_tools(client.session)
             self._client = client
+            self._link = self._lean_link(client)
             self.state = DownstreamState.CONNECTED
             self.last_error = None
             self.first_attempt_done.set()
@@ -183,6 +216,27 @@ class Downstream:
                 "downstream %r connected (protocol %s): %d tools", self.name, client.protocol_version, len(tools)
             )
             yield client
+
+    def _lean_link(self, client: Client) -> HttpLink | None:
+        """A lean link for tools/call when the server speaks 2026-07-28 over Streamable HTTP."""
+        config = self.config
+        if (
+            not self.lean_http
+            or not isinstance(config, HttpServerConfig)
+            or config.transport == "sse"
+            or client.protocol_version not in MODERN_PROTOCOL_VERSIONS
+            or not link_supported(config.url, config.headers)
+        ):
+            return None
+        # The gateway's client answers no server-to-client requests (no sampling, elicitation or
+        # roots callbacks), so its envelope declares no capabilities, as the SDK's does.
+        return HttpLink(
+            config.url,
+            config.headers,
+            protocol_version=client.protocol_version,
+            client_info=CLIENT_INFO.model_dump(mode="json", exclude_none=True),
+            client_capabilities={},
+        )
 
     def _transport(self) -> AbstractAsyncContextManager[Any]:
         config = self.config
@@ -259,8 +313,62 @@ class Downstream:
 
     # -- calls ---------------------------------------------------------------------------------
 
-    async def call_tool(self, tool: str, arguments: dict[str, Any] | None) -> types.CallToolResult:
+    async def call_tool(
+        self, tool: str, arguments: dict[str, Any] | None, *, input_schema: Any = None
+    ) -> types.CallToolResult:
         """Call one of this server's tools by its own name. Never raises (except cancellation)."""
+        if self._link is None:
+            return await self._call_sdk(tool, arguments)
+        raw = await self.call_tool_raw(tool, arguments, input_schema=input_schema)
+        try:
+            return types.CallToolResult.model_validate(raw, by_name=False)
+        except ValidationError as exc:
+            logger.warning("downstream %r: %r returned an invalid result: %s", self.name, tool, exc)
+            return error_result(f"tool {tool!r} on downstream server {self.name!r} returned an invalid result")
+
+    async def call_tool_raw(
+        self,
+        tool: str,
+        arguments: dict[str, Any] | None,
+        *,
+        input_schema: Any = None,
+        meta: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """``call_tool`` with the result in wire form (camelCase JSON), unchecked. Never raises.
+
+        Through the lean link when there is one; ``input_schema`` is the tool's (its
+        ``x-mcp-header`` arguments are mirrored into headers), ``meta`` extra ``_meta`` keys.
+        """
+        link = self._link
+        if link is None:
+            result = await self._call_sdk(tool, arguments)
+            return result.model_dump(by_alias=True, mode="json", exclude_none=True)
+        timeout = self.config.timeout
+        try:
+            return _without_server_info(
+                await link.call_tool(tool, arguments, input_schema=input_schema, meta=meta, timeout=timeout)
+            )
+        except RemoteError as exc:
+            return error_wire(f"downstream server {self.name!r} refused {tool!r}: {exc.message or f'MCP error {exc.code}'}")
+        except TimeoutError:
+            return error_wire(f"tool {tool!r} on downstream server {self.name!r} timed out after {timeout:g} s")
+        except Redirected:
+            # Not run: the SDK's client follows same-origin redirects, so it carries this server's calls.
+            logger.info("downstream %r redirects; its calls go through the SDK client", self.name)
+            if self._link is link:
+                self._link = None
+            link.close()
+            result = await self._call_sdk(tool, arguments)
+            return result.model_dump(by_alias=True, mode="json", exclude_none=True)
+        except LinkError as exc:
+            if self._link is link:  # the server may be gone: the supervisor checks now
+                self._relist = True
+                self._wake.set()
+            if isinstance(exc, Unreachable):
+                return error_wire(f"downstream server {self.name!r} is unreachable: {exc}")
+            return error_wire(f"downstream server {self.name!r} closed the connection during {tool!r}: {exc}")
+
+    async def _call_sdk(self, tool: str, arguments: dict[str, Any] | None) -> types.CallToolResult:
         client = self._client
         if client is None:
             reason = f": {self.last_error}" if self.last_error else ""
@@ -272,11 +380,15 @@ class Downstream:
             with scope:
                 # The request itself, not Client.call_tool: a proxy passes results through and leaves
                 # checking them against the output schema to the client at the end of the chain.
-                return await client.session.send_request(
+                result = await client.session.send_request(
                     types.CallToolRequest(params=types.CallToolRequestParams(name=tool, arguments=arguments)),
                     types.CallToolResult,
                     request_read_timeout_seconds=timeout,
                 )
+                if result.meta and SERVER_INFO_META_KEY in result.meta:
+                    rest = {key: value for key, value in result.meta.items() if key != SERVER_INFO_META_KEY}
+                    result = result.model_copy(update={"meta": rest or None})
+                return result
         except MCPError as exc:
             if exc.code == types.CONNECTION_CLOSED:
                 if self._client is client:  # not a stale call on an earlier connection
@@ -313,6 +425,7 @@ class DownstreamPool:
         timing: SupervisionTiming | None = None,
         *,
         errlog: TextIO | None = None,
+        lean_http: bool = True,
     ) -> None:
         self.registry = registry
         self.downstreams: dict[str, Downstream] = {}
@@ -320,7 +433,7 @@ class DownstreamPool:
             if not config.enabled:
                 logger.info("downstream %r is disabled in the config", config.name)
                 continue
-            self.downstreams[config.name] = Downstream(config, registry, timing, errlog=errlog)
+            self.downstreams[config.name] = Downstream(config, registry, timing, errlog=errlog, lean_http=lean_http)
 
     @asynccontextmanager
     async def running(self, *, startup_timeout: float = 10.0) -> AsyncIterator[DownstreamPool]:
@@ -344,7 +457,18 @@ class DownstreamPool:
         downstream = self.downstreams.get(entry.server)
         if downstream is None:
             return error_result(f"downstream server {entry.server!r} is not configured")
-        return await downstream.call_tool(entry.original_name, arguments)
+        return await downstream.call_tool(entry.original_name, arguments, input_schema=entry.tool.input_schema)
+
+    async def call_raw(
+        self, entry: RegisteredTool, arguments: dict[str, Any] | None, *, meta: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """``call`` with the result in wire form, unchecked (the fast path shapes it for its client)."""
+        downstream = self.downstreams.get(entry.server)
+        if downstream is None:
+            return error_wire(f"downstream server {entry.server!r} is not configured")
+        return await downstream.call_tool_raw(
+            entry.original_name, arguments, input_schema=entry.tool.input_schema, meta=meta
+        )
 
     def unavailable_reason(self, tool_name: str) -> str | None:
         """Why a ``<server>__<tool>`` name is missing, when its server is known but down."""

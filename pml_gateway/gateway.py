@@ -10,6 +10,7 @@ over stdio (``serve_stdio``), which is how ``pml-gateway stdio`` works.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TextIO
@@ -27,6 +28,7 @@ from graphrag import GraphRAGEngine, WorkflowExecution
 from . import gateway_tools
 from .downstream import DownstreamPool, SupervisionTiming, error_result
 from .downstream_config import HttpServerConfig, StdioServerConfig, load_config
+from .fast_path import FastPath
 from .gateway_tools import GatewayTools
 from .settings import Settings
 from .tool_registry import ToolRegistry
@@ -39,6 +41,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+#: Set to 0 to send every call through the SDK on both sides (to compare, or to rule the fast path out).
+FAST_PATH_ENV = "PML_GATEWAY_FAST_PATH"
 
 __all__ = ["Gateway"]
 
@@ -65,18 +69,24 @@ class Gateway:
         timing: SupervisionTiming | None = None,
         startup_timeout: float = 15.0,
         errlog: TextIO | None = None,
+        fast_path: bool | None = None,
     ) -> None:
         self.settings = settings
+        if fast_path is None:
+            fast_path = os.environ.get(FAST_PATH_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+        #: tools/call of downstream tools without the SDK's transports (fast_path.py, http_link.py)
+        self.fast_path_enabled = fast_path
         # Read the config now: a bad file is one clear ConfigError before anything starts.
         if servers is None:
             servers = load_config(settings.config) if settings.config is not None else []
         self.servers = servers
         self.registry = ToolRegistry(reserved=gateway_tools.NAMES)
-        self.pool = DownstreamPool(servers, self.registry, timing, errlog=errlog)
+        self.pool = DownstreamPool(servers, self.registry, timing, errlog=errlog, lean_http=fast_path)
         self.startup_timeout = startup_timeout
         self.upstream: UpstreamServer | None = None
         self.traces: TraceRecorder | None = None
         self.session_manager: StreamableHTTPSessionManager | None = None
+        self.fast_path: FastPath | None = None
         self._http_app: StreamableHTTPASGIApp | None = None
 
     # -- AppExtension --------------------------------------------------------------------------
@@ -116,14 +126,17 @@ class Gateway:
             unavailable_reason=self.pool.unavailable_reason,
         )
         upstream = UpstreamServer(self.registry, self.pool, tools, self.traces)
-        manager = StreamableHTTPSessionManager(app=upstream.server, security_settings=security_settings(self.settings.host))
+        security = security_settings(self.settings.host)
+        manager = StreamableHTTPSessionManager(app=upstream.server, security_settings=security)
         async with self.pool.running(startup_timeout=self.startup_timeout), upstream.running(), manager.run():
             self.upstream, self.session_manager = upstream, manager
             self._http_app = StreamableHTTPASGIApp(manager)
+            if self.fast_path_enabled:
+                self.fast_path = FastPath(self.registry, self.pool, upstream, self.traces, manager, security)
             try:
                 yield self
             finally:
-                self.upstream = self.session_manager = self._http_app = None
+                self.upstream = self.session_manager = self._http_app = self.fast_path = None
 
     async def call_tool(self, name: str, arguments: dict[str, Any]) -> types.CallToolResult:
         """Call a downstream tool by its exposed name (what workflow tasks do)."""
@@ -145,7 +158,7 @@ class Gateway:
 
 
 class _MCPEndpoint:
-    """``/mcp``: the session manager's ASGI app, plus the end of a session's trace on DELETE."""
+    """``/mcp``: the fast path for calls, else the session manager's ASGI app; DELETE ends a trace."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -156,6 +169,13 @@ class _MCPEndpoint:
         if app is None or upstream is None:
             await JSONResponse({"error": "the MCP gateway is not running"}, status_code=503)(scope, receive, send)
             return
+        fast = self.gateway.fast_path
+        if fast is not None and scope.get("method") == "POST":
+            limit = self.gateway.session_manager.max_request_body_size if self.gateway.session_manager else 0
+            body, rest = await _read_body(receive, limit)
+            if rest is None and len(body) <= limit and await fast.handle(scope, body, send):
+                return
+            receive = _Replay(body, rest, receive)  # the SDK reads the request as if untouched
         response = _ResponseState(send)
         await app(scope, receive, response.send)
         if response.started and not response.completed:
@@ -190,6 +210,45 @@ class _ResponseState:
             await self._send({"type": "http.response.body", "body": b"", "more_body": False})
         except Exception:  # the client is gone already
             pass
+
+
+async def _read_body(receive: Receive, limit: int) -> tuple[bytes, Message | None]:
+    """The request body, up to ``limit`` bytes; and the message that stopped the reading, if any.
+
+    ``None`` means the whole body was read. Otherwise the second value is what ``receive`` gave
+    next (more body past the limit, or a disconnect), for the SDK to see after the body so far.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks), message
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks), None
+        if size > limit:
+            return b"".join(chunks), {"type": "http.request", "body": b"", "more_body": True}
+
+
+class _Replay:
+    """A ``receive`` that first gives back what ``_read_body`` consumed, then the real one."""
+
+    __slots__ = ("_pending", "_receive")
+
+    def __init__(self, body: bytes, rest: Message | None, receive: Receive) -> None:
+        first: Message = {"type": "http.request", "body": body, "more_body": rest is not None}
+        self._pending: list[Message] = [first]
+        if rest is not None and rest["type"] != "http.request":
+            self._pending.append(rest)  # a disconnect seen while reading
+        self._receive = receive
+
+    async def __call__(self) -> Message:
+        if self._pending:
+            return self._pending.pop(0)
+        return await self._receive()
 
 
 def _header(scope: Scope, name: str) -> str | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,6 +24,8 @@ from mcp.server.context import CallNext, HandlerResult
 from mcp.server.models import InitializationOptions
 from mcp.server.session import ServerSession
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
+from mcp_types import SERVER_INFO_META_KEY
+from mcp_types import methods as _methods
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from . import gateway_tools
@@ -58,23 +60,41 @@ class UpstreamMCPServer(Server[Any]):
 
 def caller_key(ctx: ServerRequestContext[Any, Any]) -> str:
     """Who is calling, for grouping calls into traces (see traces.py)."""
-    meta = ctx.meta or {}
-    trace_id = meta.get(TRACE_ID_META_KEY)
-    if isinstance(trace_id, str) and trace_id:
-        return f"trace:{trace_id}"
     request = ctx.request
-    headers = getattr(request, "headers", None)
-    if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
-        session_id = headers.get(MCP_SESSION_ID_HEADER) if headers is not None else None
-        if session_id:
-            return f"session:{session_id}"
-    client = getattr(request, "client", None)
-    host = client.host if client is not None else "local"
-    params = ctx.session.client_params
-    name = params.client_info.name if params is not None else "client"
     if request is None:
-        return "local"  # stdio or in-process: the one peer of this connection
-    return f"caller:{host}:{name}"
+        return trace_key(ctx.meta) or "local"  # stdio or in-process: the one peer of this connection
+    params = ctx.session.client_params
+    client = getattr(request, "client", None)
+    return caller_key_of(
+        ctx.meta,
+        ctx.protocol_version,
+        session_id=_session_id(ctx),
+        client_host=client.host if client is not None else None,
+        client_name=params.client_info.name if params is not None else None,
+    )
+
+
+def trace_key(meta: Mapping[str, Any] | None) -> str | None:
+    """The trace a client named explicitly in ``_meta``, if any."""
+    trace_id = meta.get(TRACE_ID_META_KEY) if meta else None
+    return f"trace:{trace_id}" if isinstance(trace_id, str) and trace_id else None
+
+
+def caller_key_of(
+    meta: Mapping[str, Any] | None,
+    protocol_version: str,
+    *,
+    session_id: str | None,
+    client_host: str | None,
+    client_name: str | None,
+) -> str:
+    """``caller_key`` from its parts, for an HTTP request (shared with the fast path)."""
+    explicit = trace_key(meta)
+    if explicit is not None:
+        return explicit
+    if session_id and protocol_version not in MODERN_PROTOCOL_VERSIONS:
+        return f"session:{session_id}"
+    return f"caller:{client_host or 'local'}:{client_name or 'client'}"
 
 
 class UpstreamServer:
@@ -173,10 +193,42 @@ class UpstreamServer:
     async def _track_session(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         # Any message of a 2025-era session (notifications/initialized included) lets us reach it later.
         if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
-            key = caller_key(ctx) if ctx.request is None or _session_id(ctx) else None
-            if key is not None:
-                self._sessions[key] = (ctx.session, time.monotonic())
+            session_id = _session_id(ctx)
+            if session_id:
+                self._sessions[f"session:{session_id}"] = (ctx.session, time.monotonic())
+            elif ctx.request is None:
+                self._sessions["local"] = (ctx.session, time.monotonic())
         return await call_next(ctx)
+
+    def legacy_session(self, session_id: str) -> ServerSession | None:
+        """The live 2025-era session with this id, once it has sent anything after ``initialize``.
+
+        Marks it as seen (what ``_track_session`` does for requests that go through the SDK).
+        """
+        key = f"session:{session_id}"
+        entry = self._sessions.get(key)
+        if entry is None:
+            return None
+        self._sessions[key] = (entry[0], time.monotonic())
+        return entry[0]
+
+    def shape_call_result(self, protocol_version: str, result: Mapping[str, Any]) -> dict[str, Any]:
+        """A ``tools/call`` result in wire form, shaped for ``protocol_version`` as the SDK does.
+
+        What the SDK's request kernel does to a handler's result (``ServerRunner._serialize``):
+        validated against and sieved to that version's schema, ``resultType`` and the
+        ``serverInfo`` stamp added on 2026-07-28. Raises ``pydantic.ValidationError`` when the
+        result does not fit the schema.
+        """
+        shaped = _methods.serialize_server_result("tools/call", protocol_version, result)
+        if protocol_version in MODERN_PROTOCOL_VERSIONS:
+            shaped.setdefault("resultType", "complete")
+            meta = shaped.get("_meta")
+            if meta is None:
+                shaped["_meta"] = {SERVER_INFO_META_KEY: self.server.server_info_stamp}
+            elif isinstance(meta, dict) and meta.get(SERVER_INFO_META_KEY) is None:
+                shaped["_meta"] = {**meta, SERVER_INFO_META_KEY: self.server.server_info_stamp}
+        return shaped
 
     async def _notify_changes(self) -> None:
         while True:

@@ -1,0 +1,362 @@
+"""The hot path of ``/mcp``: a ``tools/call`` of a downstream tool, answered without the SDK's machinery.
+
+Through the SDK, one proxied call costs the gateway's upstream side about 1 ms of CPU in its
+Streamable HTTP transport (per-request task groups, memory streams, an SSE response with its own
+task group on 2025-era sessions) and pydantic round trips. This module takes only the common case
+and leaves everything else to the SDK: a POST whose body is one JSON-RPC ``tools/call`` request for
+a registered downstream tool, that passes every check the SDK would make on it, first:
+
+- the transport checks: ``Content-Type``, DNS-rebinding protection (Host, Origin), ``Accept``;
+- 2026-07-28 requests: the SDK's own inbound ladder (``classify_inbound_request``: envelope in
+  ``_meta``, routing headers against the body, version), ``Mcp-Param-*`` headers against the
+  tool's schema;
+- 2025-era requests: a live session (the session manager knows it and has not ended it, and the
+  client has already talked to it through the SDK), and the session's protocol version;
+- both: the params against the protocol version's schema (``validate_client_request``).
+
+If any check fails, nothing has been sent yet and the request goes to the SDK, which answers it
+(with the error it owes the client). Otherwise the call goes to the downstream (``Downstream``
+uses its lean HTTP link when it has one), the result is shaped for the client's protocol version
+exactly as the SDK's kernel would (``UpstreamServer.shape_call_result``), the call joins its
+caller's trace, and the answer is one JSON response, or, when the call outlasts
+``SSE_AFTER_SECONDS``, an SSE stream with keep-alive comments that ends with the response (what
+the SDK does on 2026-07-28). Not done here: OpenTelemetry spans (W3C trace context in ``_meta`` is
+passed on to the downstream), and cancelling the downstream call when the client hangs up before
+the response (its result is dropped, as in the SDK's JSON response mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from opentelemetry import propagate
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.connection import Connection
+from mcp.server.streamable_http import check_accept_headers
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
+from mcp.shared.inbound import (
+    MCP_PARAM_HEADER_PREFIX,
+    MCP_PROTOCOL_VERSION_HEADER,
+    InboundModernRoute,
+    classify_inbound_request,
+    find_duplicated_routing_header,
+    validate_mcp_param_headers,
+)
+from mcp_types import methods
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from pydantic import ValidationError
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.types import Scope, Send
+
+from .downstream import DownstreamPool, error_wire
+from .tool_registry import RegisteredTool, ToolRegistry
+from .traces import TraceRecorder
+from .upstream_server import MCP_SESSION_ID_HEADER, UpstreamServer, caller_key_of
+
+if TYPE_CHECKING:
+    from mcp.server.streamable_http import StreamableHTTPServerTransport
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FastPath", "SSE_AFTER_SECONDS"]
+
+#: A call still running after this long gets an SSE response with keep-alive comments, so that
+#: proxies with idle-read timeouts keep the connection (the SDK's value on 2026-07-28).
+SSE_AFTER_SECONDS = 15.0
+#: W3C trace-context keys a client may put in ``_meta``: passed on to the downstream.
+TRACE_CONTEXT_KEYS = ("traceparent", "tracestate", "baggage")
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache, no-transform"),
+    (b"connection", b"keep-alive"),
+    (b"x-accel-buffering", b"no"),
+]
+_PARAM_PREFIX = MCP_PARAM_HEADER_PREFIX.lower()
+
+
+class FastPath:
+    """Answers eligible ``tools/call`` POSTs on ``/mcp``; ``handle`` says whether it did."""
+
+    def __init__(
+        self,
+        registry: ToolRegistry,
+        pool: DownstreamPool,
+        upstream: UpstreamServer,
+        traces: TraceRecorder | None,
+        manager: StreamableHTTPSessionManager,
+        security: TransportSecuritySettings | None,
+    ) -> None:
+        self.registry = registry
+        self.pool = pool
+        self.upstream = upstream
+        self.traces = traces
+        self.manager = manager
+        self.security = TransportSecurityMiddleware(security)
+        # 2025-era sessions are looked up in the manager's table; without it (another SDK
+        # version) those requests simply stay with the SDK.
+        sessions = getattr(manager, "_server_instances", None)
+        self._sessions: dict[str, StreamableHTTPServerTransport] | None = sessions if isinstance(sessions, dict) else None
+        owners = getattr(manager, "_session_owners", None)
+        self._owners: dict[str, Any] | None = owners if isinstance(owners, dict) else None
+        # A cache hint on tools/call would change the result's shape: leave that to the SDK.
+        self.enabled = not upstream.server.cache_hints.get("tools/call")
+        self.calls = 0  #: calls answered here, for tests and stats
+
+    async def handle(self, scope: Scope, body: bytes, send: Send) -> bool:
+        """Answer this POST if it is an eligible call; ``False`` (and nothing sent) otherwise."""
+        if not self.enabled or b"tools/call" not in body:
+            return False
+        try:
+            call = await self._admit(scope, body)
+        except Exception:  # a check that broke: the SDK answers, as for any refused request
+            logger.exception("fast path: could not check a tools/call request; the SDK answers it")
+            return False
+        if call is None:
+            return False
+        self.calls += 1
+        await self._serve(call, send)
+        return True
+
+    async def _admit(self, scope: Scope, body: bytes) -> _Call | None:
+        """The call, if the request is one the fast path may answer (every check passed)."""
+        try:
+            message = json.loads(body)
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(message, dict) or message.get("method") != "tools/call" or message.get("jsonrpc") != "2.0":
+            return None
+        request_id = message.get("id")
+        if isinstance(request_id, bool) or not isinstance(request_id, str | int):
+            return None
+        params = message.get("params")
+        if not isinstance(params, dict):
+            return None
+        name = params.get("name")
+        entry = self.registry.get(name) if isinstance(name, str) else None
+        arguments = params.get("arguments")
+        if entry is None or (arguments is not None and not isinstance(arguments, dict)):
+            return None
+        if isinstance(scope.get("user"), AuthenticatedUser):
+            return None  # authenticated requests: the SDK owns credential checks
+        request = Request(scope)
+        headers = request.headers
+        if not await self._transport_ok(request):
+            return None
+        meta = params.get("_meta")
+        meta = meta if isinstance(meta, dict) else None
+        requested = headers.get(MCP_PROTOCOL_VERSION_HEADER)
+        if requested is None or requested in HANDSHAKE_PROTOCOL_VERSIONS:
+            session_id = headers.get(MCP_SESSION_ID_HEADER)
+            if not session_id:
+                return None
+            transport = self._legacy_transport(session_id)
+            server_session = self.upstream.legacy_session(session_id) if transport is not None else None
+            if server_session is None:
+                return None
+            version = server_session.protocol_version
+            caller = caller_key_of(meta, version, session_id=session_id, client_host=None, client_name=None)
+            reply_headers = [*_JSON_HEADERS, (MCP_SESSION_ID_HEADER.encode(), session_id.encode("latin-1"))]
+        else:
+            transport = None
+            verdict = self._modern_verdict(message, headers, entry.tool.input_schema, arguments)
+            if verdict is None:
+                return None
+            version = verdict.protocol_version
+            client_params = Connection.from_envelope(version, verdict.client_info, verdict.client_capabilities).client_params
+            client = scope.get("client")
+            caller = caller_key_of(
+                meta,
+                version,
+                session_id=None,
+                client_host=client[0] if client else None,
+                client_name=client_params.client_info.name if client_params is not None else None,
+            )
+            reply_headers = _JSON_HEADERS
+        try:
+            methods.validate_client_request("tools/call", version, params)
+        except (ValidationError, KeyError, ValueError):
+            return None
+        return _Call(request_id, entry, arguments, version, caller, _trace_context(meta), transport, reply_headers)
+
+    async def _serve(self, call: _Call, send: Send) -> None:
+        name = call.entry.name
+        reply = _Reply(send, call.reply_headers)
+        if call.session is not None:
+            self._hold_session(call.session)
+        try:
+            started = time.monotonic()
+            result = await self.pool.call_raw(call.entry, call.arguments, meta=call.trace_context)
+            if self.traces is not None:
+                self.traces.add(call.caller, name, success=result.get("isError") is not True, started=started)
+            try:
+                shaped = self.upstream.shape_call_result(call.version, result)
+            except ValidationError as exc:
+                logger.warning("downstream tool %r returned a result that does not fit %s: %s", name, call.version, exc)
+                shaped = self.upstream.shape_call_result(
+                    call.version, error_wire(f"tool {name!r} returned a result that is not a valid MCP tool result")
+                )
+        except Exception as exc:  # a bug must reach the client as a tool error, never a crash
+            logger.exception("tool %r failed inside the gateway", name)
+            shaped = self.upstream.shape_call_result(
+                call.version,
+                error_wire(f"internal error in pml-gateway while calling {name!r}: {type(exc).__name__}: {exc}"),
+            )
+        except BaseException:
+            reply.abandon()  # cancelled (shutdown): no keep-alives for a response that will not come
+            raise
+        finally:
+            if call.session is not None:
+                self._hold_session(call.session)
+        await reply.finish({"jsonrpc": "2.0", "id": call.request_id, "result": shaped})
+
+    # -- checks --------------------------------------------------------------------------------
+
+    async def _transport_ok(self, request: Request) -> bool:
+        """Content-Type, DNS-rebinding protection (Host, Origin) and Accept, the SDK's own checks."""
+        if await self.security.validate_request(request, is_post=True) is not None:
+            return False
+        has_json, has_sse = check_accept_headers(request)
+        return has_json and has_sse  # the manager serves SSE responses: both are required
+
+    def _modern_verdict(
+        self,
+        message: dict[str, Any],
+        headers: Headers,
+        input_schema: Any,
+        arguments: dict[str, Any] | None,
+    ) -> InboundModernRoute | None:
+        # As handle_modern_request runs them: duplicates on the raw lines, the ladder on a mapping.
+        if find_duplicated_routing_header(headers.items()) is not None:
+            return None
+        verdict = classify_inbound_request(message, headers=dict(headers))
+        if not isinstance(verdict, InboundModernRoute):
+            return None
+        if arguments or any(key.startswith(_PARAM_PREFIX) for key in headers):
+            if validate_mcp_param_headers(input_schema, arguments or {}, headers) is not None:
+                return None
+        return verdict
+
+    def _legacy_transport(self, session_id: str | None) -> StreamableHTTPServerTransport | None:
+        """The session's transport, if the manager serves that session to anonymous callers."""
+        if not session_id or self._sessions is None:
+            return None
+        transport = self._sessions.get(session_id)
+        if transport is None or transport.is_terminated:
+            return None
+        if self._owners is not None and self._owners.get(session_id) is not None:
+            return None
+        idle = transport.idle_scope
+        if idle is not None and idle.cancel_called:
+            return None  # expiring: the SDK answers (404) and ends it
+        return transport
+
+    def _hold_session(self, transport: StreamableHTTPServerTransport) -> None:
+        """A request of the session's: restart its idle countdown if one is running.
+
+        The SDK suspends the countdown (deadline at infinity) while it serves a request and
+        restarts it after; a countdown at infinity means the SDK is serving one (an open GET
+        stream, typically), so it is left alone.
+        """
+        idle = transport.idle_scope
+        timeout = self.manager.session_idle_timeout
+        if idle is not None and timeout is not None and idle.deadline != math.inf:
+            idle.deadline = max(idle.deadline, anyio.current_time() + timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """An admitted call: what serving it needs."""
+
+    request_id: str | int
+    entry: RegisteredTool
+    arguments: dict[str, Any] | None
+    version: str  #: the client's protocol version (the result is shaped for it)
+    caller: str  #: its trace key
+    trace_context: dict[str, str] | None  #: W3C trace context for the downstream's _meta
+    session: StreamableHTTPServerTransport | None  #: a 2025-era session's transport
+    reply_headers: list[tuple[bytes, bytes]]
+
+
+def _trace_context(meta: dict[str, Any] | None) -> dict[str, str] | None:
+    """The W3C trace context the SDK's client would pass on for this request's ``_meta``.
+
+    Through the SDK, the server's span continues the client's trace and the downstream request
+    carries it on; with no OpenTelemetry SDK configured that is the client's context as given
+    (normalised by the propagators). The fast path opens no spans and passes that on.
+    """
+    if not meta or not any(key in meta for key in TRACE_CONTEXT_KEYS):
+        return None
+    carrier: dict[str, str] = {}
+    try:
+        propagate.inject(carrier, context=propagate.extract(meta))
+    except (ValueError, TypeError):
+        return None
+    return carrier or None
+
+
+class _Reply:
+    """The answer to one call: JSON when it is ready in time, else an SSE stream with keep-alives."""
+
+    __slots__ = ("_send", "_headers", "_timer", "_pinger", "_streaming")
+
+    def __init__(self, send: Send, headers: list[tuple[bytes, bytes]]) -> None:
+        self._send = send
+        self._headers = headers
+        self._pinger: asyncio.Task[None] | None = None
+        self._streaming = False
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            SSE_AFTER_SECONDS, self._start_stream
+        )
+
+    def _start_stream(self) -> None:
+        self._timer = None
+        self._pinger = asyncio.get_running_loop().create_task(self._ping())
+
+    async def _ping(self) -> None:
+        extra = [header for header in self._headers if header[0] != b"content-type"]
+        await self._send({"type": "http.response.start", "status": 200, "headers": [*_SSE_HEADERS, *extra]})
+        self._streaming = True
+        while True:
+            await self._send({"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": True})
+            await asyncio.sleep(SSE_AFTER_SECONDS)
+
+    def abandon(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._pinger is not None:
+            self._pinger.cancel()
+
+    async def finish(self, message: dict[str, Any]) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        pinger = self._pinger
+        if pinger is not None:
+            pinger.cancel()
+            try:
+                await pinger
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # the keep-alives failed: the final send reports the real problem
+                logger.debug("keep-alive stream failed", exc_info=True)
+        if self._streaming:
+            data = json.dumps(message, separators=(",", ":"))
+            event = f"event: message\r\ndata: {data}\r\n\r\n".encode()
+            await self._send({"type": "http.response.body", "body": event, "more_body": False})
+            return
+        body = json.dumps(message, separators=(",", ":")).encode()
+        headers = [*self._headers, (b"content-length", str(len(body)).encode())]
+        await self._send({"type": "http.response.start", "status": 200, "headers": headers})
+        await self._send({"type": "http.response.body", "body": body, "more_body": False})
