@@ -7,6 +7,8 @@ by the same client code in three ways, in one run:
 
 - direct: the client talks to the downstream server;
 - pml-gateway: ``pml-gateway serve`` with that server in its config (calls learned as traces);
+- with ``--sdk-path``, the same gateway with ``PML_GATEWAY_FAST_PATH=0``: every call through the
+  MCP SDK's transports on both sides, as before the fast path (fast_path.py, http_link.py);
 - FastMCP: ``fastmcp.server.create_proxy(url)`` served over HTTP, from the virtual environment
   ``bench/.venv-fastmcp`` (made on first use with ``pip install fastmcp``; gitignored).
 
@@ -166,6 +168,7 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,16", help="comma list of concurrent clients")
     parser.add_argument("--eras", default="2025-11-25,2026-07-28", help="protocol eras of the benchmark clients")
     parser.add_argument("--no-fastmcp", action="store_true", help="skip FastMCP's proxy")
+    parser.add_argument("--sdk-path", action="store_true", help="also the gateway with its fast path off")
     parser.add_argument("--serve-echo", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_echo:
@@ -178,29 +181,38 @@ def main() -> None:
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            echo_port, gateway_port, fastmcp_port = free_port(), free_port(), free_port()
+            echo_port, gateway_port, fastmcp_port, sdk_port = free_port(), free_port(), free_port(), free_port()
             echo_url = f"http://127.0.0.1:{echo_port}/mcp"
             processes.append(subprocess.Popen([sys.executable, __file__, "--serve-echo", str(echo_port)], **quiet))
             config = Path(tmp) / "mcp.json"
             config.write_text(json.dumps({"mcpServers": {"echo": {"url": echo_url}}}))
-            processes.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "pml_gateway", "serve", "--config", str(config), "--port", str(gateway_port),
+
+            def gateway(port: int, **env: str) -> subprocess.Popen[bytes]:
+                return subprocess.Popen(
+                    [sys.executable, "-m", "pml_gateway", "serve", "--config", str(config), "--port", str(port),
                      "--db", ":memory:", "--log-level", "warning"],
+                    env={**os.environ, **env},
                     **quiet,
                 )
-            )
+
+            processes.append(gateway(gateway_port))
             targets = [
                 ("direct", echo_url, "echo"),
                 ("pml-gateway", f"http://127.0.0.1:{gateway_port}/mcp", "echo__echo"),
             ]
+            ports = [echo_port, gateway_port]
+            if args.sdk_path:
+                processes.append(gateway(sdk_port, PML_GATEWAY_FAST_PATH="0"))
+                targets.append(("pml-gateway, SDK path", f"http://127.0.0.1:{sdk_port}/mcp", "echo__echo"))
+                ports.append(sdk_port)
             python = None if args.no_fastmcp else fastmcp_python()
             if python is not None:
                 processes.append(
                     subprocess.Popen([str(python), "-c", FASTMCP_PROXY, echo_url, str(fastmcp_port)], **quiet)
                 )
                 targets.append(("FastMCP proxy", f"http://127.0.0.1:{fastmcp_port}/mcp", "echo"))
-            for port in (echo_port, gateway_port) + ((fastmcp_port,) if python else ()):
+                ports.append(fastmcp_port)
+            for port in ports:
                 wait_port(port)
 
             async def run_all() -> list[tuple[str, str, int, dict[str, float]]]:
@@ -230,7 +242,7 @@ def main() -> None:
     print("| client era | target | clients | p50 ms | p99 ms | calls/s | p50 over direct |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for name, era, concurrency, m in rows:
-        over = "" if name == "direct" else f"+{m['p50'] - direct[(era, concurrency)]['p50']:.2f} ms"
+        over = "" if name == "direct" else f"{m['p50'] - direct[(era, concurrency)]['p50']:+.2f} ms"
         print(f"| {era} | {name} | {concurrency} | {m['p50']:.2f} | {m['p99']:.2f} | {m['rate']:.0f} | {over} |")
 
 

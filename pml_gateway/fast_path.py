@@ -49,6 +49,7 @@ from mcp.shared.inbound import (
     classify_inbound_request,
     find_duplicated_routing_header,
     validate_mcp_param_headers,
+    x_mcp_header_map,
 )
 from mcp_types import methods
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
@@ -112,6 +113,7 @@ class FastPath:
         # A cache hint on tools/call would change the result's shape: leave that to the SDK.
         self.enabled = not upstream.server.cache_hints.get("tools/call")
         self.calls = 0  #: calls answered here, for tests and stats
+        self._declared: dict[int, tuple[Any, bool]] = {}
 
     async def handle(self, scope: Scope, body: bytes, send: Send) -> bool:
         """Answer this POST if it is an eligible call; ``False`` (and nothing sent) otherwise."""
@@ -242,10 +244,21 @@ class FastPath:
         verdict = classify_inbound_request(message, headers=dict(headers))
         if not isinstance(verdict, InboundModernRoute):
             return None
-        if arguments or any(key.startswith(_PARAM_PREFIX) for key in headers):
+        # With no x-mcp-header in the schema the check can only fail on stray Mcp-Param headers.
+        if (arguments and self._declares_headers(input_schema)) or any(key.startswith(_PARAM_PREFIX) for key in headers):
             if validate_mcp_param_headers(input_schema, arguments or {}, headers) is not None:
                 return None
         return verdict
+
+    def _declares_headers(self, schema: Any) -> bool:
+        """Whether a tool's input schema has ``x-mcp-header`` annotations (cached per schema object)."""
+        key = id(schema)
+        cached = self._declared.get(key)
+        if cached is None or cached[0] is not schema:
+            cached = self._declared[key] = (schema, bool(x_mcp_header_map(schema)))
+            if len(self._declared) > 4096:  # schemas of tools long gone
+                self._declared = {key: cached}
+        return cached[1]
 
     def _legacy_transport(self, session_id: str | None) -> StreamableHTTPServerTransport | None:
         """The session's transport, if the manager serves that session to anonymous callers."""

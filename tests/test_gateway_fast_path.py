@@ -216,7 +216,19 @@ async def test_sdk_clients_of_both_eras_over_the_fast_path(tmp_path: Path, monke
                     assert not result.is_error and result.structured_content["header"] == "us"
                     local = await session.call_tool("local__echo", {"text": "stdio"})
                     assert not local.is_error and local.structured_content["text"] == "stdio"
-                assert gw.gateway.fast_path.calls == 4
+                    # workflow tasks reach the HTTP downstream through the lean link too
+                    workflow = {
+                        "tasks": [
+                            {"id": "a", "tool": "odd__region", "arguments": {"region": "sa"}},
+                            {"id": "b", "tool": "odd__broken", "arguments": {}, "depends_on": ["a"]},
+                        ]
+                    }
+                    run = await session.call_tool("pml_execute_workflow", workflow)
+                    tasks = {t["id"]: t for t in run.structured_content["tasks"]}
+                    assert tasks["a"]["status"] == "succeeded" and tasks["a"]["structured_content"]["header"] == "sa"
+                    assert tasks["b"]["status"] == "failed" and "refused 'broken'" in tasks["b"]["error"]
+                assert gw.gateway.fast_path.calls == 4  # pml_* tools are the SDK's
+                assert gw.gateway.pool.downstreams["odd"]._link is not None
 
 
 async def test_requests_failing_a_check_get_the_sdks_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
