@@ -32,9 +32,16 @@ _METAVARS = {
     "port": "PORT",
     "config": "FILE",
     "db": "PATH",
+    "heartbeat_seconds": "SECONDS",
+    "max_clients": "N",
     "cors_origins": "PATTERNS",
+    "replay_buffer": "EVENTS",
+    "client_queue": "EVENTS",
+    "metrics_interval_seconds": "SECONDS",
+    "trace_idle_seconds": "SECONDS",
     "log_level": "LEVEL",
 }
+_DEFAULTS_SHOWN = {"config": "./mcp.json when present"}
 _TYPES: dict[str, Any] = {"config": Path}
 
 
@@ -48,7 +55,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser, names: Sequence[str]
     for name, info in Settings.model_fields.items():
         if names is not None and name not in names:
             continue
-        help_text = f"{info.description} [{env_var(name)}]"
+        help_text = f"{info.description} [{env_var(name)}; default: {_default_text(name)}]"
         group.add_argument(
             flag(name),
             dest=name,
@@ -57,6 +64,14 @@ def add_settings_arguments(parser: argparse.ArgumentParser, names: Sequence[str]
             metavar=_METAVARS.get(name, name.upper()),
             help=help_text,
         )
+
+
+def _default_text(name: str) -> str:
+    if name in _DEFAULTS_SHOWN:
+        return _DEFAULTS_SHOWN[name]
+    info = Settings.model_fields[name]
+    value = info.default_factory() if info.default_factory is not None else info.default  # type: ignore[call-arg]
+    return ",".join(value) if isinstance(value, list) else str(value)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
