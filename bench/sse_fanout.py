@@ -1,6 +1,6 @@
 """SSE fan-out benchmark: publish-to-receipt latency and memory per client, against a naive baseline.
 
-    .venv/bin/python bench/sse_fanout.py                    # 100, 1,000, 10,000 clients; ~3 minutes
+    .venv/bin/python bench/sse_fanout.py                    # 100, 1,000, 10,000 clients; ~4 minutes
     .venv/bin/python bench/sse_fanout.py --clients 100,1000 --seconds 5
 
 Each case starts a server process (the real ``create_app`` on uvicorn, uvloop + httptools) and
@@ -12,7 +12,8 @@ holds the clients on raw sockets in THIS process (asyncio protocols, uvloop). Th
 Three designs, same app, same middleware, same uvicorn:
 
 - ``pml``: the project's ``GET /events/stream``: the hub serialises each event once into bounded
-  per-client queues; a direct ASGI response sends the pre-encoded bytes.
+  per-client queues and pushes them to the direct ASGI response, which writes every client from
+  one flush callback.
 - ``pml-sse``: the same hub, with sse-starlette's ``EventSourceResponse`` carrying the bytes
   (``EventsStreamManager(response="sse-starlette")``): what the direct response replaced.
 - ``naive``: the textbook design: one unbounded ``asyncio.Queue`` per client, an sse-starlette
