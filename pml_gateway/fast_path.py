@@ -20,9 +20,12 @@ uses its lean HTTP link when it has one), the result is shaped for the client's 
 exactly as the SDK's kernel would (``UpstreamServer.shape_call_result``), the call joins its
 caller's trace, and the answer is one JSON response, or, when the call outlasts
 ``SSE_AFTER_SECONDS``, an SSE stream with keep-alive comments that ends with the response (what
-the SDK does on 2026-07-28). Not done here: OpenTelemetry spans (W3C trace context in ``_meta`` is
-passed on to the downstream), and cancelling the downstream call when the client hangs up before
-the response (its result is dropped, as in the SDK's JSON response mode).
+the SDK does on 2026-07-28). Cancelling works as through the SDK: a 2025-era session's
+``notifications/cancelled`` ends the call with ``REQUEST_CANCELLED``; a 2026-era client that
+closes the connection ends it with no answer (watched once the call has run for
+``HANGUP_WATCH_AFTER_SECONDS``); the downstream request is dropped and the call is not learned.
+Not done here: OpenTelemetry spans (the W3C trace context in ``_meta`` is passed on to the
+downstream as the SDK would with no OpenTelemetry SDK configured).
 """
 
 from __future__ import annotations
@@ -39,9 +42,10 @@ import anyio
 from opentelemetry import propagate
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.connection import Connection
-from mcp.server.streamable_http import check_accept_headers
+from mcp.server.streamable_http import REQUEST_CANCELLED, check_accept_headers
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
+from mcp.shared.dispatcher import coerce_request_id
 from mcp.shared.inbound import (
     MCP_PARAM_HEADER_PREFIX,
     MCP_PROTOCOL_VERSION_HEADER,
@@ -51,12 +55,13 @@ from mcp.shared.inbound import (
     validate_mcp_param_headers,
     x_mcp_header_map,
 )
+from mcp.shared.jsonrpc_dispatcher import cancelled_request_id_from_params
 from mcp_types import methods
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 from starlette.datastructures import Headers
 from starlette.requests import Request
-from starlette.types import Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from .downstream import DownstreamPool, error_wire
 from .tool_registry import RegisteredTool, ToolRegistry
@@ -73,6 +78,8 @@ __all__ = ["FastPath", "SSE_AFTER_SECONDS"]
 #: A call still running after this long gets an SSE response with keep-alive comments, so that
 #: proxies with idle-read timeouts keep the connection (the SDK's value on 2026-07-28).
 SSE_AFTER_SECONDS = 15.0
+#: A 2026-era call still running after this long is cancelled if its client hangs up.
+HANGUP_WATCH_AFTER_SECONDS = 0.25
 #: W3C trace-context keys a client may put in ``_meta``: passed on to the downstream.
 TRACE_CONTEXT_KEYS = ("traceparent", "tracestate", "baggage")
 
@@ -114,9 +121,13 @@ class FastPath:
         self.enabled = not upstream.server.cache_hints.get("tools/call")
         self.calls = 0  #: calls answered here, for tests and stats
         self._declared: dict[int, tuple[Any, bool]] = {}
+        self._cancellable: dict[tuple[str, str | int], anyio.CancelScope] = {}
 
-    async def handle(self, scope: Scope, body: bytes, send: Send) -> bool:
-        """Answer this POST if it is an eligible call; ``False`` (and nothing sent) otherwise."""
+    async def handle(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> bool:
+        """Answer this POST if it is an eligible call; ``False`` (and nothing sent) otherwise.
+
+        ``body`` is the whole request body, already read from ``receive``.
+        """
         if not self.enabled or b"tools/call" not in body:
             return False
         try:
@@ -127,7 +138,7 @@ class FastPath:
         if call is None:
             return False
         self.calls += 1
-        await self._serve(call, send)
+        await self._serve(call, send, receive)
         return True
 
     async def _admit(self, scope: Scope, body: bytes) -> _Call | None:
@@ -170,7 +181,7 @@ class FastPath:
             caller = caller_key_of(meta, version, session_id=session_id, client_host=None, client_name=None)
             reply_headers = [*_JSON_HEADERS, (MCP_SESSION_ID_HEADER.encode(), session_id.encode("latin-1"))]
         else:
-            transport = None
+            transport = session_id = None
             verdict = self._modern_verdict(message, headers, entry.tool.input_schema, arguments)
             if verdict is None:
                 return None
@@ -189,38 +200,88 @@ class FastPath:
             methods.validate_client_request("tools/call", version, params)
         except (ValidationError, KeyError, ValueError):
             return None
-        return _Call(request_id, entry, arguments, version, caller, _trace_context(meta), transport, reply_headers)
+        return _Call(
+            request_id, entry, arguments, version, caller, _trace_context(meta), transport, session_id, reply_headers
+        )
 
-    async def _serve(self, call: _Call, send: Send) -> None:
-        name = call.entry.name
+    async def _serve(self, call: _Call, send: Send, receive: Receive) -> None:
         reply = _Reply(send, call.reply_headers)
+        cancel = anyio.CancelScope()
+        key = (call.session_id, coerce_request_id(call.request_id)) if call.session_id is not None else None
+        if key is not None:
+            self._cancellable[key] = cancel  # notifications/cancelled of the session can reach it
+            hangup = None
+        else:
+            hangup = _HangupWatch(receive, cancel)  # 2026-07-28: closing the response cancels
         if call.session is not None:
             self._hold_session(call.session)
+        try:
+            with cancel:
+                shaped = await self._result(call)
+        except BaseException:
+            reply.abandon()  # cancelled (shutdown): no keep-alives for a response that will not come
+            raise
+        finally:
+            if key is not None and self._cancellable.get(key) is cancel:
+                del self._cancellable[key]
+            if hangup is not None:
+                hangup.stop()
+            if call.session is not None:
+                self._hold_session(call.session)
+        if not cancel.cancelled_caught:
+            await reply.finish({"jsonrpc": "2.0", "id": call.request_id, "result": shaped})
+        elif key is not None:
+            # The 2025-era wire ends a request's stream only with a response: the SDK's is this one.
+            error = {"code": REQUEST_CANCELLED, "message": "Request cancelled"}
+            await reply.finish({"jsonrpc": "2.0", "id": call.request_id, "error": error})
+        else:
+            reply.abandon()  # the client hung up: nobody to answer (2026-07-28 never answers then)
+
+    async def _result(self, call: _Call) -> dict[str, Any]:
+        """The call's result, shaped for its client; tool errors for anything that went wrong."""
+        name = call.entry.name
         try:
             started = time.monotonic()
             result = await self.pool.call_raw(call.entry, call.arguments, meta=call.trace_context)
             if self.traces is not None:
                 self.traces.add(call.caller, name, success=result.get("isError") is not True, started=started)
             try:
-                shaped = self.upstream.shape_call_result(call.version, result)
+                return self.upstream.shape_call_result(call.version, result)
             except ValidationError as exc:
                 logger.warning("downstream tool %r returned a result that does not fit %s: %s", name, call.version, exc)
-                shaped = self.upstream.shape_call_result(
-                    call.version, error_wire(f"tool {name!r} returned a result that is not a valid MCP tool result")
-                )
+                message = f"tool {name!r} returned a result that is not a valid MCP tool result"
         except Exception as exc:  # a bug must reach the client as a tool error, never a crash
             logger.exception("tool %r failed inside the gateway", name)
-            shaped = self.upstream.shape_call_result(
-                call.version,
-                error_wire(f"internal error in pml-gateway while calling {name!r}: {type(exc).__name__}: {exc}"),
-            )
-        except BaseException:
-            reply.abandon()  # cancelled (shutdown): no keep-alives for a response that will not come
-            raise
-        finally:
-            if call.session is not None:
-                self._hold_session(call.session)
-        await reply.finish({"jsonrpc": "2.0", "id": call.request_id, "result": shaped})
+            message = f"internal error in pml-gateway while calling {name!r}: {type(exc).__name__}: {exc}"
+        return self.upstream.shape_call_result(call.version, error_wire(message))
+
+    def session_ended(self, session_id: str) -> None:
+        """A 2025-era session was deleted: its calls in flight here end, as the SDK ends its own."""
+        for (owner, _), cancel in list(self._cancellable.items()):
+            if owner == session_id:
+                cancel.cancel()
+
+    def note_cancellation(self, scope: Scope, body: bytes) -> None:
+        """A POST the SDK will handle: if it cancels a call in flight here, cancel that call.
+
+        Only 2025-era sessions send ``notifications/cancelled`` (the 2026 wire cancels by closing
+        the response); the notification is keyed by the session, as the SDK's dispatcher keys it.
+        """
+        if not self._cancellable or b"notifications/cancelled" not in body:
+            return
+        try:
+            message = json.loads(body)
+        except (ValueError, RecursionError):
+            return
+        if not isinstance(message, dict) or message.get("method") != "notifications/cancelled":
+            return
+        params = message.get("params")
+        request_id = cancelled_request_id_from_params(params if isinstance(params, dict) else None)
+        session_id = Headers(scope=scope).get(MCP_SESSION_ID_HEADER)
+        if request_id is not None and session_id:
+            cancel = self._cancellable.get((session_id, coerce_request_id(request_id)))
+            if cancel is not None:
+                cancel.cancel()
 
     # -- checks --------------------------------------------------------------------------------
 
@@ -298,6 +359,7 @@ class _Call:
     caller: str  #: its trace key
     trace_context: dict[str, str] | None  #: W3C trace context for the downstream's _meta
     session: StreamableHTTPServerTransport | None  #: a 2025-era session's transport
+    session_id: str | None
     reply_headers: list[tuple[bytes, bytes]]
 
 
@@ -316,6 +378,38 @@ def _trace_context(meta: dict[str, Any] | None) -> dict[str, str] | None:
     except (ValueError, TypeError):
         return None
     return carrier or None
+
+
+class _HangupWatch:
+    """Cancels a call when its client closes the connection: started only once the call is slow.
+
+    Most calls end in well under ``HANGUP_WATCH_AFTER_SECONDS``; watching costs them nothing.
+    """
+
+    __slots__ = ("_receive", "_cancel", "_timer", "_task")
+
+    def __init__(self, receive: Receive, cancel: anyio.CancelScope) -> None:
+        self._receive = receive
+        self._cancel = cancel
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            HANGUP_WATCH_AFTER_SECONDS, self._start
+        )
+
+    def _start(self) -> None:
+        self._timer = None
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        self._cancel.cancel()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._task is not None:
+            self._task.cancel()
 
 
 class _Reply:

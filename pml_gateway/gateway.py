@@ -173,34 +173,40 @@ class _MCPEndpoint:
         if fast is not None and scope.get("method") == "POST":
             limit = self.gateway.session_manager.max_request_body_size if self.gateway.session_manager else 0
             body, rest = await _read_body(receive, limit)
-            if rest is None and len(body) <= limit and await fast.handle(scope, body, send):
-                return
+            if rest is None and len(body) <= limit:
+                if await fast.handle(scope, body, receive, send):
+                    return
+                fast.note_cancellation(scope, body)  # cancels a call in flight on the fast path, if it names one
             receive = _Replay(body, rest, receive)  # the SDK reads the request as if untouched
         response = _ResponseState(send)
         await app(scope, receive, response.send)
         if response.started and not response.completed:
             # The SDK ends a session's GET stream at shutdown without a last chunk; finish it cleanly.
             await response.finish()
-        if scope.get("method") == "DELETE":
+        if scope.get("method") == "DELETE" and response.status is not None and response.status < 300:
             session_id = _header(scope, MCP_SESSION_ID_HEADER)
             if session_id:
+                if fast is not None:
+                    fast.session_ended(session_id)
                 await upstream.session_ended(session_id)
 
 
 class _ResponseState:
     """Watches what an ASGI app sent, to complete a response it left open."""
 
-    __slots__ = ("_send", "started", "completed")
+    __slots__ = ("_send", "started", "completed", "status")
 
     def __init__(self, send: Send) -> None:
         self._send = send
         self.started = False
         self.completed = False
+        self.status: int | None = None
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.start":
             self.started = True
+            self.status = message["status"]
         elif kind == "http.response.body" and not message.get("more_body", False):
             self.completed = True
         await self._send(message)

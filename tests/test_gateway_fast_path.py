@@ -24,7 +24,7 @@ from mcp import Client, ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import HEADER_MISMATCH, INVALID_PARAMS
 
-from gateway_support import free_port, http_downstream, run_gateway, stdio_entry, wait_listening
+from gateway_support import free_port, http_downstream, run_gateway, stdio_entry, wait_for, wait_listening
 from pml_gateway import fast_path
 from pml_gateway.gateway import FAST_PATH_ENV
 
@@ -312,3 +312,48 @@ async def test_a_slow_call_gets_an_event_stream_with_keepalives(tmp_path: Path, 
                 async with Client(gw.mcp_url, cache=None) as client:
                     slow = await client.call_tool("remote__sleep", {"seconds": 0.5})
                     assert not slow.is_error and slow.content[0].text == "slept 0.5"
+
+
+async def test_cancelled_calls_stop_downstream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with http_downstream() as (url, port, _proc):
+        await wait_listening(port)
+        async with gateway(tmp_path, {"remote": {"url": url}}, fast=True, monkeypatch=monkeypatch) as gw:
+            link = gw.gateway.pool.downstreams["remote"]._link
+            traces = gw.gateway.traces
+            with anyio.fail_after(30):  # far below the 100 s the calls would take
+                async with httpx.AsyncClient(timeout=60) as http:
+                    # 2025-11-25: notifications/cancelled answers the call with REQUEST_CANCELLED at once
+                    legacy = await RawClient(http, gw.mcp_url, LEGACY).open()
+                    answers: list[tuple[httpx.Response, dict[str, Any]]] = []
+
+                    async def slow_call() -> None:
+                        answers.append(await legacy.call("remote__sleep", {"seconds": 100}))
+
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(slow_call)
+                        await wait_for(lambda: link._open)  # the call reached the downstream
+                        cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": legacy.ids}}
+                        assert (await legacy.post(cancel)).status_code == 202
+                    ((response, message),) = answers
+                    assert message["error"] == {"code": -32800, "message": "Request cancelled"}
+                    assert message["id"] == legacy.ids
+                    await wait_for(lambda: not link._open)  # the downstream request was dropped
+
+                    # ending the session ends its calls
+                    answers.clear()
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(slow_call)
+                        await wait_for(lambda: link._open)
+                        assert (await http.delete(gw.mcp_url, headers=legacy.headers("", None))).status_code == 200
+                    assert answers[0][1]["error"]["code"] == -32800
+                    await wait_for(lambda: not link._open)
+
+                    # 2026-07-28: hanging up cancels the call
+                    modern = RawClient(http, gw.mcp_url, MODERN)
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(modern.call, "remote__sleep", {"seconds": 100})
+                        await wait_for(lambda: link._open)
+                        await anyio.sleep(fast_path.HANGUP_WATCH_AFTER_SECONDS + 0.2)
+                        tg.cancel_scope.cancel()  # closes the client's connection
+                    await wait_for(lambda: not link._open)
+            assert gw.gateway.fast_path.calls == 3 and traces.open_traces == 0  # cancelled calls are not learned
