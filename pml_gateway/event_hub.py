@@ -234,8 +234,13 @@ class _Subscriber(Subscription):
         if type(item) is Frame and self._types is not None and item.type not in self._types:
             return
         if len(self._queue) >= self._capacity:
-            self._hub._drop_slow(self)
-            return
+            if self._sink is not None and not self._paused:
+                # A burst larger than the queue (one request ingesting many executions) from a
+                # client that keeps up: write it out now rather than drop the client.
+                self._push()
+            if len(self._queue) >= self._capacity:
+                self._hub._drop_slow(self)
+                return
         self._queue.append(item)
         if self._sink is not None:
             if not self._scheduled and not self._paused:

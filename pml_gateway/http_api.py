@@ -110,9 +110,8 @@ async def post_executions(request: Request) -> Response:
     except _BadBody as exc:
         return error_response(422, f"Invalid body: {exc}", errors=[{"field": "", "loc": [], "message": str(exc), "type": "body"}])
     engine = app_state(request).engine
-    # All validated before any is learned: a bad item refuses the whole request.
-    for execution in executions:
-        await engine.update_from_execution(execution)
+    # All validated before any is learned: a bad item refuses the whole request. One commit.
+    await engine.update_from_executions(executions)
     return JSONResponse({"workflow_ids": [e.workflow_id for e in executions]}, status_code=202)
 
 

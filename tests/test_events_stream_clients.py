@@ -214,3 +214,29 @@ async def test_client_that_pauses_reading_gets_everything_once_it_reads_again() 
     ids = [int(m) for m in re.findall(rb"^id: (\d+)$", received, flags=re.MULTILINE)]
     assert ids == list(range(seam + 1, stats["last_event_id"] + 1))
     assert stats["clients_dropped_slow"] == 0 and hub.paused_clients == 0
+
+
+async def test_a_burst_larger_than_the_client_queue_does_not_drop_a_client_that_keeps_up() -> None:
+    settings = make_settings(client_queue=20, metrics_interval_seconds=60.0)
+    async with (
+        running_server(settings) as running,
+        httpx.AsyncClient(base_url=running.base_url) as client,
+        httpx.AsyncClient(base_url=running.base_url) as producer,
+    ):
+        async with open_stream(client) as stream:
+            connected = await stream.next()
+            assert connected is not None and connected.event == "connected"
+            # One request, 40 executions of 4 tools: 160 events at once, eight times the queue.
+            body = [{"workflow_id": f"burst-{i}", "tool_ids": [f"s__t{i}", "s__a", "s__b", f"s__u{i}"]} for i in range(40)]
+            await post_executions(producer, body)
+            seen: list[WireEvent] = []
+            with anyio.fail_after(20):
+                while not (seen and seen[-1].event == "workflow_executed" and seen[-1].data["workflow_id"] == "burst-39"):
+                    event = await stream.next()
+                    assert event is not None, "the stream ended: the client was dropped"
+                    if event.id is not None:
+                        seen.append(event)
+        ids = [e.id for e in seen]
+        assert ids == list(range(ids[0], ids[0] + 160)) and len(ids) == 160
+        stats = (await producer.get("/events/stats")).json()
+        assert stats["clients_dropped_slow"] == 0
