@@ -116,6 +116,7 @@ def create_app(settings: Settings, *, extensions: Sequence[AppExtension] = ()) -
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         started_at = time.time()
         store = open_store(settings)
+        engine: GraphRAGEngine | None = None
         try:
             engine = GraphRAGEngine(store=store)
             hub = InProcessEventHub(store, replay_buffer=settings.replay_buffer, client_queue=settings.client_queue)
@@ -147,6 +148,8 @@ def create_app(settings: Settings, *, extensions: Sequence[AppExtension] = ()) -
                     stream.close()
                     tasks.cancel_scope.cancel()
         finally:
+            if engine is not None:
+                engine.close()  # the metrics worker process, if one was started
             store.close()
 
     routes: list[BaseRoute] = [route for extension in extensions for route in extension.routes()]
