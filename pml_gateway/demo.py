@@ -3,8 +3,10 @@
 The example config (``mcp.json`` next to the notes, text and math servers) is found inside the
 installed package (``pml_gateway/examples``) or, in a checkout, in ``public/examples``. Once the
 server listens, ``workload.py`` starts in a child process and drives workflows through ``/mcp``;
-it stops with the server. Unless set by flag or env var, the demo keeps its graph in memory (your
-own graph file stays untouched) and closes traces after 2 s of quiet so edges appear quickly.
+it stops with the server. Unless set by flag or env var, the demo keeps its graph in its own
+SQLite file, ``demo.db`` next to the default ``graph.db`` (your own graph stays untouched, and a
+restarted demo goes on learning where it stopped), and closes traces after 2 s of quiet so
+edges appear quickly.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .settings import env_var
+from .settings import default_db, env_var
 
 #: Defaults that make a demo lively; a flag or PML_* variable still wins.
-DEMO_DEFAULTS = {"db": ":memory:", "trace_idle_seconds": "2"}
+DEMO_DEFAULTS = {"db": str(Path(default_db()).with_name("demo.db")), "trace_idle_seconds": "2"}
 
 
 def examples_dir() -> Path:

@@ -22,9 +22,9 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-async def test_the_demo_learns_from_its_workload_at_once() -> None:
+async def test_the_demo_learns_from_its_workload_at_once(tmp_path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pml_gateway", "demo", "--port", "0"],
+        [sys.executable, "-m", "pml_gateway", "demo", "--port", "0", "--db", str(tmp_path / "demo.db")],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
