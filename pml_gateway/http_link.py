@@ -23,13 +23,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import ssl
 import time
 import urllib.request
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx2
 from mcp.shared.inbound import (
     MCP_METHOD_HEADER,
     MCP_NAME_HEADER,
@@ -85,10 +85,13 @@ def link_supported(url: str, headers: Mapping[str, str]) -> bool:
     """Whether ``HttpLink`` can carry calls to ``url`` exactly as httpx2 would.
 
     Plain or TLS HTTP with no proxy configured for it in the environment (httpx2 honours proxy
-    variables; this link does not speak to proxies), and header values that are safe on the wire.
+    variables; this link does not speak to proxies), no credentials in the URL (httpx2 would turn
+    them into Basic auth), and header values that are safe on the wire.
     """
     parts = urlsplit(url)
     if httptools is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        return False
+    if parts.username is not None or parts.password is not None:
         return False
     try:
         parts.port
@@ -120,7 +123,8 @@ class HttpLink:
         self.url = url
         self._host = parts.hostname or ""
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
-        self._ssl = ssl.create_default_context() if parts.scheme == "https" else None
+        # The TLS settings httpx2 uses by default (its CA bundle, SSL_CERT_* from the environment).
+        self._ssl = httpx2.create_ssl_context() if parts.scheme == "https" else None
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._envelope = {
             PROTOCOL_VERSION_META_KEY: protocol_version,
@@ -128,7 +132,7 @@ class HttpLink:
             CLIENT_CAPABILITIES_META_KEY: client_capabilities or {},
         }
         fixed = {
-            "Host": parts.netloc.rpartition("@")[2],
+            "Host": parts.netloc,
             "Accept": "application/json, text/event-stream",
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,

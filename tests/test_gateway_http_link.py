@@ -266,8 +266,66 @@ def test_what_the_link_can_carry(monkeypatch: pytest.MonkeyPatch) -> None:
     assert link_supported("https://example.com/mcp", {})
     assert not link_supported("ftp://example.com/mcp", {})
     assert not link_supported("http://127.0.0.1:notaport/mcp", {})
+    assert not link_supported("http://user:secret@127.0.0.1:9000/mcp", {})  # httpx2 would send Basic auth
     assert not link_supported("http://127.0.0.1:9000/mcp", {"X": "a\r\nInjected: 1"})
     monkeypatch.setenv("HTTP_PROXY", "http://proxy:3128")
     assert not link_supported("http://example.com/mcp", {})  # httpx2 would use the proxy
     monkeypatch.setenv("NO_PROXY", "example.com")
     assert link_supported("http://example.com/mcp", {})
+
+
+def _self_signed(tmp_path: Any) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    pytest.importorskip("cryptography")  # not a dependency of the project: skipped where missing
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return str(cert_path), str(key_path)
+
+
+async def test_tls_with_the_trust_httpx2_would_use(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ssl
+
+    cert, key = _self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server = Scripted([json_reply(), json_reply()])
+    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0, ssl=context)
+    port = listener.sockets[0].getsockname()[1]
+    async with listener:
+        with anyio.fail_after(10):
+            # not trusted: refused before anything is sent
+            with pytest.raises(Unreachable, match="cannot connect"):
+                await link(f"https://127.0.0.1:{port}/mcp").call_tool("t", {})
+            # trusted the way httpx2 is told to (SSL_CERT_FILE)
+            monkeypatch.setenv("SSL_CERT_FILE", cert)
+            lean = link(f"https://127.0.0.1:{port}/mcp")
+            assert (await lean.call_tool("t", {}))["echo"]["name"] == "t"
+            assert (await lean.call_tool("u", {}))["echo"]["name"] == "u"
+            lean.close()
+    assert len(server.seen) == 2
