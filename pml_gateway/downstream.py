@@ -10,6 +10,11 @@ server). When the connection ends or never comes up, the server's tools leave th
 registry's listeners tell upstream clients) and it is retried after an exponential backoff, 1 s
 doubling up to 30 s by default. Calls never raise: errors, timeouts and dead servers come back as a
 ``CallToolResult`` with ``is_error`` and a message that says what happened.
+
+Calls to a server that speaks 2026-07-28 over Streamable HTTP skip the SDK's client: they go
+through a lean link (``http_link.py``: one POST per call on kept-alive connections, without the
+SDK client's tasks and streams), which the supervisor opens with each connection and closes when
+it ends. A call that finds the link broken wakes the supervisor, which checks the server at once.
 """
 
 from __future__ import annotations
@@ -31,8 +36,8 @@ from mcp import Client, ClientSession, MCPError, StdioServerParameters, stdio_cl
 from mcp.client.session import IncomingMessage
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp_types import SERVER_INFO_META_KEY
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
-
 from pydantic import ValidationError
 
 from .downstream_config import HttpServerConfig, StdioServerConfig
@@ -45,8 +50,6 @@ ServerConfig = StdioServerConfig | HttpServerConfig
 
 #: Who the gateway is to its downstreams.
 CLIENT_INFO = types.Implementation(name="pml-gateway", version="0.1.0")
-#: The ``_meta`` key of a result's server identity (2026-07-28): the gateway stamps its own.
-SERVER_INFO_META_KEY = "io.modelcontextprotocol/serverInfo"
 
 
 class DownstreamState(str, Enum):
@@ -82,7 +85,8 @@ def error_wire(message: str) -> dict[str, Any]:
 
 
 def _without_server_info(result: dict[str, Any]) -> dict[str, Any]:
-    # The downstream's identity stamp would pass for the gateway's: drop it, the gateway stamps its own.
+    # A 2026-era result carries its server's identity in _meta (serverInfo). Passed on, the
+    # downstream's stamp would pass for the gateway's: it is dropped, and the gateway stamps its own.
     meta = result.get("_meta")
     if isinstance(meta, dict) and SERVER_INFO_META_KEY in meta:
         rest = {key: value for key, value in meta.items() if key != SERVER_INFO_META_KEY}
@@ -385,7 +389,7 @@ class Downstream:
                     types.CallToolResult,
                     request_read_timeout_seconds=timeout,
                 )
-                if result.meta and SERVER_INFO_META_KEY in result.meta:
+                if result.meta and SERVER_INFO_META_KEY in result.meta:  # as _without_server_info
                     rest = {key: value for key, value in result.meta.items() if key != SERVER_INFO_META_KEY}
                     result = result.model_copy(update={"meta": rest or None})
                 return result

@@ -5,6 +5,10 @@ anything starts. Its lifespan (entered by the app once engine, hub and metrics s
 starts one supervisor per downstream, the MCP server's background work (change notifications,
 trace closing) and the Streamable HTTP session manager. The same running gateway also serves MCP
 over stdio (``serve_stdio``), which is how ``pml-gateway stdio`` works.
+
+On ``/mcp``, a ``tools/call`` of a downstream tool takes the fast path (``fast_path.py``) when it
+passes the SDK's checks; every other request, and any that fails one, goes to the SDK's session
+manager. ``PML_GATEWAY_FAST_PATH=0`` turns the fast path and the lean downstream link off.
 """
 
 from __future__ import annotations

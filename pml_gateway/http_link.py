@@ -1,11 +1,12 @@
 """A lean link to a downstream that speaks MCP 2026-07-28 over Streamable HTTP: ``tools/call`` only.
 
 Why it exists: through the SDK's client (``ClientSession`` over ``streamable_http_client`` and
-httpx2) one proxied call costs the gateway about 1.3 ms of CPU in task groups, memory streams and
-pydantic round trips. In the 2026-07-28 era a call is one self-contained POST that gets one
-JSON-RPC response back (JSON, or an SSE stream that ends with it), so this module sends that POST
-itself on kept-alive HTTP/1.1 connections (asyncio protocols, responses parsed by httptools, the C
-parser uvicorn uses) and hands the result back as the raw JSON dict: about 0.1 ms.
+httpx2) a proxied call costs the gateway about 1.35 ms more CPU than through this link (task
+groups, memory streams, pydantic round trips; measured with bench/proxy.py's echo server). In the
+2026-07-28 era a call is one self-contained POST that gets one JSON-RPC response back (JSON, or an
+SSE stream that ends with it), so this module sends that POST itself on kept-alive HTTP/1.1
+connections (asyncio protocols, responses parsed by httptools, the C parser uvicorn uses) and
+hands the result back as the raw JSON dict.
 
 It does exactly what the SDK's client puts on the wire for that request (the same headers,
 including ``Mcp-Name`` and ``Mcp-Param-*`` from the tool's ``x-mcp-header`` annotations, and the
@@ -13,7 +14,8 @@ same ``_meta`` envelope), and nothing else: connecting, discovery, tool listing,
 subscriptions and every other downstream transport stay with the SDK (``downstream.py``).
 
 Errors, for the caller to turn into tool errors: ``RemoteError`` (a JSON-RPC error from the
-server), ``LinkError`` (the connection failed or closed, an unusable HTTP answer), ``TimeoutError``.
+server), ``LinkError`` (the connection failed or closed, an unusable HTTP answer; ``Unreachable``
+when no connection could be opened), ``TimeoutError``.
 ``Redirected`` means the server answered 3xx and did not run the call: the caller sends it through
 the SDK instead, which follows same-origin redirects.
 """
