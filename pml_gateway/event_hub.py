@@ -36,6 +36,7 @@ from enum import Enum
 from typing import Protocol
 
 import anyio
+from pydantic import BaseModel
 
 from graphrag import GraphEvent, LogBounds
 from graphrag.events import EventPayload, ResetData
@@ -102,8 +103,9 @@ class HubClosed(RuntimeError):
     """Subscribing to a hub that is shutting down."""
 
 
-@dataclass(frozen=True)
-class HubStats:
+class HubStats(BaseModel):
+    """The hub's counters (``GET /events/stats`` adds the process's own)."""
+
     connected_clients: int
     total_connections: int
     events_published: int

@@ -38,7 +38,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from graphrag.events import EVENT_TYPES, GRAPH_EVENT_TYPES, ConnectedData, HeartbeatData
 
-from .event_hub import CloseReason, EventHub, HubClosed, Subscription, encode_payload
+from .event_hub import CloseReason, EventHub, HubClosed, HubStats, Subscription, encode_payload
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -151,17 +151,10 @@ def parse_request(request: Request) -> tuple[frozenset[str] | None, int | None]:
     return types, last_event_id
 
 
-class EventsStats(BaseModel):
-    """``GET /events/stats``."""
+class EventsStats(HubStats):
+    """``GET /events/stats``: the hub's counters, the client limit and the uptime."""
 
-    connected_clients: int
     max_clients: int
-    total_connections: int
-    events_published: int
-    events_delivered: int
-    clients_dropped_slow: int
-    last_event_id: int | None
-    oldest_buffered_id: int | None
     uptime_seconds: float
 
 
@@ -219,17 +212,8 @@ class EventsStreamManager:
             self._hub.close()
 
     def stats(self) -> EventsStats:
-        stats = self.hub.stats()
         return EventsStats(
-            connected_clients=stats.connected_clients,
-            max_clients=self.settings.max_clients,
-            total_connections=stats.total_connections,
-            events_published=stats.events_published,
-            events_delivered=stats.events_delivered,
-            clients_dropped_slow=stats.clients_dropped_slow,
-            last_event_id=stats.last_event_id,
-            oldest_buffered_id=stats.oldest_buffered_id,
-            uptime_seconds=self.uptime_seconds(),
+            **self.hub.stats().model_dump(), max_clients=self.settings.max_clients, uptime_seconds=self.uptime_seconds()
         )
 
     # -- the endpoint ---------------------------------------------------------------------
