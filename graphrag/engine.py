@@ -126,7 +126,7 @@ class GraphRAGEngine:
         if not self._group:
             loop.call_soon(self._commit_group)
         self._group.append((execution, waiter))
-        return await asyncio.shield(waiter)
+        return await waiter  # cancelled: the future is too, and its result is dropped
 
     def _commit_group(self) -> None:
         group, self._group = self._group, []
@@ -205,7 +205,8 @@ class GraphRAGEngine:
                 timestamp=now,
             )
         )
-        nodes = {tool_id: server_of(tool_id) for tool_id in execution.tool_ids}
+        # Only tools the graph does not know yet: the store inserts nodes once.
+        nodes = {tool_id: server_of(tool_id) for tool_id in execution.tool_ids if tool_id not in self.graph}
         return ExecutionRecord(execution, nodes, changes, payloads)
 
     def _add_node(self, tool_id: str, server: str | None) -> None:

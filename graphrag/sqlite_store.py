@@ -168,10 +168,9 @@ class SQLiteStore:
                         for r in records
                     ],
                 )
-                db.executemany(
-                    "INSERT OR IGNORE INTO nodes (tool_id, server) VALUES (?, ?)",
-                    [item for r in records for item in r.nodes.items()],
-                )
+                new_nodes = [item for r in records for item in r.nodes.items()]
+                if new_nodes:
+                    db.executemany("INSERT OR IGNORE INTO nodes (tool_id, server) VALUES (?, ?)", new_nodes)
                 db.executemany(
                     "INSERT OR REPLACE INTO edges VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [
