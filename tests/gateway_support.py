@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio
 import httpx
+import mcp.types as types
 import uvicorn
 
 from pml_gateway.app import create_app
@@ -145,3 +146,8 @@ async def wait_for(predicate: Any, timeout: float = 20, interval: float = 0.05) 
             if value:
                 return value
             await anyio.sleep(interval)
+
+
+def text(result: types.CallToolResult) -> str:
+    """The text parts of a tool result, joined."""
+    return " ".join(c.text for c in result.content if isinstance(c, types.TextContent))

@@ -9,11 +9,6 @@ from graphrag import GraphEvent, GraphRAGEngine, TaskRun, WorkflowExecution
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def test_first_observation_creates_then_updates() -> None:
     engine = GraphRAGEngine()
     first = await engine.update_from_execution(WorkflowExecution.from_tool_ids(["a", "b", "c"], workflow_id="w1"))

@@ -17,11 +17,6 @@ from httpx_sse import aconnect_sse
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def test_the_demo_learns_from_its_workload_at_once(tmp_path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "pml_gateway", "demo", "--port", "0", "--db", str(tmp_path / "demo.db")],

@@ -24,6 +24,7 @@ from gateway_support import (
     http_downstream,
     run_gateway,
     stdio_entry,
+    text,
     wait_for,
     wait_listening,
 )
@@ -36,15 +37,6 @@ pytestmark = pytest.mark.anyio
 PATIENT = SupervisionTiming(
     backoff_initial=1.5, backoff_max=3, connect_timeout=20, ping_interval=0.3, ping_timeout=5, stable_after=60
 )
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-def text(result: types.CallToolResult) -> str:
-    return " ".join(c.text for c in result.content if isinstance(c, types.TextContent))
 
 
 class Notifications:

@@ -42,11 +42,6 @@ META = {
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @contextlib.contextmanager
 def fast_path_server() -> Iterator[tuple[str, int]]:
     port = free_port()

@@ -10,26 +10,16 @@ from typing import Any
 
 import anyio
 import httpx
-import mcp.types as types
 import pytest
 from httpx_sse import aconnect_sse
 from mcp import Client, ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from gateway_support import run_gateway, stdio_entry
+from gateway_support import run_gateway, stdio_entry, text
 
 pytestmark = pytest.mark.anyio
 
 SERVERS = {"local": stdio_entry(), "steady": stdio_entry()}
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-def text(result: types.CallToolResult) -> str:
-    return " ".join(c.text for c in result.content if isinstance(c, types.TextContent))
 
 
 class EventLog:

@@ -7,23 +7,13 @@ from pathlib import Path
 
 import anyio
 import httpx
-import mcp.types as types
 import pytest
 from mcp import Client, ClientSession, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
-from gateway_support import TEST_SERVER, health, http_downstream, run_gateway, stdio_entry, wait_listening
+from gateway_support import TEST_SERVER, health, http_downstream, run_gateway, stdio_entry, text, wait_listening
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-def text(result: types.CallToolResult) -> str:
-    return " ".join(c.text for c in result.content if isinstance(c, types.TextContent))
 
 
 async def test_tools_of_stdio_and_http_downstreams_are_listed_and_called(tmp_path: Path) -> None:

@@ -30,11 +30,6 @@ BACKENDS = [
 ]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def arrays_of(graph: nx.DiGraph) -> GraphArrays:
     """The numeric mirror of a networkx graph with ``confidence`` weights, nodes in graph order."""
     arrays = GraphArrays()

@@ -15,11 +15,6 @@ pytestmark = pytest.mark.anyio
 WINDOW = 0.3  # seconds; long enough for 100 in-memory executions, short enough for a test
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class Recorder:
     """Collects metrics_updated events and lets a test wait for the n-th one."""
 

@@ -13,11 +13,6 @@ from graphrag.sqlite_store import SCHEMA_VERSION
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _executions() -> list[WorkflowExecution]:
     return [
         WorkflowExecution.from_tool_ids(["fs__read", "text__summarize", "notes__save"]),
