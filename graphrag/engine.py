@@ -38,7 +38,7 @@ from .execution import WorkflowExecution
 from .graph_arrays import GraphArrays
 from .learning import EdgeState, learn, observations
 from .metrics import GraphMetrics, MetricsComputer
-from .snapshot import GraphSnapshot, SnapshotEdge, SnapshotNode
+from .snapshot import GraphSnapshot
 from .store import ExecutionRecord, GraphStore, MemoryStore
 from .suggestions import Suggestion, suggest_next
 
@@ -283,7 +283,7 @@ class GraphRAGEngine:
         return suggest_next(self.graph, after, limit)
 
     def snapshot_json(self) -> bytes:
-        """``snapshot().model_dump_json()``, built from plain dicts and cached until the next event.
+        """The ``GET /graph`` document, built from plain dicts and cached until the next event.
 
         ``GET /graph`` runs on the event loop: per-edge pydantic models cost ~8 µs an edge, plain
         dicts serialised by pydantic-core ~2 µs; a dashboard refetching after each
@@ -321,27 +321,5 @@ class GraphRAGEngine:
         return body
 
     def snapshot(self) -> GraphSnapshot:
-        metrics = self.metrics
-        pagerank = metrics.pagerank if metrics else {}
-        communities = metrics.communities if metrics else {}
-        return GraphSnapshot(
-            last_event_id=self._last_event_id,
-            nodes=[
-                SnapshotNode(id=node, server=attrs.get("server"), pagerank=pagerank.get(node), community=communities.get(node))
-                for node, attrs in self.graph.nodes(data=True)
-            ],
-            edges=[
-                SnapshotEdge(
-                    from_tool_id=source,
-                    to_tool_id=target,
-                    confidence=attrs["confidence"],
-                    observed_count=attrs["observed_count"],
-                    success_count=attrs["success_count"],
-                    failure_count=attrs["failure_count"],
-                    edge_type=attrs["edge_type"],
-                    last_observed=attrs["last_observed"],
-                )
-                for source, target, attrs in self.graph.edges(data=True)
-            ],
-            metrics=metrics,
-        )
+        """The graph as models (the ``GET /graph`` document, parsed): one builder serves both."""
+        return GraphSnapshot.model_validate_json(self.snapshot_json())
