@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install browser bench clean
+.PHONY: demo test install browser servers postgres bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,28 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,fast]'
 	touch $(STAMP)
+
+# Real MCP servers none of us wrote, for the end-to-end tests: npm's reference servers in
+# .tools/node_modules, PyPI's mcp-server-time and mcp-server-git in their own venv (.tools/py:
+# they are built on another major version of the mcp package than the gateway).
+TOOLS := .tools
+$(TOOLS)/.installed: Makefile
+	mkdir -p $(TOOLS)
+	npm install --silent --no-audit --no-fund --prefix $(TOOLS) \
+		@modelcontextprotocol/server-everything @modelcontextprotocol/server-memory @modelcontextprotocol/server-filesystem
+	$(PYTHON) -m venv $(TOOLS)/py
+	$(TOOLS)/py/bin/pip install --quiet mcp-server-time mcp-server-git
+	touch $@
+
+servers: $(TOOLS)/.installed
+
+# PostgreSQL from Debian's packages for the replica tests (they start a throwaway cluster on a
+# Unix socket themselves and stop it after).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
+		echo "installing Debian's postgresql for the replica tests"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+		|| sudo sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null'; }
 
 install: $(STAMP)
 
@@ -27,11 +49,11 @@ browser:
 demo: $(STAMP)
 	$(VENV)/bin/pml-gateway demo
 
-test: $(STAMP) browser
+test: $(STAMP) browser servers postgres
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) bench/engine.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(TOOLS) .pytest_cache build *.egg-info

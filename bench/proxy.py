@@ -7,7 +7,7 @@ by the same client code in three ways, in one run:
 
 - direct: the client talks to the downstream server;
 - pml-gateway: ``pml-gateway serve`` with that server in its config (calls learned as traces);
-- with ``--sdk-path``, the same gateway with ``PML_GATEWAY_FAST_PATH=0``: every call through the
+- with ``--sdk-path``, the same gateway with ``PML_FAST_PATH=0``: every call through the
   MCP SDK's transports on both sides, as before the fast path (fast_path.py, http_link.py);
 - FastMCP: ``fastmcp.server.create_proxy(url)`` served over HTTP, from the virtual environment
   ``bench/.venv-fastmcp`` (made on first use with ``pip install fastmcp``; gitignored).
@@ -202,7 +202,7 @@ def main() -> None:
             ]
             ports = [echo_port, gateway_port]
             if args.sdk_path:
-                processes.append(gateway(sdk_port, PML_GATEWAY_FAST_PATH="0"))
+                processes.append(gateway(sdk_port, PML_FAST_PATH="0"))
                 targets.append(("pml-gateway, SDK path", f"http://127.0.0.1:{sdk_port}/mcp", "echo__echo"))
                 ports.append(sdk_port)
             python = None if args.no_fastmcp else fastmcp_python()

@@ -24,7 +24,7 @@ Memory per client = (server RSS with N idle clients connected - RSS before) / N.
 delivery = the server process's CPU time while publishing / (events x clients): unlike the latency
 it hardly depends on what else the machine is doing.
 
-The server runs with the gateway's GC thresholds (``pml_gateway.app.GC_THRESHOLDS``, all designs
+The server runs with the gateway's GC thresholds (``pml_gateway.server.GC_THRESHOLDS``, all designs
 alike); ``--default-gc`` keeps Python's, to show what they are for.
 """
 
@@ -84,7 +84,9 @@ def serve(mode: str, default_gc: bool) -> None:
 
     from graphrag import GraphEvent
     from graphrag.events import WorkflowExecutedData
-    from pml_gateway.app import GC_THRESHOLDS, AppState, create_app, make_server
+    from pml_gateway.app import create_app
+    from pml_gateway.server import GC_THRESHOLDS, make_server
+    from pml_gateway.state import AppState
     from pml_gateway.settings import Settings
 
     raise_fd_limit()

@@ -1,5 +1,5 @@
 """``python -m pml_gateway``: the same as the ``pml-gateway`` console script."""
 
-from .cli import main
+from pml_gateway.cli import main
 
 raise SystemExit(main())

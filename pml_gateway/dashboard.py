@@ -22,7 +22,7 @@ from starlette.types import Scope
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
 
-    from .app import AppState
+    from pml_gateway.state import AppState
 
 #: Where the page lives; its assets are under ``{PATH}/static/``.
 PATH = "/dashboard"

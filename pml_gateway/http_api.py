@@ -7,7 +7,7 @@ lifespan). Errors are JSON with an ``error`` message that names the problem, nev
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 from starlette.requests import Request
@@ -16,15 +16,10 @@ from starlette.routing import BaseRoute, Route
 
 from graphrag import WorkflowExecution
 
-if TYPE_CHECKING:
-    from .app import AppState
+from pml_gateway.state import app_state
 
 #: Larger ``POST /executions`` bodies are refused with 413.
 MAX_BODY_BYTES = 16 * 1024 * 1024
-
-
-def app_state(request: Request) -> AppState:
-    return request.app.state.pml  # type: ignore[no-any-return]
 
 
 def error_response(status: int, message: str, **extra: Any) -> JSONResponse:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import platformdirs
-from pydantic import Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 APP_NAME = "pml-gateway"
@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     metrics_interval_seconds: float = Field(default=1.0, gt=0, description="Coalescing window of metrics recomputes.")
     trace_idle_seconds: float = Field(default=30.0, gt=0, description="Quiet time that closes a session's trace.")
     log_level: LogLevel = Field(default="info", description="Log level of the process.")
+    fast_path: bool = Field(
+        default=True,
+        # PML_GATEWAY_FAST_PATH is the name it had before it became a setting: still read.
+        validation_alias=AliasChoices("fast_path", "PML_FAST_PATH", "PML_GATEWAY_FAST_PATH"),
+        description="Answer tools/call of downstream tools without the SDK's transports (0/false: off).",
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -19,8 +19,8 @@ import mcp.types as types
 import uvicorn
 
 from pml_gateway.app import create_app
-from pml_gateway.downstream import SupervisionTiming
-from pml_gateway.gateway import Gateway
+from pml_gateway.proxy.downstream.supervisor import SupervisionTiming
+from pml_gateway.proxy.gateway import Gateway
 from pml_gateway.settings import Settings
 
 HERE = Path(__file__).resolve().parent

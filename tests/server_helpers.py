@@ -17,7 +17,9 @@ import httpx
 from sse_starlette.sse import AppStatus
 from starlette.applications import Starlette
 
-from pml_gateway.app import AppExtension, AppState, GatewayServer, create_app, make_server
+from pml_gateway.app import create_app
+from pml_gateway.server import GatewayServer, make_server
+from pml_gateway.state import AppExtension, AppState
 from pml_gateway.settings import Settings
 
 START_TIMEOUT = 20.0

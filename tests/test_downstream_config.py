@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pml_gateway.downstream_config import ConfigError, HttpServerConfig, StdioServerConfig, load_config
+from pml_gateway.proxy.downstream.config import ConfigError, HttpServerConfig, StdioServerConfig, load_config
 
 
 def write(tmp_path: Path, data: object) -> Path:

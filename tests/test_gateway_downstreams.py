@@ -28,8 +28,8 @@ from gateway_support import (
     wait_for,
     wait_listening,
 )
-from pml_gateway.downstream import SupervisionTiming
-from pml_gateway.tool_registry import NAME_PATTERN
+from pml_gateway.proxy.downstream.supervisor import SupervisionTiming
+from pml_gateway.proxy.registry import NAME_PATTERN
 
 pytestmark = pytest.mark.anyio
 

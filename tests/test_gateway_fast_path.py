@@ -1,6 +1,6 @@
 """The fast path for proxied calls (fast_path.py upstream, http_link.py downstream) keeps the MCP contract.
 
-The same calls are made with the fast path on and off (``PML_GATEWAY_FAST_PATH=0``: every call
+The same calls are made with the fast path on and off (``PML_FAST_PATH=0``: every call
 through the SDK on both sides) and must give the same answers, in both protocol eras; requests
 the fast path must not take (failing a check) get the SDK's own answer; slow calls get an SSE
 stream with keep-alives.
@@ -25,8 +25,8 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp_types import HEADER_MISMATCH, INVALID_PARAMS
 
 from gateway_support import free_port, http_downstream, run_gateway, stdio_entry, wait_for, wait_listening
-from pml_gateway import fast_path
-from pml_gateway.gateway import FAST_PATH_ENV
+from pml_gateway.proxy import fast_path
+FAST_PATH_ENV = "PML_FAST_PATH"
 
 pytestmark = pytest.mark.anyio
 

@@ -12,8 +12,8 @@ from typing import Any
 import anyio
 import pytest
 
-from pml_gateway import http_link
-from pml_gateway.http_link import HttpLink, LinkError, Redirected, RemoteError, Unreachable, _SSEDecoder, link_supported
+from pml_gateway.proxy.downstream import http_link
+from pml_gateway.proxy.downstream.http_link import HttpLink, LinkError, Redirected, RemoteError, Unreachable, _SSEDecoder, link_supported
 
 pytestmark = pytest.mark.anyio
 

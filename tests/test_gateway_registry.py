@@ -7,7 +7,7 @@ import logging
 import mcp.types as types
 import pytest
 
-from pml_gateway.tool_registry import NAME_PATTERN, ToolRegistry, sanitize
+from pml_gateway.proxy.registry import NAME_PATTERN, ToolRegistry, sanitize
 
 SCHEMA = {"type": "object", "properties": {"q": {"type": "string", "minLength": 2}}, "required": ["q"], "x-extra": [1]}
 
@@ -43,7 +43,7 @@ def test_collisions_are_resolved_deterministically_and_logged(caplog: pytest.Log
         return {(e.server, e.original_name): e.name for e in registry.tools()}
 
     servers = [("a.b", ["x"]), ("a_b", ["x"]), ("a b", ["x"]), ("a", ["b__x", "y"]), ("a__b", ["x"])]
-    with caplog.at_level(logging.INFO, logger="pml_gateway.tool_registry"):
+    with caplog.at_level(logging.INFO, logger="pml_gateway.proxy.registry"):
         one = build(servers)
     two = build(list(reversed(servers)))
     assert one == two  # the order servers connect in does not matter

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from pml_gateway.app import AppExtension, AppState
+from pml_gateway.state import AppExtension, AppState
 from server_helpers import make_settings, open_stream, post_executions, running_app, wait_for_stats
 
 pytestmark = pytest.mark.anyio

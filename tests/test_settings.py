@@ -7,7 +7,8 @@ from pathlib import Path
 import platformdirs
 import pytest
 
-from pml_gateway.cli import build_parser, main, settings_from_args
+from pml_gateway.cli import build_parser, main
+from pml_gateway.cli.common import settings_from_args
 from pml_gateway.settings import Settings
 
 CONTRACT_DEFAULTS = {
@@ -20,6 +21,7 @@ CONTRACT_DEFAULTS = {
     "client_queue": 1_000,
     "metrics_interval_seconds": 1.0,
     "trace_idle_seconds": 30.0,
+    "fast_path": True,
 }
 
 
@@ -63,6 +65,7 @@ def test_env_vars_for_every_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PML_METRICS_INTERVAL_SECONDS", "0.5")
     monkeypatch.setenv("PML_TRACE_IDLE_SECONDS", "2.5")
     monkeypatch.setenv("PML_LOG_LEVEL", "DEBUG")
+    monkeypatch.setenv("PML_FAST_PATH", "0")
     settings = Settings()
     assert settings.model_dump() == {
         "host": "0.0.0.0",
@@ -77,8 +80,15 @@ def test_env_vars_for_every_setting(monkeypatch: pytest.MonkeyPatch) -> None:
         "metrics_interval_seconds": 0.5,
         "trace_idle_seconds": 2.5,
         "log_level": "debug",
+        "fast_path": False,
     }
     assert settings.in_memory
+
+
+def test_fast_path_keeps_its_old_env_var(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PML_GATEWAY_FAST_PATH", "0")
+    assert Settings().fast_path is False
+    assert parse("--fast-path", "1").fast_path is True  # the flag wins
 
 
 def test_flags_win_over_env_vars(monkeypatch: pytest.MonkeyPatch) -> None:

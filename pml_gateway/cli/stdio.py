@@ -15,9 +15,11 @@ from collections.abc import Callable, Sequence
 
 import anyio
 
-from .app import AppExtension, create_app, make_server
-from .gateway import Gateway
-from .settings import Settings
+from pml_gateway.app import create_app
+from pml_gateway.server import make_server
+from pml_gateway.state import AppExtension
+from pml_gateway.proxy import Gateway
+from pml_gateway.settings import Settings
 
 
 async def run_stdio(
@@ -49,12 +51,12 @@ def announce_events(url: str) -> None:
 
 def main_stdio(args: argparse.Namespace) -> int:
     """``pml-gateway stdio``: settings from flags and env, then serve until stdin closes."""
-    from .cli import build_extensions, check_store, configure_logging, settings_from_args
+    from pml_gateway.cli.common import build_extensions, check_store, configure_logging, settings_from_args
 
     settings = settings_from_args(args)
     configure_logging(settings)
     check_store(settings)
-    extensions = build_extensions(settings, args)
+    extensions = build_extensions(settings)
     gateway = next(e for e in extensions if isinstance(e, Gateway))
     others = [e for e in extensions if e is not gateway]
     events_port = getattr(args, "events_port", None)

@@ -40,9 +40,9 @@ from mcp_types import SERVER_INFO_META_KEY
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
-from .downstream_config import HttpServerConfig, StdioServerConfig
-from .http_link import HttpLink, LinkError, Redirected, RemoteError, Unreachable, link_supported
-from .tool_registry import RegisteredTool, ToolRegistry
+from pml_gateway.proxy.downstream.config import HttpServerConfig, StdioServerConfig
+from pml_gateway.proxy.downstream.http_link import HttpLink, LinkError, Redirected, RemoteError, Unreachable, link_supported
+from pml_gateway.proxy.registry import RegisteredTool, ToolRegistry
 
 logger = logging.getLogger(__name__)
 

@@ -38,8 +38,8 @@ from starlette.types import Message, Receive, Scope, Send
 
 from graphrag.events import EVENT_TYPES, GRAPH_EVENT_TYPES, ConnectedData, HeartbeatData
 
-from .event_hub import CloseReason, EventHub, HubClosed, HubStats, Subscription, encode_payload
-from .settings import Settings
+from pml_gateway.events.hub import CloseReason, EventHub, HubClosed, HubStats, Subscription, encode_payload
+from pml_gateway.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,7 @@
-"""The ``pml-gateway`` command line.
+"""What the commands share: flags for every setting, settings from flags, logging, start-up checks.
 
-Every setting has a flag (``--heartbeat-seconds``) and an env var (``PML_HEARTBEAT_SECONDS``);
-a flag given on the command line wins. Flags default to "not given" (``argparse.SUPPRESS``) so
-that only what the user typed overrides the environment.
-
-Subcommands register through ``build_parser``: each has a ``handler(args) -> int``.
+Only argparse and the settings model are imported at module level: the app, the MCP SDK and the
+engine load inside the commands that need them, so ``--help`` and a bad flag answer at once.
 """
 
 from __future__ import annotations
@@ -14,16 +11,14 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from .app import AppExtension, create_app, make_server
-from .dashboard import PATH as DASHBOARD_PATH
-from .dashboard import Dashboard
-from .downstream_config import ConfigError
-from .gateway import Gateway
-from .settings import Settings, describe_error, env_var, flag
+from pml_gateway.settings import Settings, describe_error, env_var, flag
+
+if TYPE_CHECKING:
+    from pml_gateway.state import AppExtension
 
 PROG = "pml-gateway"
 
@@ -40,6 +35,7 @@ _METAVARS = {
     "metrics_interval_seconds": "SECONDS",
     "trace_idle_seconds": "SECONDS",
     "log_level": "LEVEL",
+    "fast_path": "BOOL",
 }
 _DEFAULTS_SHOWN = {"config": "./mcp.json when present"}
 _TYPES: dict[str, Any] = {"config": Path}
@@ -89,7 +85,7 @@ def configure_logging(settings: Settings) -> None:
 
 def check_store(settings: Settings) -> None:
     """Open and close the database once, so a bad ``--db`` is one clear line, not a traceback."""
-    from .app import open_store
+    from pml_gateway.app import open_store
 
     try:
         open_store(settings).close()
@@ -97,8 +93,11 @@ def check_store(settings: Settings) -> None:
         raise UsageError(str(exc) if str(exc).startswith("db:") else f"db: {settings.db}: {exc}") from exc
 
 
-def build_extensions(settings: Settings, args: argparse.Namespace) -> list[AppExtension]:
+def build_extensions(settings: Settings) -> list[AppExtension]:
     """The extensions ``serve`` runs with (the MCP gateway, the dashboard)."""
+    from pml_gateway.dashboard import Dashboard
+    from pml_gateway.proxy import ConfigError, Gateway
+
     extensions: list[AppExtension] = []
     try:
         extensions.append(Gateway(settings))  # /mcp and the downstream servers
@@ -112,60 +111,4 @@ def announce(settings: Settings, base_url: str) -> None:
     """Start-up lines: where to find things."""
     print(f"{PROG}: listening on {base_url}", file=sys.stderr)
     print(f"{PROG}: events at {base_url}/events/stream", file=sys.stderr)
-    print(f"{PROG}: dashboard at {base_url}{DASHBOARD_PATH}", file=sys.stderr)
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
-    configure_logging(settings)
-    check_store(settings)
-    app = create_app(settings, extensions=build_extensions(settings, args))
-    server = make_server(app, settings, on_started=lambda url: announce(settings, url))
-    server.run()
-    return 0 if server.started else 1
-
-
-def cmd_stdio(args: argparse.Namespace) -> int:
-    from .stdio_mode import main_stdio
-
-    return main_stdio(args)
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import main_demo
-
-    return main_demo(args)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="An MCP gateway that learns which tools work together and streams what it learns."
-    )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    serve = commands.add_parser("serve", help="serve /mcp, /events/stream and the HTTP API over HTTP")
-    add_settings_arguments(serve)
-    serve.set_defaults(handler=cmd_serve)
-
-    stdio = commands.add_parser("stdio", help="MCP over stdin/stdout; with --events-port, the HTTP API on that port too")
-    add_settings_arguments(stdio, [name for name in Settings.model_fields if name != "port"])
-    stdio.add_argument("--events-port", type=int, metavar="PORT", help="also serve /events/stream and the HTTP API here")
-    stdio.set_defaults(handler=cmd_stdio)
-
-    demo = commands.add_parser("demo", help="serve the bundled example servers with a workload, so events flow at once")
-    add_settings_arguments(demo, [name for name in Settings.model_fields if name != "config"])
-    demo.set_defaults(handler=cmd_demo)
-
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.handler(args))
-    except UsageError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    print(f"{PROG}: dashboard at {base_url}/dashboard", file=sys.stderr)

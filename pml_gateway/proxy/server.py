@@ -28,11 +28,11 @@ from mcp_types import SERVER_INFO_META_KEY
 from mcp_types import methods as _methods
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from . import gateway_tools
-from .downstream import DownstreamPool, error_result
-from .gateway_tools import GatewayTools
-from .tool_registry import ToolRegistry
-from .traces import TraceRecorder
+from pml_gateway.proxy import tools as gateway_tools
+from pml_gateway.proxy.downstream.supervisor import DownstreamPool, error_result
+from pml_gateway.proxy.tools import GatewayTools
+from pml_gateway.proxy.registry import ToolRegistry
+from pml_gateway.proxy.traces import TraceRecorder
 
 logger = logging.getLogger(__name__)
 

@@ -64,10 +64,10 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from .downstream import DownstreamPool, error_wire
-from .tool_registry import RegisteredTool, ToolRegistry
-from .traces import TraceRecorder
-from .upstream_server import MCP_SESSION_ID_HEADER, UpstreamServer, caller_key_of
+from pml_gateway.proxy.downstream.supervisor import DownstreamPool, error_wire
+from pml_gateway.proxy.registry import RegisteredTool, ToolRegistry
+from pml_gateway.proxy.traces import TraceRecorder
+from pml_gateway.proxy.server import MCP_SESSION_ID_HEADER, UpstreamServer, caller_key_of
 
 if TYPE_CHECKING:
     from mcp.server.streamable_http import StreamableHTTPServerTransport

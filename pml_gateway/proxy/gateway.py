@@ -8,13 +8,13 @@ over stdio (``serve_stdio``), which is how ``pml-gateway stdio`` works.
 
 On ``/mcp``, a ``tools/call`` of a downstream tool takes the fast path (``fast_path.py``) when it
 passes the SDK's checks; every other request, and any that fails one, goes to the SDK's session
-manager. ``PML_GATEWAY_FAST_PATH=0`` turns the fast path and the lean downstream link off.
+manager. The ``fast_path`` setting (``--fast-path 0`` / ``PML_FAST_PATH=0``) turns the fast path
+and the lean downstream link off.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TextIO
@@ -29,24 +29,22 @@ from starlette.types import Message, Receive, Scope, Send
 
 from graphrag import GraphRAGEngine, WorkflowExecution
 
-from . import gateway_tools
-from .downstream import DownstreamPool, SupervisionTiming, error_result
-from .downstream_config import HttpServerConfig, StdioServerConfig, load_config
-from .fast_path import FastPath
-from .gateway_tools import GatewayTools
-from .settings import Settings
-from .tool_registry import ToolRegistry
-from .traces import TraceRecorder
-from .upstream_server import MCP_SESSION_ID_HEADER, UpstreamServer
+from pml_gateway.proxy import tools as gateway_tools
+from pml_gateway.proxy.downstream.supervisor import DownstreamPool, SupervisionTiming, error_result
+from pml_gateway.proxy.downstream.config import HttpServerConfig, StdioServerConfig, load_config
+from pml_gateway.proxy.fast_path import FastPath
+from pml_gateway.proxy.tools import GatewayTools
+from pml_gateway.settings import Settings
+from pml_gateway.proxy.registry import ToolRegistry
+from pml_gateway.proxy.traces import TraceRecorder
+from pml_gateway.proxy.server import MCP_SESSION_ID_HEADER, UpstreamServer
 
 if TYPE_CHECKING:
-    from .app import AppState
+    from pml_gateway.state import AppState
 
 logger = logging.getLogger(__name__)
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-#: Set to 0 to send every call through the SDK on both sides (to compare, or to rule the fast path out).
-FAST_PATH_ENV = "PML_GATEWAY_FAST_PATH"
 
 __all__ = ["Gateway"]
 
@@ -73,11 +71,9 @@ class Gateway:
         timing: SupervisionTiming | None = None,
         startup_timeout: float = 15.0,
         errlog: TextIO | None = None,
-        fast_path: bool | None = None,
     ) -> None:
         self.settings = settings
-        if fast_path is None:
-            fast_path = os.environ.get(FAST_PATH_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+        fast_path = settings.fast_path
         #: tools/call of downstream tools without the SDK's transports (fast_path.py, http_link.py)
         self.fast_path_enabled = fast_path
         # Read the config now: a bad file is one clear ConfigError before anything starts.

@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from graphrag import GraphRAGEngine
 
-from .tool_registry import ToolRegistry
-from .workflow_runner import ProgressReporter, WorkflowRequest, WorkflowResult, WorkflowRunner
+from pml_gateway.proxy.registry import ToolRegistry
+from pml_gateway.proxy.workflows import ProgressReporter, WorkflowRequest, WorkflowResult, WorkflowRunner
 
 GRAPH_METRICS = "pml_graph_metrics"
 SEARCH_TOOLS = "pml_search_tools"

@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .settings import default_db, env_var
+from pml_gateway.settings import default_db, env_var
 
 #: Defaults that make a demo lively; a flag or PML_* variable still wins.
 DEMO_DEFAULTS = {"db": str(Path(default_db()).with_name("demo.db")), "trace_idle_seconds": "2"}
@@ -26,7 +26,7 @@ DEMO_DEFAULTS = {"db": str(Path(default_db()).with_name("demo.db")), "trace_idle
 
 def examples_dir() -> Path:
     """The directory holding the example ``mcp.json``, servers and workload."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent  # pml_gateway/
     for candidate in (package / "examples", package.parent / "public" / "examples"):
         if (candidate / "mcp.json").is_file() and (candidate / "workload.py").is_file():
             return candidate
@@ -34,8 +34,9 @@ def examples_dir() -> Path:
 
 
 def main_demo(args: argparse.Namespace) -> int:
-    from .app import create_app, make_server
-    from .cli import UsageError, announce, build_extensions, check_store, configure_logging, settings_from_args
+    from pml_gateway.app import create_app
+    from pml_gateway.server import make_server
+    from pml_gateway.cli.common import UsageError, announce, build_extensions, check_store, configure_logging, settings_from_args
 
     try:
         examples = examples_dir()
@@ -49,7 +50,7 @@ def main_demo(args: argparse.Namespace) -> int:
     configure_logging(settings)
     logging.getLogger("mcp").setLevel(logging.WARNING)  # one line per session would drown the demo
     check_store(settings)
-    app = create_app(settings, extensions=build_extensions(settings, args))
+    app = create_app(settings, extensions=build_extensions(settings))
     workload: list[subprocess.Popen[bytes]] = []
 
     def started(base_url: str) -> None:

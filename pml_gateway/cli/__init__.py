@@ -1,0 +1,70 @@
+"""The ``pml-gateway`` command line: one module per command, and what they share (``common``).
+
+Every setting has a flag (``--heartbeat-seconds``) and an env var (``PML_HEARTBEAT_SECONDS``);
+a flag given on the command line wins. Flags default to "not given" (``argparse.SUPPRESS``) so
+that only what the user typed overrides the environment. Each command module is imported only
+when that command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from pml_gateway.cli.common import PROG, UsageError, add_settings_arguments
+from pml_gateway.settings import Settings
+
+__all__ = ["build_parser", "main"]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pml_gateway.cli.serve import main_serve
+
+    return main_serve(args)
+
+
+def _stdio(args: argparse.Namespace) -> int:
+    from pml_gateway.cli.stdio import main_stdio
+
+    return main_stdio(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from pml_gateway.cli.demo import main_demo
+
+    return main_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="An MCP gateway that learns which tools work together and streams what it learns."
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser("serve", help="serve /mcp, /events/stream and the HTTP API over HTTP")
+    add_settings_arguments(serve)
+    serve.set_defaults(handler=_serve)
+
+    stdio = commands.add_parser("stdio", help="MCP over stdin/stdout; with --events-port, the HTTP API on that port too")
+    add_settings_arguments(stdio, [name for name in Settings.model_fields if name != "port"])
+    stdio.add_argument("--events-port", type=int, metavar="PORT", help="also serve /events/stream and the HTTP API here")
+    stdio.set_defaults(handler=_stdio)
+
+    demo = commands.add_parser("demo", help="serve the bundled example servers with a workload, so events flow at once")
+    add_settings_arguments(demo, [name for name in Settings.model_fields if name != "config"])
+    demo.set_defaults(handler=_demo)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
