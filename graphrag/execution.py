@@ -10,6 +10,7 @@ Bad input is refused with a ``pydantic.ValidationError`` whose location names th
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from typing import Any
 
@@ -17,6 +18,21 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import PydanticCustomError
 
 ToolId = str
+#: Longest task or tool id accepted (exposed MCP names are at most 64 characters).
+MAX_ID_LENGTH = 256
+
+
+def invisible_character(value: str) -> str | None:
+    """Why ``value`` is not a usable id (control, zero-width or bidi characters), or None.
+
+    Such characters make two ids that look alike differ, or reorder what a reader sees.
+    """
+    if len(value) > MAX_ID_LENGTH:
+        return f"longer than {MAX_ID_LENGTH} characters"
+    for char in value:
+        if unicodedata.category(char) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
+            return f"contains the invisible or control character U+{ord(char):04X}"
+    return None
 
 
 def _new_workflow_id() -> str:
@@ -37,6 +53,10 @@ class TaskRun(BaseModel):
     def _tool_id_not_blank(self) -> TaskRun:
         if not self.tool_id.strip():
             raise PydanticCustomError("blank_tool_id", "tool_id must not be blank")
+        for name in ("id", "tool_id"):
+            problem = invisible_character(getattr(self, name))
+            if problem:
+                raise PydanticCustomError("invalid_characters", f"{name}: {problem}")
         return self
 
 
@@ -48,7 +68,7 @@ class WorkflowExecution(BaseModel):
     workflow_id: str = Field(default_factory=_new_workflow_id, min_length=1)
     tasks: list[TaskRun] = Field(min_length=1)
     success: bool = Field(default=None, validate_default=False)  # type: ignore[assignment]
-    execution_time_ms: float = Field(default=0.0, ge=0)
+    execution_time_ms: float = Field(default=0.0, ge=0, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod

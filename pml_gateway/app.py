@@ -17,15 +17,18 @@ from pathlib import Path
 
 import anyio
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from graphrag import GraphRAGEngine, GraphStore, MemoryStore, MetricsScheduler, SQLiteStore
 
 from pml_gateway.cors import cors_middleware
+from pml_gateway.host_check import HostCheckMiddleware
 from pml_gateway.events.hub import InProcessEventHub
 from pml_gateway.events.stream import SERVER_SEND, EventsStreamManager
-from pml_gateway.http_api import http_routes
+from pml_gateway.http_api import http_routes, json_http_error
 from pml_gateway.settings import Settings
 from pml_gateway.state import AppExtension, AppState
 
@@ -113,6 +116,15 @@ def create_app(settings: Settings, *, extensions: Sequence[AppExtension] = ()) -
     routes: list[BaseRoute] = [route for extension in extensions for route in extension.routes()]
     routes.append(Route("/events/stream", stream, methods=["GET"]))
     routes.extend(http_routes())
-    app = GatewayApp(routes=routes, middleware=[cors_middleware(settings.cors_origins)], lifespan=lifespan)
+    middleware = [
+        Middleware(HostCheckMiddleware.from_settings, settings=settings),
+        cors_middleware(settings.cors_origins),
+    ]
+    app = GatewayApp(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: json_http_error},
+    )
     app.state.events_stream = stream  # for the server: ends the streams when shutdown begins
     return app

@@ -9,13 +9,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import anyio
+
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from graphrag import WorkflowExecution
 
+from pml_gateway.settings import Settings
 from pml_gateway.state import app_state
 
 #: Larger ``POST /executions`` bodies are refused with 413.
@@ -24,6 +28,18 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 
 def error_response(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+async def json_http_error(request: Request, exc: Exception) -> Response:
+    """404, 405 and every other ``HTTPException`` as JSON, like the rest of the API."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"Not found: {request.url.path}"
+    elif exc.status_code == 405:
+        message = f"Method {request.method} not allowed on {request.url.path}"
+    else:
+        message = exc.detail
+    return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)  # 405 keeps Allow
 
 
 # -- GET /events/stats ------------------------------------------------------------------------
@@ -38,75 +54,140 @@ async def graph(request: Request) -> Response:
 
 
 # -- POST /executions -------------------------------------------------------------------------
+#: Executions learned per engine call: between chunks the event loop serves everyone else.
+LEARN_CHUNK = 100
+
+
+class _BadBody(ValueError):
+    """The body as a whole is unusable (not JSON, wrong shape, over a limit): one message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _finite(value: str) -> float:
+    number = float(value)
+    if number in (float("inf"), float("-inf")):
+        raise ValueError(f"{value[:20]} is too large for a number")
+    return number
+
+
+def load_json(raw: bytes) -> Any:
+    """Strict JSON: no NaN / Infinity, no number that overflows a float, bounded nesting."""
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite)
+    except RecursionError:
+        raise _BadBody(400, "Malformed JSON body: nested too deeply") from None
+    except (UnicodeDecodeError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+        raise _BadBody(400, f"Malformed JSON body: {exc}") from None
+
+
+def _check_limits(items: list[Any], settings: Settings) -> None:
+    """Sizes checked on the raw JSON, before anything is validated or learned."""
+    if len(items) > settings.max_executions_per_request:
+        raise _BadBody(413, f"Too many executions: {len(items)} in one request, at most {settings.max_executions_per_request} (max_executions_per_request)")
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            continue  # validation names it
+        where = f"[{index}]" if len(items) > 1 else ""
+        for key in ("tasks", "tool_ids"):
+            tasks = item.get(key)
+            if isinstance(tasks, list) and len(tasks) > settings.max_tasks_per_execution:
+                raise _BadBody(413, f"{where}{key}: {len(tasks)} entries, at most {settings.max_tasks_per_execution} (max_tasks_per_execution)")
+        for number, task in enumerate(item.get("tasks") or ()):
+            deps = task.get("depends_on") if isinstance(task, dict) else None
+            if isinstance(deps, list) and len(deps) > settings.max_dependencies_per_task:
+                raise _BadBody(413, f"{where}tasks.{number}.depends_on: {len(deps)} entries, at most {settings.max_dependencies_per_task} (max_dependencies_per_task)")
+
+
 def _field(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc)
 
 
-def _validation_errors(exc: ValidationError, prefix: tuple[int | str, ...] = ()) -> list[dict[str, Any]]:
+def _validation_errors(exc: ValidationError, item: Any, prefix: tuple[int | str, ...] = ()) -> list[dict[str, Any]]:
+    """Every problem of one item, each naming its field as the caller wrote it."""
+    short_form = isinstance(item, dict) and "tool_ids" in item
     errors = []
-    for item in exc.errors(include_url=False, include_input=False):
-        loc = prefix + tuple(item["loc"])
-        errors.append({"field": _field(loc), "loc": list(loc), "message": item["msg"], "type": item["type"]})
+    for error in exc.errors(include_url=False, include_input=False):
+        loc = tuple(error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        name, colon, rest = message.partition(": ")
+        if colon and name.isidentifier() and (not loc or (len(loc) == 2 and loc[0] == "tasks")):
+            loc, message = (*loc, name), rest  # a model-level check that names its own field
+        if short_form and len(loc) >= 2 and loc[0] == "tasks":  # tasks.3.tool_id was tool_ids[3]
+            loc = ("tool_ids", loc[1])
+        loc = prefix + loc
+        errors.append({"field": _field(loc) or "body", "loc": list(loc), "message": message, "type": error["type"]})
     return errors
 
 
 def parse_executions(body: Any) -> list[WorkflowExecution]:
-    """One execution (an object) or several (a list), full or short form; ``ValueError`` on bad input."""
+    """One execution (an object) or several (a list), full or short form.
+
+    Raises ``InvalidExecutions`` listing every problem, or ``_BadBody`` for the wrong shape.
+    """
     if isinstance(body, dict):
-        return [WorkflowExecution.model_validate(body)]
-    if isinstance(body, list):
+        items, prefix = [body], False
+    elif isinstance(body, list):
         if not body:
-            raise _BadBody("the list is empty: send at least one execution")
-        executions, errors = [], []
-        for index, item in enumerate(body):
-            try:
-                executions.append(WorkflowExecution.model_validate(item))
-            except ValidationError as exc:
-                errors.extend(_validation_errors(exc, (index,)))
-        if errors:
-            raise _InvalidExecutions(errors)
-        return executions
-    raise _BadBody(f"expected an execution object or a list of them, got {type(body).__name__}")
+            raise _BadBody(422, "Invalid body: the list is empty: send at least one execution")
+        items, prefix = body, True
+    else:
+        raise _BadBody(422, f"Invalid body: expected an execution object or a list of them, got {type(body).__name__}")
+    executions, errors = [], []
+    for index, item in enumerate(items):
+        try:
+            executions.append(WorkflowExecution.model_validate(item))
+        except ValidationError as exc:
+            errors.extend(_validation_errors(exc, item, (index,) if prefix else ()))
+    if errors:
+        raise InvalidExecutions(errors)
+    return executions
 
 
-class _BadBody(ValueError):
-    pass
-
-
-class _InvalidExecutions(ValueError):
+class InvalidExecutions(ValueError):
     def __init__(self, errors: list[dict[str, Any]]) -> None:
         super().__init__(errors)
         self.errors = errors
 
-
-def _invalid(errors: list[dict[str, Any]]) -> JSONResponse:
-    first = errors[0]
-    where = f"{first['field']}: " if first["field"] else ""
-    return error_response(422, f"Invalid execution: {where}{first['message']}", errors=errors)
+    def response(self) -> JSONResponse:
+        first = self.errors[0]
+        more = f" (and {len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
+        return error_response(422, f"Invalid execution: {first['field']}: {first['message']}{more}", errors=self.errors)
 
 
 async def post_executions(request: Request) -> Response:
+    state = app_state(request)
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        # A text/plain POST needs no CORS preflight: any web page could write into a local gateway.
+        return error_response(415, "Content-Type must be application/json")
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+    if length is not None and length.isascii() and length.isdigit() and int(length) > MAX_BODY_BYTES:
         return error_response(413, f"Body too large: at most {MAX_BODY_BYTES} bytes")
     raw = await request.body()
     if len(raw) > MAX_BODY_BYTES:
         return error_response(413, f"Body too large: at most {MAX_BODY_BYTES} bytes")
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return error_response(400, f"Malformed JSON body: {exc}")
-    try:
+        body = load_json(raw)
+        _check_limits(body if isinstance(body, list) else [body], state.settings)
         executions = parse_executions(body)
-    except ValidationError as exc:
-        return _invalid(_validation_errors(exc))
-    except _InvalidExecutions as exc:
-        return _invalid(exc.errors)
+    except InvalidExecutions as exc:
+        return exc.response()
     except _BadBody as exc:
-        return error_response(422, f"Invalid body: {exc}", errors=[{"field": "", "loc": [], "message": str(exc), "type": "body"}])
-    engine = app_state(request).engine
-    # All validated before any is learned: a bad item refuses the whole request. One commit.
-    await engine.update_from_executions(executions)
+        problem = {"field": "body", "loc": [], "message": str(exc), "type": "body"}
+        return error_response(exc.status, str(exc), errors=[problem])
+    # All validated before any is learned: a bad item refuses the whole request. Large lists are
+    # learned in chunks, each its own commit, so that other requests are served in between.
+    for start in range(0, len(executions), LEARN_CHUNK):
+        await state.engine.update_from_executions(executions[start : start + LEARN_CHUNK])
+        if start + LEARN_CHUNK < len(executions):
+            await anyio.sleep(0)
     return JSONResponse({"workflow_ids": [e.workflow_id for e in executions]}, status_code=202)
 
 

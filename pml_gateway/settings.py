@@ -50,6 +50,19 @@ class Settings(BaseSettings):
     metrics_interval_seconds: float = Field(default=1.0, gt=0, description="Coalescing window of metrics recomputes.")
     trace_idle_seconds: float = Field(default=30.0, gt=0, description="Quiet time that closes a session's trace.")
     log_level: LogLevel = Field(default="info", description="Log level of the process.")
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Extra Host names the gateway answers to (a comma list), behind a real hostname.",
+    )
+    max_executions_per_request: int = Field(default=1_000, ge=1, description="Executions in one POST /executions.")
+    max_tasks_per_execution: int = Field(default=1_000, ge=1, description="Tasks (or tool_ids) in one execution.")
+    max_dependencies_per_task: int = Field(default=64, ge=0, description="depends_on entries of one task.")
+    startup_timeout_seconds: float = Field(
+        default=15.0, ge=0, description="How long start-up waits for downstreams' first connection attempts."
+    )
+    connect_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="Time a downstream has to start, initialize and list its tools."
+    )
     fast_path: bool = Field(
         default=True,
         # PML_GATEWAY_FAST_PATH is the name it had before it became a setting: still read.
@@ -57,7 +70,7 @@ class Settings(BaseSettings):
         description="Answer tools/call of downstream tools without the SDK's transports (0/false: off).",
     )
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "allowed_hosts", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:
         # Env vars and flags give "a,b"; Python callers may give a list.
@@ -65,12 +78,12 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("cors_origins")
+    @field_validator("cors_origins", "allowed_hosts")
     @classmethod
     def _check_origins(cls, value: list[str]) -> list[str]:
         for origin in value:
             if any(ch.isspace() for ch in origin):
-                raise ValueError(f"origin pattern {origin!r} contains whitespace")
+                raise ValueError(f"{origin!r} contains whitespace")
         return value
 
     @field_validator("log_level", mode="before")

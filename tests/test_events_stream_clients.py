@@ -44,7 +44,7 @@ async def test_connected_count_goes_back_to_zero_however_clients_leave() -> None
             await b.next()
             raw = [await anyio.connect_tcp("127.0.0.1", port) for _ in range(3)]
             for stream in raw:
-                await stream.send(b"GET /events/stream HTTP/1.1\r\nHost: test\r\n\r\n")
+                await stream.send(b"GET /events/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             stats = await wait_for_stats(client, lambda s: s["connected_clients"] == 5)
             await raw[0].aclose()  # orderly close
             raw[1].extra(SocketAttribute.raw_socket).setsockopt(  # abortive close (RST)
@@ -74,7 +74,7 @@ async def test_slow_client_is_dropped_while_a_fast_client_receives_everything() 
         port = int(running.base_url.rsplit(":", 1)[1])
         # The slow client: a raw socket that reads the first frame only.
         slow = await anyio.connect_tcp("127.0.0.1", port)
-        await slow.send(b"GET /events/stream HTTP/1.1\r\nHost: test\r\n\r\n")
+        await slow.send(b"GET /events/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         head = b""
         with anyio.fail_after(10):
             while b"event: connected" not in head:
@@ -192,7 +192,7 @@ async def test_client_that_pauses_reading_gets_everything_once_it_reads_again() 
         hub = running.state.hub
         port = int(running.base_url.rsplit(":", 1)[1])
         paused = await anyio.connect_tcp("127.0.0.1", port)
-        await paused.send(b"GET /events/stream HTTP/1.1\r\nHost: test\r\n\r\n")
+        await paused.send(b"GET /events/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         received = b""
         with anyio.fail_after(10):
             while b"event: connected" not in received:

@@ -36,6 +36,12 @@ _METAVARS = {
     "trace_idle_seconds": "SECONDS",
     "log_level": "LEVEL",
     "fast_path": "BOOL",
+    "allowed_hosts": "NAMES",
+    "max_executions_per_request": "N",
+    "max_tasks_per_execution": "N",
+    "max_dependencies_per_task": "N",
+    "startup_timeout_seconds": "SECONDS",
+    "connect_timeout_seconds": "SECONDS",
 }
 _DEFAULTS_SHOWN = {"config": "./mcp.json when present"}
 _TYPES: dict[str, Any] = {"config": Path}

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, TextIO
 import mcp.types as types
 from mcp.server.stdio import stdio_server
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
-from mcp.server.transport_security import TransportSecuritySettings
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import Message, Receive, Scope, Send
@@ -34,6 +33,7 @@ from pml_gateway.proxy.downstream.supervisor import DownstreamPool, SupervisionT
 from pml_gateway.proxy.downstream.config import HttpServerConfig, StdioServerConfig, load_config
 from pml_gateway.proxy.fast_path import FastPath
 from pml_gateway.proxy.tools import GatewayTools
+from pml_gateway.host_check import transport_settings
 from pml_gateway.settings import Settings
 from pml_gateway.proxy.registry import ToolRegistry
 from pml_gateway.proxy.traces import TraceRecorder
@@ -44,20 +44,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 __all__ = ["Gateway"]
-
-
-def security_settings(host: str) -> TransportSecuritySettings | None:
-    """DNS-rebinding protection when bound to localhost: only local Host and Origin headers pass."""
-    if host not in LOCAL_HOSTS:
-        return None  # reachable by name from elsewhere: the operator's proxy owns Host checks
-    return TransportSecuritySettings(
-        enable_dns_rebinding_protection=True,
-        allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost", "[::1]"],
-        allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
-    )
 
 
 class Gateway:
@@ -69,7 +57,7 @@ class Gateway:
         *,
         servers: list[StdioServerConfig | HttpServerConfig] | None = None,
         timing: SupervisionTiming | None = None,
-        startup_timeout: float = 15.0,
+        startup_timeout: float | None = None,
         errlog: TextIO | None = None,
     ) -> None:
         self.settings = settings
@@ -81,8 +69,10 @@ class Gateway:
             servers = load_config(settings.config) if settings.config is not None else []
         self.servers = servers
         self.registry = ToolRegistry(reserved=gateway_tools.NAMES)
+        if timing is None:
+            timing = SupervisionTiming(connect_timeout=settings.connect_timeout_seconds)
         self.pool = DownstreamPool(servers, self.registry, timing, errlog=errlog, lean_http=fast_path)
-        self.startup_timeout = startup_timeout
+        self.startup_timeout = settings.startup_timeout_seconds if startup_timeout is None else startup_timeout
         self.upstream: UpstreamServer | None = None
         self.traces: TraceRecorder | None = None
         self.session_manager: StreamableHTTPSessionManager | None = None
@@ -126,7 +116,7 @@ class Gateway:
             unavailable_reason=self.pool.unavailable_reason,
         )
         upstream = UpstreamServer(self.registry, self.pool, tools, self.traces)
-        security = security_settings(self.settings.host)
+        security = transport_settings(self.settings)  # the same Host/Origin lists as every other route
         manager = StreamableHTTPSessionManager(app=upstream.server, security_settings=security)
         async with self.pool.running(startup_timeout=self.startup_timeout), upstream.running(), manager.run():
             self.upstream, self.session_manager = upstream, manager
