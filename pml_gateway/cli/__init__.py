@@ -44,23 +44,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve /mcp, /events/stream and the HTTP API over HTTP")
     add_settings_arguments(serve)
-    serve.set_defaults(handler=_serve)
+    serve.set_defaults(handler=_serve, command_parser=serve)
 
     stdio = commands.add_parser("stdio", help="MCP over stdin/stdout; with --events-port, the HTTP API on that port too")
     add_settings_arguments(stdio, [name for name in Settings.model_fields if name != "port"])
     stdio.add_argument("--events-port", type=int, metavar="PORT", help="also serve /events/stream and the HTTP API here")
-    stdio.set_defaults(handler=_stdio)
+    stdio.set_defaults(handler=_stdio, command_parser=stdio)
 
     demo = commands.add_parser("demo", help="serve the bundled example servers with a workload, so events flow at once")
     add_settings_arguments(demo, [name for name in Settings.model_fields if name != "config"])
-    demo.set_defaults(handler=_demo)
+    demo.set_defaults(handler=_demo, command_parser=demo)
 
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # reported by the command's own parser, so its usage is the one shown
+        hint = ""
+        if args.command == "stdio" and any(extra.split("=")[0] == "--port" for extra in extras):
+            hint = " (stdio speaks MCP on stdin/stdout; --events-port PORT serves the HTTP API beside it)"
+        args.command_parser.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
     try:
         return int(args.handler(args))
     except UsageError as exc:

@@ -44,7 +44,7 @@ _METAVARS = {
     "connect_timeout_seconds": "SECONDS",
 }
 _DEFAULTS_SHOWN = {"config": "./mcp.json when present"}
-_TYPES: dict[str, Any] = {"config": Path}
+_TYPES: dict[str, Any] = {}  # every flag is a string: the settings model converts (and "" means none)
 
 
 class UsageError(Exception):
@@ -113,8 +113,29 @@ def build_extensions(settings: Settings) -> list[AppExtension]:
     return extensions
 
 
+def banner(settings: Settings) -> list[str]:
+    """What a user needs to know at start: which config, which database, which auth mode."""
+    lines = []
+    if settings.config is None:
+        lines.append(
+            f"warning: no config file (no ./mcp.json in {Path.cwd()}): serving no downstream servers;"
+            " pass --config FILE or set PML_CONFIG"
+        )
+    else:
+        lines.append(f"config {settings.config.expanduser().resolve()}")
+    lines.append("database :memory: (nothing is kept)" if settings.in_memory else f"database {settings.db}")
+    lines.append("auth none (loopback only)")
+    return lines
+
+
+def announce_banner(settings: Settings) -> None:
+    for line in banner(settings):
+        print(f"{PROG}: {line}", file=sys.stderr)
+
+
 def announce(settings: Settings, base_url: str) -> None:
-    """Start-up lines: where to find things."""
+    """Start-up lines: what is in use and where to find things."""
+    announce_banner(settings)
     print(f"{PROG}: listening on {base_url}", file=sys.stderr)
     print(f"{PROG}: events at {base_url}/events/stream", file=sys.stderr)
     print(f"{PROG}: dashboard at {base_url}/dashboard", file=sys.stderr)

@@ -10,6 +10,7 @@ can be watched live. Logs go to stderr; stdout belongs to the protocol.
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 from collections.abc import Callable, Sequence
 
@@ -32,30 +33,53 @@ async def run_stdio(
 ) -> None:
     """Serve MCP over stdio until stdin closes; with ``events_port``, serve HTTP beside it."""
     app = create_app(settings, extensions=[gateway, *extensions])
+    # Bound before anything starts: a busy port is one line, and MCP over stdio still works.
+    sock = bind_events_socket(settings.host, events_port) if events_port is not None else None
     async with app.router.lifespan_context(app):
         async with anyio.create_task_group() as tg:
             server = None
-            if events_port is not None:
-                http_settings = settings.model_copy(update={"port": events_port})
+            if sock is not None:
+                http_settings = settings.model_copy(update={"port": sock.getsockname()[1]})
                 # The lifespan is already entered above: uvicorn must not run it a second time.
                 server = make_server(app, http_settings, lifespan="off", on_started=on_started)
-                tg.start_soon(server.serve)
+                tg.start_soon(server.serve, [sock])
             await gateway.serve_stdio()
             if server is not None:
                 server.should_exit = True  # the MCP client is gone: so is the process
 
 
+def bind_events_socket(host: str, port: int) -> socket.socket | None:
+    """The HTTP API's listening socket, or None (with one line on stderr) when it cannot be had."""
+    try:
+        return socket.create_server((host, port))
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        print(
+            f"pml-gateway: error: events port {host}:{port}: {reason}; serving MCP over stdio without the HTTP API",
+            file=sys.stderr,
+        )
+        return None
+
+
 def announce_events(url: str) -> None:
     print(f"pml-gateway: events at {url}/events/stream", file=sys.stderr)
+    print(f"pml-gateway: dashboard at {url}/dashboard", file=sys.stderr)
 
 
 def main_stdio(args: argparse.Namespace) -> int:
     """``pml-gateway stdio``: settings from flags and env, then serve until stdin closes."""
-    from pml_gateway.cli.common import build_extensions, check_store, configure_logging, settings_from_args
+    from pml_gateway.cli.common import (
+        announce_banner,
+        build_extensions,
+        check_store,
+        configure_logging,
+        settings_from_args,
+    )
 
     settings = settings_from_args(args)
     configure_logging(settings)
     check_store(settings)
+    announce_banner(settings)
     extensions = build_extensions(settings)
     gateway = next(e for e in extensions if isinstance(e, Gateway))
     others = [e for e in extensions if e is not gateway]
