@@ -20,6 +20,8 @@ from pathlib import Path
 
 from pml_gateway.settings import default_db, env_var
 
+#: The workload prints one summary line (with the dashboard's URL) this often, not one per round.
+SUMMARY_SECONDS = 15
 #: Defaults that make a demo lively; a flag or PML_* variable still wins.
 DEMO_DEFAULTS = {"db": str(Path(default_db()).with_name("demo.db")), "trace_idle_seconds": "2"}
 
@@ -55,10 +57,19 @@ def main_demo(args: argparse.Namespace) -> int:
 
     def started(base_url: str) -> None:
         announce(settings, base_url)
-        print(f"pml-gateway: demo workload driving {base_url}/mcp (Ctrl+C stops everything)", file=sys.stderr)
+        print(
+            f"pml-gateway: demo workload driving {base_url}/mcp; a summary every {SUMMARY_SECONDS} s"
+            " (Ctrl+C stops everything)",
+            file=sys.stderr,
+        )
         workload.append(
             subprocess.Popen(
-                [sys.executable, str(examples / "workload.py"), "--url", f"{base_url}/mcp"],
+                [
+                    sys.executable,
+                    str(examples / "workload.py"),
+                    *("--url", f"{base_url}/mcp", "--every", str(SUMMARY_SECONDS)),
+                    *("--dashboard", f"{base_url}/dashboard"),
+                ],
                 cwd=examples,
                 stdin=subprocess.DEVNULL,
             )

@@ -196,19 +196,47 @@ async def one_round(url: str, rng: random.Random) -> str:
     return f"workload: {name:<18} {'ok    ' if ok else 'failed'} {ms:6.0f} ms  {steps}"
 
 
-async def run(url: str, seconds: float | None, seed: int | None, pause: float) -> None:
+#: Why a round of the ``clumsy`` chain fails: on purpose, so that the graph has a failing step.
+ON_PURPOSE = "clumsy reads a note that does not exist first, on purpose: the graph learns that step fails"
+
+
+async def run(url: str, seconds: float | None, seed: int | None, pause: float, every: float, dashboard: str | None) -> None:
+    """Rounds until ``seconds`` pass; one line each, or with ``every`` a summary every so often."""
     rng = random.Random(seed)
     deadline = None if seconds is None else time.monotonic() + seconds
+    counts = {"ok": 0, "failed": 0, "clumsy": 0, "error": 0}
+    next_summary = time.monotonic() + every
     while deadline is None or time.monotonic() < deadline:
         try:
             with anyio.fail_after(60):
-                print(await one_round(url, rng), flush=True)
+                line = await one_round(url, rng)
+            outcome = "failed" if " failed " in line else "ok"
+            counts[outcome] += 1
+            counts["clumsy"] += outcome == "failed" and "clumsy" in line
+            if not every:
+                print(line + ("  (" + ON_PURPOSE + ")" if outcome == "failed" and "clumsy" in line else ""), flush=True)
         except Exception as exc:  # gateway restarting or a server down: report and keep going
             while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
                 exc = exc.exceptions[0]
+            counts["error"] += 1
             print(f"workload: round failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             await anyio.sleep(2)
+        if every and time.monotonic() >= next_summary:
+            next_summary = time.monotonic() + every
+            print(_summary(counts, dashboard), flush=True)
+            counts = dict.fromkeys(counts, 0)
         await anyio.sleep(rng.uniform(pause / 2, pause * 1.5))
+
+
+def _summary(counts: dict[str, int], dashboard: str | None) -> str:
+    rounds = counts["ok"] + counts["failed"]
+    line = f"workload: {rounds} workflows ({counts['ok']} ok, {counts['failed']} failed"
+    if counts["clumsy"]:
+        line += f": {counts['clumsy']} of them because {ON_PURPOSE}"
+    line += ")"
+    if counts["error"]:
+        line += f", {counts['error']} rounds could not run"
+    return line + (f"; watch it live at {dashboard}" if dashboard else "")
 
 
 def main() -> None:
@@ -217,9 +245,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=None, help="stop after this long (default: never)")
     parser.add_argument("--seed", type=int, default=None, help="random seed, for a repeatable run")
     parser.add_argument("--pause", type=float, default=0.8, help="mean pause between rounds, seconds")
+    parser.add_argument("--every", type=float, default=0.0, help="print a summary this often instead of every round")
+    parser.add_argument("--dashboard", default=None, help="the dashboard's URL, repeated in each summary")
     args = parser.parse_args()
     try:
-        anyio.run(run, args.url, args.seconds, args.seed, args.pause)
+        anyio.run(run, args.url, args.seconds, args.seed, args.pause, args.every, args.dashboard)
     except KeyboardInterrupt:
         pass
 
