@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import Callable
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from starlette.applications import Starlette
 
 from pml_gateway.events.stream import EventsStreamManager
@@ -22,6 +24,53 @@ GRACEFUL_SHUTDOWN_SECONDS = 5.0
 #: often and its full collections become the tail of the fan-out latency (bench/sse_fanout.py,
 #: 1,000 clients: p99 about 20 ms with the default, 12 ms with these).
 GC_THRESHOLDS = (20_000, 20, 10)
+
+
+class HeaderTimeoutProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP protocol, closing connections that do not finish their request headers in time.
+
+    uvicorn times out idle keep-alive connections only after a first response: a client that
+    connects and then sends nothing, or a header a byte at a time (slowloris), holds a descriptor
+    forever, and about a thousand of them stop all service. Each request's headers must be
+    complete within ``header_timeout`` seconds of the connection (or of the request's first byte).
+    """
+
+    header_timeout: float = 10.0
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._start_header_timer()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._header_timer is None:
+            self._start_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._stop_header_timer()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_header_timer()
+        super().connection_lost(exc)
+
+    def _start_header_timer(self) -> None:
+        self._header_timer = self.loop.call_later(self.header_timeout, self._headers_too_slow)
+
+    def _stop_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+def header_timeout_protocol(seconds: float) -> type[HeaderTimeoutProtocol]:
+    return type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout": seconds})
 
 
 class GatewayServer(uvicorn.Server):
@@ -88,6 +137,9 @@ def make_server(
         "log_level": settings.log_level,
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_SECONDS,
         "lifespan": "on",
+        "http": header_timeout_protocol(settings.header_timeout_seconds),
+        # Past this many open connections uvicorn answers 503 at once instead of queueing forever.
+        "limit_concurrency": settings.max_connections,
     }
     options.update(config)
     stream: EventsStreamManager | None = getattr(app.state, "events_stream", None)

@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     max_executions_per_request: int = Field(default=1_000, ge=1, description="Executions in one POST /executions.")
     max_tasks_per_execution: int = Field(default=1_000, ge=1, description="Tasks (or tool_ids) in one execution.")
     max_dependencies_per_task: int = Field(default=64, ge=0, description="depends_on entries of one task.")
+    header_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Time a connection has to send a request's headers before it is closed."
+    )
+    max_connections: int = Field(default=1_000, ge=1, description="Open HTTP connections before new ones get 503.")
     startup_timeout_seconds: float = Field(
         default=15.0, ge=0, description="How long start-up waits for downstreams' first connection attempts."
     )

@@ -143,3 +143,24 @@ async def test_404_and_405_are_json() -> None:
         answer = await client.delete("/graph")
         assert answer.status_code == 405 and answer.json()["error"] == "Method DELETE not allowed on /graph"
         assert "GET" in answer.headers["allow"]
+
+
+async def test_a_connection_that_never_finishes_its_headers_is_closed() -> None:
+    async with running_app(make_settings(header_timeout_seconds=0.5)) as base_url:
+        host, port = base_url.removeprefix("http://").split(":")
+        async with await anyio.connect_tcp(host, int(port)) as silent, await anyio.connect_tcp(host, int(port)) as slow:
+            await slow.send(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the blank line
+            with anyio.fail_after(5):
+                assert await _read_until_closed(silent) == b""
+                assert await _read_until_closed(slow) == b""
+        async with httpx.AsyncClient(base_url=base_url) as client:  # a real request is served as before
+            assert (await client.get("/health")).status_code == 200
+
+
+async def _read_until_closed(stream: anyio.abc.ByteStream) -> bytes:
+    received = b""
+    try:
+        while True:
+            received += await stream.receive()
+    except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionResetError):
+        return received

@@ -41,6 +41,8 @@ _METAVARS = {
     "max_tasks_per_execution": "N",
     "max_dependencies_per_task": "N",
     "startup_timeout_seconds": "SECONDS",
+    "header_timeout_seconds": "SECONDS",
+    "max_connections": "N",
     "connect_timeout_seconds": "SECONDS",
 }
 _DEFAULTS_SHOWN = {"config": "./mcp.json when present"}
@@ -85,8 +87,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def configure_logging(settings: Settings) -> None:
+    from pml_gateway.log_redaction import QUIET_LOGGERS, RedactingFilter
+
     level = "DEBUG" if settings.log_level == "trace" else settings.log_level.upper()
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())  # on the handler: records of every logger pass it
+    if level != "DEBUG":
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def check_store(settings: Settings) -> None:
