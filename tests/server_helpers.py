@@ -14,7 +14,6 @@ from typing import Any
 
 import anyio
 import httpx
-from sse_starlette.sse import AppStatus
 from starlette.applications import Starlette
 
 from pml_gateway.app import create_app
@@ -55,9 +54,6 @@ class RunningServer:
 async def running_server(
     settings: Settings, extensions: Sequence[AppExtension] = (), **uvicorn_options: Any
 ) -> AsyncIterator[RunningServer]:
-    # sse-starlette ends every stream once this process-wide flag is set (by a real SIGTERM):
-    # a test must start from a clean slate.
-    AppStatus.should_exit = False
     app = create_app(settings, extensions=extensions)
     options = {"host": "127.0.0.1", "port": 0, "log_level": "warning", "timeout_graceful_shutdown": 5.0}
     options.update(uvicorn_options)
