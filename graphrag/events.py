@@ -140,13 +140,11 @@ ToolRemovedReason = Literal["disconnected", "removed", "config_changed"]
 TaskStatus = Literal["started", "succeeded", "failed", "skipped"]
 
 
-class ToolAddedData(EventPayload):
-    """A downstream's tool became available (its server connected, or listed a new tool)."""
+class _ToolChange(EventPayload):
+    """A tool of a downstream server, as the gateway exposes it, and that server (given, not parsed)."""
 
-    event_type: ClassVar[str] = "tool_added"
     tool_id: str
     server: str
-    timestamp: Timestamp = _timestamp()
 
     def named_tools(self) -> tuple[str, ...]:
         return (self.tool_id,)
@@ -155,21 +153,20 @@ class ToolAddedData(EventPayload):
         return self.server
 
 
-class ToolRemovedData(EventPayload):
+class ToolAddedData(_ToolChange):
+    """A downstream's tool became available (its server connected, or listed a new tool)."""
+
+    event_type: ClassVar[str] = "tool_added"
+    timestamp: Timestamp = _timestamp()
+
+
+class ToolRemovedData(_ToolChange):
     """A tool is no longer available: its server went away (``disconnected``), stopped listing it
     (``removed``), or left the config (``config_changed``)."""
 
     event_type: ClassVar[str] = "tool_removed"
-    tool_id: str
-    server: str
     reason: ToolRemovedReason
     timestamp: Timestamp = _timestamp()
-
-    def named_tools(self) -> tuple[str, ...]:
-        return (self.tool_id,)
-
-    def named_server(self) -> str | None:
-        return self.server
 
 
 class WorkflowProgressData(EventPayload):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import anyio.abc
 import httpx
 from starlette.applications import Starlette
 
@@ -169,3 +170,14 @@ async def wait_for_stats(client: httpx.AsyncClient, predicate: Any, *, timeout: 
             if predicate(stats):
                 return stats  # type: ignore[no-any-return]
             await anyio.sleep(0.02)
+
+
+async def drain_until_closed(stream: anyio.abc.ByteStream, timeout: float = 30.0) -> None:
+    """Read a raw connection until the server closes it (bounded)."""
+    with anyio.fail_after(timeout):
+        try:
+            while await stream.receive(1 << 20):
+                pass
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            pass
+    await stream.aclose()

@@ -120,6 +120,13 @@ async def test_types_filter_with_prefix_sends_only_matching_graph_events() -> No
         ("colour=blue", "colour"),
         ("last_event_id=abc", "last_event_id"),
         ("last_event_id=-1", "last_event_id"),
+        # Malformed filter patterns (a server nobody knows is fine: tests/test_events_filters.py).
+        ("tools=", "tools"),
+        ("tools=files__*,,time__now", "tools"),
+        ("servers=%20", "servers"),
+        ("servers=files,%20time", "servers"),
+        ("servers=fi%09les", "servers"),
+        ("workflow_id=a%00b", "workflow_id"),
     ],
 )
 async def test_bad_query_is_a_400_json_error_naming_it(query: str, named: str) -> None:
