@@ -229,6 +229,7 @@ async def _serve(subscription: Subscription, sink: _AsgiSink, first: Frame, rece
         subscription.attach(sink)
         try:
             await sink.send([first])
+            del first  # not kept for the connection's lifetime (memory per idle client)
             async for frames in subscription.replay():
                 await sink.send(frames)
             subscription.resume()
