@@ -230,6 +230,8 @@ class _Subscriber(Subscription):
 
     def attach(self, sink: Sink) -> None:
         self._sink = sink
+        if self.close_reason is not None:  # ended before its endpoint got here (during a handshake)
+            sink.close(self.close_reason)
 
     def resume(self) -> None:
         self._paused = False
