@@ -126,9 +126,10 @@ def walk(graph: ToolGraph, rng: random.Random, length: int = 5) -> list[str]:
 
 # -- (a) ingest ---------------------------------------------------------------------------------
 def sse_frame(event: GraphEvent) -> bytes:
-    # What the hub does once per event (pml_gateway/event_hub.py: encode_event).
-    head = f"id: {event.id}\n" if event.id is not None else ""
-    return f"{head}event: {event.type}\ndata: {event.data_json()}\n\n".encode()
+    # What the hub does once per event: the one wire module's encoding.
+    from pml_gateway.events.wire import encode_event
+
+    return encode_event(event).sse
 
 
 def bench_ingest(count: int) -> None:

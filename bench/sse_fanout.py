@@ -14,8 +14,9 @@ Three designs, same app, same middleware, same uvicorn:
 - ``pml``: the project's ``GET /events/stream``: the hub serialises each event once into bounded
   per-client queues and pushes them to the direct ASGI response, which writes every client from
   one flush callback.
-- ``pml-sse``: the same hub, with sse-starlette's ``EventSourceResponse`` carrying the bytes
-  (``EventsStreamManager(response="sse-starlette")``): what the direct response replaced.
+- ``pml-sse``: the same hub and frames, with sse-starlette's ``EventSourceResponse`` carrying the
+  bytes, one generator per client pulling from the hub's push (``SSEStarletteBaseline`` below):
+  what the product's direct response replaced, kept here as the baseline.
 - ``naive``: the textbook design: one unbounded ``asyncio.Queue`` per client, an sse-starlette
   generator per client (default settings, its 15 s ping task included), each event encoded to JSON
   and SSE for each client.
@@ -85,6 +86,9 @@ def serve(mode: str, default_gc: bool) -> None:
     from graphrag import GraphEvent
     from graphrag.events import WorkflowExecutedData
     from pml_gateway.app import create_app
+    from pml_gateway.events.hub import CloseReason
+    from pml_gateway.events.wire import RETRY_MS, Frame, encode_payload
+    from graphrag.events import ConnectedData
     from pml_gateway.server import GC_THRESHOLDS, make_server
     from pml_gateway.state import AppState
     from pml_gateway.settings import Settings
@@ -108,6 +112,57 @@ def serve(mode: str, default_gc: bool) -> None:
 
         return EventSourceResponse(events())
 
+    class PullSink:
+        """The hub pushes; sse-starlette's generator pulls: a queue of chunks between them."""
+
+        def __init__(self) -> None:
+            self.chunks: list[bytes] = []
+            self.ready = asyncio.Event()
+            self.closed = False
+
+        def write(self, frames: list[Frame]) -> bool:
+            self.chunks.append(b"".join(frame.sse for frame in frames))
+            self.ready.set()
+            return True
+
+        def close(self, reason: CloseReason) -> None:
+            self.closed = True
+            self.ready.set()
+
+    class SSEStarletteBaseline:
+        """``GET /sse-starlette/stream``: a hub subscription served by sse-starlette's response."""
+
+        def __init__(self) -> None:
+            self.state: AppState | None = None
+
+        async def stream(self, request: Request) -> Response:
+            assert self.state is not None
+            hub = self.state.hub
+            subscription = hub.subscribe()
+            sink = PullSink()
+            subscription.attach(sink)
+            connected = ConnectedData(
+                client_id=subscription.client_id, connected_clients=hub.connected_clients, last_event_id=subscription.seam_id
+            )
+
+            async def frames() -> AsyncIterator[bytes]:
+                try:
+                    yield encode_payload(connected, retry_ms=RETRY_MS).sse
+                    subscription.resume()
+                    while not sink.closed:
+                        await sink.ready.wait()
+                        sink.ready.clear()
+                        chunks, sink.chunks = sink.chunks, []
+                        if chunks:
+                            yield b"".join(chunks)
+                finally:
+                    subscription.close()
+
+            # The heartbeat comes through the hub, so sse-starlette's own ping is off.
+            return EventSourceResponse(frames(), ping=0, sep="\n")
+
+    baseline = SSEStarletteBaseline()
+
     class BenchExtension:
         def __init__(self) -> None:
             self.state: AppState | None = None
@@ -116,13 +171,14 @@ def serve(mode: str, default_gc: bool) -> None:
         def routes(self) -> list[BaseRoute]:
             return [
                 Route("/naive/stream", naive_stream),
+                Route("/sse-starlette/stream", baseline.stream),
                 Route("/bench/publish", self.publish, methods=["POST"]),
                 Route("/bench/clients", self.clients),
             ]
 
         @asynccontextmanager
         async def _lifespan(self, state: AppState) -> AsyncIterator[None]:
-            self.state = state
+            self.state = baseline.state = state
             async with anyio.create_task_group() as tasks:
                 self.tasks = tasks
                 yield
@@ -178,8 +234,6 @@ def serve(mode: str, default_gc: bool) -> None:
         log_level="warning",
     )
     app = create_app(settings, extensions=[BenchExtension()])
-    if mode == "pml-sse":
-        app.state.events_stream.response_kind = "sse-starlette"
     server = make_server(
         app,
         settings,
@@ -270,7 +324,7 @@ async def run_case(mode: str, clients: int, rate: float, seconds: float, default
         await asyncio.sleep(0.5)
         rss_before = rss_bytes(server.pid)
 
-        path = "/naive/stream" if mode == "naive" else "/events/stream"
+        path = {"naive": "/naive/stream", "pml-sse": "/sse-starlette/stream"}.get(mode, "/events/stream")
         request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n\r\n".encode()
         stats = Stats()
         loop = asyncio.get_running_loop()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 
 import anyio
@@ -31,6 +31,9 @@ from .events import (
     GraphSyncedData,
     MetricsUpdatedData,
     PageRankEntry,
+    ToolAddedData,
+    ToolRemovedData,
+    ToolRemovedReason,
     WorkflowExecutedData,
     utcnow,
 )
@@ -39,7 +42,7 @@ from .graph_arrays import GraphArrays
 from .learning import EdgeState, learn, observations
 from .metrics import GraphMetrics, MetricsComputer
 from .snapshot import GraphSnapshot
-from .store import ExecutionRecord, GraphStore, MemoryStore
+from .store import ExecutionRecord, GraphStore, MemoryStore, ToolsRecord
 from .suggestions import Suggestion, suggest_next
 
 log = logging.getLogger(__name__)
@@ -67,6 +70,8 @@ class GraphRAGEngine:
         self._metrics_lock: anyio.Lock | None = None
         self._snapshot_cache: tuple[tuple[int, int | None], bytes] | None = None
         self._group: list[tuple[WorkflowExecution, asyncio.Future[list[GraphEvent]]]] = []
+        #: The tools the downstream servers offer now (tool id -> server), as last committed.
+        self._available: dict[str, str] = self.store.available_tools()
 
     def close(self) -> None:
         """Stop the metrics worker process, if one was started (the store is closed by its owner)."""
@@ -83,11 +88,22 @@ class GraphRAGEngine:
         if events:
             self._last_event_id = events[-1].id
         for event in events:
-            for listener in list(self._listeners):
-                try:
-                    listener(event)
-                except Exception:  # one broken listener must not stop learning or the others
-                    log.exception("event listener %r failed on %s", listener, event.type)
+            self._notify(event)
+
+    def _notify(self, event: GraphEvent) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:  # one broken listener must not stop learning or the others
+                log.exception("event listener %r failed on %s", listener, event.type)
+
+    def emit_live(self, payload: EventPayload) -> GraphEvent:
+        """Tell the listeners about a live-only event (``workflow_progress``): no id, not stored."""
+        if payload.has_id or payload.per_connection:
+            raise ValueError(f"{payload.event_type} is not a live-only event")
+        event = GraphEvent.of(payload)
+        self._notify(event)
+        return event
 
     @property
     def last_event_id(self) -> int | None:
@@ -97,6 +113,7 @@ class GraphRAGEngine:
     async def sync_from_database(self) -> GraphEvent:
         started = time.perf_counter()
         stored = self.store.load()
+        self._available = self.store.available_tools()
         self.graph = nx.DiGraph()
         self._arrays = GraphArrays()
         for tool_id, server in stored.nodes.items():
@@ -237,6 +254,46 @@ class GraphRAGEngine:
 
     def _store_and_emit(self, payloads: Sequence[EventPayload]) -> list[GraphEvent]:
         stored = self.store.append_events(payloads)
+        self._emit(stored)
+        return stored
+
+    # -- available tools ------------------------------------------------------------------
+    @property
+    def available_tools(self) -> dict[str, str]:
+        """The tools the downstream servers offer (tool id -> server), as last committed."""
+        return dict(self._available)
+
+    def tool_server(self, tool_id: str) -> str | None:
+        """The server a tool belongs to: as its server reported it, else as the graph learned it."""
+        server = self._available.get(tool_id)
+        if server is None and tool_id in self.graph:
+            server = self.graph.nodes[tool_id].get("server")
+        return server
+
+    def set_server_tools(
+        self, server: str, tool_ids: Iterable[str], *, reason: ToolRemovedReason = "removed"
+    ) -> list[GraphEvent]:
+        """Make ``tool_ids`` the tools ``server`` offers; returns the events, once committed.
+
+        Only differences from the committed set are reported: one ``tool_removed`` (with
+        ``reason``) per tool that is gone, then one ``tool_added`` per new one. The same set
+        again (a restart where nothing changed) commits and emits nothing. Crash-safe order:
+        compute, commit, apply, emit. The server is the caller's word, never parsed from a name.
+        """
+        wanted = set(tool_ids)
+        current = {tool_id for tool_id, owner in self._available.items() if owner == server}
+        added, removed = sorted(wanted - current), sorted(current - wanted)
+        if not added and not removed:
+            return []
+        now = utcnow()
+        payloads: list[EventPayload] = [
+            ToolRemovedData(tool_id=tool_id, server=server, reason=reason, timestamp=now) for tool_id in removed
+        ]
+        payloads += [ToolAddedData(tool_id=tool_id, server=server, timestamp=now) for tool_id in added]
+        stored = self.store.record_tools(ToolsRecord(server, added, removed, payloads))
+        for tool_id in removed:
+            del self._available[tool_id]
+        self._available.update(dict.fromkeys(added, server))
         self._emit(stored)
         return stored
 

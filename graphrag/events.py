@@ -48,11 +48,26 @@ class EventPayload(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     event_type: ClassVar[str]
-    #: Graph events get an id from the store's log; connection events never do.
+    #: Graph events get an id from the store's log; live and connection events never do.
     has_id: ClassVar[bool] = True
+    #: Connection events (``connected``, ``heartbeat``, ``reset``) belong to one stream and pass
+    #: every filter; all others are filtered by type, tool, server and workflow.
+    per_connection: ClassVar[bool] = False
 
     if TYPE_CHECKING:
         timestamp: datetime
+
+    def named_tools(self) -> tuple[str, ...]:
+        """The tool ids this event names (what ``?tools=`` filters match): none by default."""
+        return ()
+
+    def named_server(self) -> str | None:
+        """The downstream server this event names itself, if any (``?servers=``)."""
+        return None
+
+    def named_workflow(self) -> str | None:
+        """The workflow this event belongs to, if any (``?workflow_id=``)."""
+        return None
 
 
 class GraphSyncedData(EventPayload):
@@ -72,6 +87,9 @@ class EdgeCreatedData(EventPayload):
     edge_type: EdgeType
     timestamp: Timestamp = _timestamp()
 
+    def named_tools(self) -> tuple[str, ...]:
+        return (self.from_tool_id, self.to_tool_id)
+
 
 class EdgeUpdatedData(EventPayload):
     event_type: ClassVar[str] = "edge_updated"
@@ -83,6 +101,9 @@ class EdgeUpdatedData(EventPayload):
     edge_type: EdgeType
     timestamp: Timestamp = _timestamp()
 
+    def named_tools(self) -> tuple[str, ...]:
+        return (self.from_tool_id, self.to_tool_id)
+
 
 class WorkflowExecutedData(EventPayload):
     event_type: ClassVar[str] = "workflow_executed"
@@ -91,6 +112,12 @@ class WorkflowExecutedData(EventPayload):
     success: bool
     execution_time_ms: float = Field(ge=0)
     timestamp: Timestamp = _timestamp()
+
+    def named_tools(self) -> tuple[str, ...]:
+        return tuple(self.tool_ids)
+
+    def named_workflow(self) -> str | None:
+        return self.workflow_id
 
 
 class PageRankEntry(BaseModel):
@@ -109,7 +136,61 @@ class MetricsUpdatedData(EventPayload):
     timestamp: Timestamp = _timestamp()
 
 
+ToolRemovedReason = Literal["disconnected", "removed", "config_changed"]
+TaskStatus = Literal["started", "succeeded", "failed", "skipped"]
+
+
+class _ToolChange(EventPayload):
+    """A tool of a downstream server, as the gateway exposes it, and that server (given, not parsed)."""
+
+    tool_id: str
+    server: str
+
+    def named_tools(self) -> tuple[str, ...]:
+        return (self.tool_id,)
+
+    def named_server(self) -> str | None:
+        return self.server
+
+
+class ToolAddedData(_ToolChange):
+    """A downstream's tool became available (its server connected, or listed a new tool)."""
+
+    event_type: ClassVar[str] = "tool_added"
+    timestamp: Timestamp = _timestamp()
+
+
+class ToolRemovedData(_ToolChange):
+    """A tool is no longer available: its server went away (``disconnected``), stopped listing it
+    (``removed``), or left the config (``config_changed``)."""
+
+    event_type: ClassVar[str] = "tool_removed"
+    reason: ToolRemovedReason
+    timestamp: Timestamp = _timestamp()
+
+
+class WorkflowProgressData(EventPayload):
+    """One task of a running workflow changed state: live only (no id, never stored)."""
+
+    event_type: ClassVar[str] = "workflow_progress"
+    has_id: ClassVar[bool] = False
+    workflow_id: str
+    task_id: str
+    tool_id: str
+    status: TaskStatus
+    completed: int = Field(ge=0, description="Tasks settled so far (succeeded, failed or skipped).")
+    total: int = Field(ge=1)
+    timestamp: Timestamp = _timestamp()
+
+    def named_tools(self) -> tuple[str, ...]:
+        return (self.tool_id,)
+
+    def named_workflow(self) -> str | None:
+        return self.workflow_id
+
+
 class HeartbeatData(EventPayload):
+    per_connection: ClassVar[bool] = True
     event_type: ClassVar[str] = "heartbeat"
     has_id: ClassVar[bool] = False
     connected_clients: int = Field(ge=0)
@@ -118,6 +199,7 @@ class HeartbeatData(EventPayload):
 
 
 class ConnectedData(EventPayload):
+    per_connection: ClassVar[bool] = True
     event_type: ClassVar[str] = "connected"
     has_id: ClassVar[bool] = False
     client_id: str
@@ -127,6 +209,7 @@ class ConnectedData(EventPayload):
 
 
 class ResetData(EventPayload):
+    per_connection: ClassVar[bool] = True
     event_type: ClassVar[str] = "reset"
     has_id: ClassVar[bool] = False
     reason: str
@@ -144,6 +227,9 @@ PAYLOAD_MODELS: dict[str, type[EventPayload]] = {
         EdgeUpdatedData,
         WorkflowExecutedData,
         MetricsUpdatedData,
+        ToolAddedData,
+        ToolRemovedData,
+        WorkflowProgressData,
         HeartbeatData,
         ConnectedData,
         ResetData,
@@ -151,8 +237,12 @@ PAYLOAD_MODELS: dict[str, type[EventPayload]] = {
 }
 #: Types produced by the engine, stored in the log and given ids.
 GRAPH_EVENT_TYPES: frozenset[str] = frozenset(t for t, m in PAYLOAD_MODELS.items() if m.has_id)
-#: Types that belong to one stream connection (no id, never stored).
-CONNECTION_EVENT_TYPES: frozenset[str] = frozenset(t for t, m in PAYLOAD_MODELS.items() if not m.has_id)
+#: Types that belong to one stream connection (no id, never stored, never filtered out).
+CONNECTION_EVENT_TYPES: frozenset[str] = frozenset(t for t, m in PAYLOAD_MODELS.items() if m.per_connection)
+#: Types broadcast live to every stream but never stored (no id): ``workflow_progress``.
+LIVE_EVENT_TYPES: frozenset[str] = frozenset(t for t, m in PAYLOAD_MODELS.items() if not m.has_id and not m.per_connection)
+#: Types a ``?types=`` filter selects among (the others always come).
+FILTERABLE_EVENT_TYPES: frozenset[str] = GRAPH_EVENT_TYPES | LIVE_EVENT_TYPES
 EVENT_TYPES: frozenset[str] = frozenset(PAYLOAD_MODELS)
 
 
@@ -190,9 +280,6 @@ class GraphEvent(BaseModel):
     def stored(cls, data: EventPayload, id: int) -> GraphEvent:
         """A logged event, built without re-validation: ``data`` is already a validated payload."""
         return cls.model_construct(type=data.event_type, data=data, id=id)
-
-    def with_id(self, id: int) -> GraphEvent:
-        return self.model_copy(update={"id": id})
 
     @cached_property
     def _data_json(self) -> str:

@@ -14,13 +14,14 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
 from .events import EventPayload, GraphEvent
 from .learning import EdgeState
-from .store import ExecutionRecord, LogBounds, StoredGraph
+from .store import ExecutionRecord, LogBounds, StoredGraph, ToolsRecord
 
 SCHEMA_VERSION = 1
 
@@ -53,6 +54,11 @@ CREATE TABLE events (
 """
 
 
+#: The tools the downstream servers offer (``record_tools``). Created where missing rather than
+#: by a schema version: an older pml-gateway opening the file simply ignores it.
+_AVAILABLE_TOOLS = "CREATE TABLE IF NOT EXISTS available_tools (tool_id TEXT PRIMARY KEY, server TEXT NOT NULL) WITHOUT ROWID"
+
+
 class StoreError(RuntimeError):
     """The database file cannot be used (newer schema, not a pml-gateway database, ...)."""
 
@@ -79,6 +85,7 @@ class SQLiteStore:
             self._db.execute("PRAGMA wal_autocheckpoint=10000")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._epoch = self._migrate()
+            self._db.execute(_AVAILABLE_TOOLS)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"db: {self.path} is not a usable SQLite database ({exc})") from exc
         self._appended_since_prune = 0
@@ -147,6 +154,10 @@ class SQLiteStore:
             return LogBounds(self._epoch, None, row[0] if row else None)
         return LogBounds(self._epoch, oldest, last)
 
+    def available_tools(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._db.execute("SELECT tool_id, server FROM available_tools").fetchall())
+
     def execution_count(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT count(*) FROM executions").fetchone()[0])
@@ -200,15 +211,32 @@ class SQLiteStore:
         return stored
 
     def append_events(self, payloads: Sequence[EventPayload]) -> list[GraphEvent]:
+        with self._transaction():
+            return self._insert_events(payloads)
+
+    def record_tools(self, record: ToolsRecord) -> list[GraphEvent]:
+        with self._transaction() as db:
+            db.executemany(
+                "DELETE FROM available_tools WHERE tool_id = ? AND server = ?",
+                [(tool_id, record.server) for tool_id in record.removed],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO available_tools (tool_id, server) VALUES (?, ?)",
+                [(tool_id, record.server) for tool_id in record.added],
+            )
+            return self._insert_events(record.payloads)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the lock: committed on exit, rolled back on any error."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                stored = self._insert_events(payloads)
-                self._db.execute("COMMIT")
+                yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return stored
+            self._db.execute("COMMIT")
 
     def _insert_events(self, payloads: Sequence[EventPayload]) -> list[GraphEvent]:
         # Inside the write transaction: nobody else can take ids, so number them here and insert

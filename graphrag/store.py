@@ -9,6 +9,9 @@ PostgreSQL can all sit behind it:
   order and only grow. (A batch shares one commit: the cost of ingesting lists.)
 - ``append_events(...)``: payloads of events that change no edge (``graph_synced``, ``metrics_updated``).
 - ``events_after(id, limit)`` and ``bounds()``: replay for stream clients.
+- ``available_tools()`` and ``record_tools(record)``: which tools the downstream servers offer
+  (tool id -> server), changed together with their ``tool_added``/``tool_removed`` events, so
+  that a restart with the same tools reports nothing new.
 
 The log carries an ``epoch``: a Last-Event-ID from another history (a replaced database) is
 recognised by comparing ids with the bounds and answered with a reset.
@@ -55,6 +58,16 @@ class ExecutionRecord:
     payloads: Sequence[EventPayload]  # its events, in order
 
 
+@dataclass(frozen=True, slots=True)
+class ToolsRecord:
+    """A change of the available tools, ready to be committed with its events."""
+
+    server: str
+    added: Sequence[str]  # tool ids now offered by ``server``
+    removed: Sequence[str]  # tool ids ``server`` no longer offers
+    payloads: Sequence[EventPayload]  # their tool_added / tool_removed events, in order
+
+
 @runtime_checkable
 class GraphStore(Protocol):
     def load(self) -> StoredGraph: ...
@@ -66,6 +79,10 @@ class GraphStore(Protocol):
     def events_after(self, after_id: int, limit: int = 1000) -> list[GraphEvent]: ...
 
     def bounds(self) -> LogBounds: ...
+
+    def available_tools(self) -> dict[str, str]: ...
+
+    def record_tools(self, record: ToolsRecord) -> list[GraphEvent]: ...
 
     def close(self) -> None: ...
 
@@ -81,6 +98,7 @@ class MemoryStore:
         self._nodes: dict[str, str | None] = {}
         self._edges: dict[tuple[str, str], EdgeState] = {}
         self._events: deque[GraphEvent] = deque(maxlen=max_events)
+        self._available: dict[str, str] = {}  # tool id -> server
         self._next_id = 1
         self._lock = threading.Lock()  # events_after may be called from a worker thread
         self.executions_recorded = 0
@@ -104,6 +122,18 @@ class MemoryStore:
     def append_events(self, payloads: Sequence[EventPayload]) -> list[GraphEvent]:
         with self._lock:
             return self._append(payloads)
+
+    def available_tools(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._available)
+
+    def record_tools(self, record: ToolsRecord) -> list[GraphEvent]:
+        with self._lock:
+            for tool_id in record.removed:
+                if self._available.get(tool_id) == record.server:
+                    del self._available[tool_id]
+            self._available.update(dict.fromkeys(record.added, record.server))
+            return self._append(record.payloads)
 
     def _append(self, payloads: Sequence[EventPayload]) -> list[GraphEvent]:
         stored = [GraphEvent.stored(payload, self._next_id + offset) for offset, payload in enumerate(payloads)]

@@ -19,7 +19,7 @@ import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from graphrag import GraphRAGEngine, GraphStore, MemoryStore, MetricsScheduler, SQLiteStore
@@ -80,7 +80,9 @@ def create_app(settings: Settings, *, extensions: Sequence[AppExtension] = ()) -
         engine: GraphRAGEngine | None = None
         try:
             engine = GraphRAGEngine(store=store)
-            hub = InProcessEventHub(store, replay_buffer=settings.replay_buffer, client_queue=settings.client_queue)
+            hub = InProcessEventHub(
+                store, replay_buffer=settings.replay_buffer, client_queue=settings.client_queue, server_of=engine.tool_server
+            )
             engine.on(hub.publish)
             scheduler = MetricsScheduler(engine, interval_seconds=settings.metrics_interval_seconds)
             await engine.sync_from_database()
@@ -98,7 +100,6 @@ def create_app(settings: Settings, *, extensions: Sequence[AppExtension] = ()) -
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(scheduler.run)
                 tasks.start_soon(stream.run_heartbeat)
-                tasks.start_soon(stream.watch_exit_signal)
                 tasks.start_soon(_initial_metrics, engine)
                 try:
                     async with AsyncExitStack() as stack:
@@ -115,6 +116,7 @@ def create_app(settings: Settings, *, extensions: Sequence[AppExtension] = ()) -
 
     routes: list[BaseRoute] = [route for extension in extensions for route in extension.routes()]
     routes.append(Route("/events/stream", stream, methods=["GET"]))
+    routes.append(WebSocketRoute("/events/ws", stream.websocket_app))
     routes.extend(http_routes())
     middleware = [
         Middleware(HostCheckMiddleware.from_settings, settings=settings),

@@ -92,11 +92,14 @@ class HostCheckMiddleware:
             await self.app(scope, receive, send)
             return
         status, message = problem
+        response = JSONResponse({"error": message}, status_code=status)
         if kind == "websocket":
-            # Refused before the handshake completes: the client sees an HTTP 403.
-            await send({"type": "websocket.close", "code": 1008, "reason": message})
+            if "websocket.http.response" in scope.get("extensions", {}):
+                await response(scope, receive, send)  # Starlette answers the handshake with the JSON
+            else:
+                await send({"type": "websocket.close", "code": 1008, "reason": message})  # a bare 403
             return
-        await JSONResponse({"error": message}, status_code=status)(scope, receive, send)
+        await response(scope, receive, send)
 
     def _problem(self, kind: str, method: str, headers: Headers) -> tuple[int, str] | None:
         host = headers.get("host")
@@ -107,3 +110,4 @@ class HostCheckMiddleware:
             if self.origin is None or not self.origin.fullmatch(origin):
                 return 403, f"Origin {origin!r} is not allowed: add it to cors_origins (PML_CORS_ORIGINS)"
         return None
+

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import anyio.abc
 import httpx
-from sse_starlette.sse import AppStatus
 from starlette.applications import Starlette
 
 from pml_gateway.app import create_app
@@ -55,9 +55,6 @@ class RunningServer:
 async def running_server(
     settings: Settings, extensions: Sequence[AppExtension] = (), **uvicorn_options: Any
 ) -> AsyncIterator[RunningServer]:
-    # sse-starlette ends every stream once this process-wide flag is set (by a real SIGTERM):
-    # a test must start from a clean slate.
-    AppStatus.should_exit = False
     app = create_app(settings, extensions=extensions)
     options = {"host": "127.0.0.1", "port": 0, "log_level": "warning", "timeout_graceful_shutdown": 5.0}
     options.update(uvicorn_options)
@@ -173,3 +170,14 @@ async def wait_for_stats(client: httpx.AsyncClient, predicate: Any, *, timeout: 
             if predicate(stats):
                 return stats  # type: ignore[no-any-return]
             await anyio.sleep(0.02)
+
+
+async def drain_until_closed(stream: anyio.abc.ByteStream, timeout: float = 30.0) -> None:
+    """Read a raw connection until the server closes it (bounded)."""
+    with anyio.fail_after(timeout):
+        try:
+            while await stream.receive(1 << 20):
+                pass
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            pass
+    await stream.aclose()

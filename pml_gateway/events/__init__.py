@@ -1,7 +1,16 @@
-"""The event stream: the SSE wire format (``wire``), the hub that fans events out (``hub``), and
-the endpoints that serve them (``stream``)."""
+"""The event stream: the wire format (``wire``), the filters (``filters``), the hub that fans
+events out (``hub``), and the endpoints that serve them, SSE and WebSocket (``stream``)."""
 
+from pml_gateway.events.filters import EventFilter, StreamRequestError
 from pml_gateway.events.hub import EventHub, HubStats, InProcessEventHub
 from pml_gateway.events.stream import EventsStats, EventsStreamManager
 
-__all__ = ["EventHub", "EventsStats", "EventsStreamManager", "HubStats", "InProcessEventHub"]
+__all__ = [
+    "EventFilter",
+    "EventHub",
+    "EventsStats",
+    "EventsStreamManager",
+    "HubStats",
+    "InProcessEventHub",
+    "StreamRequestError",
+]

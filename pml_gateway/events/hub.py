@@ -1,10 +1,10 @@
 """The event hub: between the engine, which produces events, and the stream clients.
 
-The hub receives every ``GraphEvent`` once (it is an engine listener), serialises it ONCE to the
-bytes that go on the wire, keeps the last ``replay_buffer`` of them, and offers them to every
-subscriber's bounded queue. The broadcaster never awaits a client: offering is a bounds check and
-a list append; a client whose queue is full is dropped (``clients_dropped_slow``) instead of
-slowing everyone down.
+The hub receives every ``GraphEvent`` once (it is an engine listener), turns it ONCE into a
+``wire.Frame`` (the bytes that go on the wire, and what filters look at), keeps the last
+``replay_buffer`` of them, and offers them to every subscriber's bounded queue. The broadcaster
+never awaits a client: offering is a filter check, a bounds check and a list append; a client
+whose queue is full is dropped (``clients_dropped_slow``) instead of slowing everyone down.
 
 Replay (``Last-Event-ID``) is gap-free and duplicate-free by construction: a subscriber is
 registered for live events first, synchronously, and remembers the last id published at that
@@ -12,15 +12,18 @@ moment (its *seam*). Replay then covers ``(requested, seam]`` (from memory when 
 holds it, else from the store's event log) and live delivery covers ``(seam, ...)``. Live frames
 are also deduplicated by id, so a future hub that cannot register atomically stays correct.
 
-A subscriber is consumed one of two ways. Pulled: a task awaits ``next_chunk()`` (one wake-up per
-event per client). Pushed (``attach(sink)``): one flush callback per burst of events writes to
-every client's ``Sink`` synchronously; only a client whose write cannot complete at once (it
-reads slower than we write) is paused until its sink calls ``resume()``, and its queue fills
-meanwhile. Pushing costs no task switch and no allocation that outlives the event per client.
+Delivery is pushed: a subscription is attached to its connection's ``Sink`` when it opens, stays
+paused while the endpoint writes the replay, then one flush callback per burst of events writes
+to every client's sink synchronously. Only a client whose write cannot complete at once (it reads
+slower than we write) is paused until its sink calls ``resume()``; its queue fills meanwhile.
+Pushing costs no task switch per client and event. Every way a subscription ends (the client
+left, it was too slow, the hub closed) goes through one place: ``Sink.close(reason)``.
 
-``EventHub`` is the small interface the stream depends on; ``InProcessEventHub`` is the
-single-process implementation. A Redis Streams hub (several gateway processes) implements the
-same interface later.
+Events without an id (``workflow_progress``, live only) are fanned out and filtered like graph
+events but never buffered; ``broadcast`` sends connection frames (the heartbeat) to everyone.
+
+``EventHub`` is the small interface the endpoints depend on; ``InProcessEventHub`` is the
+single-process implementation.
 """
 
 from __future__ import annotations
@@ -30,8 +33,7 @@ import logging
 import uuid
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterable
 from enum import Enum
 from typing import Protocol
 
@@ -39,37 +41,17 @@ import anyio
 from pydantic import BaseModel
 
 from graphrag import GraphEvent, LogBounds
-from graphrag.events import EventPayload, ResetData
+from graphrag.events import ResetData
+
+from pml_gateway.events.filters import EventFilter
+from pml_gateway.events.wire import Frame, ServerOf, encode_event, encode_payload
 
 log = logging.getLogger(__name__)
 
-#: Replayed frames are sent in chunks of this many events (one write each).
+#: Replayed frames are written in batches of this many events.
 REPLAY_CHUNK = 256
 #: Events read from the store's log per query while replaying.
 LOG_PAGE = 1000
-
-
-# -- wire format ------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One event as it goes on the wire: serialised once, shared by every client."""
-
-    type: str
-    id: int | None
-    wire: bytes
-
-
-def encode_event(event: GraphEvent) -> Frame:
-    """``id: N\\nevent: T\\ndata: {json}\\n\\n`` (no ``id:`` line for connection events)."""
-    head = f"id: {event.id}\n" if event.id is not None else ""
-    wire = f"{head}event: {event.type}\ndata: {event.data_json()}\n\n".encode()
-    return Frame(event.type, event.id, wire)
-
-
-def encode_payload(payload: EventPayload, *, retry_ms: int | None = None) -> bytes:
-    """A connection event (``connected``, ``heartbeat``, ``reset``): never an ``id:`` line."""
-    retry = f"retry: {retry_ms}\n" if retry_ms is not None else ""
-    return f"event: {payload.event_type}\ndata: {payload.model_dump_json()}\n{retry}\n".encode()
 
 
 # -- what the hub needs from the store ---------------------------------------------------------
@@ -88,14 +70,14 @@ class CloseReason(str, Enum):
 
 
 class Sink(Protocol):
-    """Where a pushed subscription writes (the stream's connection)."""
+    """Where a subscription writes: one client's connection (SSE response or WebSocket)."""
 
-    def write(self, chunk: bytes) -> bool:
+    def write(self, frames: list[Frame]) -> bool:
         """Write now; False if the write had to wait (then ``Subscription.resume()`` follows)."""
         ...
 
     def close(self, reason: CloseReason) -> None:
-        """The subscription ended (unless ``reason`` is CLIENT, the sink ends the response)."""
+        """The subscription ended: the sink ends its connection (cleanly on SHUTDOWN)."""
         ...
 
 
@@ -117,7 +99,7 @@ class HubStats(BaseModel):
 
 # -- the interface ---------------------------------------------------------------------------
 class Subscription(ABC):
-    """One client's view of the hub: a replay, then live chunks, until closed."""
+    """One client's view of the hub: attached to its sink, a replay, then live pushes, until closed."""
 
     __slots__ = ()
 
@@ -126,27 +108,18 @@ class Subscription(ABC):
     seam_id: int | None
     #: Why it ended, once it did.
     close_reason: CloseReason | None
-    #: Called when the hub drops the client while it is not waiting (it may be stuck in a send
-    #: to a client that stopped reading): the stream cancels its response with it.
-    on_forced_close: Callable[[], None] | None
-
-    @abstractmethod
-    def replay(self) -> AsyncIterator[bytes]:
-        """Chunks of wire bytes: a ``reset`` frame, or the events after the requested id up to the seam."""
-
-    @abstractmethod
-    async def next_chunk(self) -> bytes | None:
-        """Pull: the live frames queued since the last call, joined; waits for one; None once closed.
-
-        May return ``b""`` (everything queued had been replayed already): send nothing then."""
 
     @abstractmethod
     def attach(self, sink: Sink) -> None:
-        """Push from now on: queued and future chunks go to ``sink`` (after the replay)."""
+        """Where this subscription writes; paused (live events queue) until ``resume()``."""
+
+    @abstractmethod
+    def replay(self) -> AsyncIterator[list[Frame]]:
+        """Batches of frames: a ``reset``, or the events after the requested id up to the seam."""
 
     @abstractmethod
     def resume(self) -> None:
-        """The sink's write that had to wait is done: push what queued meanwhile."""
+        """Push what queued, and every later event, until a write has to wait (or it ends)."""
 
     @abstractmethod
     def close(self) -> None:
@@ -166,14 +139,16 @@ class EventHub(ABC):
 
     @abstractmethod
     def publish(self, event: GraphEvent) -> None:
-        """Hand one graph event (with its id) to every subscriber. Never blocks on a client."""
+        """Hand one event to every subscriber whose filter passes it. Never blocks on a client.
+
+        Graph events (with an id) are also kept for replay; live ones (no id) are not."""
 
     @abstractmethod
-    def broadcast(self, wire: bytes) -> None:
-        """Hand connection-scoped bytes (the heartbeat) to every subscriber, unfiltered, unbuffered."""
+    def broadcast(self, frame: Frame) -> None:
+        """Hand a connection frame (the heartbeat) to every subscriber, unfiltered, unbuffered."""
 
     @abstractmethod
-    def subscribe(self, *, types: frozenset[str] | None = None, last_event_id: int | None = None) -> Subscription:
+    def subscribe(self, *, event_filter: EventFilter | None = None, last_event_id: int | None = None) -> Subscription:
         """Register a client now (live events from this moment on); replay from ``last_event_id``."""
 
     @abstractmethod
@@ -190,12 +165,10 @@ class _Subscriber(Subscription):
         "client_id",
         "seam_id",
         "close_reason",
-        "on_forced_close",
         "_hub",
-        "_types",
+        "_filter",
         "_capacity",
         "_queue",
-        "_waiter",
         "_requested",
         "_missed",
         "_last_sent_id",
@@ -208,7 +181,7 @@ class _Subscriber(Subscription):
         self,
         hub: InProcessEventHub,
         *,
-        types: frozenset[str] | None,
+        event_filter: EventFilter | None,
         capacity: int,
         requested: int | None,
         seam: int | None,
@@ -217,41 +190,35 @@ class _Subscriber(Subscription):
         self.client_id = uuid.uuid4().hex[:16]
         self.seam_id = seam
         self.close_reason: CloseReason | None = None
-        self.on_forced_close: Callable[[], None] | None = None
         self._hub = hub
-        self._types = types
+        self._filter = event_filter
         self._capacity = capacity
         # A list, not a deque: it is always drained whole, and an empty list is 10x smaller.
-        self._queue: list[Frame | bytes] = []
-        self._waiter: asyncio.Future[None] | None = None
+        self._queue: list[Frame] = []
         self._requested = requested
         self._missed = missed  # replay taken from memory at registration; None: ask the log
         self._last_sent_id = seam if seam is not None else -1
         self._sink: Sink | None = None
-        self._paused = False  # push: the sink is finishing a write that had to wait
-        self._scheduled = False  # push: waiting for the hub's flush
+        self._paused = True  # until the endpoint has written the replay; then while a write waits
+        self._scheduled = False  # waiting for the hub's flush
 
     # Called by the hub, synchronously, for every frame. Never awaits.
-    def _offer(self, item: Frame | bytes) -> None:
-        if type(item) is Frame and self._types is not None and item.type not in self._types:
+    def _offer(self, frame: Frame) -> None:
+        event_filter = self._filter
+        if event_filter is not None and not event_filter.passes(frame):
             return
         if len(self._queue) >= self._capacity:
-            if self._sink is not None and not self._paused:
+            if not self._paused:
                 # A burst larger than the queue (one request ingesting many executions) from a
                 # client that keeps up: write it out now rather than drop the client.
                 self._push()
             if len(self._queue) >= self._capacity:
                 self._hub._drop_slow(self)
                 return
-        self._queue.append(item)
-        if self._sink is not None:
-            if not self._scheduled and not self._paused:
-                self._scheduled = True
-                self._hub._schedule_flush(self)
-        else:
-            waiter = self._waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+        self._queue.append(frame)
+        if not self._scheduled and not self._paused:
+            self._scheduled = True
+            self._hub._schedule_flush(self)
 
     def _end(self, reason: CloseReason) -> None:
         if self.close_reason is not None:
@@ -260,21 +227,11 @@ class _Subscriber(Subscription):
         self._queue = []
         if self._sink is not None:
             self._sink.close(reason)
-            return
-        waiter = self._waiter
-        if waiter is not None:
-            if not waiter.done():
-                waiter.set_result(None)  # it was waiting: it wakes up and ends its stream itself
-        elif reason is CloseReason.SLOW and self.on_forced_close is not None:
-            self.on_forced_close()  # busy (maybe stuck writing to a client that stopped reading)
 
-    # -- push -----------------------------------------------------------------------------
     def attach(self, sink: Sink) -> None:
         self._sink = sink
-        if self.close_reason is not None:  # ended during the replay
+        if self.close_reason is not None:  # ended before its endpoint got here (during a handshake)
             sink.close(self.close_reason)
-        else:
-            self._push()
 
     def resume(self) -> None:
         self._paused = False
@@ -285,76 +242,56 @@ class _Subscriber(Subscription):
         self._scheduled = False
         sink = self._sink
         while self._queue and not self._paused and self.close_reason is None and sink is not None:
-            chunk = self._take()
-            if chunk:
+            frames = self._take()
+            if frames:
                 try:
-                    self._paused = not sink.write(chunk)
+                    self._paused = not sink.write(frames)
                 except Exception:
                     log.exception("event stream client %s failed", self.client_id)
                     self.close()
 
-    # -- pull -----------------------------------------------------------------------------
-    async def next_chunk(self) -> bytes | None:
-        while not self._queue:
-            if self.close_reason is not None:
-                return None
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        if self.close_reason is not None:
-            return None
-        return self._take()
-
-    def _take(self) -> bytes:
-        """Everything queued, joined; ids already sent (by the replay) skipped."""
-        items, self._queue = self._queue, []
+    def _take(self) -> list[Frame]:
+        """Everything queued; graph events already sent (by the replay) skipped."""
+        frames, self._queue = self._queue, []
         last = self._last_sent_id
-        if len(items) == 1:  # the common case: one event since the last write
-            item = items[0]
-            if type(item) is not Frame:
-                return item  # type: ignore[return-value]
-            if item.id is not None:
-                if item.id <= last:
-                    return b""
-                self._last_sent_id = item.id
+        if len(frames) == 1:  # the common case: one event since the last write
+            frame = frames[0]
+            if frame.id is not None:
+                if frame.id <= last:
+                    return []
+                self._last_sent_id = frame.id
+            if not frame.always:
                 self._hub._delivered += 1
-            return item.wire
-        parts: list[bytes] = []
-        delivered = 0
-        for item in items:
-            if type(item) is Frame:
-                if item.id is not None:
-                    if item.id <= last:
-                        continue
-                    last = item.id
-                    delivered += 1
-                parts.append(item.wire)
-            else:
-                parts.append(item)  # type: ignore[arg-type]
+            return frames
+        kept: list[Frame] = []
+        for frame in frames:
+            if frame.id is not None:
+                if frame.id <= last:
+                    continue
+                last = frame.id
+            kept.append(frame)
+        self._hub._delivered += sum(1 for frame in kept if not frame.always)
         self._last_sent_id = last
-        self._hub._delivered += delivered
-        return b"".join(parts)
+        return kept
 
-    async def replay(self) -> AsyncIterator[bytes]:
+    async def replay(self) -> AsyncIterator[list[Frame]]:
         requested, seam, hub = self._requested, self.seam_id, self._hub
         if requested is None or requested == seam:
             return
         if seam is None or requested > seam:
             # Beyond the last id: a Last-Event-ID from another history (the database was replaced).
-            yield hub._reset_frame("unknown_event_id", requested)
+            yield [await hub._reset_frame("unknown_event_id", requested)]
             return
         if self._missed is not None:
             frames: Iterable[Frame] = self._missed
             self._missed = None
-            for chunk in self._chunks(frames):
-                yield chunk
+            for batch in self._batches(frames):
+                yield batch
             return
         # Older than the memory buffer: the store's log, while it still holds the id after it.
         bounds = await anyio.to_thread.run_sync(hub._log.bounds)
         if bounds.oldest_id is None or bounds.oldest_id > requested + 1:
-            yield hub._reset_frame("evicted", requested, bounds.oldest_id)
+            yield [hub._reset_payload("evicted", requested, bounds)]
             return
         cursor = requested
         while cursor < seam:
@@ -362,43 +299,54 @@ class _Subscriber(Subscription):
             if not events:
                 break
             cursor = events[-1].id or cursor
-            frames = [encode_event(e) for e in events if e.id is not None and e.id <= seam]
-            for chunk in self._chunks(frames):
-                yield chunk
+            for batch in self._batches(hub._encode(e) for e in events if e.id is not None and e.id <= seam):
+                yield batch
             if len(events) < LOG_PAGE:
                 break
 
-    def _chunks(self, frames: Iterable[Frame]) -> Iterable[bytes]:
-        batch: list[bytes] = []
-        types = self._types
+    def _batches(self, frames: Iterable[Frame]) -> Iterable[list[Frame]]:
+        batch: list[Frame] = []
+        event_filter = self._filter
         for frame in frames:
-            if types is not None and frame.type not in types:
+            if event_filter is not None and not event_filter.passes(frame):
                 continue
-            batch.append(frame.wire)
+            batch.append(frame)
             self._hub._delivered += 1
             if len(batch) >= REPLAY_CHUNK:
-                yield b"".join(batch)
+                yield batch
                 batch = []
         if batch:
-            yield b"".join(batch)
+            yield batch
 
     def close(self) -> None:
         self._hub._unsubscribe(self, CloseReason.CLIENT)
 
 
 class InProcessEventHub(EventHub):
-    """One process: events from this process's engine, subscribers in this process."""
+    """One process: events from this process's engine, subscribers in this process.
 
-    def __init__(self, log: EventLog, *, replay_buffer: int = 10_000, client_queue: int = 1_000) -> None:
+    ``server_of`` names the server of a tool id, for ``?servers=`` filters (the engine's
+    ``tool_server``); it is asked once per event, when the event is encoded.
+    """
+
+    def __init__(
+        self,
+        log: EventLog,
+        *,
+        replay_buffer: int = 10_000,
+        client_queue: int = 1_000,
+        server_of: ServerOf | None = None,
+    ) -> None:
         self._log = log
         self._client_queue = client_queue
+        self._server_of: ServerOf = server_of or (lambda tool_id: None)
         self._buffer: deque[Frame] = deque(maxlen=replay_buffer)
         bounds = log.bounds()
         self._last_id: int | None = bounds.last_id
         # Every event with an id above the floor is in memory; below it, ask the log.
         self._memory_floor: int = bounds.last_id or 0
         self._subscribers: dict[str, _Subscriber] = {}
-        self._dirty: list[_Subscriber] = []  # pushed subscribers with something to write
+        self._dirty: list[_Subscriber] = []  # subscribers with something to write
         self._closed = False
         self._published = 0
         self._delivered = 0
@@ -416,11 +364,14 @@ class InProcessEventHub(EventHub):
 
     @property
     def paused_clients(self) -> int:
-        """Pushed clients whose last write is still waiting for them to read (diagnostics)."""
+        """Clients whose last write is still waiting for them to read (diagnostics)."""
         return sum(1 for subscriber in self._subscribers.values() if subscriber._paused)
 
+    def _encode(self, event: GraphEvent) -> Frame:
+        return encode_event(event, self._server_of)
+
     def publish(self, event: GraphEvent) -> None:
-        frame = encode_event(event)
+        frame = self._encode(event)
         if frame.id is not None:
             if self._last_id is not None and frame.id <= self._last_id:
                 log.warning("event id %s does not follow %s: ignored", frame.id, self._last_id)
@@ -433,17 +384,17 @@ class InProcessEventHub(EventHub):
         self._published += 1
         self._fan_out(frame)
 
-    def broadcast(self, wire: bytes) -> None:
-        self._fan_out(wire)
+    def broadcast(self, frame: Frame) -> None:
+        self._fan_out(frame)
 
-    def _fan_out(self, item: Frame | bytes) -> None:
+    def _fan_out(self, frame: Frame) -> None:
         # A copy: a subscriber dropped during the loop leaves the dict.
         for subscriber in tuple(self._subscribers.values()):
-            subscriber._offer(item)
+            subscriber._offer(frame)
 
     def _schedule_flush(self, subscriber: _Subscriber) -> None:
         if not self._dirty:
-            # One callback writes to every pushed client, after the publisher's step: a burst of
+            # One callback writes to every client, after the publisher's step: a burst of
             # events becomes one write per client.
             asyncio.get_running_loop().call_soon(self._flush)
         self._dirty.append(subscriber)
@@ -454,7 +405,7 @@ class InProcessEventHub(EventHub):
             subscriber._push()
 
     # -- consumer side --------------------------------------------------------------------
-    def subscribe(self, *, types: frozenset[str] | None = None, last_event_id: int | None = None) -> Subscription:
+    def subscribe(self, *, event_filter: EventFilter | None = None, last_event_id: int | None = None) -> Subscription:
         if self._closed:
             raise HubClosed("the event hub is shutting down")
         seam = self._last_id
@@ -468,7 +419,7 @@ class InProcessEventHub(EventHub):
                 missed.append(frame)
             missed.reverse()
         subscriber = _Subscriber(
-            self, types=types, capacity=self._client_queue, requested=last_event_id, seam=seam, missed=missed
+            self, event_filter=event_filter, capacity=self._client_queue, requested=last_event_id, seam=seam, missed=missed
         )
         self._subscribers[subscriber.client_id] = subscriber
         self._total_connections += 1
@@ -484,9 +435,14 @@ class InProcessEventHub(EventHub):
             log.warning("event stream client %s dropped: its queue of %d events is full", subscriber.client_id, self._client_queue)
             self._unsubscribe(subscriber, CloseReason.SLOW)
 
-    def _reset_frame(self, reason: str, requested: int, oldest: int | None = None) -> bytes:
-        if oldest is None:
-            oldest = self._buffer[0].id if self._buffer else None
+    async def _reset_frame(self, reason: str, requested: int) -> Frame:
+        return self._reset_payload(reason, requested, await anyio.to_thread.run_sync(self._log.bounds))
+
+    def _reset_payload(self, reason: str, requested: int, bounds: LogBounds) -> Frame:
+        # The oldest id really replayable: the log holds at least what the memory buffer does.
+        oldest = bounds.oldest_id
+        if oldest is None and self._buffer:
+            oldest = self._buffer[0].id
         return encode_payload(ResetData(reason=reason, oldest_event_id=oldest, requested_event_id=requested))
 
     def stats(self) -> HubStats:

@@ -1,23 +1,25 @@
-"""``GET /events/stream``: the Server-Sent Events endpoint, and the manager behind it.
+"""``GET /events/stream`` (Server-Sent Events) and ``GET /events/ws`` (WebSocket), and the manager behind them.
 
-One connection is: a ``connected`` frame (with a ``retry:`` hint), then the replay asked for with
-``Last-Event-ID`` / ``?last_event_id=`` (or a ``reset``), then live events from the hub until the
-client leaves, is dropped for being slow, or the process shuts down. The heartbeat is one frame
-for everyone, made once per ``heartbeat_seconds`` and broadcast through the hub.
+One connection is: a ``connected`` frame (with a ``retry:`` hint on SSE), then the replay asked
+for with ``Last-Event-ID`` / ``?last_event_id=`` (or a ``reset``), then live events from the hub
+until the client leaves, is dropped for being slow, or the process shuts down. The heartbeat is
+one frame for everyone, made once per ``heartbeat_seconds`` and broadcast through the hub.
 
-The wire bytes come ready-made from the hub (serialised once per event). Two ways to carry them:
+Both endpoints are one code path with two encodings: the same query parsing and filters
+(``filters.py``), the same admission (``max_clients``), the same hub subscription (one replay
+path), and the same ``_AsgiSink``, which writes each pushed batch of frames with the server's own
+``send`` from the hub's flush callback (no task wakes up per client and event). SSE sends the
+frames' bytes joined in one body chunk; WebSocket sends one text message per frame.
 
-- ``"direct"`` (the default): a small ASGI response. The request's task sends the headers and the
-  replay, then only waits for the disconnect; the hub pushes live chunks to a ``_ServerSink``,
-  which writes them with the server's own ``send`` from one flush callback per burst of events:
-  no task wakes up per client and event.
-- ``"sse-starlette"``: sse-starlette's ``EventSourceResponse`` around a generator that pulls
-  ``next_chunk()``: per connection a task group of three tasks, every event waking a task that
-  resumes the whole middleware stack, every send wrapped in a cancel scope. bench/sse_fanout.py
-  measured it at about twice the CPU per delivered event and twice the memory per idle client of
-  the direct response, so it is kept only as the reference the benchmark compares against.
+One shutdown path: ``EventsStreamManager.close()`` closes the hub, which ends every subscription
+through its sink (``Sink.close(SHUTDOWN)``: the last empty chunk of the SSE response, a 1001 close
+of the WebSocket). The server calls it as soon as shutdown begins (``server.GatewayServer``);
+the app's lifespan calls it again on its way out (a no-op by then, or the only call when the app
+runs under another server). A client that is dropped for being slow, or leaves, ends through
+the same sink.
 
-Both send the same bytes and the same headers.
+sse-starlette's per-client ``EventSourceResponse`` (a task group per connection, a task woken
+per event) is what this replaced; it lives on in bench/sse_fanout.py as the baseline.
 """
 
 from __future__ import annotations
@@ -25,130 +27,50 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Iterable
-from typing import Any, Literal
+from collections.abc import Callable, Generator
+from typing import Any
 
 import anyio
-from pydantic import BaseModel
-from sse_starlette import EventSourceResponse
-from sse_starlette.sse import AppStatus
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.datastructures import QueryParams
+from starlette.responses import JSONResponse
 from starlette.types import Message, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
-from graphrag.events import EVENT_TYPES, GRAPH_EVENT_TYPES, ConnectedData, HeartbeatData
+from graphrag.events import ConnectedData, HeartbeatData
 
-from pml_gateway.events.hub import CloseReason, EventHub, HubClosed, HubStats, Subscription, encode_payload
+from pml_gateway.events.filters import EventFilter, StreamRequestError, parse_query
+from pml_gateway.events.hub import CloseReason, EventHub, HubClosed, HubStats, Subscription
+from pml_gateway.events.wire import RETRY_MS, STREAM_HEADERS, Frame, encode_payload
 from pml_gateway.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: The ``retry:`` hint of the ``connected`` frame: how long EventSource waits before reconnecting.
-RETRY_MS = 3000
 #: ``Retry-After`` on a 503.
 RETRY_AFTER_SECONDS = 5
-QUERY_PARAMETERS = ("types", "last_event_id")
-#: What sse-starlette sends too: no caching, no proxy buffering.
-STREAM_HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-store"),
-    (b"connection", b"keep-alive"),
-    (b"x-accel-buffering", b"no"),
-]
-ResponseKind = Literal["direct", "sse-starlette"]
 #: Scope key under which the app (``pml_gateway.app.GatewayApp``) puts the server's own ``send``.
 SERVER_SEND = "pml.server_send"
+#: WebSocket close codes: the server is going away; a request refused (no HTTP denial support).
+WS_GOING_AWAY = 1001
+WS_POLICY_VIOLATION = 1008
+
+Encoder = Callable[[list[Frame]], list[Message]]
 
 
-class StreamRequestError(Exception):
-    """A request the stream refuses before opening: answered as JSON with ``status``."""
-
-    def __init__(self, status: int, body: dict[str, object], headers: dict[str, str] | None = None) -> None:
-        super().__init__(body.get("error"))
-        self.status = status
-        self.body = body
-        self.headers = headers
-
-    def response(self) -> Response:
-        return JSONResponse(self.body, status_code=self.status, headers=self.headers)
+def _sse_messages(frames: list[Frame]) -> list[Message]:
+    body = frames[0].sse if len(frames) == 1 else b"".join(frame.sse for frame in frames)
+    return [{"type": "http.response.body", "body": body, "more_body": True}]
 
 
-def parse_types(values: Iterable[str]) -> frozenset[str] | None:
-    """``?types=edge_*,metrics_updated`` -> the graph event types to send (None: all of them).
-
-    A trailing ``*`` matches a prefix. ``connected``, ``heartbeat`` and ``reset`` always come, so
-    naming them is allowed and changes nothing.
-    """
-    selected: set[str] = set()
-    unknown: list[str] = []
-    seen_any = False
-    for value in values:
-        for name in (part.strip() for part in value.split(",")):
-            if not name:
-                continue
-            seen_any = True
-            if name.endswith("*"):
-                matches = {t for t in EVENT_TYPES if t.startswith(name[:-1])}
-                if not matches:
-                    unknown.append(name)
-                selected |= matches
-            elif name in EVENT_TYPES:
-                selected.add(name)
-            else:
-                unknown.append(name)
-    if unknown:
-        raise StreamRequestError(
-            400,
-            {
-                "error": f"Unknown event type in types: {', '.join(unknown)}",
-                "parameter": "types",
-                "unknown": unknown,
-                "known": sorted(EVENT_TYPES),
-            },
-        )
-    if not seen_any:
-        raise StreamRequestError(400, {"error": "types is empty: name at least one event type", "parameter": "types"})
-    if selected >= GRAPH_EVENT_TYPES:
-        return None
-    return frozenset(selected & GRAPH_EVENT_TYPES)
+def _ws_messages(frames: list[Frame]) -> list[Message]:
+    return [{"type": "websocket.send", "text": frame.ws_text()} for frame in frames]
 
 
-def parse_event_id(value: str, source: str) -> int | None:
-    value = value.strip()
-    if not value:
-        return None  # an empty Last-Event-ID means "none" (EventSource before its first id)
-    if not value.isdigit():
-        raise StreamRequestError(
-            400, {"error": f"{source} must be a non-negative integer event id, got {value!r}", "parameter": source}
-        )
-    return int(value)
+_SSE_END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
+_WS_END: Message = {"type": "websocket.close", "code": WS_GOING_AWAY, "reason": "server shutting down"}
 
 
-def parse_request(request: Request) -> tuple[frozenset[str] | None, int | None]:
-    """Filter and replay point of a stream request; ``StreamRequestError`` on anything unknown."""
-    params = request.query_params
-    unknown = [key for key in params.keys() if key not in QUERY_PARAMETERS]
-    if unknown:
-        raise StreamRequestError(
-            400,
-            {
-                "error": f"Unknown query parameter: {', '.join(unknown)}",
-                "parameter": unknown[0],
-                "allowed": list(QUERY_PARAMETERS),
-            },
-        )
-    types = parse_types(params.getlist("types")) if "types" in params else None
-    ids = params.getlist("last_event_id")
-    if len(ids) > 1:
-        raise StreamRequestError(400, {"error": "last_event_id is given more than once", "parameter": "last_event_id"})
-    last_event_id = parse_event_id(ids[0], "last_event_id") if ids else None
-    # The header is what EventSource sends on reconnect: newer than the URL it was opened with.
-    header = request.headers.get("last-event-id")
-    if header is not None:
-        from_header = parse_event_id(header, "Last-Event-ID")
-        if from_header is not None:
-            last_event_id = from_header
-    return types, last_event_id
+def _refusal(refused: StreamRequestError) -> JSONResponse:
+    return JSONResponse(refused.body, status_code=refused.status, headers=refused.headers)
 
 
 class EventsStats(HubStats):
@@ -159,15 +81,16 @@ class EventsStats(HubStats):
 
 
 class EventsStreamManager:
-    """The ASGI endpoint of ``GET /events/stream`` and the stream's heartbeat.
+    """The endpoints of ``/events/stream`` (``__call__``) and ``/events/ws`` (``websocket``), and the heartbeat.
 
     Built with the app; bound to the hub once the lifespan has one (``bind``); ``close`` ends
     every open stream and refuses new ones (shutdown).
     """
 
-    def __init__(self, settings: Settings, *, response: ResponseKind = "direct") -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.response_kind = response
+        #: The ASGI app of ``/events/ws`` (a route given a method would call it with a WebSocket).
+        self.websocket_app = _WebSocketApp(self)
         self._hub: EventHub | None = None
         self._started_at = time.time()
         self._closing = False
@@ -195,18 +118,8 @@ class EventsStreamManager:
                 payload = HeartbeatData(connected_clients=hub.connected_clients, uptime_seconds=self.uptime_seconds())
                 hub.broadcast(encode_payload(payload))
 
-    async def watch_exit_signal(self) -> None:
-        """End the streams on SIGINT/SIGTERM under any uvicorn runner, not only ``GatewayServer``.
-
-        sse-starlette patches uvicorn's signal handler to set ``AppStatus.should_exit``; uvicorn
-        itself would wait for the open streams before telling the app anything.
-        """
-        while not AppStatus.should_exit:
-            await anyio.sleep(0.5)
-        self.close()
-
     def close(self) -> None:
-        """End every open stream cleanly (each gets its final chunk) and refuse new ones."""
+        """The one shutdown path: end every open stream cleanly and refuse new ones (idempotent)."""
         self._closing = True
         if self._hub is not None:
             self._hub.close()
@@ -216,121 +129,161 @@ class EventsStreamManager:
             **self.hub.stats().model_dump(), max_clients=self.settings.max_clients, uptime_seconds=self.uptime_seconds()
         )
 
-    # -- the endpoint ---------------------------------------------------------------------
-    def _check_open(self) -> EventHub:
+    # -- admission (both endpoints) -------------------------------------------------------
+    def _admit(self, params: QueryParams, last_event_id_header: str | None) -> tuple[EventHub, EventFilter | None, int | None]:
+        """Parse the request and check the limits; ``StreamRequestError`` says why not."""
+        event_filter, last_event_id = parse_query(params, last_event_id_header)
+        shutting_down = {"error": "Shutting down"}
+        retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
         if self._hub is None or self._closing:
-            raise StreamRequestError(
-                503, {"error": "Shutting down"}, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
-            )
+            raise StreamRequestError(503, shutting_down, retry)
         if self._hub.connected_clients >= self.settings.max_clients:
-            raise StreamRequestError(
-                503,
-                {"error": "Too many clients", "max": self.settings.max_clients},
-                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-            )
-        return self._hub
+            raise StreamRequestError(503, {"error": "Too many clients", "max": self.settings.max_clients}, retry)
+        return self._hub, event_filter, last_event_id
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def _subscribe(self, hub: EventHub, event_filter: EventFilter | None, last_event_id: int | None) -> Subscription:
         try:
-            # Parsed from a Request that is not kept: this frame lives as long as the stream.
-            types, last_event_id = parse_request(Request(scope))
-            hub = self._check_open()
+            return hub.subscribe(event_filter=event_filter, last_event_id=last_event_id)
+        except HubClosed:
+            raise StreamRequestError(503, {"error": "Shutting down"}, {"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
+
+    @staticmethod
+    def _connected(hub: EventHub, subscription: Subscription) -> Frame:
+        payload = ConnectedData(
+            client_id=subscription.client_id, connected_clients=hub.connected_clients, last_event_id=subscription.seam_id
+        )
+        return encode_payload(payload, retry_ms=RETRY_MS)
+
+    # -- GET /events/stream -----------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope["headers"])
+        last_event_id_header = headers.get(b"last-event-id")
+        try:
+            hub, event_filter, last_event_id = self._admit(
+                QueryParams(scope["query_string"]), None if last_event_id_header is None else last_event_id_header.decode("latin-1")
+            )
             if scope["method"] == "HEAD":
                 # The headers a GET would get, and no stream, no subscription.
                 await send({"type": "http.response.start", "status": 200, "headers": STREAM_HEADERS})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
-            subscription = hub.subscribe(types=types, last_event_id=last_event_id)
-        except HubClosed:
-            await StreamRequestError(503, {"error": "Shutting down"}, {"Retry-After": str(RETRY_AFTER_SECONDS)}).response()(
-                scope, receive, send
-            )
-            return
+            subscription = self._subscribe(hub, event_filter, last_event_id)
         except StreamRequestError as refused:
-            await refused.response()(scope, receive, send)
+            await _refusal(refused)(scope, receive, send)
             return
+        await send({"type": "http.response.start", "status": 200, "headers": STREAM_HEADERS})
+        # Body chunks go to the server's own send when the app put it in the scope (GatewayApp):
+        # this app's middleware only looks at response starts (CORS adds its headers there).
+        sink = _AsgiSink(subscription, scope.get(SERVER_SEND, send), _sse_messages, _SSE_END)
+        await _serve(subscription, sink, self._connected(hub, subscription), receive, "http.disconnect")
 
-        connected = encode_payload(
-            ConnectedData(
-                client_id=subscription.client_id,
-                connected_clients=hub.connected_clients,
-                last_event_id=subscription.seam_id,
-            ),
-            retry_ms=RETRY_MS,
-        )
-        log.debug("stream client %s connected (types=%s, last_event_id=%s)", subscription.client_id, types, last_event_id)
-        with anyio.CancelScope() as cancel_scope:
-            # A client dropped for being slow may be stuck in a send that never completes:
-            # cancelling the response is the only way to free it.
-            subscription.on_forced_close = cancel_scope.cancel
-            try:
-                if self.response_kind == "direct":
-                    await _stream(subscription, connected, scope, receive, send, cancel_scope.cancel)
-                else:
-                    # The heartbeat comes through the hub, so sse-starlette's own ping is off.
-                    response = EventSourceResponse(_frames(subscription, connected), ping=0, sep="\n")
-                    await response(scope, receive, send)
-            finally:
-                subscription.close()
-                log.debug("stream client %s gone (%s)", subscription.client_id, subscription.close_reason)
+    # -- GET /events/ws -----------------------------------------------------------------------
+    async def websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        websocket = WebSocket(scope, receive, send)
+        try:
+            # Origin (browsers apply no CORS to WebSockets) is checked for every route: host_check.py
+            hub, event_filter, last_event_id = self._admit(websocket.query_params, None)
+            subscription = self._subscribe(hub, event_filter, last_event_id)
+        except StreamRequestError as refused:
+            if "websocket.http.response" in scope.get("extensions", {}):
+                await websocket.send_denial_response(_refusal(refused))  # the same JSON error as SSE
+            else:
+                await websocket.close(WS_POLICY_VIOLATION, str(refused.body["error"])[:120])
+            return
+        try:
+            await websocket.accept()
+        except BaseException:
+            subscription.close()
+            raise
+        sink = _AsgiSink(subscription, send, _ws_messages, _WS_END)
+        await _serve(subscription, sink, self._connected(hub, subscription), receive, "websocket.disconnect")
 
 
-async def _stream(
-    subscription: Subscription, connected: bytes, scope: Scope, receive: Receive, send: Send, end: Callable[[], None]
-) -> None:
-    """The direct response: headers, replay, then the hub pushes live chunks to a ``_ServerSink``.
+class _WebSocketApp:
+    __slots__ = ("_manager",)
 
-    This task only waits for the disconnect. Body chunks go to the server's own ``send`` when the
-    app put it in the scope (``GatewayApp``): this app's middleware only looks at response starts.
-    The start message still goes through it: CORS adds its headers there. ``end()`` cancels this
-    task (its caller's cancel scope) when the stream is ended from the hub's side.
+    def __init__(self, manager: EventsStreamManager) -> None:
+        self._manager = manager
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._manager.websocket(scope, receive, send)
+
+
+async def _serve(subscription: Subscription, sink: _AsgiSink, first: Frame, receive: Receive, disconnect: str) -> None:
+    """One connection after its start: the first frame, the replay, then live pushes until it ends.
+
+    This task writes the replay itself, then only waits for the disconnect; the hub pushes live
+    frames to the sink. Whatever ends the subscription (the client, the hub) ends here.
     """
-    await send({"type": "http.response.start", "status": 200, "headers": STREAM_HEADERS})
-    body_send: Send = scope.get(SERVER_SEND, send)
-    await body_send(_body(connected))
-    async for chunk in subscription.replay():
-        await body_send(_body(chunk))
-    sink = _ServerSink(subscription, body_send, end)
-    subscription.attach(sink)
-    try:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-    finally:
-        sink.abort()
+    with anyio.CancelScope() as cancel_scope:
+        # A client dropped for being slow may be stuck in a send that never completes:
+        # cancelling this task is the only way to free it.
+        sink.end = cancel_scope.cancel
+        subscription.attach(sink)
+        try:
+            await sink.send([first])
+            del first  # not kept for the connection's lifetime (memory per idle client)
+            async for frames in subscription.replay():
+                await sink.send(frames)
+            subscription.resume()
+            while (await receive())["type"] != disconnect:
+                pass
+        finally:
+            sink.abort()
+            subscription.close()
+            log.debug("stream client %s gone (%s)", subscription.client_id, subscription.close_reason)
 
 
-class _ServerSink:
-    """Writes pushed chunks with the ASGI ``send``, synchronously when it does not have to wait.
+class _AsgiSink:
+    """Writes pushed frames with the ASGI ``send``, synchronously when it does not have to wait.
 
     uvicorn's ``send`` only suspends when the connection's buffers are full (flow control). So a
-    write first runs the ``send`` coroutine one step by hand: usually it finishes right there,
-    with no task and no wake-up. When it suspends instead, a task finishes it (``_Resume``) and
-    tells the subscription to ``resume()``; meanwhile the client's queue in the hub fills up.
+    write first runs each ``send`` coroutine one step by hand: usually it finishes right there,
+    with no task and no wake-up. When one suspends instead, a task finishes it and the rest
+    (``_Resume``) and tells the subscription to ``resume()``; meanwhile the client's queue in the
+    hub fills up. ``send`` (awaited) is for the endpoint's own writes: the first frame and the replay.
     """
 
-    __slots__ = ("_subscription", "_send", "_end", "_waiting")
+    __slots__ = ("_subscription", "_send", "_encode", "_final", "end", "_waiting", "_busy")
 
-    def __init__(self, subscription: Subscription, send: Send, end: Callable[[], None]) -> None:
+    def __init__(self, subscription: Subscription, send: Send, encode: Encoder, final: Message) -> None:
         self._subscription = subscription
         self._send = send
-        self._end = end
+        self._encode = encode
+        self._final = final
+        #: Ends the connection's task (set by ``_serve``).
+        self.end: Callable[[], None] = lambda: None
         self._waiting: asyncio.Task[None] | None = None
+        self._busy = False  # the endpoint's task is in a send of its own
 
-    def write(self, chunk: bytes) -> bool:
-        return self._start({"type": "http.response.body", "body": chunk, "more_body": True})
-
-    def _start(self, message: Message) -> bool:
-        step = self._send(message)
+    async def send(self, frames: list[Frame]) -> None:
+        self._busy = True
         try:
-            pending = step.send(None)  # type: ignore[attr-defined]
-        except StopIteration:
-            return True
-        self._waiting = asyncio.get_running_loop().create_task(self._finish(_Resume(step, pending)))
-        return False
+            for message in self._encode(frames):
+                await self._send(message)
+        finally:
+            self._busy = False
 
-    async def _finish(self, rest: _Resume) -> None:
+    def write(self, frames: list[Frame]) -> bool:
+        return self._start(self._encode(frames))
+
+    def _start(self, messages: list[Message]) -> bool:
+        for index, message in enumerate(messages):
+            step = self._send(message)
+            try:
+                pending = step.send(None)  # type: ignore[attr-defined]
+            except StopIteration:
+                continue
+            rest = messages[index + 1 :]
+            self._waiting = asyncio.get_running_loop().create_task(self._finish(_Resume(step, pending), rest))
+            return False
+        return True
+
+    async def _finish(self, step: _Resume, rest: list[Message]) -> None:
         try:
-            await rest
+            await step
+            for message in rest:
+                await self._send(message)
         except Exception:
             log.exception("event stream client %s failed", self._subscription.client_id)
             self._waiting = None
@@ -340,9 +293,9 @@ class _ServerSink:
         self._subscription.resume()
 
     def close(self, reason: CloseReason) -> None:
-        if reason is CloseReason.SHUTDOWN and self._waiting is None:
-            self._start({"type": "http.response.body", "body": b"", "more_body": False})  # a clean end
-        self._end()  # stop the response's task (a no-op when it is the one leaving)
+        if reason is CloseReason.SHUTDOWN and self._waiting is None and not self._busy:
+            self._start([self._final])  # a clean end
+        self.end()  # stop the connection's task (a no-op when it is the one leaving)
 
     def abort(self) -> None:
         if self._waiting is not None:
@@ -377,17 +330,3 @@ class _Resume:
                     pending = self._coroutine.send(value)
                 except StopIteration:
                     return
-
-
-def _body(chunk: bytes) -> Message:
-    return {"type": "http.response.body", "body": chunk, "more_body": True}
-
-
-async def _frames(subscription: Subscription, connected: bytes) -> AsyncIterator[bytes]:
-    yield connected
-    async for chunk in subscription.replay():
-        yield chunk
-    while (chunk := await subscription.next_chunk()) is not None:
-        if chunk:
-            yield chunk
-

@@ -64,6 +64,7 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
+from pml_gateway.events.wire import MCP_SSE_HEADERS, PING, mcp_message
 from pml_gateway.proxy.downstream.supervisor import DownstreamPool, error_wire
 from pml_gateway.proxy.registry import RegisteredTool, ToolRegistry
 from pml_gateway.proxy.traces import TraceRecorder
@@ -85,12 +86,6 @@ HANGUP_WATCH_AFTER_SECONDS = 0.25
 TRACE_CONTEXT_KEYS = ("traceparent", "tracestate", "baggage")
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
-_SSE_HEADERS = [
-    (b"content-type", b"text/event-stream"),
-    (b"cache-control", b"no-cache, no-transform"),
-    (b"connection", b"keep-alive"),
-    (b"x-accel-buffering", b"no"),
-]
 _PARAM_PREFIX = MCP_PARAM_HEADER_PREFIX.lower()
 
 
@@ -433,10 +428,10 @@ class _Reply:
 
     async def _ping(self) -> None:
         extra = [header for header in self._headers if header[0] != b"content-type"]
-        await self._send({"type": "http.response.start", "status": 200, "headers": [*_SSE_HEADERS, *extra]})
+        await self._send({"type": "http.response.start", "status": 200, "headers": [*MCP_SSE_HEADERS, *extra]})
         self._streaming = True
         while True:
-            await self._send({"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": True})
+            await self._send({"type": "http.response.body", "body": PING, "more_body": True})
             await asyncio.sleep(SSE_AFTER_SECONDS)
 
     def abandon(self) -> None:
@@ -460,8 +455,7 @@ class _Reply:
             except Exception:  # the keep-alives failed: the final send reports the real problem
                 logger.debug("keep-alive stream failed", exc_info=True)
         if self._streaming:
-            data = json.dumps(message, separators=(",", ":"))
-            event = f"event: message\r\ndata: {data}\r\n\r\n".encode()
+            event = mcp_message(json.dumps(message, separators=(",", ":")))
             await self._send({"type": "http.response.body", "body": event, "more_body": False})
             return
         body = json.dumps(message, separators=(",", ":")).encode()

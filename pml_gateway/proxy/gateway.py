@@ -32,6 +32,7 @@ from pml_gateway.proxy import tools as gateway_tools
 from pml_gateway.proxy.downstream.supervisor import DownstreamPool, SupervisionTiming, error_result
 from pml_gateway.proxy.downstream.config import HttpServerConfig, StdioServerConfig, load_config
 from pml_gateway.proxy.fast_path import FastPath
+from pml_gateway.proxy.tool_events import ToolEvents
 from pml_gateway.proxy.tools import GatewayTools
 from pml_gateway.host_check import transport_settings
 from pml_gateway.settings import Settings
@@ -118,7 +119,9 @@ class Gateway:
         upstream = UpstreamServer(self.registry, self.pool, tools, self.traces)
         security = transport_settings(self.settings)  # the same Host/Origin lists as every other route
         manager = StreamableHTTPSessionManager(app=upstream.server, security_settings=security)
+        tool_events = ToolEvents(engine, self.registry, self.pool.health)  # tool_added / tool_removed
         async with self.pool.running(startup_timeout=self.startup_timeout), upstream.running(), manager.run():
+            tool_events.start()
             self.upstream, self.session_manager = upstream, manager
             self._http_app = StreamableHTTPASGIApp(manager)
             if self.fast_path_enabled:
@@ -126,6 +129,7 @@ class Gateway:
             try:
                 yield self
             finally:
+                tool_events.stop()  # stopping the downstreams is not a change of their tools
                 self.upstream = self.session_manager = self._http_app = self.fast_path = None
 
     async def call_tool(self, name: str, arguments: dict[str, Any]) -> types.CallToolResult:

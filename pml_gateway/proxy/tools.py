@@ -234,7 +234,7 @@ class GatewayTools:
         self.engine = engine
         self._unavailable_reason = unavailable_reason
         self.registry = registry
-        self.runner = WorkflowRunner(call_downstream, record)
+        self.runner = WorkflowRunner(call_downstream, record, on_task=engine.emit_live)  # workflow_progress
         self._definitions = definitions()
 
     def definitions(self) -> list[types.Tool]:

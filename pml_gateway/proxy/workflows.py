@@ -19,10 +19,14 @@ import mcp.types as types
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from graphrag import TaskRun, WorkflowExecution
+from graphrag.events import TaskStatus as ProgressStatus
+from graphrag.events import WorkflowProgressData
 
 ToolCaller = Callable[[str, dict[str, Any]], Awaitable[types.CallToolResult]]
 Recorder = Callable[[WorkflowExecution], Awaitable[Any]]
 ProgressReporter = Callable[[float, float, str], Awaitable[None]]
+#: Hears every task start and settle (the ``workflow_progress`` events of the stream).
+TaskObserver = Callable[[WorkflowProgressData], object]
 
 MAX_TASKS = 256
 
@@ -94,10 +98,13 @@ class WorkflowResult(BaseModel):
 
 
 class WorkflowRunner:
-    def __init__(self, call: ToolCaller, record: Recorder, *, max_parallel: int = 16) -> None:
+    def __init__(
+        self, call: ToolCaller, record: Recorder, *, max_parallel: int = 16, on_task: TaskObserver | None = None
+    ) -> None:
         self._call = call
         self._record = record
         self._max_parallel = max_parallel
+        self._on_task = on_task
 
     async def run(self, request: WorkflowRequest, progress: ProgressReporter | None = None) -> WorkflowResult:
         workflow_id = request.workflow_id or f"wf-{uuid.uuid4().hex[:12]}"
@@ -109,11 +116,20 @@ class WorkflowRunner:
         settled = 0
         started = time.perf_counter()
 
+        def observe(task_id: str, tool: str, status: ProgressStatus) -> None:
+            if self._on_task is not None:
+                self._on_task(
+                    WorkflowProgressData(
+                        workflow_id=workflow_id, task_id=task_id, tool_id=tool, status=status, completed=settled, total=total
+                    )
+                )
+
         async def settle(outcome: TaskOutcome) -> None:
             nonlocal settled
             outcomes[outcome.id] = outcome
             settled += 1
             done[outcome.id].set()
+            observe(outcome.id, outcome.tool, outcome.status)
             if progress is not None:
                 await progress(settled, total, f"task {outcome.id} ({outcome.tool}) {outcome.status}")
 
@@ -128,6 +144,7 @@ class WorkflowRunner:
                 )
                 return
             async with limiter:
+                observe(task.id, task.tool, "started")
                 t0 = time.perf_counter()
                 result = await self._call(task.tool, task.arguments)
                 elapsed = round((time.perf_counter() - t0) * 1000, 3)
