@@ -191,9 +191,6 @@ class GraphEvent(BaseModel):
         """A logged event, built without re-validation: ``data`` is already a validated payload."""
         return cls.model_construct(type=data.event_type, data=data, id=id)
 
-    def with_id(self, id: int) -> GraphEvent:
-        return self.model_copy(update={"id": id})
-
     @cached_property
     def _data_json(self) -> str:
         return self.data.model_dump_json()

@@ -107,15 +107,20 @@ async def test_suggestions_rank_reliable_successors_first() -> None:
 
 async def test_snapshot_matches_the_graph() -> None:
     engine = GraphRAGEngine()
-    await engine.update_from_execution(WorkflowExecution.from_tool_ids(["files__read", "text__summarize", "plain"]))
+    tasks = [
+        TaskRun(id="1", tool_id="files__read", server="files"),
+        TaskRun(id="2", tool_id="a__b__summarize", server="a__b"),  # the server comes in, never parsed
+        TaskRun(id="3", tool_id="plain"),
+    ]
+    await engine.update_from_execution(WorkflowExecution(tasks=tasks))
     snapshot = engine.snapshot()
     assert snapshot.last_event_id == 3
-    assert {(n.id, n.server) for n in snapshot.nodes} == {("files__read", "files"), ("text__summarize", "text"), ("plain", None)}
+    assert {(n.id, n.server) for n in snapshot.nodes} == {("files__read", "files"), ("a__b__summarize", "a__b"), ("plain", None)}
     assert snapshot.metrics is None and all(n.pagerank is None for n in snapshot.nodes)
     await engine.refresh_metrics()
     body = engine.snapshot().model_dump(mode="json")
     assert body["last_event_id"] == 4
-    assert {e["from_tool_id"] for e in body["edges"]} == {"files__read", "text__summarize"}
+    assert {e["from_tool_id"] for e in body["edges"]} == {"files__read", "a__b__summarize"}
     assert set(body["edges"][0]) >= {
         "from_tool_id", "to_tool_id", "confidence", "observed_count", "success_count", "failure_count", "edge_type",
     }

@@ -26,6 +26,7 @@ from mcp_types import HEADER_MISMATCH, INVALID_PARAMS
 
 from gateway_support import free_port, http_downstream, run_gateway, stdio_entry, wait_for, wait_listening
 from pml_gateway.proxy import fast_path
+from pml_gateway.proxy.downstream.http_link import HttpLink
 FAST_PATH_ENV = "PML_FAST_PATH"
 
 pytestmark = pytest.mark.anyio
@@ -164,8 +165,8 @@ async def test_fast_and_sdk_paths_give_the_same_answers(tmp_path: Path, monkeypa
                     if fast:
                         # every registered tool went the fast way; the unknown one did not
                         assert gw.gateway.fast_path.calls == 2 * (len(CASES) - 1)
-                        assert gw.gateway.pool.downstreams["remote"]._link is not None
-                        assert gw.gateway.pool.downstreams["local"]._link is None
+                        assert isinstance(gw.gateway.pool.downstreams["remote"].link, HttpLink)
+                        assert not isinstance(gw.gateway.pool.downstreams["local"].link, HttpLink)
         for era in (MODERN, LEGACY):
             for (name, _, _), fast_answer, sdk_answer in zip(CASES, answers[True][era], answers[False][era], strict=True):
                 assert fast_answer == sdk_answer, (era, name)
@@ -223,7 +224,7 @@ async def test_sdk_clients_of_both_eras_over_the_fast_path(tmp_path: Path, monke
                     assert tasks["a"]["status"] == "succeeded" and tasks["a"]["structured_content"]["header"] == "sa"
                     assert tasks["b"]["status"] == "failed" and "refused 'broken'" in tasks["b"]["error"]
                 assert gw.gateway.fast_path.calls == 4  # pml_* tools are the SDK's
-                assert gw.gateway.pool.downstreams["odd"]._link is not None
+                assert isinstance(gw.gateway.pool.downstreams["odd"].link, HttpLink)
 
 
 async def test_requests_failing_a_check_get_the_sdks_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -313,7 +314,7 @@ async def test_cancelled_calls_stop_downstream(tmp_path: Path, monkeypatch: pyte
     with http_downstream() as (url, port, _proc):
         await wait_listening(port)
         async with gateway(tmp_path, {"remote": {"url": url}}, fast=True, monkeypatch=monkeypatch) as gw:
-            link = gw.gateway.pool.downstreams["remote"]._link
+            link = gw.gateway.pool.downstreams["remote"].link
             traces = gw.gateway.traces
             with anyio.fail_after(30):  # far below the 100 s the calls would take
                 async with httpx.AsyncClient(timeout=60) as http:

@@ -93,11 +93,10 @@ async def test_in_memory_stores_count_ids_from_one(store_factory) -> None:
     assert [e.id for e in engine.store.events_after(1)] == [2]
 
 
-def test_memory_store_keeps_the_last_events_only() -> None:
+async def test_memory_store_keeps_the_last_events_only() -> None:
     store = MemoryStore(max_events=10)
     engine = GraphRAGEngine(store=store)
-    for _ in range(20):
-        engine.record(WorkflowExecution.from_tool_ids(["a", "b"]))
+    await engine.update_from_executions([WorkflowExecution.from_tool_ids(["a", "b"]) for _ in range(20)])
     bounds = store.bounds()
     assert (bounds.oldest_id, bounds.last_id) == (31, 40)
     assert [e.id for e in store.events_after(35)] == [36, 37, 38, 39, 40]
