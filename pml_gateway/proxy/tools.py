@@ -202,6 +202,7 @@ def structured_result(output: BaseModel) -> dict[str, Any]:
         "content": [{"type": "text", "text": json.dumps(data, separators=(",", ":"))}],
         "structuredContent": data,
         "isError": False,
+        "resultType": "complete",
     }
 
 

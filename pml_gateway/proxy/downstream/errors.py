@@ -37,7 +37,7 @@ __all__ = [
 
 def tool_error(message: str) -> dict[str, Any]:
     """A tool result in wire form that reports ``message`` as an error."""
-    return {"content": [{"type": "text", "text": message}], "isError": True}
+    return {"content": [{"type": "text", "text": message}], "isError": True, "resultType": "complete"}
 
 
 # -- the tool is not callable --------------------------------------------------------------------
