@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -136,7 +137,10 @@ CASES: list[tuple[str, dict[str, Any] | None, dict[str, Any] | None]] = [
     ("odd__rich", {}, None),
     ("odd__broken", None, None),
     ("nobody__nothing", {}, None),  # not a registered tool: the SDK answers in both modes
+    ("dead__read", {}, None),  # a tool of a server that cannot start: likewise
 ]
+#: A dead server is between restarts ("failed", with its error) or in one ("connecting").
+DOWN = re.compile(r"is (connecting|failed)( \([^)]*\))?")
 
 
 async def _answers(gw: Any, era: str) -> list[tuple[int, dict[str, Any]]]:
@@ -148,7 +152,7 @@ async def _answers(gw: Any, era: str) -> list[tuple[int, dict[str, Any]]]:
             routed = {"mcp-param-region": arguments["region"]} if arguments and "region" in arguments else {}
             response, message = await raw.call(name, arguments, meta=meta, **routed)
             message.pop("id")
-            out.append((response.status_code, message))
+            out.append((response.status_code, json.loads(DOWN.sub("is down", json.dumps(message)))))
     return out
 
 
@@ -156,15 +160,20 @@ async def test_fast_and_sdk_paths_give_the_same_answers(tmp_path: Path, monkeypa
     with http_downstream() as (url, port, _proc), fast_path_server() as (odd_url, odd_port):
         await wait_listening(port)
         await wait_listening(odd_port)
-        servers = {"local": stdio_entry(), "remote": {"url": url, "timeout": 0.5}, "odd": {"url": odd_url}}
+        servers = {
+            "local": stdio_entry(),
+            "remote": {"url": url, "timeout": 0.5},
+            "odd": {"url": odd_url},
+            "dead": {"command": sys.executable, "args": ["-c", "raise SystemExit(3)"]},
+        }
         answers: dict[bool, dict[str, list[tuple[int, dict[str, Any]]]]] = {}
         for fast in (True, False):
             async with gateway(tmp_path, servers, fast=fast, monkeypatch=monkeypatch) as gw:
                 with anyio.fail_after(60):
                     answers[fast] = {era: await _answers(gw, era) for era in (MODERN, LEGACY)}
                     if fast:
-                        # every registered tool went the fast way; the unknown one did not
-                        assert gw.gateway.fast_path.calls == 2 * (len(CASES) - 1)
+                        # every registered tool went the fast way; the unknown and unavailable ones did not
+                        assert gw.gateway.fast_path.calls == 2 * (len(CASES) - 2)
                         assert isinstance(gw.gateway.pool.downstreams["remote"].link, HttpLink)
                         assert not isinstance(gw.gateway.pool.downstreams["local"].link, HttpLink)
         for era in (MODERN, LEGACY):
@@ -189,7 +198,8 @@ async def test_fast_and_sdk_paths_give_the_same_answers(tmp_path: Path, monkeypa
             ("remote__pick", "count"),
             ("remote__sleep", "timed out after 0.5 s"),
             ("odd__broken", "refused 'broken'"),
-            ("nobody__nothing", "unknown tool"),
+            ("nobody__nothing", "unknown tool 'nobody__nothing'"),
+            ("dead__read", "tool 'dead__read' is unavailable: downstream server 'dead' is down"),
         ]:
             result = modern[name][1]["result"]
             assert result["isError"] is True and fragment in result["content"][0]["text"], name
