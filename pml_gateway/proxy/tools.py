@@ -211,7 +211,7 @@ def describe_validation(tool: str, exc: ValidationError) -> str:
     for error in exc.errors():
         loc = ".".join(str(p) for p in error["loc"]) or "arguments"
         parts.append(f"{loc}: {error['msg']}")
-    return f"invalid arguments for {tool}: " + "; ".join(parts)
+    return errors.invalid_arguments(tool, "; ".join(parts))
 
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -265,7 +265,7 @@ class GatewayTools:
         assert isinstance(params, WorkflowRequest)
         problem = self._check_workflow_tools(params)
         if problem:
-            return errors.tool_error(f"invalid arguments for {name}: {problem}")
+            return errors.tool_error(errors.invalid_arguments(name, problem))
         # A workflow whose tasks failed still ran: the per-task results say what happened.
         return structured_result(await self.runner.run(params, progress))
 

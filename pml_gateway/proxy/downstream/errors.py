@@ -23,6 +23,7 @@ __all__ = [
     "connection_lost",
     "describe_error",
     "internal_error",
+    "invalid_arguments",
     "invalid_result",
     "not_configured",
     "refused",
@@ -89,6 +90,11 @@ def call_failed(server: str, tool: str, detail: str) -> str:
 def invalid_result(name: str) -> str:
     """The downstream's result does not fit the MCP schema of the client's protocol version."""
     return f"tool {name!r} returned a result that is not a valid MCP tool result"
+
+
+def invalid_arguments(tool: str, problem: str) -> str:
+    """Arguments of a gateway tool (``pml_*``) refused; ``problem`` names the field."""
+    return f"invalid arguments for {tool}: {problem}"
 
 
 def internal_error(name: str, exc: BaseException) -> str:
