@@ -27,16 +27,11 @@ from pml_gateway.proxy.registry import ToolRegistry
 from pml_gateway.proxy.sdk_compat import SdkInternals
 from pml_gateway.proxy.server import UpstreamServer
 from pml_gateway.proxy.tools import GatewayTools
+from test_gateway_fast_path import LEGACY, META, MODERN
 
 pytestmark = pytest.mark.anyio
 
-MODERN = "2026-07-28"
-LEGACY = "2025-11-25"
-ENVELOPE = {
-    "io.modelcontextprotocol/protocolVersion": MODERN,
-    "io.modelcontextprotocol/clientInfo": {"name": "unit", "version": "1"},
-    "io.modelcontextprotocol/clientCapabilities": {},
-}
+ENVELOPE = META  # the 2026-07-28 _meta envelope a client sends
 REGION_SCHEMA = {"type": "object", "properties": {"region": {"type": "string", "x-mcp-header": "Region"}}}
 
 
