@@ -220,7 +220,8 @@ def main() -> None:
             ]
             ports = [echo_port, gateway_port]
             if args.sdk_path:
-                processes.append(gateway(sdk_port, PML_FAST_PATH="0"))
+                # PML_GATEWAY_FAST_PATH: its name before the layout move, for comparing with older trees
+                processes.append(gateway(sdk_port, PML_FAST_PATH="0", PML_GATEWAY_FAST_PATH="0"))
                 targets.append(("pml-gateway, SDK path", f"http://127.0.0.1:{sdk_port}/mcp", "echo__echo", processes[-1].pid))
                 ports.append(sdk_port)
             python = None if args.no_fastmcp else fastmcp_python()

@@ -98,15 +98,6 @@ class WorkflowExecution(BaseModel):
     def has_dependencies(self) -> bool:
         return any(task.depends_on for task in self.tasks)
 
-    @classmethod
-    def from_tool_ids(
-        cls, tool_ids: list[ToolId], *, success: bool = True, execution_time_ms: float = 0.0, workflow_id: str | None = None
-    ) -> WorkflowExecution:
-        data: dict[str, Any] = {"tool_ids": tool_ids, "success": success, "execution_time_ms": execution_time_ms}
-        if workflow_id is not None:
-            data["workflow_id"] = workflow_id
-        return cls.model_validate(data)
-
 
 class DagTask(Protocol):
     """What ``check_dag`` reads of a task."""

@@ -17,7 +17,8 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from graphrag import GraphRAGEngine, WorkflowExecution
+from executions import sequence
+from graphrag import GraphRAGEngine
 from graphrag.communities import CommunityWorker, igraph_available
 from graphrag.graph_arrays import GraphArrays
 from graphrag.metrics import DAMPING, MetricsComputer, density
@@ -160,7 +161,7 @@ async def test_engine_pagerank_equals_networkx_on_the_learned_graph() -> None:
     tools = [f"s{i % 3}__tool{i}" for i in range(15)]
     for _ in range(60):
         path = rng.sample(tools, rng.randint(2, 5))
-        await engine.update_from_execution(WorkflowExecution.from_tool_ids(path, success=rng.random() < 0.7))
+        await engine.update_from_execution(sequence(path, success=rng.random() < 0.7))
     metrics = await engine.refresh_metrics()
     expected = networkx_pagerank(engine.graph)
     for node, score in expected.items():
@@ -398,7 +399,7 @@ async def test_engine_getters_after_refresh() -> None:
     engine = GraphRAGEngine()
     assert engine.get_top_pagerank(10) == [] and engine.get_communities_count() == 0
     for path in (["a__x", "a__y", "a__z"], ["a__y", "a__z"], ["b__p", "b__q"], ["b__q", "b__p"]):
-        await engine.update_from_execution(WorkflowExecution.from_tool_ids(path))
+        await engine.update_from_execution(sequence(path))
     metrics = await engine.refresh_metrics()
     # 5 tools, 5 edges: a__x->a__y, a__y->a__z, b__p->b__q, b__q->b__p (a__y->a__z seen twice).
     assert engine.get_density() == 4 / (5 * 4) == metrics.density
@@ -414,7 +415,7 @@ async def test_engine_getters_after_refresh() -> None:
 async def test_graph_snapshot_nodes_carry_pagerank_and_community() -> None:
     engine = GraphRAGEngine()
     for path in (["a__x", "a__y"], ["a__y", "a__x"], ["b__p", "b__q"], ["b__q", "b__p"]):
-        await engine.update_from_execution(WorkflowExecution.from_tool_ids(path))
+        await engine.update_from_execution(sequence(path))
     before = engine.snapshot().model_dump(mode="json")
     assert all(node["pagerank"] is None and node["community"] is None for node in before["nodes"])
     await engine.refresh_metrics()
@@ -437,10 +438,10 @@ async def test_metrics_follow_a_resync_from_the_store(tmp_path) -> None:
     try:
         engine = GraphRAGEngine(store=store)
         for path in (["a__x", "a__y", "a__z"], ["a__z", "a__x"]):
-            await engine.update_from_execution(WorkflowExecution.from_tool_ids(path))
+            await engine.update_from_execution(sequence(path))
         first = await engine.refresh_metrics()
         await engine.sync_from_database()  # a fresh mirror, same graph
-        await engine.update_from_execution(WorkflowExecution.from_tool_ids(["a__y", "b__w"]))
+        await engine.update_from_execution(sequence(["a__y", "b__w"]))
         second = await engine.refresh_metrics()
         expected = networkx_pagerank(engine.graph)
         assert second.pagerank == pytest.approx(expected, abs=1e-6)
