@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Versions and lineages are unique in the process, so state keyed on them is never mistaken
+#: Lineages are unique in the process, so state keyed on one is never mistaken
 #: for state of another mirror (the engine starts a fresh mirror on every sync).
 _counter = itertools.count(1)
 
