@@ -10,8 +10,10 @@ A crash before 2 loses nothing anyone saw; after 2 everything is on disk.
 The engine is driven from one asyncio event loop; each learning step runs without awaiting, so
 steps never interleave. Metrics are computed in a worker thread from an array snapshot.
 
-Tool ids are opaque here: the server a tool belongs to comes with its task (``TaskRun.server``)
-and is stored with the node the first time the tool is seen; it is never parsed out of the id.
+Tool ids are opaque here: the server a tool belongs to comes with its task (``TaskRun.server``),
+or, for a task that names none, from the resolver the application gave ``resolve_servers`` (the
+gateway's name registry); it is stored with the node the first time the tool is seen and never
+parsed out of the id.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ from .suggestions import Suggestion, suggest_next
 log = logging.getLogger(__name__)
 
 Listener = Callable[[GraphEvent], None]
+#: Which server a tool id belongs to, as whoever named the tools knows it (``None``: unknown).
+ServerResolver = Callable[[str], str | None]
 
 class GraphRAGEngine:
     def __init__(self, store: GraphStore | None = None, *, metrics_computer: MetricsComputer | None = None) -> None:
@@ -61,6 +65,11 @@ class GraphRAGEngine:
         self._metrics_lock: anyio.Lock | None = None
         self._snapshot_cache: tuple[tuple[int, int | None], bytes] | None = None
         self._group: list[tuple[WorkflowExecution, asyncio.Future[list[GraphEvent]]]] = []
+        self._resolver: ServerResolver | None = None
+
+    def resolve_servers(self, resolver: ServerResolver | None) -> None:
+        """Ask ``resolver`` for the server of a new tool whose task names none (``None``: stop asking)."""
+        self._resolver = resolver
 
     def close(self) -> None:
         """Stop the metrics worker process, if one was started (the store is closed by its owner)."""
@@ -201,7 +210,10 @@ class GraphRAGEngine:
         nodes: dict[str, str | None] = {}
         for task in execution.tasks:
             if task.tool_id not in self.graph and nodes.get(task.tool_id) is None:
-                nodes[task.tool_id] = task.server
+                server = task.server
+                if server is None and self._resolver is not None:
+                    server = self._resolver(task.tool_id)
+                nodes[task.tool_id] = server
         return ExecutionRecord(execution, nodes, changes, payloads)
 
     def _add_node(self, tool_id: str, server: str | None) -> None:

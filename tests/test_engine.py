@@ -206,3 +206,11 @@ async def test_snapshot_json_is_the_snapshot_document_and_is_cached(tmp_path) ->
     reopened = GraphRAGEngine(store=SQLiteStore(tmp_path / "g.db"))
     await reopened.sync_from_database()
     assert json.loads(reopened.snapshot_json()) == json.loads(reopened.snapshot().model_dump_json())
+
+
+async def test_a_task_without_a_server_asks_the_resolver_the_application_gave() -> None:
+    engine = GraphRAGEngine()
+    engine.resolve_servers({"x__read": "x.files"}.get)
+    tasks = [TaskRun(id="1", tool_id="x__read"), TaskRun(id="2", tool_id="y__write", server="y"), TaskRun(id="3", tool_id="z")]
+    await engine.update_from_execution(WorkflowExecution(tasks=tasks))
+    assert {n.id: n.server for n in engine.snapshot().nodes} == {"x__read": "x.files", "y__write": "y", "z": None}

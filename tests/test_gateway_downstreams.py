@@ -272,7 +272,12 @@ async def test_servers_named_with_the_separator_or_odd_characters(tmp_path: Path
                         return nodes if {"a__b__echo", "a__b__pid"} <= nodes.keys() else None
 
                     graph = await wait_for(graph_servers)
-                assert graph["a__b__echo"] == graph["a__b__pid"] == "a__b"
+                    assert graph["a__b__echo"] == graph["a__b__pid"] == "a__b"
+                    # an agent's execution that names no server: the registry answers, also for a server that is down
+                    posted = await http.post("/executions", json={"tool_ids": ["a__b__write", "my_files__read"]})
+                    assert posted.status_code == 202  # recorded by then
+                    graph = await graph_servers()
+                    assert graph is not None and graph["a__b__write"] == "a__b" and graph["my_files__read"] == "my.files"
 
                 os.kill(pid, signal.SIGKILL)
                 await wait_for(lambda: _state(gw.url, "a__b", "failed"))

@@ -128,6 +128,8 @@ class Gateway:
         upstream = UpstreamServer(self.registry, self.pool, tools, self.traces)
         security = security_settings(self.settings.host)
         manager = StreamableHTTPSessionManager(app=upstream.server, security_settings=security)
+        # Executions that name no server (POST /executions) get it from the registry, not from the name.
+        engine.resolve_servers(self.registry.owner)
         async with self.pool.running(startup_timeout=self.startup_timeout), upstream.running(), manager.run():
             self.upstream, self.session_manager = upstream, manager
             self._http_app = StreamableHTTPASGIApp(manager)
@@ -139,6 +141,7 @@ class Gateway:
                 yield self
             finally:
                 self.upstream = self.session_manager = self._http_app = self.fast_path = None
+                engine.resolve_servers(None)
 
     async def serve_stdio(self) -> None:
         """Serve MCP over this process's stdin/stdout until the client closes it (inside ``running``)."""
