@@ -11,6 +11,10 @@ see what the SDK sees and answer as the SDK would. Three things it needs are not
   (``ServerRunner._serialize``: validate and sieve for the protocol version, ``resultType``, the
   ``serverInfo`` stamp): a copy for ``tools/call`` is ``serialize_tool_result``.
 
+One more reliance, on documented but loosely typed behaviour: the ``on_call_tool`` handler
+returns the result as a wire dict (the runner's ``HandlerResult`` is ``BaseModel | dict``,
+though ``Server``'s signature names the models); every SDK-path test over the wire exercises it.
+
 ``SdkInternals.problems`` lists what is missing from the installed SDK. The gateway logs each one
 as a warning at start-up and the fast path then leaves 2025-era sessions to the SDK (never a
 silent switch-off); tests/test_sdk_compat.py fails when any of them is missing or behaves
