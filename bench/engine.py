@@ -594,8 +594,8 @@ def bench_quality(budgets: Sequence[int], seeds: int) -> None:
                 rng = random.Random(seed * 1000 + len(graph.tools))
                 model = true_model(graph, rng)
                 engine = GraphRAGEngine()
-                for execution in simulate(model, budget, rng):
-                    engine.record(execution)
+                # One batch learns exactly as one by one (tests/test_engine.py).
+                anyio.run(engine.update_from_executions, list(simulate(model, budget, rng)))
                 for source in graph.tools:
                     relevance = model.relevance(source)
                     if len(relevance) < 2 or source not in engine.graph:

@@ -14,7 +14,10 @@ by the same client code in three ways, in one run:
 
 Clients speak either protocol era over Streamable HTTP: 2025-11-25 (``ClientSession``, an
 ``initialize`` handshake and a session each) and 2026-07-28 (``Client``, self-contained requests).
-Reported: p50/p99 latency of one ``tools/call`` and calls/s over all clients, after a warm-up.
+Reported: p50/p99 latency of one ``tools/call`` and calls/s over all clients, after a warm-up,
+and the CPU time the serving process spent per call in the measured window (user + system, from
+``/proc/<pid>/stat``; for "direct" that is the echo server, for a proxy the proxy process alone).
+On a shared, loaded machine latency swings with the neighbours' load; CPU per call much less.
 """
 
 from __future__ import annotations
@@ -66,6 +69,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_port(port: int, timeout: float = 60) -> None:
@@ -120,9 +129,10 @@ async def connect(url: str, era: str) -> AsyncIterator[Callable[[str, dict[str, 
 
 
 async def measure(
-    url: str, tool: str, era: str, concurrency: int, seconds: float, warmup: int = 30
+    url: str, tool: str, era: str, concurrency: int, seconds: float, pid: int, warmup: int = 30
 ) -> dict[str, float]:
     latencies: list[float] = []
+    cpu_start = 0.0
     counted = 0
     sessions_ready = anyio.Event()
     ready_count = 0
@@ -147,14 +157,22 @@ async def measure(
                     raise RuntimeError(f"{tool} failed: {result.content}")
                 counted += 1
 
+    async def sample_at_start() -> None:
+        nonlocal cpu_start
+        await anyio.sleep(max(0.0, start_at - time.perf_counter()))
+        cpu_start = cpu_seconds(pid)
+
     async with anyio.create_task_group() as tg:
         for _ in range(concurrency):
             tg.start_soon(client)
         await sessions_ready.wait()
         start_at = time.perf_counter() + 0.05
         end_at = start_at + seconds
+        tg.start_soon(sample_at_start)
+    cpu = cpu_seconds(pid) - cpu_start
     ordered = sorted(latencies)
     return {
+        "cpu_ms": cpu / max(1, counted) * 1000,
         "p50": statistics.median(ordered) * 1000,
         "p99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
         "rate": counted / seconds,
@@ -197,32 +215,33 @@ def main() -> None:
 
             processes.append(gateway(gateway_port))
             targets = [
-                ("direct", echo_url, "echo"),
-                ("pml-gateway", f"http://127.0.0.1:{gateway_port}/mcp", "echo__echo"),
+                ("direct", echo_url, "echo", processes[0].pid),
+                ("pml-gateway", f"http://127.0.0.1:{gateway_port}/mcp", "echo__echo", processes[1].pid),
             ]
             ports = [echo_port, gateway_port]
             if args.sdk_path:
-                processes.append(gateway(sdk_port, PML_FAST_PATH="0"))
-                targets.append(("pml-gateway, SDK path", f"http://127.0.0.1:{sdk_port}/mcp", "echo__echo"))
+                # PML_GATEWAY_FAST_PATH: its name before the layout move, for comparing with older trees
+                processes.append(gateway(sdk_port, PML_FAST_PATH="0", PML_GATEWAY_FAST_PATH="0"))
+                targets.append(("pml-gateway, SDK path", f"http://127.0.0.1:{sdk_port}/mcp", "echo__echo", processes[-1].pid))
                 ports.append(sdk_port)
             python = None if args.no_fastmcp else fastmcp_python()
             if python is not None:
                 processes.append(
                     subprocess.Popen([str(python), "-c", FASTMCP_PROXY, echo_url, str(fastmcp_port)], **quiet)
                 )
-                targets.append(("FastMCP proxy", f"http://127.0.0.1:{fastmcp_port}/mcp", "echo"))
+                targets.append(("FastMCP proxy", f"http://127.0.0.1:{fastmcp_port}/mcp", "echo", processes[-1].pid))
                 ports.append(fastmcp_port)
             for port in ports:
                 wait_port(port)
 
             async def run_all() -> list[tuple[str, str, int, dict[str, float]]]:
-                for _, url, tool in targets:
+                for _, url, tool, _ in targets:
                     await ready(url, tool)
                 rows = []
                 for era in eras:
                     for concurrency in levels:
-                        for name, url, tool in targets:
-                            result = await measure(url, tool, era, concurrency, args.seconds)
+                        for name, url, tool, pid in targets:
+                            result = await measure(url, tool, era, concurrency, args.seconds, pid)
                             rows.append((name, era, concurrency, result))
                             print(f"bench: {era} {name} x{concurrency}: p50 {result['p50']:.2f} ms", file=sys.stderr)
                 return rows
@@ -239,11 +258,14 @@ def main() -> None:
 
     direct = {(era, c): m for name, era, c, m in rows if name == "direct"}
     print(f"\nOne tool call through a proxy: {args.seconds:g} s per row, {os.cpu_count()} cores, Python {sys.version.split()[0]}\n")
-    print("| client era | target | clients | p50 ms | p99 ms | calls/s | p50 over direct |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| client era | target | clients | p50 ms | p99 ms | calls/s | p50 over direct | server CPU ms/call |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for name, era, concurrency, m in rows:
         over = "" if name == "direct" else f"{m['p50'] - direct[(era, concurrency)]['p50']:+.2f} ms"
-        print(f"| {era} | {name} | {concurrency} | {m['p50']:.2f} | {m['p99']:.2f} | {m['rate']:.0f} | {over} |")
+        print(
+            f"| {era} | {name} | {concurrency} | {m['p50']:.2f} | {m['p99']:.2f} | {m['rate']:.0f} | {over} "
+            f"| {m['cpu_ms']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

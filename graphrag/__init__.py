@@ -5,7 +5,7 @@ No MCP, no HTTP: networkx, pydantic and SQLite. See DESIGN.md "Python API".
 
 from .engine import GraphRAGEngine
 from .events import GraphEvent
-from .execution import TaskRun, WorkflowExecution
+from .execution import TaskRun, WorkflowExecution, check_dag
 from .metrics import GraphMetrics
 from .metrics_scheduler import MetricsScheduler
 from .snapshot import GraphSnapshot
@@ -27,4 +27,5 @@ __all__ = [
     "Suggestion",
     "TaskRun",
     "WorkflowExecution",
+    "check_dag",
 ]

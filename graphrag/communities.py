@@ -31,7 +31,6 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-Backend = Literal["auto", "igraph", "networkx"]
 BACKENDS: tuple[str, ...] = ("auto", "igraph", "networkx")
 
 LOUVAIN_SEED = 42

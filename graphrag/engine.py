@@ -9,6 +9,11 @@ A crash before 2 loses nothing anyone saw; after 2 everything is on disk.
 
 The engine is driven from one asyncio event loop; each learning step runs without awaiting, so
 steps never interleave. Metrics are computed in a worker thread from an array snapshot.
+
+Tool ids are opaque here: the server a tool belongs to comes with its task (``TaskRun.server``),
+or, for a task that names none, from the resolver the application gave ``resolve_servers`` (the
+gateway's name registry); it is stored with the node the first time the tool is seen and never
+parsed out of the id.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from .events import (
 from .execution import WorkflowExecution
 from .graph_arrays import GraphArrays
 from .learning import EdgeState, learn, observations
-from .metrics import GraphMetrics, MetricsComputer
+from .metrics import GraphMetrics, MetricsComputer, top_k
 from .snapshot import GraphSnapshot
 from .store import ExecutionRecord, GraphStore, MemoryStore, ToolsRecord
 from .suggestions import Suggestion, suggest_next
@@ -48,15 +53,8 @@ from .suggestions import Suggestion, suggest_next
 log = logging.getLogger(__name__)
 
 Listener = Callable[[GraphEvent], None]
-
-#: Tool ids from the gateway are "<server>__<tool>".
-SERVER_SEPARATOR = "__"
-
-
-def server_of(tool_id: str) -> str | None:
-    server, sep, _ = tool_id.partition(SERVER_SEPARATOR)
-    return server if sep and server else None
-
+#: Which server a tool id belongs to, as whoever named the tools knows it (``None``: unknown).
+ServerResolver = Callable[[str], str | None]
 
 class GraphRAGEngine:
     def __init__(self, store: GraphStore | None = None, *, metrics_computer: MetricsComputer | None = None) -> None:
@@ -72,6 +70,11 @@ class GraphRAGEngine:
         self._group: list[tuple[WorkflowExecution, asyncio.Future[list[GraphEvent]]]] = []
         #: The tools the downstream servers offer now (tool id -> server), as last committed.
         self._available: dict[str, str] = self.store.available_tools()
+        self._resolver: ServerResolver | None = None
+
+    def resolve_servers(self, resolver: ServerResolver | None) -> None:
+        """Ask ``resolver`` for the server of a new tool whose task names none (``None``: stop asking)."""
+        self._resolver = resolver
 
     def close(self) -> None:
         """Stop the metrics worker process, if one was started (the store is closed by its owner)."""
@@ -148,7 +151,7 @@ class GraphRAGEngine:
     def _commit_group(self) -> None:
         group, self._group = self._group, []
         try:
-            results = self.record_many([execution for execution, _ in group])
+            results = self._record_batch([execution for execution, _ in group])
         except Exception as exc:  # the store refused the transaction: nothing of it was applied
             for _, waiter in group:
                 if not waiter.done():
@@ -160,13 +163,10 @@ class GraphRAGEngine:
 
     async def update_from_executions(self, executions: Sequence[WorkflowExecution]) -> list[list[GraphEvent]]:
         """Learn from several executions at once: one commit for all, events as if one by one."""
-        return self.record_many(executions)
+        return self._record_batch(executions)
 
-    def record(self, execution: WorkflowExecution) -> list[GraphEvent]:
-        """``update_from_execution`` for synchronous callers (benchmarks, scripts)."""
-        return self.record_many([execution])[0]
-
-    def record_many(self, executions: Sequence[WorkflowExecution]) -> list[list[GraphEvent]]:
+    def _record_batch(self, executions: Sequence[WorkflowExecution]) -> list[list[GraphEvent]]:
+        """Compute, commit, apply, emit (the module's order) for a batch; nothing awaited."""
         if not executions:
             return []
         now = utcnow()
@@ -222,8 +222,15 @@ class GraphRAGEngine:
                 timestamp=now,
             )
         )
-        # Only tools the graph does not know yet: the store inserts nodes once.
-        nodes = {tool_id: server_of(tool_id) for tool_id in execution.tool_ids if tool_id not in self.graph}
+        # Only tools the graph does not know yet (the store inserts nodes once), with their server
+        # as the tasks give it (the first task of a tool that names one).
+        nodes: dict[str, str | None] = {}
+        for task in execution.tasks:
+            if task.tool_id not in self.graph and nodes.get(task.tool_id) is None:
+                server = task.server
+                if server is None and self._resolver is not None:
+                    server = self._resolver(task.tool_id)
+                nodes[task.tool_id] = server
         return ExecutionRecord(execution, nodes, changes, payloads)
 
     def _add_node(self, tool_id: str, server: str | None) -> None:
@@ -232,8 +239,9 @@ class GraphRAGEngine:
             self._arrays.node_index(tool_id)
 
     def _apply_edge(self, edge: EdgeState) -> None:
-        self._add_node(edge.source, server_of(edge.source))
-        self._add_node(edge.target, server_of(edge.target))
+        # Nodes are added with their server before their edges; a store that lacks one still loads.
+        self._add_node(edge.source, None)
+        self._add_node(edge.target, None)
         self.graph.add_edge(
             edge.source,
             edge.target,
@@ -329,8 +337,7 @@ class GraphRAGEngine:
             return []
         if k <= len(self.metrics.pagerank_top_10):
             return self.metrics.pagerank_top_10[:k]
-        ranked = sorted(self.metrics.pagerank.items(), key=lambda item: (-item[1], item[0]))[:k]
-        return [PageRankEntry(tool_id=t, score=s) for t, s in ranked]
+        return top_k(self.metrics.pagerank, k)
 
     def get_communities_count(self) -> int:
         return self.metrics.communities_count if self.metrics is not None else 0

@@ -5,17 +5,23 @@ Two input forms are accepted everywhere (Python, ``POST /executions``):
 - full: ``{workflow_id, tasks: [{id, tool_id, depends_on, success}], success, execution_time_ms}``
 - short: ``{workflow_id, tool_ids: [...], success, execution_time_ms}``, a plain sequence.
 
-Bad input is refused with a ``pydantic.ValidationError`` whose location names the field.
+Bad input is refused with a ``pydantic.ValidationError`` whose location names the field
+(``tasks.1.depends_on``). ``check_dag`` is the one DAG validator: the gateway's workflow runner
+checks its requests with it too.
+
+A task may say which server its tool belongs to (``server``): the library never works it out
+from the tool's name, whose scheme belongs to whoever names the tools.
 """
 
 from __future__ import annotations
 
 import unicodedata
 import uuid
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 ToolId = str
 #: Longest task or tool id accepted (exposed MCP names are at most 64 characters).
@@ -46,6 +52,7 @@ class TaskRun(BaseModel):
 
     id: str = Field(min_length=1, description="Task id, unique within the workflow.")
     tool_id: ToolId = Field(min_length=1, description="The tool that ran, e.g. files__read.")
+    server: str | None = Field(default=None, description="The server the tool belongs to, when known.")
     depends_on: list[str] = Field(default_factory=list, description="Ids of tasks this one waited for.")
     success: bool = True
 
@@ -80,7 +87,7 @@ class WorkflowExecution(BaseModel):
         value = dict(value)
         tool_ids = value.pop("tool_ids")
         if not isinstance(tool_ids, list):
-            # Let the normal list validation produce the error, under the name the caller used.
+            # Refused here: past this point the error would name ``tasks``, not what the caller sent.
             raise PydanticCustomError("list_type", "tool_ids: must be a list of tool ids")
         if not tool_ids:
             raise PydanticCustomError("too_short", "tool_ids: must name at least one tool")
@@ -94,23 +101,7 @@ class WorkflowExecution(BaseModel):
     @field_validator("tasks")
     @classmethod
     def _check_dag(cls, tasks: list[TaskRun]) -> list[TaskRun]:
-        ids = [task.id for task in tasks]
-        seen: set[str] = set()
-        for index, task_id in enumerate(ids):
-            if task_id in seen:
-                raise PydanticCustomError("duplicate_task_id", f"tasks[{index}].id: duplicate task id {task_id!r}")
-            seen.add(task_id)
-        for index, task in enumerate(tasks):
-            for dep in task.depends_on:
-                if dep not in seen:
-                    raise PydanticCustomError(
-                        "unknown_dependency", f"tasks[{index}].depends_on: {dep!r} names no task of this workflow"
-                    )
-                if dep == task.id:
-                    raise PydanticCustomError("self_dependency", f"tasks[{index}].depends_on: task {dep!r} depends on itself")
-        cycle = _find_cycle({task.id: task.depends_on for task in tasks})
-        if cycle:
-            raise PydanticCustomError("dependency_cycle", "dependency cycle " + " -> ".join(cycle))
+        check_dag(tasks)
         return tasks
 
     @model_validator(mode="after")
@@ -127,14 +118,43 @@ class WorkflowExecution(BaseModel):
     def has_dependencies(self) -> bool:
         return any(task.depends_on for task in self.tasks)
 
-    @classmethod
-    def from_tool_ids(
-        cls, tool_ids: list[ToolId], *, success: bool = True, execution_time_ms: float = 0.0, workflow_id: str | None = None
-    ) -> WorkflowExecution:
-        data: dict[str, Any] = {"tool_ids": tool_ids, "success": success, "execution_time_ms": execution_time_ms}
-        if workflow_id is not None:
-            data["workflow_id"] = workflow_id
-        return cls.model_validate(data)
+
+class DagTask(Protocol):
+    """What ``check_dag`` reads of a task."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def depends_on(self) -> list[str]: ...
+
+
+def check_dag(tasks: Sequence[DagTask]) -> None:
+    """Refuse tasks that are not a DAG: duplicate ids, unknown or self dependencies, a cycle.
+
+    For a ``field_validator`` of a ``tasks`` list: raises ``pydantic.ValidationError``, whose
+    location pydantic puts under the field (``tasks.1.depends_on``; ``tasks`` for a cycle).
+    """
+
+    def refuse(kind: str, message: str, loc: tuple[int | str, ...], value: Any) -> None:
+        error = InitErrorDetails(type=PydanticCustomError(kind, message), loc=loc, input=value)
+        raise ValidationError.from_exception_data("tasks", [error])
+
+    seen: set[str] = set()
+    for index, task in enumerate(tasks):
+        if task.id in seen:
+            refuse("duplicate_task_id", f"duplicate task id {task.id!r}", (index, "id"), task.id)
+        seen.add(task.id)
+    for index, task in enumerate(tasks):
+        for dep in task.depends_on:
+            if dep == task.id:
+                refuse("self_dependency", f"task {dep!r} depends on itself", (index, "depends_on"), task.depends_on)
+            if dep not in seen:
+                message = f"{dep!r} names no task of this workflow"
+                refuse("unknown_dependency", message, (index, "depends_on"), task.depends_on)
+    cycle = _find_cycle({task.id: task.depends_on for task in tasks})
+    if cycle:
+        refuse("dependency_cycle", "dependency cycle " + " -> ".join(cycle), (), [task.id for task in tasks])
 
 
 def _find_cycle(depends_on: dict[str, list[str]]) -> list[str] | None:

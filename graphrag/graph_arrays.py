@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Versions and lineages are unique in the process, so state keyed on them is never mistaken
+#: Lineages are unique in the process, so state keyed on one is never mistaken
 #: for state of another mirror (the engine starts a fresh mirror on every sync).
 _counter = itertools.count(1)
 
@@ -32,9 +32,6 @@ class ArraysSnapshot:
     src: np.ndarray  # int32 node indices, read-only
     dst: np.ndarray
     weight: np.ndarray  # float64 confidences, a private copy
-    #: Changes whenever an edge or node is added (weights alone changing keep it): lets the
-    #: metrics code reuse a sparse structure built for the same version.
-    structure_version: int
     #: Identifies the mirror the snapshot came from: two snapshots of the same lineage agree on
     #: every edge position the older one has.
     lineage: int = 0
@@ -59,7 +56,6 @@ class GraphArrays:
         self._weight = np.empty(capacity, dtype=np.float64)
         self._edges = 0
         self._lineage = next(_counter)
-        self._structure_version = next(_counter)
         self._nodes_snapshot: tuple[str, ...] = ()
 
     @classmethod
@@ -98,7 +94,6 @@ class GraphArrays:
         if index is None:
             index = self._index[tool_id] = len(self._nodes)
             self._nodes.append(tool_id)
-            self._structure_version = next(_counter)
         return index
 
     def set_edge(self, source: str, target: str, weight: float) -> None:
@@ -111,7 +106,6 @@ class GraphArrays:
             position = self._edge_index[key] = self._edges
             self._src[position], self._dst[position] = s, t
             self._edges += 1
-            self._structure_version = next(_counter)
         self._weight[position] = weight
 
     def _grow(self) -> None:
@@ -134,9 +128,5 @@ class GraphArrays:
             src=src,
             dst=dst,
             weight=self._weight[:n].copy(),
-            structure_version=self._structure_version,
             lineage=self._lineage,
         )
-
-    def clear(self) -> None:
-        self.__init__()  # type: ignore[misc]

@@ -72,7 +72,7 @@ def density(node_count: int, edge_count: int) -> float:
 
 
 def top_k(pagerank: dict[str, float], k: int) -> list[PageRankEntry]:
-    # Ties broken by tool id, so the top 10 is stable between runs.
+    """The ``k`` best scores; ties broken by tool id, so the top 10 is stable between runs."""
     ranked = sorted(pagerank.items(), key=lambda item: (-item[1], item[0]))[:k]
     return [PageRankEntry(tool_id=tool_id, score=score) for tool_id, score in ranked]
 

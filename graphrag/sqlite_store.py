@@ -2,7 +2,7 @@
 
 Durability: WAL with ``synchronous=NORMAL`` keeps every committed transaction across a crash of
 the process (SIGKILL included); only a power loss may lose the last transactions, and never
-half of one. The engine emits an execution's events only after ``record_execution`` committed.
+half of one. The engine emits an execution's events only after ``record_executions`` committed.
 
 Ids: the log's ``INTEGER PRIMARY KEY AUTOINCREMENT`` never reuses an id, even after pruning, and
 SQLite has one writer at a time, so ids are assigned in commit order.

@@ -101,7 +101,6 @@ class MemoryStore:
         self._available: dict[str, str] = {}  # tool id -> server
         self._next_id = 1
         self._lock = threading.Lock()  # events_after may be called from a worker thread
-        self.executions_recorded = 0
 
     def load(self) -> StoredGraph:
         with self._lock:
@@ -116,7 +115,6 @@ class MemoryStore:
                 for edge in record.edges:
                     self._edges[(edge.source, edge.target)] = edge
                 stored.append(self._append(record.payloads))
-            self.executions_recorded += len(records)
             return stored
 
     def append_events(self, payloads: Sequence[EventPayload]) -> list[GraphEvent]:

@@ -1,10 +1,13 @@
-"""Shared pieces of the gateway tests: real servers on real ports, real MCP clients."""
+"""Shared pieces of the gateway tests: real servers on real ports, real MCP clients.
+
+``run_gateway`` runs the whole app with a ``Gateway`` through server_helpers' ``running_server``
+(the product's ``make_server``: its start-up and its shutdown).
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -16,12 +19,13 @@ from typing import Any
 import anyio
 import httpx
 import mcp.types as types
-import uvicorn
 
-from pml_gateway.app import create_app
 from pml_gateway.proxy.downstream.supervisor import SupervisionTiming
 from pml_gateway.proxy.gateway import Gateway
 from pml_gateway.settings import Settings
+from server_helpers import free_port, running_server
+
+__all__ = ["free_port"]  # re-exported: gateway tests import it from here
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -32,12 +36,6 @@ TEST_SERVER = HERE / "gateway_test_server.py"
 FAST = SupervisionTiming(
     backoff_initial=0.1, backoff_max=0.4, connect_timeout=20, ping_interval=0.3, ping_timeout=5, stable_after=5
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def stdio_entry(*args: str, **extra: Any) -> dict[str, Any]:
@@ -77,23 +75,12 @@ async def run_gateway(
         "trace_idle_seconds": 0.5,
         "metrics_interval_seconds": 0.2,
         "heartbeat_seconds": 5,
+        "log_level": "warning",
     }
     values.update(settings)
     gateway = Gateway(Settings(**values), timing=timing)
-    app = create_app(gateway.settings, extensions=[gateway])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve)
-        with anyio.fail_after(30):
-            while not server.started:
-                if tg.cancel_scope.cancel_called:
-                    raise RuntimeError("server failed to start")
-                await anyio.sleep(0.02)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        try:
-            yield RunningGateway(url=f"http://127.0.0.1:{port}", gateway=gateway, app=app)
-        finally:
-            server.should_exit = True
+    async with running_server(gateway.settings, [gateway]) as running:
+        yield RunningGateway(url=running.base_url, gateway=gateway, app=running.app)
 
 
 @contextmanager

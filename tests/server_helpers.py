@@ -2,11 +2,16 @@
 
     async with running_app(settings) as base_url: ...
     async with running_server(settings, extensions=[...]) as running:   # .base_url .app .server .stop()
+
+The one way tests run the app: through ``pml_gateway.server.make_server``, so start-up and
+shutdown are the product's own (tests/gateway_support.py's ``run_gateway`` builds on it).
+``free_port`` is for processes that must be told their port in advance.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -24,6 +29,13 @@ from pml_gateway.settings import Settings
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 20.0
+
+
+def free_port() -> int:
+    """A port that was free a moment ago on 127.0.0.1 (for subprocesses given a port up front)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def make_settings(**overrides: Any) -> Settings:

@@ -31,7 +31,8 @@ INGESTER = textwrap.dedent(
         i = 0
         while True:
             tools = [f"s{(i + k) % 5}__t{(i * 7 + k) % 11}" for k in range(5)]
-            await engine.update_from_execution(WorkflowExecution.from_tool_ids(tools, workflow_id=f"w{i}"))
+            execution = WorkflowExecution.model_validate({"tool_ids": tools, "workflow_id": f"w{i}"})
+            await engine.update_from_execution(execution)
             i += 1
 
     anyio.run(main)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from executions import sequence
 from graphrag import GraphEvent, GraphRAGEngine, TaskRun, WorkflowExecution
 
 pytestmark = pytest.mark.anyio
@@ -11,13 +12,13 @@ pytestmark = pytest.mark.anyio
 
 async def test_first_observation_creates_then_updates() -> None:
     engine = GraphRAGEngine()
-    first = await engine.update_from_execution(WorkflowExecution.from_tool_ids(["a", "b", "c"], workflow_id="w1"))
+    first = await engine.update_from_execution(sequence(["a", "b", "c"], workflow_id="w1"))
     assert [e.type for e in first] == ["edge_created", "edge_created", "workflow_executed"]
     assert first[0].data.from_tool_id == "a" and first[0].data.to_tool_id == "b"
     assert first[0].data.observed_count == 1 and first[0].data.edge_type == "sequence"
     assert first[-1].data.workflow_id == "w1" and first[-1].data.tool_ids == ["a", "b", "c"]
 
-    second = await engine.update_from_execution(WorkflowExecution.from_tool_ids(["a", "b"], success=False))
+    second = await engine.update_from_execution(sequence(["a", "b"], success=False))
     assert [e.type for e in second] == ["edge_updated", "workflow_executed"]
     update = second[0].data
     assert update.old_confidence == first[0].data.confidence_score
@@ -42,7 +43,7 @@ async def test_listeners_hear_every_event_in_order_and_off_stops_them() -> None:
 
     for listener in (first, broken, second):
         engine.on(listener)
-    await engine.update_from_execution(WorkflowExecution.from_tool_ids(["a", "b"]))
+    await engine.update_from_execution(sequence(["a", "b"]))
     assert heard == [
         ("first", 1, "edge_created"),
         ("second", 1, "edge_created"),
@@ -51,17 +52,17 @@ async def test_listeners_hear_every_event_in_order_and_off_stops_them() -> None:
     ]
     engine.off(first)
     engine.off(broken)
-    await engine.update_from_execution(WorkflowExecution.from_tool_ids(["a", "b"]))
+    await engine.update_from_execution(sequence(["a", "b"]))
     assert heard[4:] == [("second", 3, "edge_updated"), ("second", 4, "workflow_executed")]
 
 
 async def test_dependency_wins_over_sequence() -> None:
     engine = GraphRAGEngine()
-    await engine.update_from_execution(WorkflowExecution.from_tool_ids(["a", "b"]))
+    await engine.update_from_execution(sequence(["a", "b"]))
     dag = WorkflowExecution(tasks=[TaskRun(id="1", tool_id="a"), TaskRun(id="2", tool_id="b", depends_on=["1"])])
     events = await engine.update_from_execution(dag)
     assert events[0].data.edge_type == "dependency"
-    events = await engine.update_from_execution(WorkflowExecution.from_tool_ids(["a", "b"]))
+    events = await engine.update_from_execution(sequence(["a", "b"]))
     assert events[0].data.edge_type == "dependency"
     assert engine.graph.edges["a", "b"]["observed_count"] == 3
 
@@ -70,7 +71,7 @@ async def test_metrics_and_sync_events() -> None:
     engine = GraphRAGEngine()
     synced = await engine.sync_from_database()
     assert synced.type == "graph_synced" and synced.data.node_count == 0
-    await engine.update_from_execution(WorkflowExecution.from_tool_ids(["a", "b", "c"]))
+    await engine.update_from_execution(sequence(["a", "b", "c"]))
     heard: list[GraphEvent] = []
     engine.on(heard.append)
     metrics = await engine.refresh_metrics()
@@ -87,12 +88,12 @@ async def test_metrics_and_sync_events() -> None:
 async def test_suggestions_rank_reliable_successors_first() -> None:
     engine = GraphRAGEngine()
     for _ in range(20):
-        await engine.update_from_execution(WorkflowExecution.from_tool_ids(["read", "summarize"]))
+        await engine.update_from_execution(sequence(["read", "summarize"]))
     for _ in range(20):
         await engine.update_from_execution(
             WorkflowExecution(tasks=[TaskRun(id="1", tool_id="read"), TaskRun(id="2", tool_id="translate", success=False)])
         )
-    await engine.update_from_execution(WorkflowExecution.from_tool_ids(["read", "lucky"]))
+    await engine.update_from_execution(sequence(["read", "lucky"]))
     suggestions = engine.suggest_next(["read"], limit=5)
     assert [s.tool_id for s in suggestions] == ["summarize", "lucky", "translate"]
     assert "observed 20x, 20 succeeded" in suggestions[0].reason
@@ -100,22 +101,27 @@ async def test_suggestions_rank_reliable_successors_first() -> None:
     assert engine.suggest_next(["read"], limit=1)[0].tool_id == "summarize"
     assert engine.suggest_next(["unknown"]) == []
     # the last tool weighs most; tools already used are not suggested again
-    await engine.update_from_execution(WorkflowExecution.from_tool_ids(["summarize", "save"]))
+    await engine.update_from_execution(sequence(["summarize", "save"]))
     assert engine.suggest_next(["read", "summarize"])[0].tool_id == "save"
     assert "summarize" not in [s.tool_id for s in engine.suggest_next(["read", "summarize"])]
 
 
 async def test_snapshot_matches_the_graph() -> None:
     engine = GraphRAGEngine()
-    await engine.update_from_execution(WorkflowExecution.from_tool_ids(["files__read", "text__summarize", "plain"]))
+    tasks = [
+        TaskRun(id="1", tool_id="files__read", server="files"),
+        TaskRun(id="2", tool_id="a__b__summarize", server="a__b"),  # the server comes in, never parsed
+        TaskRun(id="3", tool_id="plain"),
+    ]
+    await engine.update_from_execution(WorkflowExecution(tasks=tasks))
     snapshot = engine.snapshot()
     assert snapshot.last_event_id == 3
-    assert {(n.id, n.server) for n in snapshot.nodes} == {("files__read", "files"), ("text__summarize", "text"), ("plain", None)}
+    assert {(n.id, n.server) for n in snapshot.nodes} == {("files__read", "files"), ("a__b__summarize", "a__b"), ("plain", None)}
     assert snapshot.metrics is None and all(n.pagerank is None for n in snapshot.nodes)
     await engine.refresh_metrics()
     body = engine.snapshot().model_dump(mode="json")
     assert body["last_event_id"] == 4
-    assert {e["from_tool_id"] for e in body["edges"]} == {"files__read", "text__summarize"}
+    assert {e["from_tool_id"] for e in body["edges"]} == {"files__read", "a__b__summarize"}
     assert set(body["edges"][0]) >= {
         "from_tool_id", "to_tool_id", "confidence", "observed_count", "success_count", "failure_count", "edge_type",
     }
@@ -127,9 +133,9 @@ async def test_a_batch_learns_exactly_as_one_by_one(tmp_path) -> None:
     from graphrag import SQLiteStore
 
     executions = [
-        WorkflowExecution.from_tool_ids(["a", "b", "c"], workflow_id="w0"),
-        WorkflowExecution.from_tool_ids(["a", "b"], success=False, workflow_id="w1"),
-        WorkflowExecution.from_tool_ids(["b", "c", "a"], workflow_id="w2"),
+        sequence(["a", "b", "c"], workflow_id="w0"),
+        sequence(["a", "b"], success=False, workflow_id="w1"),
+        sequence(["b", "c", "a"], workflow_id="w2"),
     ]
     single, batched = GraphRAGEngine(), GraphRAGEngine(store=SQLiteStore(tmp_path / "b.db"))
     expected = [await single.update_from_execution(x) for x in executions]
@@ -166,7 +172,7 @@ async def test_concurrent_executions_share_one_commit() -> None:
     results: dict[int, list[GraphEvent]] = {}
 
     async def submit(i: int) -> None:
-        results[i] = await engine.update_from_execution(WorkflowExecution.from_tool_ids(["a", f"t{i}"], workflow_id=f"w{i}"))
+        results[i] = await engine.update_from_execution(sequence(["a", f"t{i}"], workflow_id=f"w{i}"))
 
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tasks:
@@ -177,8 +183,8 @@ async def test_concurrent_executions_share_one_commit() -> None:
     ids = sorted(e.id for events in results.values() for e in events)
     assert ids == list(range(1, 41))  # each execution got its own edge event and workflow_executed
     # One after the other, each call commits on its own.
-    await engine.update_from_execution(WorkflowExecution.from_tool_ids(["a", "b"]))
-    await engine.update_from_execution(WorkflowExecution.from_tool_ids(["a", "b"]))
+    await engine.update_from_execution(sequence(["a", "b"]))
+    await engine.update_from_execution(sequence(["a", "b"]))
     assert store.commits == 3
 
 
@@ -188,15 +194,23 @@ async def test_snapshot_json_is_the_snapshot_document_and_is_cached(tmp_path) ->
     from graphrag import SQLiteStore
 
     engine = GraphRAGEngine(store=SQLiteStore(tmp_path / "g.db"))
-    await engine.update_from_execution(WorkflowExecution.from_tool_ids(["files__read", "text__summarize", "plain"]))
+    await engine.update_from_execution(sequence(["files__read", "text__summarize", "plain"]))
     assert json.loads(engine.snapshot_json()) == json.loads(engine.snapshot().model_dump_json())
     await engine.refresh_metrics()
     body = engine.snapshot_json()
     assert json.loads(body) == json.loads(engine.snapshot().model_dump_json())
     assert engine.snapshot_json() is body  # nothing happened: the cached document
-    await engine.update_from_execution(WorkflowExecution.from_tool_ids(["plain", "files__read"]))
+    await engine.update_from_execution(sequence(["plain", "files__read"]))
     assert json.loads(engine.snapshot_json())["last_event_id"] == engine.last_event_id
     # reloaded from the file, timestamps read back from SQLite serialise the same way
     reopened = GraphRAGEngine(store=SQLiteStore(tmp_path / "g.db"))
     await reopened.sync_from_database()
     assert json.loads(reopened.snapshot_json()) == json.loads(reopened.snapshot().model_dump_json())
+
+
+async def test_a_task_without_a_server_asks_the_resolver_the_application_gave() -> None:
+    engine = GraphRAGEngine()
+    engine.resolve_servers({"x__read": "x.files"}.get)
+    tasks = [TaskRun(id="1", tool_id="x__read"), TaskRun(id="2", tool_id="y__write", server="y"), TaskRun(id="3", tool_id="z")]
+    await engine.update_from_execution(WorkflowExecution(tasks=tasks))
+    assert {n.id: n.server for n in engine.snapshot().nodes} == {"x__read": "x.files", "y__write": "y", "z": None}

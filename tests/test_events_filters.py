@@ -16,11 +16,17 @@ from starlette.datastructures import QueryParams
 
 pytestmark = pytest.mark.anyio
 
+def _execution(workflow_id: str, *tool_ids: str) -> dict[str, object]:
+    # The server of each tool is given (POST /executions never parses it out of a name).
+    tasks = [{"id": f"t{i}", "tool_id": tool, "server": tool.split("__")[0]} for i, tool in enumerate(tool_ids)]
+    return {"workflow_id": workflow_id, "tasks": tasks}
+
+
 EXECUTIONS = [
-    {"workflow_id": "wf-a1", "tool_ids": ["files__read", "text__summarize"]},
-    {"workflow_id": "wf-b1", "tool_ids": ["time__get_current_time", "mail__send"]},
-    {"workflow_id": "wf-a2", "tool_ids": ["mail__send", "text__summarize"]},
-    {"workflow_id": "final", "tool_ids": ["text__summarize", "mail__send"]},
+    _execution("wf-a1", "files__read", "text__summarize"),
+    _execution("wf-b1", "time__get_current_time", "mail__send"),
+    _execution("wf-a2", "mail__send", "text__summarize"),
+    _execution("final", "text__summarize", "mail__send"),
 ]
 
 

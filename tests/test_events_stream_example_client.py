@@ -3,7 +3,6 @@ Last-Event-ID (nothing lost, nothing doubled) and refetches /graph on reset."""
 
 from __future__ import annotations
 
-import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,17 +13,11 @@ import httpx
 import pytest
 from anyio.abc import Process
 
-from server_helpers import make_settings, post_executions, running_app
+from server_helpers import free_port, make_settings, post_executions, running_app
 
 pytestmark = pytest.mark.anyio
 
 CLIENT = Path(__file__).parent.parent / "public" / "examples" / "events_client.py"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Lines:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import mcp.types as types
 import pytest
 from mcp import Client, ClientSession
@@ -241,3 +242,53 @@ async def test_a_downstream_dying_during_a_call(tmp_path: Path, transport: str) 
                     (result,) = results
                     assert result.is_error
                     assert "'victim'" in text(result) and ("closed" in text(result) or "disconnected" in text(result))
+
+
+#: A dead server stays dead for the length of a test.
+STAYS_DOWN = SupervisionTiming(
+    backoff_initial=60, backoff_max=60, connect_timeout=20, ping_interval=0.3, ping_timeout=5, stable_after=60
+)
+
+
+async def test_servers_named_with_the_separator_or_odd_characters(tmp_path: Path) -> None:
+    """``a__b`` and ``my.files``: tools route, /graph names their server, and down means "unavailable"."""
+    servers = {
+        "a__b": stdio_entry(),
+        "my.files": {"command": sys.executable, "args": ["-c", "raise SystemExit(3)"]},  # never starts
+    }
+    async with run_gateway(tmp_path, servers, timing=STAYS_DOWN) as gw:
+        with anyio.fail_after(60):
+            async with Client(gw.mcp_url, cache=None) as modern, Client(gw.mcp_url, mode="legacy", cache=None) as legacy:
+                listed = await names(modern)
+                assert {"a__b__echo", "a__b__pid"} <= listed and not any(n.startswith("my_files__") for n in listed)
+                assert (await modern.call_tool("a__b__echo", {"text": "hi"})).structured_content["text"] == "hi"
+                pid = (await legacy.call_tool("a__b__pid", {})).structured_content["result"]
+
+                # /graph names the configured server, not the part of the name before the first "__"
+                async with httpx.AsyncClient(base_url=gw.url) as http:
+
+                    async def graph_servers() -> dict[str, str | None] | None:
+                        nodes = {node["id"]: node["server"] for node in (await http.get("/graph")).json()["nodes"]}
+                        return nodes if {"a__b__echo", "a__b__pid"} <= nodes.keys() else None
+
+                    graph = await wait_for(graph_servers)
+                    assert graph["a__b__echo"] == graph["a__b__pid"] == "a__b"
+                    # an agent's execution that names no server: the registry answers, also for a server that is down
+                    posted = await http.post("/executions", json={"tool_ids": ["a__b__write", "my_files__read"]})
+                    assert posted.status_code == 202  # recorded by then
+                    graph = await graph_servers()
+                    assert graph is not None and graph["a__b__write"] == "a__b" and graph["my_files__read"] == "my.files"
+
+                os.kill(pid, signal.SIGKILL)
+                await wait_for(lambda: _state(gw.url, "a__b", "failed"))
+                for client in (modern, legacy):
+                    for name, server in (("a__b__echo", "a__b"), ("my_files__read", "my.files")):
+                        result = await client.call_tool(name, {"text": "x"})
+                        expected = f"tool {name!r} is unavailable: downstream server {server!r} is failed"
+                        assert result.is_error and expected in text(result), (name, text(result))
+                    unknown = await client.call_tool("nobody__read", {})
+                    assert unknown.is_error and text(unknown) == "unknown tool 'nobody__read'"
+
+
+async def _state(url: str, server: str, state: str) -> bool:
+    return (await health(url))["downstreams"][server]["state"] == state

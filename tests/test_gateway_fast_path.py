@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -26,6 +27,7 @@ from mcp_types import HEADER_MISMATCH, INVALID_PARAMS
 
 from gateway_support import free_port, http_downstream, run_gateway, stdio_entry, wait_for, wait_listening
 from pml_gateway.proxy import fast_path
+from pml_gateway.proxy.downstream.http_link import HttpLink
 FAST_PATH_ENV = "PML_FAST_PATH"
 
 pytestmark = pytest.mark.anyio
@@ -135,7 +137,10 @@ CASES: list[tuple[str, dict[str, Any] | None, dict[str, Any] | None]] = [
     ("odd__rich", {}, None),
     ("odd__broken", None, None),
     ("nobody__nothing", {}, None),  # not a registered tool: the SDK answers in both modes
+    ("dead__read", {}, None),  # a tool of a server that cannot start: likewise
 ]
+#: A dead server is between restarts ("failed", with its error) or in one ("connecting").
+DOWN = re.compile(r"is (connecting|failed)( \([^)]*\))?")
 
 
 async def _answers(gw: Any, era: str) -> list[tuple[int, dict[str, Any]]]:
@@ -147,7 +152,7 @@ async def _answers(gw: Any, era: str) -> list[tuple[int, dict[str, Any]]]:
             routed = {"mcp-param-region": arguments["region"]} if arguments and "region" in arguments else {}
             response, message = await raw.call(name, arguments, meta=meta, **routed)
             message.pop("id")
-            out.append((response.status_code, message))
+            out.append((response.status_code, json.loads(DOWN.sub("is down", json.dumps(message)))))
     return out
 
 
@@ -155,17 +160,22 @@ async def test_fast_and_sdk_paths_give_the_same_answers(tmp_path: Path, monkeypa
     with http_downstream() as (url, port, _proc), fast_path_server() as (odd_url, odd_port):
         await wait_listening(port)
         await wait_listening(odd_port)
-        servers = {"local": stdio_entry(), "remote": {"url": url, "timeout": 0.5}, "odd": {"url": odd_url}}
+        servers = {
+            "local": stdio_entry(),
+            "remote": {"url": url, "timeout": 0.5},
+            "odd": {"url": odd_url},
+            "dead": {"command": sys.executable, "args": ["-c", "raise SystemExit(3)"]},
+        }
         answers: dict[bool, dict[str, list[tuple[int, dict[str, Any]]]]] = {}
         for fast in (True, False):
             async with gateway(tmp_path, servers, fast=fast, monkeypatch=monkeypatch) as gw:
                 with anyio.fail_after(60):
                     answers[fast] = {era: await _answers(gw, era) for era in (MODERN, LEGACY)}
                     if fast:
-                        # every registered tool went the fast way; the unknown one did not
-                        assert gw.gateway.fast_path.calls == 2 * (len(CASES) - 1)
-                        assert gw.gateway.pool.downstreams["remote"]._link is not None
-                        assert gw.gateway.pool.downstreams["local"]._link is None
+                        # every registered tool went the fast way; the unknown and unavailable ones did not
+                        assert gw.gateway.fast_path.calls == 2 * (len(CASES) - 2)
+                        assert isinstance(gw.gateway.pool.downstreams["remote"].link, HttpLink)
+                        assert not isinstance(gw.gateway.pool.downstreams["local"].link, HttpLink)
         for era in (MODERN, LEGACY):
             for (name, _, _), fast_answer, sdk_answer in zip(CASES, answers[True][era], answers[False][era], strict=True):
                 assert fast_answer == sdk_answer, (era, name)
@@ -188,7 +198,8 @@ async def test_fast_and_sdk_paths_give_the_same_answers(tmp_path: Path, monkeypa
             ("remote__pick", "count"),
             ("remote__sleep", "timed out after 0.5 s"),
             ("odd__broken", "refused 'broken'"),
-            ("nobody__nothing", "unknown tool"),
+            ("nobody__nothing", "unknown tool 'nobody__nothing'"),
+            ("dead__read", "tool 'dead__read' is unavailable: downstream server 'dead' is down"),
         ]:
             result = modern[name][1]["result"]
             assert result["isError"] is True and fragment in result["content"][0]["text"], name
@@ -223,7 +234,7 @@ async def test_sdk_clients_of_both_eras_over_the_fast_path(tmp_path: Path, monke
                     assert tasks["a"]["status"] == "succeeded" and tasks["a"]["structured_content"]["header"] == "sa"
                     assert tasks["b"]["status"] == "failed" and "refused 'broken'" in tasks["b"]["error"]
                 assert gw.gateway.fast_path.calls == 4  # pml_* tools are the SDK's
-                assert gw.gateway.pool.downstreams["odd"]._link is not None
+                assert isinstance(gw.gateway.pool.downstreams["odd"].link, HttpLink)
 
 
 async def test_requests_failing_a_check_get_the_sdks_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -313,7 +324,7 @@ async def test_cancelled_calls_stop_downstream(tmp_path: Path, monkeypatch: pyte
     with http_downstream() as (url, port, _proc):
         await wait_listening(port)
         async with gateway(tmp_path, {"remote": {"url": url}}, fast=True, monkeypatch=monkeypatch) as gw:
-            link = gw.gateway.pool.downstreams["remote"]._link
+            link = gw.gateway.pool.downstreams["remote"].link
             traces = gw.gateway.traces
             with anyio.fail_after(30):  # far below the 100 s the calls would take
                 async with httpx.AsyncClient(timeout=60) as http:

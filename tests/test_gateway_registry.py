@@ -77,3 +77,28 @@ def test_changes_notify_listeners_only_when_the_exposed_set_changes() -> None:
     assert not registry.remove_server("a")
     assert calls == [1, 2, 2, 1]
     assert "b__y" in registry and "a__x" not in registry
+
+
+def test_owner_of_a_name_also_when_its_server_is_down() -> None:
+    registry = ToolRegistry(servers=["a", "a__b", "my.files", "my"])
+    registry.set_server_tools("a__b", [tool("read")])
+    assert registry.owner("a__b__read") == "a__b"  # exposed: from the table, never split
+    registry.remove_server("a__b")
+    assert "a__b__read" not in registry and registry.owner("a__b__read") == "a__b"  # its last known tools
+    # never connected: the configured server whose sanitised prefix matches, longest first
+    assert registry.owner("a__b__write") == "a__b"
+    assert registry.owner("my_files__read") == "my.files" and registry.owner("my__read") == "my"
+    assert registry.owner("a__x") == "a" and registry.owner("nobody__x") is None
+    registry.set_servers(["a"])  # a__b left the config: its names are forgotten
+    assert registry.owner("a__b__read") == "a"
+
+
+def test_names_do_not_depend_on_which_servers_are_up() -> None:
+    registry = ToolRegistry()
+    registry.set_server_tools("a", [tool("b__x")])
+    registry.set_server_tools("a__b", [tool("x")])
+    both = {(e.server, e.original_name): e.name for e in registry.tools()}
+    registry.remove_server("a")  # down: a__b must not take the name a held
+    assert registry.get(both[("a__b", "x")]) is not None and "a__b__x" not in registry
+    registry.set_server_tools("a", [tool("b__x")])
+    assert {(e.server, e.original_name): e.name for e in registry.tools()} == both

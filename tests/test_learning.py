@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from executions import sequence
 from graphrag import TaskRun, WorkflowExecution
 from graphrag.learning import Observation, confidence, learn, observations
 
@@ -11,7 +12,7 @@ NOW = datetime(2026, 11, 21, tzinfo=timezone.utc)
 
 
 def test_sequence_edges_from_consecutive_tools() -> None:
-    execution = WorkflowExecution.from_tool_ids(["a", "b", "c"])
+    execution = sequence(["a", "b", "c"])
     assert observations(execution) == [Observation("a", "b", "sequence", True), Observation("b", "c", "sequence", True)]
 
 

@@ -17,7 +17,8 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from graphrag import GraphRAGEngine, WorkflowExecution
+from executions import sequence
+from graphrag import GraphRAGEngine
 from graphrag.communities import CommunityWorker, igraph_available
 from graphrag.graph_arrays import GraphArrays
 from graphrag.metrics import DAMPING, MetricsComputer, density
@@ -160,7 +161,7 @@ async def test_engine_pagerank_equals_networkx_on_the_learned_graph() -> None:
     tools = [f"s{i % 3}__tool{i}" for i in range(15)]
     for _ in range(60):
         path = rng.sample(tools, rng.randint(2, 5))
-        await engine.update_from_execution(WorkflowExecution.from_tool_ids(path, success=rng.random() < 0.7))
+        await engine.update_from_execution(sequence(path, success=rng.random() < 0.7))
     metrics = await engine.refresh_metrics()
     expected = networkx_pagerank(engine.graph)
     for node, score in expected.items():
@@ -199,7 +200,7 @@ def test_weight_only_updates_reuse_the_sparse_structure() -> None:
     graph[source][target]["confidence"] = 0.001
     arrays.set_edge(str(source), str(target), 0.001)
     second = arrays.snapshot()
-    assert second.structure_version == first.structure_version  # weights only
+    assert (second.lineage, second.edge_count) == (first.lineage, first.edge_count)  # weights only
     assert_pagerank_matches(computer, arrays, graph)
     assert computer._matrix.main is matrix and computer._matrix.order is order
     assert computer._matrix.delta is None
@@ -374,7 +375,7 @@ def test_snapshots_do_not_change_when_the_graph_does() -> None:
     assert before.weight.tolist() == [0.5] and before.edge_count == 1 and before.node_count == 2
     assert after.weight[0] == 0.9 and after.edge_count == 11 and after.node_count == 12
     assert (after.src[:1] == before.src).all() and (after.dst[:1] == before.dst).all()
-    assert after.structure_version != before.structure_version and after.lineage == before.lineage
+    assert after.lineage == before.lineage
     with pytest.raises(ValueError):
         after.src[0] = 5  # shared with the mirror: read-only
 
@@ -398,7 +399,7 @@ async def test_engine_getters_after_refresh() -> None:
     engine = GraphRAGEngine()
     assert engine.get_top_pagerank(10) == [] and engine.get_communities_count() == 0
     for path in (["a__x", "a__y", "a__z"], ["a__y", "a__z"], ["b__p", "b__q"], ["b__q", "b__p"]):
-        await engine.update_from_execution(WorkflowExecution.from_tool_ids(path))
+        await engine.update_from_execution(sequence(path))
     metrics = await engine.refresh_metrics()
     # 5 tools, 5 edges: a__x->a__y, a__y->a__z, b__p->b__q, b__q->b__p (a__y->a__z seen twice).
     assert engine.get_density() == 4 / (5 * 4) == metrics.density
@@ -414,7 +415,7 @@ async def test_engine_getters_after_refresh() -> None:
 async def test_graph_snapshot_nodes_carry_pagerank_and_community() -> None:
     engine = GraphRAGEngine()
     for path in (["a__x", "a__y"], ["a__y", "a__x"], ["b__p", "b__q"], ["b__q", "b__p"]):
-        await engine.update_from_execution(WorkflowExecution.from_tool_ids(path))
+        await engine.update_from_execution(sequence(path))
     before = engine.snapshot().model_dump(mode="json")
     assert all(node["pagerank"] is None and node["community"] is None for node in before["nodes"])
     await engine.refresh_metrics()
@@ -437,10 +438,10 @@ async def test_metrics_follow_a_resync_from_the_store(tmp_path) -> None:
     try:
         engine = GraphRAGEngine(store=store)
         for path in (["a__x", "a__y", "a__z"], ["a__z", "a__x"]):
-            await engine.update_from_execution(WorkflowExecution.from_tool_ids(path))
+            await engine.update_from_execution(sequence(path))
         first = await engine.refresh_metrics()
         await engine.sync_from_database()  # a fresh mirror, same graph
-        await engine.update_from_execution(WorkflowExecution.from_tool_ids(["a__y", "b__w"]))
+        await engine.update_from_execution(sequence(["a__y", "b__w"]))
         second = await engine.refresh_metrics()
         expected = networkx_pagerank(engine.graph)
         assert second.pagerank == pytest.approx(expected, abs=1e-6)

@@ -7,6 +7,7 @@ import random
 import anyio
 import pytest
 
+from executions import sequence
 from graphrag import GraphEvent, GraphRAGEngine, MetricsScheduler, WorkflowExecution
 from graphrag.metrics import MetricsComputer
 
@@ -34,7 +35,7 @@ class Recorder:
 
 
 def execution(i: int) -> WorkflowExecution:
-    return WorkflowExecution.from_tool_ids([f"s__t{i % 7}", f"s__t{(i * 3 + 1) % 7}", f"x__t{i % 5}"], success=i % 4 != 0)
+    return sequence([f"s__t{i % 7}", f"s__t{(i * 3 + 1) % 7}", f"x__t{i % 5}"], success=i % 4 != 0)
 
 
 async def test_changes_inside_one_window_give_one_recompute_and_one_event() -> None:
@@ -62,7 +63,7 @@ async def test_changes_inside_one_window_give_one_recompute_and_one_event() -> N
             # Changes in a later window give exactly one more.
             for i in range(100, 150):
                 await engine.update_from_execution(
-                    WorkflowExecution.from_tool_ids([f"late__t{i % 3}", f"s__t{i % 7}"])
+                    sequence([f"late__t{i % 3}", f"s__t{i % 7}"])
                 )
             await recorder.wait_for(2)
             second = recorder.metrics[1].data
@@ -96,7 +97,7 @@ async def test_the_event_loop_keeps_running_during_a_recompute() -> None:
     rng = random.Random(0)
     tools = [f"s{i % 40}__t{i}" for i in range(2000)]
     for _ in range(200):  # about 20k edges
-        await engine.update_from_execution(WorkflowExecution.from_tool_ids(rng.sample(tools, 101)))
+        await engine.update_from_execution(sequence(rng.sample(tools, 101)))
     assert engine.graph.number_of_edges() > 19_000
     ticks = 0
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from executions import sequence
 from graphrag import GraphRAGEngine, MemoryStore, SQLiteStore, StoreError, WorkflowExecution
 from graphrag.sqlite_store import SCHEMA_VERSION
 
@@ -15,8 +16,8 @@ pytestmark = pytest.mark.anyio
 
 def _executions() -> list[WorkflowExecution]:
     return [
-        WorkflowExecution.from_tool_ids(["fs__read", "text__summarize", "notes__save"]),
-        WorkflowExecution.from_tool_ids(["fs__read", "text__summarize"], success=False),
+        sequence(["fs__read", "text__summarize", "notes__save"]),
+        sequence(["fs__read", "text__summarize"], success=False),
         WorkflowExecution.model_validate(
             {
                 "workflow_id": "dag",
@@ -77,7 +78,7 @@ async def test_log_is_pruned_but_ids_never_reused(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "g.db", max_events=500)
     engine = GraphRAGEngine(store=store)
     for i in range(1500):
-        await engine.update_from_execution(WorkflowExecution.from_tool_ids([f"t{i % 7}", f"t{(i + 1) % 7}"]))
+        await engine.update_from_execution(sequence([f"t{i % 7}", f"t{(i + 1) % 7}"]))
     bounds = store.bounds()
     assert bounds.last_id == engine.last_event_id
     assert bounds.oldest_id is not None and bounds.oldest_id > 1
@@ -88,16 +89,15 @@ async def test_log_is_pruned_but_ids_never_reused(tmp_path: Path) -> None:
 @pytest.mark.parametrize("store_factory", [MemoryStore, lambda: SQLiteStore(":memory:")])
 async def test_in_memory_stores_count_ids_from_one(store_factory) -> None:
     engine = GraphRAGEngine(store=store_factory())
-    events = await engine.update_from_execution(WorkflowExecution.from_tool_ids(["a", "b"]))
+    events = await engine.update_from_execution(sequence(["a", "b"]))
     assert [e.id for e in events] == [1, 2]
     assert [e.id for e in engine.store.events_after(1)] == [2]
 
 
-def test_memory_store_keeps_the_last_events_only() -> None:
+async def test_memory_store_keeps_the_last_events_only() -> None:
     store = MemoryStore(max_events=10)
     engine = GraphRAGEngine(store=store)
-    for _ in range(20):
-        engine.record(WorkflowExecution.from_tool_ids(["a", "b"]))
+    await engine.update_from_executions([sequence(["a", "b"]) for _ in range(20)])
     bounds = store.bounds()
     assert (bounds.oldest_id, bounds.last_id) == (31, 40)
     assert [e.id for e in store.events_after(35)] == [36, 37, 38, 39, 40]
@@ -127,13 +127,13 @@ def test_newer_schema_and_foreign_files_are_refused(tmp_path: Path) -> None:
 async def test_failed_commit_changes_nothing(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "g.db")
     engine = GraphRAGEngine(store=store)
-    await engine.update_from_execution(WorkflowExecution.from_tool_ids(["a", "b"]))
+    await engine.update_from_execution(sequence(["a", "b"]))
     heard = []
     engine.on(heard.append)
     before = {(u, v): dict(a) for u, v, a in engine.graph.edges(data=True)}
     store._db.execute("CREATE TRIGGER boom BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
     with pytest.raises(sqlite3.DatabaseError, match="disk says no"):
-        await engine.update_from_execution(WorkflowExecution.from_tool_ids(["a", "b", "c"]))
+        await engine.update_from_execution(sequence(["a", "b", "c"]))
     assert {(u, v): dict(a) for u, v, a in engine.graph.edges(data=True)} == before
     assert heard == []
     assert store.execution_count() == 1

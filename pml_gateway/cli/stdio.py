@@ -79,8 +79,8 @@ def main_stdio(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     configure_logging(settings)
     check_store(settings)
+    extensions = build_extensions(settings)  # a bad config stops here, with one line
     announce_banner(settings)
-    extensions = build_extensions(settings)
     gateway = next(e for e in extensions if isinstance(e, Gateway))
     others = [e for e in extensions if e is not gateway]
     events_port = getattr(args, "events_port", None)

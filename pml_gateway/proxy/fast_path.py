@@ -16,17 +16,18 @@ make on it, first:
 - both: the params against the protocol version's schema (``validate_client_request``).
 
 If any check fails, nothing has been sent yet and the request goes to the SDK, which answers it
-(with the error it owes the client). Otherwise the call goes to the downstream (``Downstream``
-uses its lean HTTP link when it has one), the result is shaped for the client's protocol version
-exactly as the SDK's kernel would (``UpstreamServer.shape_call_result``), the call joins its
-caller's trace, and the answer is one JSON response, or, when the call outlasts
+(with the error it owes the client). Otherwise the call is answered by ``UpstreamServer.call``,
+the same code the SDK's handler runs (downstream call through its ``DownstreamLink``, trace,
+tool errors, the result shaped for the client's protocol version as the SDK's kernel would),
+and the answer is one JSON response, or, when the call outlasts
 ``SSE_AFTER_SECONDS``, an SSE stream with keep-alive comments that ends with the response (what
 the SDK does on 2026-07-28). Cancelling works as through the SDK: a 2025-era session's
 ``notifications/cancelled`` ends the call with ``REQUEST_CANCELLED``; a 2026-era client that
 closes the connection ends it with no answer (watched once the call has run for
 ``HANGUP_WATCH_AFTER_SECONDS``); the downstream request is dropped and the call is not learned.
 Not done here: OpenTelemetry spans (the W3C trace context in ``_meta`` is passed on to the
-downstream as the SDK would with no OpenTelemetry SDK configured).
+downstream as the SDK would with no OpenTelemetry SDK configured). What it needs of the SDK's
+private state (the session table, the idle countdown) it gets from ``sdk_compat.py``.
 """
 
 from __future__ import annotations
@@ -34,8 +35,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +43,6 @@ from opentelemetry import propagate
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.connection import Connection
 from mcp.server.streamable_http import REQUEST_CANCELLED, check_accept_headers
-from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from mcp.shared.dispatcher import coerce_request_id
 from mcp.shared.inbound import (
@@ -65,9 +63,8 @@ from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from pml_gateway.events.wire import MCP_SSE_HEADERS, PING, mcp_message
-from pml_gateway.proxy.downstream.supervisor import DownstreamPool, error_wire
 from pml_gateway.proxy.registry import RegisteredTool, ToolRegistry
-from pml_gateway.proxy.traces import TraceRecorder
+from pml_gateway.proxy.sdk_compat import SdkInternals
 from pml_gateway.proxy.server import MCP_SESSION_ID_HEADER, UpstreamServer, caller_key_of
 
 if TYPE_CHECKING:
@@ -95,24 +92,16 @@ class FastPath:
     def __init__(
         self,
         registry: ToolRegistry,
-        pool: DownstreamPool,
         upstream: UpstreamServer,
-        traces: TraceRecorder | None,
-        manager: StreamableHTTPSessionManager,
+        internals: SdkInternals,
         security: TransportSecuritySettings | None,
     ) -> None:
         self.registry = registry
-        self.pool = pool
         self.upstream = upstream
-        self.traces = traces
-        self.manager = manager
+        # 2025-era sessions are looked up in the session manager's table; if the SDK no longer
+        # has it, those requests stay with the SDK (and start-up said so).
+        self.internals = internals
         self.security = TransportSecurityMiddleware(security)
-        # 2025-era sessions are looked up in the manager's table; without it (another SDK
-        # version) those requests simply stay with the SDK.
-        sessions = getattr(manager, "_server_instances", None)
-        self._sessions: dict[str, StreamableHTTPServerTransport] | None = sessions if isinstance(sessions, dict) else None
-        owners = getattr(manager, "_session_owners", None)
-        self._owners: dict[str, Any] | None = owners if isinstance(owners, dict) else None
         # A cache hint on tools/call would change the result's shape: leave that to the SDK.
         self.enabled = not upstream.server.cache_hints.get("tools/call")
         self.calls = 0  #: calls answered here, for tests and stats
@@ -169,7 +158,7 @@ class FastPath:
             session_id = headers.get(MCP_SESSION_ID_HEADER)
             if not session_id:
                 return None
-            transport = self._legacy_transport(session_id)
+            transport = self.internals.anonymous_session(session_id)
             server_session = self.upstream.legacy_session(session_id) if transport is not None else None
             if server_session is None:
                 return None
@@ -210,10 +199,12 @@ class FastPath:
         else:
             hangup = _HangupWatch(receive, cancel)  # 2026-07-28: closing the response cancels
         if call.session is not None:
-            self._hold_session(call.session)
+            self.internals.hold_session(call.session)
         try:
             with cancel:
-                shaped = await self._result(call)
+                shaped = await self.upstream.call(
+                    call.entry.name, call.arguments, version=call.version, caller=call.caller, meta=call.trace_context
+                )
         except BaseException:
             reply.abandon()  # cancelled (shutdown): no keep-alives for a response that will not come
             raise
@@ -223,7 +214,7 @@ class FastPath:
             if hangup is not None:
                 hangup.stop()
             if call.session is not None:
-                self._hold_session(call.session)
+                self.internals.hold_session(call.session)
         if not cancel.cancelled_caught:
             await reply.finish({"jsonrpc": "2.0", "id": call.request_id, "result": shaped})
         elif key is not None:
@@ -232,24 +223,6 @@ class FastPath:
             await reply.finish({"jsonrpc": "2.0", "id": call.request_id, "error": error})
         else:
             reply.abandon()  # the client hung up: nobody to answer (2026-07-28 never answers then)
-
-    async def _result(self, call: _Call) -> dict[str, Any]:
-        """The call's result, shaped for its client; tool errors for anything that went wrong."""
-        name = call.entry.name
-        try:
-            started = time.monotonic()
-            result = await self.pool.call_raw(call.entry, call.arguments, meta=call.trace_context)
-            if self.traces is not None:
-                self.traces.add(call.caller, name, success=result.get("isError") is not True, started=started)
-            try:
-                return self.upstream.shape_call_result(call.version, result)
-            except ValidationError as exc:
-                logger.warning("downstream tool %r returned a result that does not fit %s: %s", name, call.version, exc)
-                message = f"tool {name!r} returned a result that is not a valid MCP tool result"
-        except Exception as exc:  # a bug must reach the client as a tool error, never a crash
-            logger.exception("tool %r failed inside the gateway", name)
-            message = f"internal error in pml-gateway while calling {name!r}: {type(exc).__name__}: {exc}"
-        return self.upstream.shape_call_result(call.version, error_wire(message))
 
     def session_ended(self, session_id: str) -> None:
         """A 2025-era session was deleted: its calls in flight here end, as the SDK ends its own."""
@@ -316,32 +289,6 @@ class FastPath:
             if len(self._declared) > 4096:  # schemas of tools long gone
                 self._declared = {key: cached}
         return cached[1]
-
-    def _legacy_transport(self, session_id: str | None) -> StreamableHTTPServerTransport | None:
-        """The session's transport, if the manager serves that session to anonymous callers."""
-        if not session_id or self._sessions is None:
-            return None
-        transport = self._sessions.get(session_id)
-        if transport is None or transport.is_terminated:
-            return None
-        if self._owners is not None and self._owners.get(session_id) is not None:
-            return None
-        idle = transport.idle_scope
-        if idle is not None and idle.cancel_called:
-            return None  # expiring: the SDK answers (404) and ends it
-        return transport
-
-    def _hold_session(self, transport: StreamableHTTPServerTransport) -> None:
-        """A request of the session's: restart its idle countdown if one is running.
-
-        The SDK suspends the countdown (deadline at infinity) while it serves a request and
-        restarts it after; a countdown at infinity means the SDK is serving one (an open GET
-        stream, typically), so it is left alone.
-        """
-        idle = transport.idle_scope
-        timeout = self.manager.session_idle_timeout
-        if idle is not None and timeout is not None and idle.deadline != math.inf:
-            idle.deadline = max(idle.deadline, anyio.current_time() + timeout)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TextIO
 
-import mcp.types as types
 from mcp.server.stdio import stdio_server
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from starlette.responses import JSONResponse
@@ -29,10 +28,11 @@ from starlette.types import Message, Receive, Scope, Send
 from graphrag import GraphRAGEngine, WorkflowExecution
 
 from pml_gateway.proxy import tools as gateway_tools
-from pml_gateway.proxy.downstream.supervisor import DownstreamPool, SupervisionTiming, error_result
-from pml_gateway.proxy.downstream.config import HttpServerConfig, StdioServerConfig, load_config
+from pml_gateway.proxy.downstream.config import ServerConfig, load_config
+from pml_gateway.proxy.downstream.supervisor import DownstreamPool, SupervisionTiming
 from pml_gateway.proxy.fast_path import FastPath
 from pml_gateway.proxy.tool_events import ToolEvents
+from pml_gateway.proxy.sdk_compat import SdkInternals
 from pml_gateway.proxy.tools import GatewayTools
 from pml_gateway.host_check import transport_settings
 from pml_gateway.settings import Settings
@@ -56,7 +56,7 @@ class Gateway:
         self,
         settings: Settings,
         *,
-        servers: list[StdioServerConfig | HttpServerConfig] | None = None,
+        servers: list[ServerConfig] | None = None,
         timing: SupervisionTiming | None = None,
         startup_timeout: float | None = None,
         errlog: TextIO | None = None,
@@ -69,7 +69,7 @@ class Gateway:
         if servers is None:
             servers = load_config(settings.config) if settings.config is not None else []
         self.servers = servers
-        self.registry = ToolRegistry(reserved=gateway_tools.NAMES)
+        self.registry = ToolRegistry(reserved=gateway_tools.NAMES, servers=[s.name for s in servers if s.enabled])
         if timing is None:
             timing = SupervisionTiming(connect_timeout=settings.connect_timeout_seconds)
         self.pool = DownstreamPool(servers, self.registry, timing, errlog=errlog, lean_http=fast_path)
@@ -112,33 +112,30 @@ class Gateway:
         tools = GatewayTools(
             engine,
             self.registry,
-            self.call_tool,
+            self.pool.call,
             record_workflow,
-            unavailable_reason=self.pool.unavailable_reason,
+            missing=self.pool.missing,
         )
         upstream = UpstreamServer(self.registry, self.pool, tools, self.traces)
         security = transport_settings(self.settings)  # the same Host/Origin lists as every other route
         manager = StreamableHTTPSessionManager(app=upstream.server, security_settings=security)
         tool_events = ToolEvents(engine, self.registry, self.pool.health)  # tool_added / tool_removed
+        # Executions that name no server (POST /executions) get it from the registry, not from the name.
+        engine.resolve_servers(self.registry.owner)
         async with self.pool.running(startup_timeout=self.startup_timeout), upstream.running(), manager.run():
             tool_events.start()
             self.upstream, self.session_manager = upstream, manager
             self._http_app = StreamableHTTPASGIApp(manager)
             if self.fast_path_enabled:
-                self.fast_path = FastPath(self.registry, self.pool, upstream, self.traces, manager, security)
+                internals = SdkInternals(manager)
+                internals.warn()  # an SDK that moved its internals: said at start-up, never silent
+                self.fast_path = FastPath(self.registry, upstream, internals, security)
             try:
                 yield self
             finally:
                 tool_events.stop()  # stopping the downstreams is not a change of their tools
                 self.upstream = self.session_manager = self._http_app = self.fast_path = None
-
-    async def call_tool(self, name: str, arguments: dict[str, Any]) -> types.CallToolResult:
-        """Call a downstream tool by its exposed name (what workflow tasks do)."""
-        entry = self.registry.get(name)
-        if entry is None:
-            why = self.pool.unavailable_reason(name)
-            return error_result(f"tool {name!r} is unavailable: {why}" if why else f"unknown tool {name!r}")
-        return await self.pool.call(entry, arguments)
+                engine.resolve_servers(None)
 
     async def serve_stdio(self) -> None:
         """Serve MCP over this process's stdin/stdout until the client closes it (inside ``running``)."""

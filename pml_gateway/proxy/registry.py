@@ -4,9 +4,15 @@ Exposed names must match ``^[a-zA-Z0-9_-]{1,64}$``. Every other character become
 longer than 64 characters keeps its first 57 and ends in ``_`` plus 6 hex digits of a hash of the
 original pair. When several tools still end up with the same name, the one whose name needed no
 change keeps it (the first by server name if several did) and every other gets that hash suffix.
-The hash depends only on (server, tool), so the outcome does not depend on the order servers
-connect in; each rename is logged. Input and output schemas pass through untouched: only
-``name`` is rewritten.
+The hash depends only on (server, tool), and names are given out over every tool the registry
+has ever seen of its configured servers (a server that went down keeps its claims), so the outcome
+depends neither on the order servers connect in nor on which are up; each rename is logged. Input
+and output schemas pass through untouched: only ``name`` is rewritten.
+
+This is the one place that knows the naming scheme, both ways: exposed name -> (server, original
+tool) with ``get``, and "whose would this name be" with ``owner``, also when that server is down
+(its last known tools, else the configured server whose sanitised ``<server>__`` prefix matches,
+longest first). Nobody else splits names: a server may itself be called ``a__b`` or ``my.files``.
 """
 
 from __future__ import annotations
@@ -57,16 +63,30 @@ def _with_suffix(name: str, server: str, tool: str) -> str:
 class ToolRegistry:
     """Tools per downstream server; listeners hear about every change of the exposed set."""
 
-    def __init__(self, reserved: Iterable[str] = ()) -> None:
+    def __init__(self, reserved: Iterable[str] = (), servers: Iterable[str] = ()) -> None:
         self._reserved = frozenset(reserved)  # the gateway's own tool names
-        self._by_server: dict[str, list[types.Tool]] = {}
-        self._by_name: dict[str, RegisteredTool] = {}
+        self._by_server: dict[str, list[types.Tool]] = {}  # servers up now
+        self._known: dict[str, list[types.Tool]] = {}  # last tools of every server seen, up or not
+        self._by_name: dict[str, RegisteredTool] = {}  # exposed now
+        self._owners: dict[str, str] = {}  # every name given out (exposed or not) -> its server
+        self._prefixes: list[tuple[str, str]] = []  # (sanitised "<server>__", server), longest first
         self._listeners: list[Callable[[], None]] = []
+        self.set_servers(servers)
 
     # -- reading -------------------------------------------------------------------------------
 
     def get(self, name: str) -> RegisteredTool | None:
         return self._by_name.get(name)
+
+    def owner(self, name: str) -> str | None:
+        """The server that owns (or would own) the exposed name ``name``, up or down; else ``None``."""
+        server = self._owners.get(name)
+        if server is not None:
+            return server
+        for prefix, server in self._prefixes:
+            if name.startswith(prefix):
+                return server
+        return None
 
     def tools(self) -> list[RegisteredTool]:
         """Every exposed tool, ordered by exposed name."""
@@ -87,26 +107,45 @@ class ToolRegistry:
         """``listener()`` runs synchronously after every change of the exposed tools."""
         self._listeners.append(listener)
 
+    def set_servers(self, servers: Iterable[str]) -> bool:
+        """The configured servers (empty: not known). Tools of other servers are forgotten.
+
+        Returns whether the exposed set changed.
+        """
+        names = set(servers)
+        self._prefixes = sorted(
+            ((_INVALID.sub("_", server) + SEPARATOR, server) for server in names), key=lambda p: (-len(p[0]), p[1])
+        )
+        gone = [server for server in self._known if names and server not in names]
+        for server in gone:
+            del self._known[server]
+            self._by_server.pop(server, None)
+        return self._rebuild() if gone else False
+
     def set_server_tools(self, server: str, tools: Iterable[types.Tool]) -> bool:
-        """Replace one server's tools. Returns whether the exposed set changed."""
+        """Replace one server's tools (it is up). Returns whether the exposed set changed."""
         tools = list(tools)
         if self._by_server.get(server) == tools:
             return False
-        self._by_server[server] = tools
+        self._by_server[server] = self._known[server] = tools
         return self._rebuild()
 
     def remove_server(self, server: str) -> bool:
-        """Forget a server's tools (it died or was stopped). Returns whether anything changed."""
+        """Take a server's tools off the list (it died or was stopped); their names stay its own.
+
+        Returns whether the exposed set changed.
+        """
         if self._by_server.pop(server, None) is None:
             return False
         return self._rebuild()
 
     def _rebuild(self) -> bool:
         wanted: dict[str, list[tuple[str, types.Tool]]] = {}
-        for server in sorted(self._by_server):
-            for tool in sorted(self._by_server[server], key=lambda t: t.name):
+        for server in sorted(self._known):
+            for tool in sorted(self._known[server], key=lambda t: t.name):
                 wanted.setdefault(sanitize(server, tool.name), []).append((server, tool))
         by_name: dict[str, RegisteredTool] = {}
+        owners: dict[str, str] = {}
         renamed: list[tuple[str, str, str]] = []
         for name, claimants in sorted(wanted.items()):
             keeper = self._keeper(name, claimants)
@@ -115,9 +154,12 @@ class ToolRegistry:
                 if index != keeper:
                     final = _with_suffix(name, server, tool.name)
                     attempt = 1
-                    while final in by_name or final in wanted or final in self._reserved:
+                    while final in owners or final in wanted or final in self._reserved:
                         attempt += 1  # a suffixed name that is taken too: astronomically rare
                         final = _with_suffix(f"{name}{attempt}", server, tool.name)
+                owners[final] = server
+                if server not in self._by_server:
+                    continue  # down: its name stays reserved for it, but is not exposed
                 if final != f"{server}{SEPARATOR}{tool.name}":
                     renamed.append((tool.name, server, final))
                 by_name[final] = RegisteredTool(
@@ -127,6 +169,7 @@ class ToolRegistry:
             by_name[name].tool != self._by_name[name].tool for name in by_name
         )
         self._by_name = by_name
+        self._owners = owners
         if not changed:
             return False
         for original, server, final in renamed:

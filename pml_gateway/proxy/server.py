@@ -1,8 +1,12 @@
 """The MCP server clients talk to: downstream tools plus the gateway's own, over any transport.
 
 Built on the low-level ``Server`` because it re-exposes downstream JSON schemas untouched
-(SDK_NOTES §1). It does no checking for us, so every failure is turned into a
-``CallToolResult(is_error=True)`` here: an unknown tool, a dead downstream, a timeout.
+(SDK_NOTES §1). It does no checking for us, so every failure is turned into a tool error here
+(worded by ``downstream/errors.py``): an unknown tool, a dead downstream, a timeout, a bug.
+
+``UpstreamServer.call`` is the one way a ``tools/call`` is answered: the SDK's handler and the
+fast path both go through it, so they answer alike. Results are wire dicts from the downstream
+to the client (the SDK's handlers may return them), shaped once for the client's protocol version.
 
 Tool-list changes reach clients of both protocol eras (SDK_NOTES §8): 2025-era sessions get
 ``notifications/tools/list_changed`` on their standalone stream (the gateway keeps one
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,14 +28,15 @@ from mcp.server.context import CallNext, HandlerResult
 from mcp.server.models import InitializationOptions
 from mcp.server.session import ServerSession
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
-from mcp_types import SERVER_INFO_META_KEY
-from mcp_types import methods as _methods
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import ValidationError
 
 from pml_gateway.proxy import tools as gateway_tools
-from pml_gateway.proxy.downstream.supervisor import DownstreamPool, error_result
-from pml_gateway.proxy.tools import GatewayTools
+from pml_gateway.proxy.downstream import errors
+from pml_gateway.proxy.downstream.supervisor import DownstreamPool
 from pml_gateway.proxy.registry import ToolRegistry
+from pml_gateway.proxy.sdk_compat import serialize_tool_result
+from pml_gateway.proxy.tools import GatewayTools, ProgressReporter
 from pml_gateway.proxy.traces import TraceRecorder
 
 logger = logging.getLogger(__name__)
@@ -168,25 +173,49 @@ class UpstreamServer:
             return entry.tool.input_schema
         return self.tools.input_schema(name)
 
-    async def _call_tool(
-        self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
-    ) -> types.CallToolResult:
-        name = params.name
+    async def _call_tool(self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> Any:
+        # A wire dict, not a CallToolResult: the SDK's kernel takes either (HandlerResult).
+        return await self.call(
+            params.name,
+            params.arguments,
+            version=ctx.protocol_version,
+            caller=caller_key(ctx),
+            progress=_progress_reporter(ctx),
+        )
+
+    async def call(
+        self,
+        name: str,
+        arguments: dict[str, Any] | None,
+        *,
+        version: str,
+        caller: str,
+        meta: dict[str, Any] | None = None,
+        progress: ProgressReporter | None = None,
+    ) -> dict[str, Any]:
+        """Answer one ``tools/call``: the result in wire form, shaped for ``version``. Never raises.
+
+        A downstream call joins ``caller``'s trace; ``meta`` goes on to the downstream's request.
+        """
         try:
             if name in gateway_tools.NAMES:
-                return await self.tools.call(name, params.arguments, _progress_reporter(ctx))
-            entry = self.registry.get(name)
-            if entry is None:
-                why = self.pool.unavailable_reason(name)
-                return error_result(f"tool {name!r} is unavailable: {why}" if why else f"unknown tool {name!r}")
-            started = time.monotonic()
-            result = await self.pool.call(entry, params.arguments)
-            if self.traces is not None:
-                self.traces.add(caller_key(ctx), entry.name, success=not result.is_error, started=started)
-            return result
+                result = await self.tools.call(name, arguments, progress)
+            else:
+                entry = self.registry.get(name)  # only calls of tools that exist join a trace
+                started = time.monotonic()
+                result = await self.pool.call(name, arguments, meta=meta)
+                if entry is not None and self.traces is not None:
+                    success = result.get("isError") is not True
+                    self.traces.add(caller, name, server=entry.server, success=success, started=started)
+            try:
+                return self.shape_call_result(version, result)
+            except ValidationError as exc:
+                logger.warning("tool %r returned a result that does not fit %s: %s", name, version, exc)
+                message = errors.invalid_result(name)
         except Exception as exc:  # a bug must reach the client as a tool error, never a crash
             logger.exception("tool %r failed inside the gateway", name)
-            return error_result(f"internal error in pml-gateway while calling {name!r}: {type(exc).__name__}: {exc}")
+            message = errors.internal_error(name, exc)
+        return self.shape_call_result(version, errors.tool_error(message))
 
     # -- sessions and change notifications -----------------------------------------------------
 
@@ -215,20 +244,9 @@ class UpstreamServer:
     def shape_call_result(self, protocol_version: str, result: Mapping[str, Any]) -> dict[str, Any]:
         """A ``tools/call`` result in wire form, shaped for ``protocol_version`` as the SDK does.
 
-        What the SDK's request kernel does to a handler's result (``ServerRunner._serialize``):
-        validated against and sieved to that version's schema, ``resultType`` and the
-        ``serverInfo`` stamp added on 2026-07-28. Raises ``pydantic.ValidationError`` when the
-        result does not fit the schema.
+        Raises ``pydantic.ValidationError`` when the result does not fit the schema.
         """
-        shaped = _methods.serialize_server_result("tools/call", protocol_version, result)
-        if protocol_version in MODERN_PROTOCOL_VERSIONS:
-            shaped.setdefault("resultType", "complete")
-            meta = shaped.get("_meta")
-            if meta is None:
-                shaped["_meta"] = {SERVER_INFO_META_KEY: self.server.server_info_stamp}
-            elif isinstance(meta, dict) and meta.get(SERVER_INFO_META_KEY) is None:
-                shaped["_meta"] = {**meta, SERVER_INFO_META_KEY: self.server.server_info_stamp}
-        return shaped
+        return serialize_tool_result(self.server, protocol_version, result)
 
     async def _notify_changes(self) -> None:
         while True:
@@ -257,7 +275,7 @@ def _session_id(ctx: ServerRequestContext[Any, Any]) -> str | None:
     return headers.get(MCP_SESSION_ID_HEADER) if headers is not None else None
 
 
-def _progress_reporter(ctx: ServerRequestContext[Any, Any]) -> Callable[[float, float, str], Awaitable[None]]:
+def _progress_reporter(ctx: ServerRequestContext[Any, Any]) -> ProgressReporter:
     async def report(progress: float, total: float, message: str) -> None:
         # A no-op unless the request carried a progress token.
         try:

@@ -2,14 +2,15 @@
 
 Each tool has a pydantic input model (its ``inputSchema``, checked before it runs) and an output
 model (its ``outputSchema``). Results carry the output as ``structuredContent`` and the same JSON
-as text. Bad arguments come back as a tool error naming the field.
+as text, in wire form like every result in the proxy. Bad arguments come back as a tool error
+naming the field.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from graphrag import GraphRAGEngine
 
+from pml_gateway.proxy.downstream import errors
 from pml_gateway.proxy.registry import ToolRegistry
-from pml_gateway.proxy.workflows import ProgressReporter, WorkflowRequest, WorkflowResult, WorkflowRunner
+from pml_gateway.proxy.workflows import ProgressReporter, Recorder, ToolCaller, WorkflowRequest, WorkflowResult, WorkflowRunner
+
+__all__ = ["NAMES", "GatewayTools", "ProgressReporter", "definitions"]
 
 GRAPH_METRICS = "pml_graph_metrics"
 SEARCH_TOOLS = "pml_search_tools"
@@ -191,26 +195,23 @@ def definitions() -> list[types.Tool]:
     ]
 
 
-def structured_result(output: BaseModel, *, is_error: bool = False) -> types.CallToolResult:
+def structured_result(output: BaseModel) -> dict[str, Any]:
+    """The output as a tool result in wire form: ``structuredContent`` and the same JSON as text."""
     data = output.model_dump(mode="json")
-    return types.CallToolResult(
-        content=[types.TextContent(type="text", text=json.dumps(data, separators=(",", ":")))],
-        structured_content=data,
-        is_error=is_error,
-    )
-
-
-def _error(message: str) -> types.CallToolResult:
-    return types.CallToolResult(content=[types.TextContent(type="text", text=message)], is_error=True)
+    return {
+        "content": [{"type": "text", "text": json.dumps(data, separators=(",", ":"))}],
+        "structuredContent": data,
+        "isError": False,
+        "resultType": "complete",
+    }
 
 
 def describe_validation(tool: str, exc: ValidationError) -> str:
     parts = []
     for error in exc.errors():
         loc = ".".join(str(p) for p in error["loc"]) or "arguments"
-        message = re.sub(r"^Value error, ", "", error["msg"])
-        parts.append(f"{loc}: {message}")
-    return f"invalid arguments for {tool}: " + "; ".join(parts)
+        parts.append(f"{loc}: {error['msg']}")
+    return errors.invalid_arguments(tool, "; ".join(parts))
 
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -227,14 +228,14 @@ class GatewayTools:
         self,
         engine: GraphRAGEngine,
         registry: ToolRegistry,
-        call_downstream: Callable[[str, dict[str, Any]], Awaitable[types.CallToolResult]],
-        record: Callable[..., Awaitable[Any]],
-        unavailable_reason: Callable[[str], str | None] = lambda name: None,
+        call_downstream: ToolCaller,
+        record: Recorder,
+        missing: Callable[[str], str] = errors.unknown_tool,
     ) -> None:
         self.engine = engine
-        self._unavailable_reason = unavailable_reason
+        self._missing = missing  # why a tool name is not callable (DownstreamPool.missing)
         self.registry = registry
-        self.runner = WorkflowRunner(call_downstream, record, on_task=engine.emit_live)  # workflow_progress
+        self.runner = WorkflowRunner(call_downstream, record, server_of=registry.owner, on_task=engine.emit_live)
         self._definitions = definitions()
 
     def definitions(self) -> list[types.Tool]:
@@ -248,12 +249,13 @@ class GatewayTools:
 
     async def call(
         self, name: str, arguments: dict[str, Any] | None, progress: ProgressReporter | None = None
-    ) -> types.CallToolResult:
+    ) -> dict[str, Any]:
+        """Run a pml_* tool; the result in wire form (bad arguments: a tool error naming the field)."""
         spec = next(s for s in SPECS if s.name == name)
         try:
             params = spec.input_model.model_validate(arguments or {})
         except ValidationError as exc:
-            return _error(describe_validation(name, exc))
+            return errors.tool_error(describe_validation(name, exc))
         if isinstance(params, GraphMetricsInput):
             return structured_result(await self.graph_metrics())
         if isinstance(params, SearchToolsInput):
@@ -263,10 +265,9 @@ class GatewayTools:
         assert isinstance(params, WorkflowRequest)
         problem = self._check_workflow_tools(params)
         if problem:
-            return _error(f"invalid arguments for {name}: {problem}")
-        result = await self.runner.run(params, progress)
+            return errors.tool_error(errors.invalid_arguments(name, problem))
         # A workflow whose tasks failed still ran: the per-task results say what happened.
-        return structured_result(result, is_error=False)
+        return structured_result(await self.runner.run(params, progress))
 
     # -- pml_graph_metrics -------------------------------------------------------------------
 
@@ -351,8 +352,7 @@ class GatewayTools:
             if task.tool in NAMES:
                 return f"tasks.{index}.tool: the gateway's own tools cannot run inside a workflow"
             if task.tool not in self.registry:
-                why = self._unavailable_reason(task.tool)
-                return f"tasks.{index}.tool: " + (f"{task.tool!r} is unavailable: {why}" if why else f"unknown tool {task.tool!r}")
+                return f"tasks.{index}.tool: {self._missing(task.tool)}"
         return None
 
 

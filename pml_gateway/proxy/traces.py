@@ -32,6 +32,7 @@ Recorder = Callable[[WorkflowExecution], Awaitable[Any]]
 @dataclass
 class _Call:
     tool_id: str
+    server: str | None
     success: bool
 
 
@@ -66,14 +67,16 @@ class TraceRecorder:
     def open_traces(self) -> int:
         return len(self._open)
 
-    def add(self, caller: str, tool_id: str, *, success: bool, started: float | None = None) -> None:
-        """One proxied call finished. ``started`` is its monotonic start time (default: now)."""
+    def add(
+        self, caller: str, tool_id: str, *, success: bool, server: str | None = None, started: float | None = None
+    ) -> None:
+        """One proxied call of ``server``'s tool finished. ``started``: its monotonic start (default: now)."""
         now = self._clock()
         trace = self._open.get(caller)
         if trace is None:
             trace = self._open[caller] = _Trace(started=now if started is None else started, last=now)
             self._wake.set()  # the idle watcher may be sleeping with no deadline
-        trace.calls.append(_Call(tool_id, success))
+        trace.calls.append(_Call(tool_id, server, success))
         trace.last = now
         if len(trace.calls) >= self.max_calls:
             # Recording is async and add() is not: the watcher records it on its next pass.
@@ -117,7 +120,10 @@ class TraceRecorder:
     async def _save(self, caller: str, trace: _Trace) -> None:
         execution = WorkflowExecution(
             workflow_id=f"trace-{uuid.uuid4().hex[:12]}",
-            tasks=[TaskRun(id=f"t{i}", tool_id=call.tool_id, success=call.success) for i, call in enumerate(trace.calls)],
+            tasks=[
+                TaskRun(id=f"t{i}", tool_id=call.tool_id, server=call.server, success=call.success)
+                for i, call in enumerate(trace.calls)
+            ],
             success=all(call.success for call in trace.calls),
             execution_time_ms=round(max(0.0, trace.last - trace.started) * 1000, 3),
         )

@@ -4,7 +4,8 @@ A task starts as soon as every task it depends on has succeeded, so independent 
 parallel. A task whose dependency failed (or was skipped) does not run: it is ``skipped``, and so
 are its own dependents. After each task settles, progress is reported (when the caller asked
 for it). The execution is then recorded for learning with its dependency edges; skipped tasks
-are left out of it, since they never ran.
+are left out of it, since they never ran. The DAG is checked by graphrag's validator, the one
+``WorkflowExecution`` uses, so a workflow that runs can always be recorded.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import anyio
-import mcp.types as types
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from graphrag import TaskRun, WorkflowExecution
+from graphrag import TaskRun, WorkflowExecution, check_dag
 from graphrag.events import TaskStatus as ProgressStatus
 from graphrag.events import WorkflowProgressData
 
-ToolCaller = Callable[[str, dict[str, Any]], Awaitable[types.CallToolResult]]
+#: Calls a tool by its exposed name; the result in wire form (a tool error on failure).
+ToolCaller = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 Recorder = Callable[[WorkflowExecution], Awaitable[Any]]
 ProgressReporter = Callable[[float, float, str], Awaitable[None]]
 #: Hears every task start and settle (the ``workflow_progress`` events of the stream).
@@ -55,20 +56,7 @@ class WorkflowRequest(BaseModel):
     @field_validator("tasks")
     @classmethod
     def _check_dag(cls, tasks: list[WorkflowTask]) -> list[WorkflowTask]:
-        ids: set[str] = set()
-        for index, task in enumerate(tasks):
-            if task.id in ids:
-                raise ValueError(f"tasks[{index}].id: duplicate task id {task.id!r}")
-            ids.add(task.id)
-        for index, task in enumerate(tasks):
-            for dep in task.depends_on:
-                if dep == task.id:
-                    raise ValueError(f"tasks[{index}].depends_on: task {dep!r} depends on itself")
-                if dep not in ids:
-                    raise ValueError(f"tasks[{index}].depends_on: {dep!r} names no task of this workflow")
-        cycle = _find_cycle(tasks)
-        if cycle:
-            raise ValueError("tasks: dependency cycle " + " -> ".join(cycle))
+        check_dag(tasks)
         return tasks
 
 
@@ -99,10 +87,17 @@ class WorkflowResult(BaseModel):
 
 class WorkflowRunner:
     def __init__(
-        self, call: ToolCaller, record: Recorder, *, max_parallel: int = 16, on_task: TaskObserver | None = None
+        self,
+        call: ToolCaller,
+        record: Recorder,
+        *,
+        server_of: Callable[[str], str | None] = lambda tool: None,
+        max_parallel: int = 16,
+        on_task: TaskObserver | None = None,
     ) -> None:
         self._call = call
         self._record = record
+        self._server_of = server_of  # the server of an exposed tool name, recorded with the task
         self._max_parallel = max_parallel
         self._on_task = on_task
 
@@ -148,17 +143,23 @@ class WorkflowRunner:
                 t0 = time.perf_counter()
                 result = await self._call(task.tool, task.arguments)
                 elapsed = round((time.perf_counter() - t0) * 1000, 3)
+            # The result as the downstream sent it (unchecked wire form): read defensively.
+            failed = result.get("isError") is True
+            raw_content = result.get("content")
+            content = [c for c in raw_content if isinstance(c, dict)] if isinstance(raw_content, list) else []
+            structured = result.get("structuredContent")
             error = None
-            if result.is_error:
-                error = " ".join(c.text for c in result.content if isinstance(c, types.TextContent)) or "tool error"
+            if failed:
+                texts = [c["text"] for c in content if c.get("type") == "text" and isinstance(c.get("text"), str)]
+                error = " ".join(texts) or "tool error"
             await settle(
                 TaskOutcome(
                     id=task.id,
                     tool=task.tool,
-                    status="failed" if result.is_error else "succeeded",
-                    is_error=bool(result.is_error),
-                    content=[c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in result.content],
-                    structured_content=result.structured_content,
+                    status="failed" if failed else "succeeded",
+                    is_error=failed,
+                    content=content,
+                    structured_content=structured if isinstance(structured, dict) else None,
                     error=error,
                     duration_ms=elapsed,
                 )
@@ -184,6 +185,7 @@ class WorkflowRunner:
                     TaskRun(
                         id=task.id,
                         tool_id=task.tool,
+                        server=self._server_of(task.tool),
                         depends_on=task.depends_on,
                         success=outcomes[task.id].status == "succeeded",
                     )
@@ -194,31 +196,3 @@ class WorkflowRunner:
             )
         )
         return result
-
-
-def _find_cycle(tasks: list[WorkflowTask]) -> list[str] | None:
-    """One dependency cycle as task ids (first repeated at the end), or None."""
-    deps = {task.id: task.depends_on for task in tasks}
-    state: dict[str, int] = {}  # 1 visiting, 2 done
-    path: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        path.append(node)
-        for dep in deps[node]:
-            if state.get(dep) == 1:
-                return path[path.index(dep) :] + [dep]
-            if dep not in state:
-                found = visit(dep)
-                if found:
-                    return found
-        path.pop()
-        state[node] = 2
-        return None
-
-    for task in tasks:
-        if task.id not in state:
-            found = visit(task.id)
-            if found:
-                return found
-    return None

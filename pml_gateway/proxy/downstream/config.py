@@ -30,7 +30,7 @@ import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -88,10 +88,11 @@ class HttpServerConfig(_ServerBase):
         return value
 
 
-DownstreamConfig = Annotated[StdioServerConfig | HttpServerConfig, Field(discriminator="transport")]
+#: One server's config, either kind.
+ServerConfig = StdioServerConfig | HttpServerConfig
 
 
-def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> list[StdioServerConfig | HttpServerConfig]:
+def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> list[ServerConfig]:
     """Read and check a config file. Raises :class:`ConfigError` naming the server and field."""
     path = Path(path)
     label = str(path)
@@ -114,7 +115,7 @@ def parse_config(
     base_dir: Path,
     label: str = "config",
     environ: Mapping[str, str] | None = None,
-) -> list[StdioServerConfig | HttpServerConfig]:
+) -> list[ServerConfig]:
     """Check an already-parsed ``{"mcpServers": {...}}`` object. Relative paths resolve against ``base_dir``."""
     env = os.environ if environ is None else environ
     if not isinstance(data, dict):
@@ -124,7 +125,7 @@ def parse_config(
         raise ConfigError(f"{label}: field 'mcpServers': required")
     if not isinstance(servers, dict):
         raise ConfigError(f"{label}: field 'mcpServers': must be an object of name -> server")
-    result: list[StdioServerConfig | HttpServerConfig] = []
+    result: list[ServerConfig] = []
     for name, raw in servers.items():
         result.append(_parse_server(name, raw, base_dir=base_dir, label=label, env=env))
     return result
@@ -132,7 +133,7 @@ def parse_config(
 
 def _parse_server(
     name: str, raw: Any, *, base_dir: Path, label: str, env: Mapping[str, str]
-) -> StdioServerConfig | HttpServerConfig:
+) -> ServerConfig:
     where = f"{label}: server {name!r}"
     if not name.strip():
         raise ConfigError(f"{label}: server names must not be empty")
@@ -155,7 +156,7 @@ def _parse_server(
     # A disabled server never starts, so a variable it names may legitimately be unset.
     raw = _expand(raw, env=env, where=where, strict=enabled, path=())
     try:
-        server: StdioServerConfig | HttpServerConfig
+        server: ServerConfig
         if transport == "stdio":
             server = StdioServerConfig.model_validate(raw)
         else:

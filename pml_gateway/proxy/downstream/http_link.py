@@ -11,13 +11,13 @@ hands the result back as the raw JSON dict.
 It does exactly what the SDK's client puts on the wire for that request (the same headers,
 including ``Mcp-Name`` and ``Mcp-Param-*`` from the tool's ``x-mcp-header`` annotations, and the
 same ``_meta`` envelope), and nothing else: connecting, discovery, tool listing, change
-subscriptions and every other downstream transport stay with the SDK (``downstream.py``).
+subscriptions and every other downstream transport stay with the SDK (``supervisor.py``).
 
-Errors, for the caller to turn into tool errors: ``RemoteError`` (a JSON-RPC error from the
-server), ``LinkError`` (the connection failed or closed, an unusable HTTP answer; ``Unreachable``
-when no connection could be opened), ``TimeoutError``.
-``Redirected`` means the server answered 3xx and did not run the call: the caller sends it through
-the SDK instead, which follows same-origin redirects.
+It is one of the two ``DownstreamLink`` implementations (``link.py``), and raises that seam's
+errors: ``RemoteError`` (a JSON-RPC error from the server), ``LinkError`` (the connection failed
+or closed, an unusable HTTP answer; ``Unreachable`` when no connection could be opened),
+``TimeoutError``. ``Redirected`` means the server answered 3xx and did not run the call: the
+downstream falls back to the SDK's link, which follows same-origin redirects.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ from mcp.shared.inbound import (
 )
 from mcp_types import CLIENT_CAPABILITIES_META_KEY, CLIENT_INFO_META_KEY, PROTOCOL_VERSION_META_KEY
 
+from pml_gateway.proxy.downstream.link import LinkError, Redirected, RemoteError, Unreachable
+
 try:  # installed with uvicorn[standard]; without it, calls go through the SDK's client
     import httptools
 except ImportError:  # pragma: no cover
@@ -59,28 +61,6 @@ MAX_CONNECTIONS = 100
 #: An SSE event or a JSON body larger than this is refused (the SDK's own SSE event cap is 1 MiB).
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 USER_AGENT = "pml-gateway/0.1.0"
-
-
-class LinkError(Exception):
-    """The HTTP exchange failed: connection refused, closed or reset, an unusable answer."""
-
-
-class Unreachable(LinkError):
-    """No connection could be opened: the call was not sent."""
-
-
-class Redirected(LinkError):
-    """The server answered with a redirect: the call was not run."""
-
-
-class RemoteError(Exception):
-    """The downstream answered the request with a JSON-RPC error."""
-
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.data = data
 
 
 def link_supported(url: str, headers: Mapping[str, str]) -> bool:

@@ -9,12 +9,13 @@ A supervisor loops: connect, initialise, list tools and register them, then watc
 server). When the connection ends or never comes up, the server's tools leave the registry (the
 registry's listeners tell upstream clients) and it is retried after an exponential backoff, 1 s
 doubling up to 30 s by default. Calls never raise: errors, timeouts and dead servers come back as a
-``CallToolResult`` with ``is_error`` and a message that says what happened.
+tool error (wire form, worded by ``errors.py``) that says what happened.
 
-Calls to a server that speaks 2026-07-28 over Streamable HTTP skip the SDK's client: they go
-through a lean link (``http_link.py``: one POST per call on kept-alive connections, without the
-SDK client's tasks and streams), which the supervisor opens with each connection and closes when
-it ends. A call that finds the link broken wakes the supervisor, which checks the server at once.
+Calls go through one ``DownstreamLink`` (``link.py``), chosen once per connection: the lean HTTP
+link (``http_link.py``: one POST per call on kept-alive connections, without the SDK client's
+tasks and streams) when the server speaks 2026-07-28 over Streamable HTTP, else the SDK client's
+(``sdk_link.py``). The supervisor opens it with each connection and closes it when it ends. A call
+that finds the link broken wakes the supervisor, which checks the server at once.
 """
 
 from __future__ import annotations
@@ -32,21 +33,21 @@ from typing import Any, TextIO
 import anyio
 import httpx2
 import mcp.types as types
-from mcp import Client, ClientSession, MCPError, StdioServerParameters, stdio_client
+from mcp import Client, ClientSession, StdioServerParameters, stdio_client
 from mcp.client.session import IncomingMessage
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import SERVER_INFO_META_KEY
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
-from pydantic import ValidationError
 
-from pml_gateway.proxy.downstream.config import HttpServerConfig, StdioServerConfig
-from pml_gateway.proxy.downstream.http_link import HttpLink, LinkError, Redirected, RemoteError, Unreachable, link_supported
-from pml_gateway.proxy.registry import RegisteredTool, ToolRegistry
+from pml_gateway.proxy.downstream.config import HttpServerConfig, ServerConfig, StdioServerConfig
+from pml_gateway.proxy.downstream import errors
+from pml_gateway.proxy.downstream.http_link import HttpLink, link_supported
+from pml_gateway.proxy.downstream.link import DownstreamLink, LinkError, Redirected, RemoteError, Unreachable
+from pml_gateway.proxy.downstream.sdk_link import SdkLink
+from pml_gateway.proxy.registry import ToolRegistry
 
 logger = logging.getLogger(__name__)
-
-ServerConfig = StdioServerConfig | HttpServerConfig
 
 #: Who the gateway is to its downstreams.
 CLIENT_INFO = types.Implementation(name="pml-gateway", version="0.1.0")
@@ -75,15 +76,6 @@ class SupervisionTiming:
         return min(self.backoff_max, self.backoff_initial * 2 ** max(0, failures - 1))
 
 
-def error_result(message: str) -> types.CallToolResult:
-    return types.CallToolResult(content=[types.TextContent(type="text", text=message)], is_error=True)
-
-
-def error_wire(message: str) -> dict[str, Any]:
-    """``error_result`` in wire form (what the fast path passes on): the same as its model dump."""
-    return {"content": [{"type": "text", "text": message}], "isError": True, "resultType": "complete"}
-
-
 def _without_server_info(result: dict[str, Any]) -> dict[str, Any]:
     # A 2026-era result carries its server's identity in _meta (serverInfo). Passed on, the
     # downstream's stamp would pass for the gateway's: it is dropped, and the gateway stamps its own.
@@ -96,20 +88,6 @@ def _without_server_info(result: dict[str, Any]) -> dict[str, Any]:
         else:
             del result["_meta"]
     return result
-
-
-def describe_error(exc: BaseException) -> str:
-    """A one-line reason, from the innermost cause of an ``ExceptionGroup``."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    if isinstance(exc, MCPError):
-        return exc.message or f"MCP error {exc.code}"
-    if isinstance(exc, TimeoutError):
-        return str(exc) or "timed out"
-    if isinstance(exc, httpx2.HTTPStatusError):
-        return f"HTTP {exc.response.status_code} from {exc.request.url}"
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class _ConnectionEnded(Exception):
@@ -135,18 +113,22 @@ class Downstream:
         self.last_error: str | None = None
         self.restarts = 0
         self._errlog = errlog
-        self._client: Client | None = None
-        self._link: HttpLink | None = None  # tools/call without the SDK's client, when it can carry them
+        self._link: DownstreamLink | None = None  # how calls reach the server while connected
+        self._fallback: DownstreamLink | None = None  # the SDK's link, when _link is the lean one
         self.lean_http = lean_http
         self._wake = anyio.Event()  # set when the connection died or the tools changed
         self._dead = False
         self._relist = False
-        self._inflight: set[anyio.CancelScope] = set()
         self.first_attempt_done = anyio.Event()  #: set once the first connection attempt settled
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def link(self) -> DownstreamLink | None:
+        """How calls reach the server now (``None`` while it is not connected)."""
+        return self._link
 
     @property
     def tool_count(self) -> int:
@@ -174,14 +156,12 @@ class Downstream:
                     connected_at = time.monotonic()
                     await self._serve(client)
             except Exception as exc:  # includes ExceptionGroup from HTTP transports; never cancellation
-                self.last_error = describe_error(exc)
+                self.last_error = errors.describe_error(exc)
             finally:
-                self._client = None
-                if self._link is not None:
-                    self._link.close()  # lean calls in flight fail at once, like the SDK's below
-                    self._link = None
-                for scope in list(self._inflight):
-                    scope.cancel()  # calls stuck on the dead connection return an error now
+                for link in (self._link, self._fallback):
+                    if link is not None:
+                        link.close()  # calls stuck on the dead connection return an error now
+                self._link = self._fallback = None
                 if self.registry.remove_server(self.name):
                     logger.info("downstream %r: its tools left the list", self.name)
             self.state = DownstreamState.FAILED
@@ -210,8 +190,8 @@ class Downstream:
             client_info=CLIENT_INFO,
         ) as client:
             tools = await self._list_tools(client.session)
-            self._client = client
-            self._link = self._lean_link(client)
+            self._fallback = SdkLink(client)
+            self._link = self._lean_link(client) or self._fallback
             self.state = DownstreamState.CONNECTED
             self.last_error = None
             self.first_attempt_done.set()
@@ -293,7 +273,7 @@ class Downstream:
                     self._relist = True
                     self._wake.set()
         except Exception as exc:  # not served, or the stream dropped: the periodic listing still catches changes
-            logger.debug("downstream %r: no change subscription (%s)", self.name, describe_error(exc))
+            logger.debug("downstream %r: no change subscription (%s)", self.name, errors.describe_error(exc))
 
     @staticmethod
     async def _list_tools(session: ClientSession) -> list[types.Tool]:
@@ -313,24 +293,11 @@ class Downstream:
             self._relist = True
             self._wake.set()
         elif isinstance(message, Exception):
-            logger.debug("downstream %r transport error: %s", self.name, describe_error(message))
+            logger.debug("downstream %r transport error: %s", self.name, errors.describe_error(message))
 
     # -- calls ---------------------------------------------------------------------------------
 
     async def call_tool(
-        self, tool: str, arguments: dict[str, Any] | None, *, input_schema: Any = None
-    ) -> types.CallToolResult:
-        """Call one of this server's tools by its own name. Never raises (except cancellation)."""
-        if self._link is None:
-            return await self._call_sdk(tool, arguments)
-        raw = await self.call_tool_raw(tool, arguments, input_schema=input_schema)
-        try:
-            return types.CallToolResult.model_validate(raw, by_name=False)
-        except ValidationError as exc:
-            logger.warning("downstream %r: %r returned an invalid result: %s", self.name, tool, exc)
-            return error_result(f"tool {tool!r} on downstream server {self.name!r} returned an invalid result")
-
-    async def call_tool_raw(
         self,
         tool: str,
         arguments: dict[str, Any] | None,
@@ -338,76 +305,43 @@ class Downstream:
         input_schema: Any = None,
         meta: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """``call_tool`` with the result in wire form (camelCase JSON), unchecked. Never raises.
+        """Call one of this server's tools by its own name; the result in wire form, unchecked.
 
-        Through the lean link when there is one; ``input_schema`` is the tool's (its
-        ``x-mcp-header`` arguments are mirrored into headers), ``meta`` extra ``_meta`` keys.
+        Never raises (except cancellation): every failure is a tool error. ``input_schema`` is the
+        tool's, ``meta`` extra ``_meta`` keys for the request (see ``DownstreamLink``).
         """
         link = self._link
         if link is None:
-            result = await self._call_sdk(tool, arguments)
-            return result.model_dump(by_alias=True, mode="json", exclude_none=True)
+            return errors.tool_error(errors.server_down(self.name, self.state.value, self.last_error))
         timeout = self.config.timeout
         try:
-            return _without_server_info(
-                await link.call_tool(tool, arguments, input_schema=input_schema, meta=meta, timeout=timeout)
-            )
+            result = await link.call_tool(tool, arguments, input_schema=input_schema, meta=meta, timeout=timeout)
         except RemoteError as exc:
-            return error_wire(f"downstream server {self.name!r} refused {tool!r}: {exc.message or f'MCP error {exc.code}'}")
+            return errors.tool_error(errors.refused(self.name, tool, exc.message or f"MCP error {exc.code}"))
         except TimeoutError:
-            return error_wire(f"tool {tool!r} on downstream server {self.name!r} timed out after {timeout:g} s")
+            return errors.tool_error(errors.timed_out(self.name, tool, timeout))
         except Redirected:
             # Not run: the SDK's client follows same-origin redirects, so it carries this server's calls.
+            fallback = self._fallback
+            if self._link is not link or fallback is None or fallback is link:
+                return errors.tool_error(errors.connection_lost(self.name, tool, "redirected"))
             logger.info("downstream %r redirects; its calls go through the SDK client", self.name)
-            if self._link is link:
-                self._link = None
+            self._link = fallback
             link.close()
-            result = await self._call_sdk(tool, arguments)
-            return result.model_dump(by_alias=True, mode="json", exclude_none=True)
+            return await self.call_tool(tool, arguments, input_schema=input_schema, meta=meta)
         except LinkError as exc:
-            if self._link is link:  # the server may be gone: the supervisor checks now
-                self._relist = True
+            if self._link is link:  # not a stale call on an earlier connection: the supervisor checks now
+                if exc.dead:
+                    self._dead = True
+                else:
+                    self._relist = True
                 self._wake.set()
             if isinstance(exc, Unreachable):
-                return error_wire(f"downstream server {self.name!r} is unreachable: {exc}")
-            return error_wire(f"downstream server {self.name!r} closed the connection during {tool!r}: {exc}")
-
-    async def _call_sdk(self, tool: str, arguments: dict[str, Any] | None) -> types.CallToolResult:
-        client = self._client
-        if client is None:
-            reason = f": {self.last_error}" if self.last_error else ""
-            return error_result(f"downstream server {self.name!r} is {self.state.value}{reason}")
-        timeout = self.config.timeout
-        scope = anyio.CancelScope()
-        self._inflight.add(scope)
-        try:
-            with scope:
-                # The request itself, not Client.call_tool: a proxy passes results through and leaves
-                # checking them against the output schema to the client at the end of the chain.
-                result = await client.session.send_request(
-                    types.CallToolRequest(params=types.CallToolRequestParams(name=tool, arguments=arguments)),
-                    types.CallToolResult,
-                    request_read_timeout_seconds=timeout,
-                )
-                if result.meta and SERVER_INFO_META_KEY in result.meta:  # as _without_server_info
-                    rest = {key: value for key, value in result.meta.items() if key != SERVER_INFO_META_KEY}
-                    result = result.model_copy(update={"meta": rest or None})
-                return result
-        except MCPError as exc:
-            if exc.code == types.CONNECTION_CLOSED:
-                if self._client is client:  # not a stale call on an earlier connection
-                    self._dead = True
-                    self._wake.set()
-                return error_result(f"downstream server {self.name!r} closed the connection during {tool!r}")
-            if exc.code == types.REQUEST_TIMEOUT:
-                return error_result(f"tool {tool!r} on downstream server {self.name!r} timed out after {timeout:g} s")
-            return error_result(f"downstream server {self.name!r} refused {tool!r}: {describe_error(exc)}")
+                return errors.tool_error(errors.unreachable(self.name, str(exc)))
+            return errors.tool_error(errors.connection_lost(self.name, tool, str(exc)))
         except Exception as exc:
-            return error_result(f"calling {tool!r} on downstream server {self.name!r} failed: {describe_error(exc)}")
-        finally:
-            self._inflight.discard(scope)
-        # Only reached when the supervisor cancelled the scope: the connection died mid-call.
-        return error_result(f"downstream server {self.name!r} disconnected during {tool!r}")
+            return errors.tool_error(errors.call_failed(self.name, tool, errors.describe_error(exc)))
+        return _without_server_info(result)
 
 
 @asynccontextmanager
@@ -457,28 +391,26 @@ class DownstreamPool:
     def health(self) -> dict[str, dict[str, Any]]:
         return {name: downstream.health() for name, downstream in self.downstreams.items()}
 
-    async def call(self, entry: RegisteredTool, arguments: dict[str, Any] | None) -> types.CallToolResult:
-        downstream = self.downstreams.get(entry.server)
-        if downstream is None:
-            return error_result(f"downstream server {entry.server!r} is not configured")
-        return await downstream.call_tool(entry.original_name, arguments, input_schema=entry.tool.input_schema)
-
-    async def call_raw(
-        self, entry: RegisteredTool, arguments: dict[str, Any] | None, *, meta: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
-        """``call`` with the result in wire form, unchecked (the fast path shapes it for its client)."""
-        downstream = self.downstreams.get(entry.server)
-        if downstream is None:
-            return error_wire(f"downstream server {entry.server!r} is not configured")
-        return await downstream.call_tool_raw(
-            entry.original_name, arguments, input_schema=entry.tool.input_schema, meta=meta
-        )
-
-    def unavailable_reason(self, tool_name: str) -> str | None:
-        """Why a ``<server>__<tool>`` name is missing, when its server is known but down."""
-        server, sep, _ = tool_name.partition("__")
-        downstream = self.downstreams.get(server) if sep else None
+    def missing(self, name: str) -> str:
+        """Why the exposed name ``name`` cannot be called: its server is down, or no such tool."""
+        server = self.registry.owner(name)
+        downstream = self.downstreams.get(server) if server is not None else None
         if downstream is None or downstream.state is DownstreamState.CONNECTED:
-            return None
-        reason = f" ({downstream.last_error})" if downstream.last_error else ""
-        return f"downstream server {server!r} is {downstream.state.value}{reason}"
+            return errors.unknown_tool(name)
+        return errors.unavailable(name, errors.server_down(server, downstream.state.value, downstream.last_error))
+
+    async def call(
+        self, name: str, arguments: dict[str, Any] | None, *, meta: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Call a downstream tool by its exposed name; the result in wire form. Never raises.
+
+        The one way every proxied call reaches a downstream: the SDK path, the fast path and
+        workflow tasks alike.
+        """
+        entry = self.registry.get(name)
+        if entry is None:
+            return errors.tool_error(self.missing(name))
+        downstream = self.downstreams.get(entry.server)
+        if downstream is None:
+            return errors.tool_error(errors.not_configured(entry.server))
+        return await downstream.call_tool(entry.original_name, arguments, input_schema=entry.tool.input_schema, meta=meta)

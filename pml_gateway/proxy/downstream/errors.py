@@ -1,0 +1,116 @@
+"""Every tool error a proxied call can end in, worded once.
+
+A proxied call never raises: whatever goes wrong (no such tool, its server down, a timeout, a
+connection lost, a bug in the gateway) comes back to the client as a tool result with
+``isError`` and one line saying what happened. The SDK path, the fast path, workflow tasks and
+the gateway's own tools all take their wording from here, so the same failure reads the same
+whichever way the call came in (tests/test_gateway_fast_path.py proves it over the wire).
+
+Results are wire dicts (camelCase JSON, as MCP puts them on the wire), the one form results take
+inside the proxy: ``tool_error`` is the same as ``CallToolResult(content=[text], is_error=True)``
+dumped by alias.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx2
+from mcp import MCPError
+
+__all__ = [
+    "call_failed",
+    "connection_lost",
+    "describe_error",
+    "internal_error",
+    "invalid_arguments",
+    "invalid_result",
+    "not_configured",
+    "refused",
+    "server_down",
+    "timed_out",
+    "tool_error",
+    "unavailable",
+    "unknown_tool",
+    "unreachable",
+]
+
+
+def tool_error(message: str) -> dict[str, Any]:
+    """A tool result in wire form that reports ``message`` as an error."""
+    return {"content": [{"type": "text", "text": message}], "isError": True, "resultType": "complete"}
+
+
+# -- the tool is not callable --------------------------------------------------------------------
+
+
+def unknown_tool(name: str) -> str:
+    return f"unknown tool {name!r}"
+
+
+def server_down(server: str, state: str, reason: str | None) -> str:
+    """A known server that is not connected (``state`` is ``connecting`` or ``failed``)."""
+    return f"downstream server {server!r} is {state}" + (f" ({reason})" if reason else "")
+
+
+def unavailable(name: str, why: str) -> str:
+    """A tool whose server is known but cannot take calls now; ``why`` is ``server_down``'s."""
+    return f"tool {name!r} is unavailable: {why}"
+
+
+def not_configured(server: str) -> str:
+    return f"downstream server {server!r} is not configured"
+
+
+# -- the call went wrong -------------------------------------------------------------------------
+
+
+def timed_out(server: str, tool: str, timeout: float) -> str:
+    return f"tool {tool!r} on downstream server {server!r} timed out after {timeout:g} s"
+
+
+def refused(server: str, tool: str, detail: str) -> str:
+    """The downstream answered the request with a JSON-RPC error."""
+    return f"downstream server {server!r} refused {tool!r}: {detail}"
+
+
+def connection_lost(server: str, tool: str, detail: str = "") -> str:
+    return f"downstream server {server!r} closed the connection during {tool!r}" + (f": {detail}" if detail else "")
+
+
+def unreachable(server: str, detail: str) -> str:
+    return f"downstream server {server!r} is unreachable: {detail}"
+
+
+def call_failed(server: str, tool: str, detail: str) -> str:
+    """Anything else a link raised."""
+    return f"calling {tool!r} on downstream server {server!r} failed: {detail}"
+
+
+def invalid_result(name: str) -> str:
+    """The downstream's result does not fit the MCP schema of the client's protocol version."""
+    return f"tool {name!r} returned a result that is not a valid MCP tool result"
+
+
+def invalid_arguments(tool: str, problem: str) -> str:
+    """Arguments of a gateway tool (``pml_*``) refused; ``problem`` names the field."""
+    return f"invalid arguments for {tool}: {problem}"
+
+
+def internal_error(name: str, exc: BaseException) -> str:
+    """A bug in the gateway while calling ``name``: the client gets this instead of a crash."""
+    return f"internal error in pml-gateway while calling {name!r}: {type(exc).__name__}: {exc}"
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line reason, from the innermost cause of an ``ExceptionGroup``."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    if isinstance(exc, MCPError):
+        return exc.message or f"MCP error {exc.code}"
+    if isinstance(exc, TimeoutError):
+        return str(exc) or "timed out"
+    if isinstance(exc, httpx2.HTTPStatusError):
+        return f"HTTP {exc.response.status_code} from {exc.request.url}"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
