@@ -3,6 +3,17 @@
 // Positions live in world units; `view` maps them to CSS pixels (screen = world * k + (x, y)).
 // The simulation is velocity Verlet with a cooling `alpha`, as in d3-force: it stops by itself
 // when the layout has settled and is reheated by structural changes, so an idle page costs nothing.
+//
+// A node is a tool. Tools the engine learned about are coloured by community; tools the gateway
+// exposes but that never ran are grey (`called` false); tools whose server is down, or that left
+// their server, are drawn hollow (`available` false). Without a tool list (`available` null) a
+// learned tool is drawn as learned.
+//
+// Scale (a few thousand tools): drawing is culled to the visible rectangle, and past
+// LOD_EDGES visible edges the edges are straight lines batched per colour bucket (no dashes,
+// no arrows) and nodes are batched per colour: a handful of canvas paths per frame instead of one
+// per element. `frameStats()` reports the measured frame times (requestAnimationFrame intervals
+// while animating, and the work done in each frame); the browser test prints them.
 
 export const PALETTE = [
   "#60a5fa", "#f472b6", "#34d399", "#fbbf24", "#a78bfa", "#f87171",
@@ -24,6 +35,12 @@ const GRID_CELL = 160;
 const FLASH_MS = 2600;
 const BASE_RADIUS = 4.5;
 const RADIUS_RANGE = 14;
+const LOD_EDGES = 1500;           // above this many visible edges: batched straight lines
+const EDGE_BUCKETS = 8;           // colour levels of batched edges
+const UNCALLED = "#4b5567";       // exposed, never ran
+const UNAVAILABLE = "#2a3342";    // its server is down, or it left its server
+const FRAME_SAMPLES = 240;
+const COMMUNITY_LABELS = 10;      // label at most this many communities on the canvas
 
 function hashString(text) {
   let h = 2166136261;
@@ -87,6 +104,13 @@ export class GraphView {
     this._dirty = true;
     this._flashing = false;
     this._pointer = null;
+    this._visibleEdges = [];
+    this._frameWork = new Float64Array(FRAME_SAMPLES);
+    this._frameGap = new Float64Array(FRAME_SAMPLES);
+    this._frameCount = 0;
+    this._gapCount = 0;
+    this._lastFrameAt = 0;
+    this._labelOrder = null;  // nodes by PageRank, rebuilt when ranks or the node set change
     this._frame = this._frame.bind(this);
     this._resize();
     new ResizeObserver(() => this._resize()).observe(canvas);
@@ -100,12 +124,16 @@ export class GraphView {
 
   /** Replace everything with a snapshot; nodes that survive keep their place. */
   setGraph(nodes, edges) {
-    const firstLoad = this.nodes.size === 0;
+    const firstLoad = this.nodes.size === 0 || this.edges.size === 0;
     const keep = new Set(nodes.map((n) => n.id));
-    for (const id of [...this.nodes.keys()]) if (!keep.has(id)) this.nodes.delete(id);
+    for (const [id, node] of [...this.nodes]) {
+      if (keep.has(id)) continue;
+      if (node.inCatalog) node.called = false; // still exposed: back to never-called
+      else this.nodes.delete(id);
+    }
     this.edges.clear();
     for (const node of this.nodes.values()) { node.out.clear(); node.in.clear(); }
-    for (const n of nodes) this._node(n.id, n);
+    for (const n of nodes) this._node(n.id, n).called = true;
     for (const e of edges) this._edge(e.from_tool_id, e.to_tool_id, e, null);
     this._afterStructure(1);
     this._recolor();
@@ -123,6 +151,7 @@ export class GraphView {
       node.community = n.community ?? null;
       if (n.server !== undefined) node.server = n.server;
     }
+    this._labelOrder = null;
     this._recolor();
     this._resizeNodes();
     this.invalidate();
@@ -131,6 +160,7 @@ export class GraphView {
   setPagerank(toolId, score) {
     const node = this.nodes.get(toolId);
     if (node) node.pagerank = score;
+    this._labelOrder = null;
   }
 
   refreshSizes() {
@@ -155,7 +185,8 @@ export class GraphView {
   ensureNodes(ids) {
     let added = false;
     for (const id of ids) {
-      if (!this.nodes.has(id)) { this._node(id); added = true; }
+      if (!this.nodes.has(id)) added = true;
+      this._node(id).called = true;
     }
     if (added) {
       this._afterStructure(0.35);
@@ -163,8 +194,83 @@ export class GraphView {
     }
   }
 
+  /**
+   * The tools the gateway exposes: `tools` is [{id, server, available}] (available false for a
+   * tool that left, e.g. its server died). Adds never-called tools as grey nodes; a tool not in
+   * the list that no longer ran is dropped; `available` of a learned tool not listed is
+   * `unknown(node)` (true, false or null).
+   */
+  setCatalog(tools, unknown = () => null) {
+    const listed = new Set();
+    let added = false;
+    for (const t of tools) {
+      listed.add(t.id);
+      if (!this.nodes.has(t.id)) added = true;
+      const node = this._node(t.id, { server: t.server });
+      node.inCatalog = true;
+      node.available = t.available;
+    }
+    for (const [id, node] of [...this.nodes]) {
+      if (listed.has(id)) continue;
+      node.inCatalog = false;
+      if (!node.called) { this.nodes.delete(id); added = true; continue; }
+      node.available = unknown(node);
+    }
+    if (added) {
+      this._afterStructure(0.5);
+      this._resizeNodes();
+    }
+    this.invalidate();
+  }
+
   edge(from, to) {
     return this.edges.get(from + "\u0000" + to) || null;
+  }
+
+  /** Mark the tools of a running workflow task (a ring while it runs). */
+  setRunning(id, running) {
+    const node = this.nodes.get(id);
+    if (!node) return;
+    node.running = Math.max(0, (node.running || 0) + (running ? 1 : -1));
+    this._flashing = true;
+    this.invalidate();
+  }
+
+  /** Frame times in ms: `gap` between animation frames, `work` spent drawing (p50, p95, max). */
+  frameStats() {
+    const summary = (buffer, count) => {
+      const values = Array.from(buffer.slice(0, Math.min(count, FRAME_SAMPLES))).sort((a, b) => a - b);
+      const at = (q) => (values.length ? values[Math.min(values.length - 1, Math.floor(q * values.length))] : null);
+      return { samples: values.length, p50: at(0.5), p95: at(0.95), max: values.length ? values[values.length - 1] : null };
+    };
+    return { gap: summary(this._frameGap, this._gapCount), work: summary(this._frameWork, this._frameCount),
+      visibleEdges: this._visibleEdges.length, lod: this._visibleEdges.length > LOD_EDGES };
+  }
+
+  resetFrameStats() {
+    this._frameCount = 0;
+    this._gapCount = 0;
+    this._lastFrameAt = 0;
+  }
+
+  /** [{community, color, size, top: [ids by PageRank], x, y}] largest first. */
+  communityLabels() {
+    const groups = new Map();
+    for (const node of this.nodes.values()) {
+      if (node.community == null) continue;
+      let g = groups.get(node.community);
+      if (!g) groups.set(node.community, (g = { community: node.community, members: [], x: 0, top: Infinity }));
+      g.members.push(node);
+      g.x += node.x;
+      g.top = Math.min(g.top, node.y - node.r);
+    }
+    return [...groups.values()]
+      .sort((a, b) => b.members.length - a.members.length || a.community - b.community)
+      .map((g) => ({
+        community: g.community, color: this.colorOf({ community: g.community }), size: g.members.length,
+        top: g.members.slice().sort((a, b) => (b.pagerank ?? 0) - (a.pagerank ?? 0)).slice(0, 3).map((n) => n.id),
+        x: g.x / g.members.length, y: g.top,
+      }));
   }
 
   /** Briefly ring the nodes of a workflow that just ran. */
@@ -216,6 +322,8 @@ export class GraphView {
 
   /** Colour of a community id (stable across recomputations as far as membership allows). */
   colorOf(node) {
+    if (node.available === false) return UNAVAILABLE;
+    if (node.called === false) return UNCALLED;
     if (node.community == null) return NO_COMMUNITY;
     const index = this.communityColors.get(node.community);
     return index == null ? NO_COMMUNITY : PALETTE[index % PALETTE.length];
@@ -243,9 +351,11 @@ export class GraphView {
         id, server: serverOf(id), pagerank: null, community: null,
         x: Math.cos(angle) * radius, y: Math.sin(angle) * radius, vx: 0, vy: 0, fx: null, fy: null,
         r: BASE_RADIUS, out: new Set(), in: new Set(), flashUntil: 0, flashOk: true, colorIndex: -1,
+        called: false, inCatalog: false, available: null, running: 0,
       };
       this.nodes.set(id, node);
       this._listsStale = true;
+      this._labelOrder = null;
     }
     if (attrs.server !== undefined) node.server = attrs.server;
     if (attrs.pagerank !== undefined) node.pagerank = attrs.pagerank;
@@ -260,6 +370,8 @@ export class GraphView {
       const fresh = !this.nodes.has(from) || !this.nodes.has(to);
       const source = this._node(from);
       const target = this._node(to);
+      source.called = true;
+      target.called = true;
       // A new tool starts next to the tool it is linked to, not somewhere random.
       if (fresh) this._placeNear(source, target);
       edge = {
@@ -309,9 +421,10 @@ export class GraphView {
     for (const node of this.nodes.values()) if (node.pagerank > max) max = node.pagerank;
     this._maxPagerank = max;
     for (const node of this.nodes.values()) {
-      node.r = max > 0 && node.pagerank != null
-        ? BASE_RADIUS + RADIUS_RANGE * Math.sqrt(node.pagerank / max)
-        : BASE_RADIUS + 1;
+      node.r = !node.called ? BASE_RADIUS - 1
+        : max > 0 && node.pagerank != null
+          ? BASE_RADIUS + RADIUS_RANGE * Math.sqrt(node.pagerank / max)
+          : BASE_RADIUS + 1;
     }
   }
 
@@ -392,15 +505,18 @@ export class GraphView {
     }
 
     // Cohesion toward the community centroid, gravity toward the origin.
+    // Tools that never ran have no community: they gather by server instead.
     const sums = new Map();
     for (const node of nodes) {
-      if (node.community == null) continue;
-      let s = sums.get(node.community);
-      if (!s) sums.set(node.community, (s = { x: 0, y: 0, n: 0 }));
+      const group = node.community ?? (node.server ? "s:" + node.server : null);
+      node.group = group;
+      if (group == null) continue;
+      let s = sums.get(group);
+      if (!s) sums.set(group, (s = { x: 0, y: 0, n: 0 }));
       s.x += node.x; s.y += node.y; s.n += 1;
     }
     for (const node of nodes) {
-      const s = node.community == null ? null : sums.get(node.community);
+      const s = node.group == null ? null : sums.get(node.group);
       if (s && s.n > 1) {
         node.vx += (s.x / s.n - node.x) * COHESION * alpha;
         node.vy += (s.y / s.n - node.y) * COHESION * alpha;
@@ -502,8 +618,9 @@ export class GraphView {
     return [(sx - this.view.x) / this.view.k, (sy - this.view.y) / this.view.k];
   }
 
-  _frame() {
+  _frame(now) {
     this._raf = 0;
+    const started = performance.now();
     let active = false;
     const simulating = !this.frozen && (this.alpha > ALPHA_MIN || this.alphaTarget > 0);
     if (simulating) {
@@ -523,7 +640,12 @@ export class GraphView {
     }
     this._draw();
     this._dirty = false;
-    if (active || this._flashing) this._raf = requestAnimationFrame(this._frame);
+    const again = active || this._flashing;
+    // Frame time: the gap between consecutive animation frames (what a user sees), and the work.
+    this._frameWork[this._frameCount++ % FRAME_SAMPLES] = performance.now() - started;
+    if (this._lastFrameAt) this._frameGap[this._gapCount++ % FRAME_SAMPLES] = now - this._lastFrameAt;
+    this._lastFrameAt = again ? now : 0;
+    if (again) this._raf = requestAnimationFrame(this._frame);
   }
 
   _curve(e) {
@@ -541,6 +663,12 @@ export class GraphView {
     const [x0, y0] = trim(s, { x: cx, y: cy }, s.r + 1);
     const [x1, y1] = trim(t, { x: cx, y: cy }, t.r + 2);
     return { x0, y0, cx, cy, x1, y1 };
+  }
+
+  /** The world rectangle on screen, with a margin: what lies outside is not drawn. */
+  _visibleRect(margin) {
+    const { k, x, y } = this.view;
+    return { x0: (-x - margin) / k, y0: (-y - margin) / k, x1: (this.width - x + margin) / k, y1: (this.height - y + margin) / k };
   }
 
   _draw() {
@@ -565,46 +693,136 @@ export class GraphView {
     const hoveredEdge = this.hover && this.hover.kind === "edge" ? this.hover.edge : null;
     let flashing = false;
 
-    ctx.lineCap = "round";
+    const box = this._visibleRect(40);
+    const inside = (n) => n.x + n.r >= box.x0 && n.x - n.r <= box.x1 && n.y + n.r >= box.y0 && n.y - n.r <= box.y1;
+    const visible = [];
     for (const e of edges) {
-      const touches = !center || e.source === center || e.target === center;
-      const level = confidenceLevel(e.confidence);
-      const rgb = edgeRgb(level);
-      const strong = e === hoveredEdge || (center && touches);
-      const alpha = touches ? (strong ? 0.95 : 0.22 + 0.6 * level) : 0.05;
-      const width = (0.6 + 2.4 * level * level + (e === hoveredEdge ? 1.5 : 0)) / k;
-      ctx.strokeStyle = `rgba(${rgb[0]},${rgb[1]},${rgb[2]},${alpha})`;
-      ctx.fillStyle = ctx.strokeStyle;
-      ctx.lineWidth = width;
-      ctx.setLineDash(e.edge_type === "sequence" ? [6 / k, 3 / k] : []);
-      this._pathEdge(ctx, e);
-      ctx.stroke();
-      ctx.setLineDash([]);
-      this._arrow(ctx, e, (3.5 + 3 * level) / k);
+      const s = e.source, t = e.target;
+      // Culled when both ends are off screen on the same side (the bend stays within the box).
+      if ((s.x < box.x0 && t.x < box.x0) || (s.x > box.x1 && t.x > box.x1) ||
+          (s.y < box.y0 && t.y < box.y0) || (s.y > box.y1 && t.y > box.y1)) continue;
+      visible.push(e);
+    }
+    this._visibleEdges = visible;
+    const lod = visible.length > LOD_EDGES;
 
-      if (e.flashUntil > now) {
-        flashing = true;
-        const f = (e.flashUntil - now) / FLASH_MS;
-        ctx.globalAlpha = Math.min(1, f * 1.4);
-        ctx.strokeStyle = FLASH_COLORS[e.flashKind] || FLASH_COLORS.updated;
-        ctx.lineWidth = width + (2 + 4 * f) / k;
+    ctx.lineCap = "round";
+    if (lod) {
+      // Many edges: straight lines, one path per colour bucket (and per dimmed/undimmed).
+      const paths = new Map();
+      for (const e of visible) {
+        const touches = !center || e.source === center || e.target === center;
+        const bucket = Math.min(EDGE_BUCKETS - 1, Math.floor(confidenceLevel(e.confidence) * EDGE_BUCKETS));
+        const key = bucket * 2 + (touches ? 1 : 0);
+        let list = paths.get(key);
+        if (!list) paths.set(key, (list = []));
+        list.push(e);
+      }
+      for (const [key, list] of paths) {
+        const level = (Math.floor(key / 2) + 0.5) / EDGE_BUCKETS;
+        const touches = key % 2 === 1;
+        const rgb = edgeRgb(level);
+        const alpha = touches ? (center ? 0.9 : 0.12 + 0.45 * level) : 0.04;
+        ctx.strokeStyle = `rgba(${rgb[0]},${rgb[1]},${rgb[2]},${alpha})`;
+        ctx.lineWidth = (0.5 + 1.5 * level * level) / k;
+        ctx.beginPath();
+        for (const e of list) {
+          ctx.moveTo(e.source.x, e.source.y);
+          ctx.lineTo(e.target.x, e.target.y);
+        }
+        ctx.stroke();
+      }
+    } else {
+      for (const e of visible) {
+        const touches = !center || e.source === center || e.target === center;
+        const level = confidenceLevel(e.confidence);
+        const rgb = edgeRgb(level);
+        const strong = e === hoveredEdge || (center && touches);
+        const alpha = touches ? (strong ? 0.95 : 0.22 + 0.6 * level) : 0.05;
+        const width = (0.6 + 2.4 * level * level + (e === hoveredEdge ? 1.5 : 0)) / k;
+        ctx.strokeStyle = `rgba(${rgb[0]},${rgb[1]},${rgb[2]},${alpha})`;
+        ctx.fillStyle = ctx.strokeStyle;
+        ctx.lineWidth = width;
+        ctx.setLineDash(e.edge_type === "sequence" ? [6 / k, 3 / k] : []);
         this._pathEdge(ctx, e);
         ctx.stroke();
-        ctx.globalAlpha = 1;
+        ctx.setLineDash([]);
+        this._arrow(ctx, e, (3.5 + 3 * level) / k);
       }
     }
+    for (const e of visible) {
+      if (e.flashUntil <= now) continue;
+      flashing = true;
+      const f = (e.flashUntil - now) / FLASH_MS;
+      ctx.globalAlpha = Math.min(1, f * 1.4);
+      ctx.strokeStyle = FLASH_COLORS[e.flashKind] || FLASH_COLORS.updated;
+      ctx.lineWidth = (1 + 2 + 4 * f) / k;
+      this._pathEdge(ctx, e);
+      ctx.stroke();
+      ctx.globalAlpha = 1;
+    }
 
+    // Nodes: batched per colour (and dimmed or not); the few special ones drawn on top.
+    const batches = new Map();
+    const special = [];
     for (const node of nodes) {
+      if (!inside(node)) continue;
+      if (node === center || node.flashUntil > now || node.running > 0 || node.available === false) {
+        special.push(node);
+        continue;
+      }
+      const key = this.colorOf(node) + (near && !near.has(node) ? "|dim" : "");
+      let list = batches.get(key);
+      if (!list) batches.set(key, (list = []));
+      list.push(node);
+    }
+    const outline = 1.5 / k;
+    for (const [key, list] of batches) {
+      const [color, dim] = key.split("|");
+      ctx.globalAlpha = dim ? 0.25 : 1;
+      ctx.beginPath();
+      for (const node of list) {
+        ctx.moveTo(node.x + node.r, node.y);
+        ctx.arc(node.x, node.y, node.r, 0, Math.PI * 2);
+      }
+      ctx.fillStyle = color;
+      ctx.fill();
+      if (nodeOutline(list, k)) {
+        ctx.lineWidth = outline;
+        ctx.strokeStyle = "rgba(8,12,20,0.9)";
+        ctx.stroke();
+      }
+    }
+    ctx.globalAlpha = 1;
+    for (const node of special) {
       const dim = near && !near.has(node);
       ctx.globalAlpha = dim ? 0.25 : 1;
       ctx.beginPath();
       ctx.arc(node.x, node.y, node.r, 0, Math.PI * 2);
       ctx.fillStyle = this.colorOf(node);
       ctx.fill();
-      ctx.lineWidth = 1.5 / k;
-      ctx.strokeStyle = node === center ? "#f8fafc" : "rgba(8,12,20,0.9)";
-      if (node === center) ctx.lineWidth = 2.5 / k;
-      ctx.stroke();
+      if (node.available === false) {
+        // Its server is down: hollow, dashed.
+        ctx.setLineDash([3 / k, 2 / k]);
+        ctx.lineWidth = 1.4 / k;
+        ctx.strokeStyle = "#7c8799";
+        ctx.stroke();
+        ctx.setLineDash([]);
+      } else {
+        ctx.lineWidth = (node === center ? 2.5 : 1.5) / k;
+        ctx.strokeStyle = node === center ? "#f8fafc" : "rgba(8,12,20,0.9)";
+        ctx.stroke();
+      }
+      if (node.running > 0) {
+        flashing = true;
+        const phase = (now % 1200) / 1200;
+        ctx.globalAlpha = 1 - phase;
+        ctx.strokeStyle = "#38bdf8";
+        ctx.lineWidth = 2 / k;
+        ctx.beginPath();
+        ctx.arc(node.x, node.y, node.r + (2 + phase * 8) / k, 0, Math.PI * 2);
+        ctx.stroke();
+      }
       if (node.flashUntil > now) {
         flashing = true;
         const f = (node.flashUntil - now) / FLASH_MS;
@@ -649,36 +867,66 @@ export class GraphView {
   _labels(nodes, center, near) {
     const ctx = this.ctx;
     const { k, x: tx, y: ty } = this.view;
+    const placed = [];
+    const overlaps = (b) => placed.some((p) => b[0] < p[2] && b[2] > p[0] && b[1] < p[3] && b[3] > p[1]);
+
+    // Community names first (their top tools), above each community, while nothing is focused.
+    if (!near && this.communityColors.size > 1) {
+      ctx.font = "600 11px system-ui, 'DejaVu Sans', sans-serif";
+      ctx.textBaseline = "bottom";
+      ctx.lineJoin = "round";
+      for (const c of this.communityLabels().slice(0, COMMUNITY_LABELS)) {
+        if (c.size < 3) break;
+        const text = `${c.top.slice(0, 2).join(" · ")}  (${c.size})`;
+        const w = ctx.measureText(text).width;
+        const sx = c.x * k + tx - w / 2;
+        const sy = c.y * k + ty - 6;
+        const b = [sx - 3, sy - 14, sx + w + 3, sy + 1];
+        if (b[2] < 0 || b[0] > this.width || b[3] < 0 || b[1] > this.height || overlaps(b)) continue;
+        placed.push(b);
+        ctx.lineWidth = 4;
+        ctx.strokeStyle = "rgba(11,15,23,0.92)";
+        ctx.strokeText(text, sx, sy);
+        ctx.fillStyle = c.color;
+        ctx.fillText(text, sx, sy);
+      }
+    }
+
+    if (!this._labelOrder) {
+      this._labelOrder = nodes.slice().sort((a, b) => (b.pagerank ?? -1) - (a.pagerank ?? -1) || (a.id < b.id ? -1 : 1));
+    }
     let candidates;
     if (this.showAllLabels || k >= 1.6 || nodes.length <= 24) {
-      candidates = nodes.slice();
+      candidates = this._labelOrder;
     } else {
-      const byRank = nodes.slice().sort((a, b) => (b.pagerank ?? 0) - (a.pagerank ?? 0));
-      candidates = byRank.slice(0, 14);
-      for (const node of nodes) if (node.r * k >= 11 && !candidates.includes(node)) candidates.push(node);
+      candidates = this._labelOrder.slice(0, 14);
+      const chosen = new Set(candidates);
+      for (const node of this._labelOrder) if (node.r * k >= 11 && !chosen.has(node)) candidates.push(node);
     }
     if (near) candidates = [...near, ...candidates.filter((n) => !near.has(n))];
-    else candidates.sort((a, b) => (b.pagerank ?? 0) - (a.pagerank ?? 0));
 
     ctx.font = "11px ui-monospace, 'DejaVu Sans Mono', Menlo, Consolas, monospace";
     ctx.textBaseline = "middle";
     ctx.lineJoin = "round";
-    const placed = [];
+    let drawn = 0;
     for (const node of candidates) {
       if (near && !near.has(node) && !this.showAllLabels) continue;
-      const text = node.id.length > 32 ? node.id.slice(0, 31) + "…" : node.id;
-      const w = ctx.measureText(text).width;
+      if (drawn > 400) break; // more labels than that cannot be read anyway
       const sx = node.x * k + tx + node.r * k + 4;
       const sy = node.y * k + ty;
-      if (sx > this.width || sy < -10 || sy > this.height + 10 || sx + w < 0) continue;
-      const box = [sx - 2, sy - 8, sx + w + 2, sy + 8];
+      if (sx > this.width || sy < -10 || sy > this.height + 10 || sx < -300) continue;
+      const text = node.id.length > 32 ? node.id.slice(0, 31) + "…" : node.id;
+      const w = ctx.measureText(text).width;
+      if (sx + w < 0) continue;
+      const b = [sx - 2, sy - 8, sx + w + 2, sy + 8];
       const must = node === center;
-      if (!must && placed.some((b) => box[0] < b[2] && box[2] > b[0] && box[1] < b[3] && box[3] > b[1])) continue;
-      placed.push(box);
+      if (!must && overlaps(b)) continue;
+      placed.push(b);
+      drawn += 1;
       ctx.lineWidth = 3;
       ctx.strokeStyle = "rgba(11,15,23,0.92)";
       ctx.strokeText(text, sx, sy);
-      ctx.fillStyle = node === center ? "#ffffff" : near ? "#e2e8f0" : "#b8c4d6";
+      ctx.fillStyle = node === center ? "#ffffff" : near ? "#e2e8f0" : node.called === false || node.available === false ? "#7c8799" : "#b8c4d6";
       ctx.fillText(text, sx, sy);
     }
   }
@@ -702,7 +950,9 @@ export class GraphView {
     const limit = 5 / this.view.k;
     let best = null;
     let bestD = limit;
-    for (const e of this.edges.values()) {
+    // Only what is drawn, and not among thousands of batched lines (no single one can be aimed at).
+    if (this._visibleEdges.length > LOD_EDGES) return null;
+    for (const e of this._visibleEdges) {
       let d;
       if (e.source === e.target) {
         const n = e.source;
@@ -814,4 +1064,9 @@ function segmentDistance(px, py, ax, ay, bx, by) {
   const len2 = dx * dx + dy * dy;
   const t = len2 ? Math.max(0, Math.min(1, ((px - ax) * dx + (py - ay) * dy) / len2)) : 0;
   return Math.hypot(px - (ax + t * dx), py - (ay + t * dy));
+}
+
+/** Outlines only where they can be seen: on screen, a node must be a few pixels wide. */
+function nodeOutline(list, k) {
+  return list.length < 4000 && list[0].r * k >= 3;
 }
