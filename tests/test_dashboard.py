@@ -8,9 +8,11 @@ either in the DOM (``data-*`` attributes, text) or in ``window.__pmlDashboard``.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -23,10 +25,15 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from server_helpers import make_settings, post_executions, running_server
+from gateway_support import FAST, ROOT, stdio_entry, write_config
+from server_helpers import RunningServer, make_settings, post_executions, running_server
 
+from mcp import Client
 from pml_gateway.dashboard import Dashboard
+from pml_gateway.proxy.downstream.supervisor import SupervisionTiming
+from pml_gateway.proxy.gateway import Gateway
 from pml_gateway.settings import Settings
+from pml_gateway.tool_list import ToolInfo
 
 pytestmark = pytest.mark.anyio
 
@@ -48,6 +55,10 @@ needs_browser = pytest.mark.skipif(
     not (Path(CHROMIUM).exists() or shutil.which("chromium")),
     reason="Debian's chromium is not installed (run `make browser`)",
 )
+
+
+#: Screenshots for a human to look at (the test's own tmp dir is removed with it).
+SCREENSHOTS = Path(os.environ.get("PML_SCREENSHOTS", Path(os.environ.get("TMPDIR", "/tmp")) / "pml-dashboard-screens"))
 
 
 def dashboard_settings(tmp_path: Path, **overrides: Any) -> Settings:
@@ -183,8 +194,8 @@ class Browser:
 
 
 @asynccontextmanager
-async def chromium(base_url: str) -> AsyncIterator[Browser]:
-    """A headless Chromium with the dashboard open and live."""
+async def chromium(base_url: str, *, live: bool = True) -> AsyncIterator[Browser]:
+    """A headless Chromium with the dashboard open (and, with ``live``, its stream live)."""
     async_api = pytest.importorskip("playwright.async_api")
     executable = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
     async with async_api.async_playwright() as playwright:
@@ -196,7 +207,8 @@ async def chromium(base_url: str) -> AsyncIterator[Browser]:
             page.on("pageerror", console.on_page_error)
             await page.goto(base_url + "/dashboard")
             driver = Browser(page, console)
-            await driver.until("() => window.__pmlDashboard && window.__pmlDashboard.connection === 'live'")
+            if live:
+                await driver.until("() => window.__pmlDashboard && window.__pmlDashboard.connection === 'live'")
             yield driver
         finally:
             await browser.close()
@@ -415,3 +427,241 @@ async def test_dashboard_reloads_the_snapshot_on_reset(tmp_path: Path) -> None:
                     assert (await browser.summary())["edgeCount"] == 1
                     await until_caught_up(browser, client)
                     assert browser.console.errors == []
+
+
+# -- the whole gateway: tools, servers, workflows ---------------------------------------------
+TOOLS = ROOT / ".tools"
+#: Five real MCP servers (npm and PyPI), about fifty tools between them.
+needs_real_servers = pytest.mark.skipif(
+    not (TOOLS / "node_modules" / ".bin" / "mcp-server-everything").exists() or not (TOOLS / "py" / "bin").exists(),
+    reason="the real MCP servers are not installed under .tools",
+)
+
+
+def real_servers(tmp_path: Path) -> dict[str, Any]:
+    npm, py = TOOLS / "node_modules" / ".bin", TOOLS / "py" / "bin"
+    (tmp_path / "files").mkdir(exist_ok=True)
+    return {
+        "everything": {"command": str(npm / "mcp-server-everything")},
+        "memory": {"command": str(npm / "mcp-server-memory"), "env": {"MEMORY_FILE_PATH": str(tmp_path / "memory.json")}},
+        "files": {"command": str(npm / "mcp-server-filesystem"), "args": [str(tmp_path / "files")]},
+        "time": {"command": str(py / "mcp-server-time")},
+        "git": {"command": str(py / "mcp-server-git"), "args": ["--repository", str(ROOT)]},
+    }
+
+
+@asynccontextmanager
+async def gateway_with_dashboard(
+    tmp_path: Path, servers: dict[str, Any], *, timing: SupervisionTiming = FAST, **overrides: Any
+) -> AsyncIterator[RunningServer]:
+    """The gateway (``/mcp`` and these downstreams) and the dashboard, on a real uvicorn."""
+    settings = dashboard_settings(tmp_path, config=write_config(tmp_path, servers), **overrides)
+    async with running_server(settings, [Gateway(settings, timing=timing), Dashboard()]) as running:
+        yield running
+
+
+async def server_knows(client: httpx.AsyncClient, event_type: str) -> bool:
+    """Whether this gateway emits ``event_type`` (its stream refuses a filter on an unknown type)."""
+    async with client.stream("GET", "/events/stream", params={"types": event_type}) as response:
+        return response.status_code == 200
+
+
+def metric_keys(metrics: dict[str, Any] | None) -> set[str]:
+    keys: set[str] = set()
+    for key, value in (metrics or {}).items():
+        keys.add(key)
+        if isinstance(value, dict):
+            keys.update(f"{key}.{inner}" for inner in value)
+    return keys
+
+
+async def screenshot(page: Any, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / name
+    await page.screenshot(path=str(path))
+    assert path.stat().st_size > 10_000
+    return path
+
+
+async def test_tools_route_lists_every_exposed_tool(tmp_path: Path) -> None:
+    servers = {"alpha": stdio_entry(), "beta": stdio_entry("--prefix", "b_")}
+    async with gateway_with_dashboard(tmp_path, servers) as running:
+        async with httpx.AsyncClient(base_url=running.base_url) as client:
+            response = await client.get("/tools")
+            assert response.status_code == 200
+            tools = response.json()["tools"]
+            health = (await client.get("/health")).json()["downstreams"]
+    ids = [t["tool_id"] for t in tools]
+    assert ids == sorted(ids) and "alpha__echo" in ids and "beta__b_echo" in ids
+    assert not any(i.startswith("pml_") for i in ids)  # the gateway's own tools are not downstream tools
+    assert {t["server"] for t in tools} == {"alpha", "beta"}
+    for server in ("alpha", "beta"):
+        assert sum(t["server"] == server for t in tools) == health[server]["tools"]
+    echo = next(t for t in tools if t["tool_id"] == "alpha__echo")
+    assert echo == {"tool_id": "alpha__echo", "server": "alpha", "title": None,
+                    "description": "Return the text, and this process's pid."}
+
+
+async def test_tools_route_without_a_gateway_is_empty(tmp_path: Path) -> None:
+    async with running_server(dashboard_settings(tmp_path), [Dashboard()]) as running:
+        async with httpx.AsyncClient(base_url=running.base_url) as client:
+            assert (await client.get("/tools")).json() == {"tools": []}
+            assert (await client.post("/tools")).status_code == 405
+
+
+def test_tools_route_is_documented_with_every_field() -> None:
+    doc = (ROOT / "docs" / "api" / "http.md").read_text()
+    assert "| `GET /tools` |" in doc
+    section = doc.split("## `GET /tools`", 1)[1].split("\n## ", 1)[0]
+    rows = set(re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.MULTILINE))
+    assert rows == set(ToolInfo.model_fields)
+    example = re.search(r"```console\n\$ curl -s \S+/tools\n(.*?)```", section, flags=re.DOTALL)
+    assert example, "no curl example"
+    for tool in json.loads(example.group(1))["tools"]:
+        ToolInfo.model_validate(tool)
+        assert set(tool) == set(ToolInfo.model_fields)
+
+
+@needs_browser
+@needs_real_servers
+async def test_a_fresh_gateway_shows_every_tool_and_server(tmp_path: Path) -> None:
+    async with gateway_with_dashboard(tmp_path, real_servers(tmp_path), trace_idle_seconds=0.3) as running:
+        async with httpx.AsyncClient(base_url=running.base_url) as client, chromium(running.base_url) as browser:
+            page = browser.page
+            tools = (await client.get("/tools")).json()["tools"]
+            health = (await client.get("/health")).json()["downstreams"]
+            assert len(health) == 5 and all(h["state"] == "connected" for h in health.values())
+            n = len(tools)
+            assert n == sum(h["tools"] for h in health.values()) >= 40
+
+            # Nothing ran yet, and still: every tool, every server (never "0 tools · 0 servers").
+            await browser.until(f"() => document.querySelector('#graph').dataset.nodes === '{n}'"
+                                " && document.querySelector('#graph').dataset.servers === '5'")
+            assert (await page.inner_text("#graph-counts")) == f"{n} tools · 5 servers · 0 edges"
+            assert await browser.card("tools") == str(n)
+            assert await page.inner_text("#m-tools-foot") == "5 servers · 0 learned"
+            assert await page.locator("#servers li[data-state=connected]").count() == 5
+            assert await page.inner_text("#servers-count") == "5 / 5 connected"
+            assert not await page.is_visible("#empty")
+            greys = await page.evaluate(
+                "ids => ids.map(id => window.__pmlDashboard.node(id))"
+                ".filter(n => n && n.called === false && n.available === true).length",
+                [t["tool_id"] for t in tools],
+            )
+            assert greys == n  # all exposed, none ever called: all grey
+
+            # The hit-rate card shows exactly when the server's metrics carry hit rates.
+            graph = (await client.get("/graph")).json()
+            has_rates = any("hit_rate" in key for key in metric_keys(graph["metrics"]))
+            assert await page.is_visible('.card[data-metric="hit-rate"]') == has_rates
+
+            # Counters: events since the page loaded, and the server's total.
+            stats = (await client.get("/events/stats")).json()
+            await browser.until("() => document.querySelector('#events-total').dataset.value !== ''")
+            total = int(await page.get_attribute("#events-total", "data-value") or 0)
+            assert total >= stats["events_published"] >= 1  # at least graph_synced and metrics_updated
+            assert await browser.card("events") == f"{total:,}"
+
+            # Calls through the gateway: those tools turn from grey to learned.
+            async with Client(f"{running.base_url}/mcp", mode="legacy") as mcp:
+                assert not (await mcp.call_tool("time__get_current_time", {"timezone": "UTC"})).is_error
+                assert not (await mcp.call_tool("everything__echo", {"message": "hi"})).is_error
+            await browser.until(
+                "() => ['time__get_current_time', 'everything__echo'].every(id => window.__pmlDashboard.node(id).called)"
+            )
+            await browser.until("() => document.querySelector('#m-tools-foot').textContent === '5 servers · 2 learned'")
+            assert (await page.inner_text("#graph-counts")) == f"{n} tools · 5 servers · 1 edge"
+            # Since load: the events of those calls (edge, workflow, metrics), not the ones before.
+            await browser.until("() => +document.querySelector('#events-since-load').dataset.value >= 3")
+            await browser.until("() => +document.querySelector('#events-total').dataset.value"
+                                f" >= {total} + +document.querySelector('#events-since-load').dataset.value")
+            assert re.fullmatch(r"\d+ since page load", await page.inner_text("#m-events-foot"))
+            await browser.until("() => window.__pmlDashboard.summary().nodesWithoutCommunity <= "
+                                f"{n - 2}")
+            # No auth on this server: the page never asked for a key nor fetched a stream token.
+            summary = await browser.summary()
+            assert summary["stats"]["authPrompts"] == 0 and summary["stats"]["tokens"] == 0
+            assert not await page.is_visible("#auth")
+            await screenshot(page, "fresh-gateway-5-servers.png")
+            assert browser.console.errors == []
+
+
+#: A downstream restarted after 4 s: longer than the page's poll of /health and /tools (3 s).
+SLOW_RESTART = SupervisionTiming(
+    backoff_initial=4, backoff_max=4, connect_timeout=20, ping_interval=0.3, ping_timeout=5, stable_after=60
+)
+
+
+@needs_browser
+async def test_a_downstream_killed_and_restarted_while_the_page_is_open(tmp_path: Path) -> None:
+    servers = {"victim": stdio_entry(), "steady": stdio_entry()}
+    async with gateway_with_dashboard(tmp_path, servers, timing=SLOW_RESTART) as running:
+        async with httpx.AsyncClient(base_url=running.base_url) as client, chromium(running.base_url) as browser:
+            page = browser.page
+            tool_events = await server_knows(client, "tool_removed")
+            await browser.until("() => document.querySelectorAll('#servers li[data-state=connected]').length === 2")
+            await browser.until("() => window.__pmlDashboard.node('victim__echo')?.available === true")
+            victim_tools = [t["tool_id"] for t in (await client.get("/tools")).json()["tools"] if t["server"] == "victim"]
+            assert len(victim_tools) >= 5
+            async with Client(f"{running.base_url}/mcp") as mcp:
+                pid = (await mcp.call_tool("victim__pid", {})).structured_content["result"]
+            os.kill(pid, signal.SIGKILL)
+
+            # Down: the server's state changes, its tools grey out (kept, not dropped); the other stays.
+            await browser.until("() => ['failed', 'connecting'].includes(window.__pmlDashboard.servers().victim.state)")
+            await browser.until(
+                "ids => ids.every(id => window.__pmlDashboard.node(id)?.available === false)", victim_tools
+            )
+            assert await page.get_attribute("li[data-server=victim]", "data-state") in ("failed", "connecting")
+            assert (await page.evaluate("() => window.__pmlDashboard.node('steady__echo')"))["available"] is True
+            assert await page.get_attribute("li[data-server=steady]", "data-state") == "connected"
+            await screenshot(page, "downstream-down.png")
+
+            # Restarted: connected again, its tools back in colour.
+            await browser.until("() => window.__pmlDashboard.servers().victim.state === 'connected'", timeout=30)
+            await browser.until("ids => ids.every(id => window.__pmlDashboard.node(id)?.available === true)", victim_tools)
+            history = (await page.evaluate("() => window.__pmlDashboard.servers()"))["victim"]["history"]
+            assert history[0] == "connected" and history[-1] == "connected"
+            assert set(history[1:-1]) & {"failed", "connecting"}, history
+            assert "1 restart" in await page.inner_text("li[data-server=victim] .sinfo")
+            if tool_events:  # the issue-14 backend: the page also heard it on the stream
+                counts = (await browser.summary())["counts"]
+                assert counts["tool_removed"] >= len(victim_tools) and counts["tool_added"] >= len(victim_tools)
+            assert browser.console.errors == []
+
+
+async def emits(tmp_path: Path, event_type: str) -> bool:
+    """Whether this build's gateway emits ``event_type`` (its stream refuses an unknown type)."""
+    async with running_server(dashboard_settings(tmp_path, db=":memory:")) as running:
+        async with httpx.AsyncClient(base_url=running.base_url) as client:
+            return await server_knows(client, event_type)
+
+
+@needs_browser
+async def test_running_workflows_show_their_progress(tmp_path: Path) -> None:
+    if not await emits(tmp_path, "workflow_progress"):
+        pytest.skip("needs the issue-14 backend: this gateway does not emit workflow_progress yet")
+    async with gateway_with_dashboard(tmp_path, {"w": stdio_entry()}) as running:
+        async with chromium(running.base_url) as browser, Client(f"{running.base_url}/mcp") as mcp:
+            page = browser.page
+            tasks = [
+                {"id": "nap", "tool": "w__sleep", "arguments": {"seconds": 1.5}},
+                {"id": "say", "tool": "w__echo", "arguments": {"text": "done"}, "depends_on": ["nap"]},
+            ]
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(mcp.call_tool, "pml_execute_workflow", {"workflow_id": "wf-dash", "tasks": tasks})
+                running_now = await browser.until(
+                    "() => { const w = window.__pmlDashboard.workflows()['wf-dash'];"
+                    " return w && w.status === 'running' && w; }"
+                )
+                assert running_now["total"] == 2 and running_now["completed"] == 0
+                assert (await page.evaluate("() => window.__pmlDashboard.node('w__sleep')"))["running"] is True
+                assert await page.get_attribute("li[data-workflow=wf-dash]", "data-status") == "running"
+                await screenshot(page, "workflow-running.png")
+            done = await browser.until(
+                "() => { const w = window.__pmlDashboard.workflows()['wf-dash'];"
+                " return w && w.status === 'succeeded' && w; }"
+            )
+            assert done["completed"] == done["total"] == 2
+            assert await page.get_attribute("li[data-workflow=wf-dash]", "data-completed") == "2"
+            assert browser.console.errors == []

@@ -60,7 +60,7 @@ const state = {
   stats: { snapshots: 0, resets: 0, connects: 0, streamsOpened: 0, duplicates: 0, applied: 0, attributeRefreshes: 0,
     polls: 0, tokens: 0, authPrompts: 0 },
   counts: Object.fromEntries(LOG_TYPES.map((t) => [t, 0])),
-  received: 0,               // stream events since page load (connection events included)
+  received: 0,               // graph and workflow events since page load (not connection events)
   serverStats: null,         // the last GET /events/stats
   // tool id -> {server, title, description, available}; known once GET /tools answered.
   catalog: new Map(),
@@ -224,7 +224,6 @@ function scheduleRetry() {
 
 function onMessage(type, ev) {
   state.lastMessageAt = performance.now();
-  state.received += 1;
   let data;
   try {
     data = JSON.parse(ev.data);
@@ -239,6 +238,7 @@ function onMessage(type, ev) {
       return;
     }
     if (type === "metrics_updated") state.metricsEventId = id;
+    state.received += 1;
     applyGraphEvent(type, data);
     if (id != null) state.lastEventId = id;
     state.stats.applied += 1;
@@ -248,6 +248,7 @@ function onMessage(type, ev) {
   }
   addLog(type, null, data);
   if (type === "workflow_progress") {
+    state.received += 1;
     applyProgress(data);
     return;
   }
