@@ -705,7 +705,9 @@ function renderGraphChrome() {
   let dependency = 0;
   for (const e of view.edges.values()) if (e.edge_type === "dependency") dependency += 1;
   setCard("tools", view.nodeCount.toLocaleString("en-US"), view.nodeCount);
-  $("m-tools-foot").textContent = `${count(servers.size, "server")} · ${learned} learned` + (down ? ` · ${down} down` : "");
+  const foot = $("m-tools-foot");
+  foot.textContent = (down ? `${down} down · ` : "") + `${count(servers.size, "server")} · ${learned} learned`;
+  foot.title = foot.textContent;
   $("m-edges-foot").textContent = `${dependency} dep · ${view.edgeCount - dependency} seq`;
   renderLegend();
   renderServers();
@@ -897,7 +899,8 @@ function renderLegend() {
   conf.title = "Edge colour and width: confidence (log scale)";
   conf.append("confidence", span("grad", ""));
   legend.append(colours, grey, down, span("sep", ""), size, span("sep", ""), dep, seq, conf);
-  view.setInsets({ bottom: legend.offsetHeight + 10 });
+  // Keep the fitted graph clear of the legend (bottom) and of the hint line (top).
+  view.setInsets({ top: 16, bottom: legend.offsetHeight + 10 });
 }
 
 function span(cls, text) {

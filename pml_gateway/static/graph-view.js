@@ -9,10 +9,10 @@
 // their server, are drawn hollow (`available` false). Without a tool list (`available` null) a
 // learned tool is drawn as learned.
 //
-// Scale (a few thousand tools): drawing is culled to the visible rectangle, and past
-// LOD_EDGES visible edges the edges are straight lines batched per colour bucket (no dashes,
-// no arrows) and nodes are batched per colour: a handful of canvas paths per frame instead of one
-// per element. `frameStats()` reports the measured frame times (requestAnimationFrame intervals
+// Scale (a few thousand tools): drawing is culled to the visible rectangle; edges are batched per
+// colour bucket and dash style and nodes per colour, so a frame is a few dozen canvas paths
+// instead of one per element; past LOD_EDGES visible edges, edges are straight lines without
+// arrows or dashes. `frameStats()` reports the measured frame times (requestAnimationFrame intervals
 // while animating, and the work done in each frame); the browser test prints them.
 
 export const PALETTE = [
@@ -30,17 +30,20 @@ const CHARGE_RANGE2 = 700 * 700;  // beyond this distance, no repulsion (keeps c
 const LINK_LENGTH = 46;
 const GRAVITY = 0.045;            // pull toward the origin, so components do not drift apart
 const COHESION = 0.06;            // pull toward the community's centroid: communities read as clusters
+const COHESION_UNCALLED = 0.3;    // tools that never ran gather tightly around their server
 const EXACT_LIMIT = 1200;         // above this many nodes, repulsion uses a grid with a cut-off
 const GRID_CELL = 160;
 const FLASH_MS = 2600;
 const BASE_RADIUS = 4.5;
 const RADIUS_RANGE = 14;
-const LOD_EDGES = 1500;           // above this many visible edges: batched straight lines
+const LOD_EDGES = 2500;           // above this many visible edges: straight lines, no arrows
 const EDGE_BUCKETS = 8;           // colour levels of batched edges
-const UNCALLED = "#4b5567";       // exposed, never ran
+const UNCALLED = "#64748b";       // exposed, never ran
 const UNAVAILABLE = "#2a3342";    // its server is down, or it left its server
 const FRAME_SAMPLES = 240;
+const MIN_SCREEN_RADIUS = 2.5;    // CSS px
 const COMMUNITY_LABELS = 10;      // label at most this many communities on the canvas
+const GROUP_LABELS_MS = 250;
 
 function hashString(text) {
   let h = 2166136261;
@@ -89,6 +92,7 @@ export class GraphView {
     this.alphaTarget = 0;
     this.frozen = false;
     this.showAllLabels = false;
+    this.timeRaster = false;  // see _frame
     this.insets = { top: 0, right: 0, bottom: 0, left: 0 }; // CSS px covered by overlays
     this.hover = null;        // {kind: "node", node} | {kind: "edge", edge}
     this.focusId = null;      // sticky highlight: a clicked node or a row of the PageRank list
@@ -111,6 +115,8 @@ export class GraphView {
     this._gapCount = 0;
     this._lastFrameAt = 0;
     this._labelOrder = null;  // nodes by PageRank, rebuilt when ranks or the node set change
+    this._groups = null;      // group labels, and when they were computed
+    this._groupsAt = 0;
     this._frame = this._frame.bind(this);
     this._resize();
     new ResizeObserver(() => this._resize()).observe(canvas);
@@ -251,6 +257,30 @@ export class GraphView {
     this._frameCount = 0;
     this._gapCount = 0;
     this._lastFrameAt = 0;
+  }
+
+  /** Canvas labels: communities (of 3 tools or more) by top tools, never-called tools by server. */
+  _groupLabels() {
+    const labels = [];
+    if (this.communityColors.size > 1) {
+      for (const c of this.communityLabels().slice(0, COMMUNITY_LABELS)) {
+        if (c.size < 3) break;
+        labels.push({ text: `${c.top.slice(0, 2).join(" · ")}  (${c.size})`, color: c.color, x: c.x, y: c.y });
+      }
+    }
+    const servers = new Map();
+    for (const node of this.nodes.values()) {
+      if (node.called || !node.server) continue;
+      let g = servers.get(node.server);
+      if (!g) servers.set(node.server, (g = { n: 0, x: 0, top: Infinity }));
+      g.n += 1;
+      g.x += node.x;
+      g.top = Math.min(g.top, node.y - node.r);
+    }
+    for (const [server, g] of servers) {
+      labels.push({ text: `${server} · ${g.n} never called`, color: "#94a3b8", x: g.x / g.n, y: g.top });
+    }
+    return labels;
   }
 
   /** [{community, color, size, top: [ids by PageRank], x, y}] largest first. */
@@ -518,8 +548,9 @@ export class GraphView {
     for (const node of nodes) {
       const s = node.group == null ? null : sums.get(node.group);
       if (s && s.n > 1) {
-        node.vx += (s.x / s.n - node.x) * COHESION * alpha;
-        node.vy += (s.y / s.n - node.y) * COHESION * alpha;
+        const pull = (node.called ? COHESION : COHESION_UNCALLED) * alpha;
+        node.vx += (s.x / s.n - node.x) * pull;
+        node.vy += (s.y / s.n - node.y) * pull;
       }
       node.vx -= node.x * GRAVITY * alpha;
       node.vy -= node.y * GRAVITY * alpha;
@@ -639,6 +670,9 @@ export class GraphView {
       if (Math.abs(t.k - v.k) / t.k > 0.002 || Math.abs(t.x - v.x) > 0.5 || Math.abs(t.y - v.y) > 0.5) active = true;
     }
     this._draw();
+    // For measurements: reading a pixel back makes the canvas rasterize now, so that the work
+    // timed below includes drawing the pixels, not only issuing the commands.
+    if (this.timeRaster) this.ctx.getImageData(0, 0, 1, 1);
     this._dirty = false;
     const again = active || this._flashing;
     // Frame time: the gap between consecutive animation frames (what a user sees), and the work.
@@ -704,51 +738,59 @@ export class GraphView {
       visible.push(e);
     }
     this._visibleEdges = visible;
-    const lod = visible.length > LOD_EDGES;
-
+    // Edges batched per (confidence bucket, near the focus or not, dashed or not): a few dozen
+    // strokes per frame whatever the count. Past LOD_EDGES, straight lines without arrows.
+    const simple = visible.length > LOD_EDGES;
+    const groups = new Map();
+    for (const e of visible) {
+      if (e === hoveredEdge) continue; // drawn alone, on top
+      const touches = !center || e.source === center || e.target === center;
+      const bucket = Math.min(EDGE_BUCKETS - 1, Math.floor(confidenceLevel(e.confidence) * EDGE_BUCKETS));
+      const dashed = !simple && e.edge_type === "sequence";
+      const key = (bucket * 2 + (touches ? 1 : 0)) * 2 + (dashed ? 1 : 0);
+      let list = groups.get(key);
+      if (!list) groups.set(key, (list = []));
+      list.push(e);
+    }
     ctx.lineCap = "round";
-    if (lod) {
-      // Many edges: straight lines, one path per colour bucket (and per dimmed/undimmed).
-      const paths = new Map();
-      for (const e of visible) {
-        const touches = !center || e.source === center || e.target === center;
-        const bucket = Math.min(EDGE_BUCKETS - 1, Math.floor(confidenceLevel(e.confidence) * EDGE_BUCKETS));
-        const key = bucket * 2 + (touches ? 1 : 0);
-        let list = paths.get(key);
-        if (!list) paths.set(key, (list = []));
-        list.push(e);
-      }
-      for (const [key, list] of paths) {
-        const level = (Math.floor(key / 2) + 0.5) / EDGE_BUCKETS;
-        const touches = key % 2 === 1;
-        const rgb = edgeRgb(level);
-        const alpha = touches ? (center ? 0.9 : 0.12 + 0.45 * level) : 0.04;
-        ctx.strokeStyle = `rgba(${rgb[0]},${rgb[1]},${rgb[2]},${alpha})`;
-        ctx.lineWidth = (0.5 + 1.5 * level * level) / k;
-        ctx.beginPath();
-        for (const e of list) {
+    for (const [key, list] of groups) {
+      const dashed = key % 2 === 1;
+      const touches = Math.floor(key / 2) % 2 === 1;
+      const level = (Math.floor(key / 4) + 0.5) / EDGE_BUCKETS;
+      const rgb = edgeRgb(level);
+      const alpha = touches ? (center ? 0.95 : simple ? 0.12 + 0.45 * level : 0.22 + 0.6 * level) : 0.05;
+      ctx.strokeStyle = ctx.fillStyle = `rgba(${rgb[0]},${rgb[1]},${rgb[2]},${alpha})`;
+      ctx.lineWidth = ((simple ? 0.5 + 1.5 * level * level : 0.6 + 2.4 * level * level)) / k;
+      ctx.setLineDash(dashed ? [6 / k, 3 / k] : []);
+      ctx.beginPath();
+      for (const e of list) {
+        if (simple) {
           ctx.moveTo(e.source.x, e.source.y);
           ctx.lineTo(e.target.x, e.target.y);
+        } else {
+          this._traceEdge(ctx, e);
         }
-        ctx.stroke();
       }
-    } else {
-      for (const e of visible) {
-        const touches = !center || e.source === center || e.target === center;
-        const level = confidenceLevel(e.confidence);
-        const rgb = edgeRgb(level);
-        const strong = e === hoveredEdge || (center && touches);
-        const alpha = touches ? (strong ? 0.95 : 0.22 + 0.6 * level) : 0.05;
-        const width = (0.6 + 2.4 * level * level + (e === hoveredEdge ? 1.5 : 0)) / k;
-        ctx.strokeStyle = `rgba(${rgb[0]},${rgb[1]},${rgb[2]},${alpha})`;
-        ctx.fillStyle = ctx.strokeStyle;
-        ctx.lineWidth = width;
-        ctx.setLineDash(e.edge_type === "sequence" ? [6 / k, 3 / k] : []);
-        this._pathEdge(ctx, e);
-        ctx.stroke();
-        ctx.setLineDash([]);
-        this._arrow(ctx, e, (3.5 + 3 * level) / k);
+      ctx.stroke();
+      if (!simple) {
+        ctx.beginPath();
+        for (const e of list) this._traceArrow(ctx, e, (3.5 + 3 * level) / k);
+        ctx.fill();
       }
+    }
+    ctx.setLineDash([]);
+    if (hoveredEdge) {
+      const level = confidenceLevel(hoveredEdge.confidence);
+      const rgb = edgeRgb(level);
+      ctx.strokeStyle = ctx.fillStyle = `rgba(${rgb[0]},${rgb[1]},${rgb[2]},0.95)`;
+      ctx.lineWidth = (2.1 + 2.4 * level * level) / k;
+      ctx.setLineDash(hoveredEdge.edge_type === "sequence" ? [6 / k, 3 / k] : []);
+      this._pathEdge(ctx, hoveredEdge);
+      ctx.stroke();
+      ctx.setLineDash([]);
+      ctx.beginPath();
+      this._traceArrow(ctx, hoveredEdge, (3.5 + 3 * level) / k);
+      ctx.fill();
     }
     for (const e of visible) {
       if (e.flashUntil <= now) continue;
@@ -777,13 +819,19 @@ export class GraphView {
       list.push(node);
     }
     const outline = 1.5 / k;
+    const minR = MIN_SCREEN_RADIUS / k; // zoomed far out, a tool stays a visible dot
     for (const [key, list] of batches) {
       const [color, dim] = key.split("|");
       ctx.globalAlpha = dim ? 0.25 : 1;
       ctx.beginPath();
       for (const node of list) {
-        ctx.moveTo(node.x + node.r, node.y);
-        ctx.arc(node.x, node.y, node.r, 0, Math.PI * 2);
+        const r = Math.max(node.r, minR);
+        if (r * k < 3) {
+          ctx.rect(node.x - r, node.y - r, 2 * r, 2 * r); // a few pixels: a square looks the same, costs less
+        } else {
+          ctx.moveTo(node.x + r, node.y);
+          ctx.arc(node.x, node.y, r, 0, Math.PI * 2);
+        }
       }
       ctx.fillStyle = color;
       ctx.fill();
@@ -798,7 +846,7 @@ export class GraphView {
       const dim = near && !near.has(node);
       ctx.globalAlpha = dim ? 0.25 : 1;
       ctx.beginPath();
-      ctx.arc(node.x, node.y, node.r, 0, Math.PI * 2);
+      ctx.arc(node.x, node.y, Math.max(node.r, minR), 0, Math.PI * 2);
       ctx.fillStyle = this.colorOf(node);
       ctx.fill();
       if (node.available === false) {
@@ -842,8 +890,14 @@ export class GraphView {
 
   _pathEdge(ctx, e) {
     ctx.beginPath();
+    this._traceEdge(ctx, e);
+  }
+
+  /** Add the edge's curve (a loop for a self-edge) to the current path. */
+  _traceEdge(ctx, e) {
     if (e.source === e.target) {
       const n = e.source;
+      ctx.moveTo(n.x + 6, n.y - n.r - 5);
       ctx.arc(n.x, n.y - n.r - 5, 6, 0, Math.PI * 2);
       return;
     }
@@ -852,16 +906,15 @@ export class GraphView {
     ctx.quadraticCurveTo(c.cx, c.cy, c.x1, c.y1);
   }
 
-  _arrow(ctx, e, size) {
+  /** Add the edge's arrow head to the current path. */
+  _traceArrow(ctx, e, size) {
     if (e.source === e.target) return;
     const c = this._curve(e);
     const angle = Math.atan2(c.y1 - c.cy, c.x1 - c.cx);
-    ctx.beginPath();
     ctx.moveTo(c.x1, c.y1);
     ctx.lineTo(c.x1 - size * Math.cos(angle - 0.45), c.y1 - size * Math.sin(angle - 0.45));
     ctx.lineTo(c.x1 - size * Math.cos(angle + 0.45), c.y1 - size * Math.sin(angle + 0.45));
     ctx.closePath();
-    ctx.fill();
   }
 
   _labels(nodes, center, near) {
@@ -870,25 +923,29 @@ export class GraphView {
     const placed = [];
     const overlaps = (b) => placed.some((p) => b[0] < p[2] && b[2] > p[0] && b[1] < p[3] && b[3] > p[1]);
 
-    // Community names first (their top tools), above each community, while nothing is focused.
-    if (!near && this.communityColors.size > 1) {
+    // Group names first, while nothing is focused: each community by its top tools, and each
+    // server's cluster of never-called tools by the server's name.
+    if (!near) {
       ctx.font = "600 11px system-ui, 'DejaVu Sans', sans-serif";
       ctx.textBaseline = "bottom";
       ctx.lineJoin = "round";
-      for (const c of this.communityLabels().slice(0, COMMUNITY_LABELS)) {
-        if (c.size < 3) break;
-        const text = `${c.top.slice(0, 2).join(" · ")}  (${c.size})`;
-        const w = ctx.measureText(text).width;
-        const sx = c.x * k + tx - w / 2;
-        const sy = c.y * k + ty - 6;
+      // Recomputed at most every GROUP_LABELS_MS: it walks and sorts every node.
+      if (!this._groups || performance.now() - this._groupsAt > GROUP_LABELS_MS) {
+        this._groups = this._groupLabels();
+        this._groupsAt = performance.now();
+      }
+      for (const g of this._groups) {
+        const w = ctx.measureText(g.text).width;
+        const sx = g.x * k + tx - w / 2;
+        const sy = g.y * k + ty - 6;
         const b = [sx - 3, sy - 14, sx + w + 3, sy + 1];
         if (b[2] < 0 || b[0] > this.width || b[3] < 0 || b[1] > this.height || overlaps(b)) continue;
         placed.push(b);
         ctx.lineWidth = 4;
         ctx.strokeStyle = "rgba(11,15,23,0.92)";
-        ctx.strokeText(text, sx, sy);
-        ctx.fillStyle = c.color;
-        ctx.fillText(text, sx, sy);
+        ctx.strokeText(g.text, sx, sy);
+        ctx.fillStyle = g.color;
+        ctx.fillText(g.text, sx, sy);
       }
     }
 
