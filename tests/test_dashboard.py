@@ -155,7 +155,7 @@ class ConsoleLog:
     poll as console errors; those, and only those, are expected.
     """
 
-    OUTAGE_REASONS = ("ERR_CONNECTION_REFUSED", "ERR_INCOMPLETE_CHUNKED_ENCODING", "status of 503")
+    OUTAGE_REASONS = ("ERR_CONNECTION_REFUSED", "ERR_INCOMPLETE_CHUNKED_ENCODING", "status of 503", "status of 401")
     #: what the page fetches: the stream, the snapshot, and what it polls
     OUTAGE_PATHS = ("/events/stream", "/graph", "/health", "/tools", "/events/stats")
 
@@ -579,6 +579,15 @@ async def test_a_fresh_gateway_shows_every_tool_and_server(tmp_path: Path) -> No
             assert re.fullmatch(r"\d+ since page load", await page.inner_text("#m-events-foot"))
             await browser.until("() => window.__pmlDashboard.summary().nodesWithoutCommunity <= "
                                 f"{n - 2}")
+            # Once calls were graded, the metrics may carry hit rates (the learning branch): shown
+            # exactly when they do, one figure per rate.
+            await until_caught_up(browser, client)
+            metrics = (await client.get("/graph")).json()["metrics"]
+            rates = [key for key in metric_keys(metrics) if "hit_rate" in key]
+            await browser.until(f"() => !document.querySelector('.card[data-metric=\"hit-rate\"]').hidden === {str(bool(rates)).lower()}")
+            if rates:
+                shown = json.loads(await page.get_attribute('.card[data-metric="hit-rate"]', "data-rates") or "{}")
+                assert len(shown) == len(rates)
             # No auth on this server: the page never asked for a key nor fetched a stream token.
             summary = await browser.summary()
             assert summary["stats"]["authPrompts"] == 0 and summary["stats"]["tokens"] == 0
@@ -757,3 +766,43 @@ async def test_a_large_graph_stays_fluid(tmp_path: Path) -> None:
     for stats in (layout, zoomed):
         assert stats["gap"]["samples"] >= 10
         assert stats["work"]["p50"] < 250 and stats["gap"]["p50"] < 500
+
+
+@needs_browser
+async def test_the_page_asks_for_an_api_key_when_the_server_wants_one(tmp_path: Path) -> None:
+    """The client side of API keys: asked for on 401, kept per tab, a stream token for EventSource."""
+    if "keys_file" not in Settings.model_fields:
+        pytest.skip("needs the API-keys branch: this gateway has no keys_file setting yet")
+    keys = tmp_path / "keys.json"
+    env = {**os.environ, "PML_KEYS_FILE": str(keys), "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "pml_gateway", "keys", "create", "--name", "dash", "--scopes", "events:read"]
+    created = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env, check=False)
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.split()[-1]  # printed once
+
+    async with running_server(dashboard_settings(tmp_path, keys_file=str(keys)), [Dashboard()]) as running:
+        async with httpx.AsyncClient(base_url=running.base_url) as client:
+            assert (await client.get("/graph")).status_code == 401
+        async with chromium(running.base_url, live=False) as browser:
+            page = browser.page
+            browser.console.outage = True  # the 401s are expected console errors here
+            await browser.until("() => !document.querySelector('#auth').hidden")
+            assert await page.evaluate("() => window.__pmlDashboard.authRequired") is True
+
+            # A wrong key is refused and asked for again.
+            await page.fill("#auth-key", "not-a-key")
+            await page.click("#auth-form button[type=submit]")
+            await browser.until("() => !document.querySelector('#auth').hidden"
+                                " && document.querySelector('#auth-text').textContent.includes('refused')")
+
+            await page.fill("#auth-key", key)
+            await page.click("#auth-form button[type=submit]")
+            await browser.until("() => window.__pmlDashboard.connection === 'live'")
+            assert await page.evaluate("() => sessionStorage.getItem('pml-gateway.api-key')") == key
+            assert (await browser.summary())["stats"]["tokens"] >= 1  # the stream opened with a stream token
+            assert await page.is_visible("#auth-forget")
+
+            # Kept for this tab: a reload goes straight to live.
+            await page.reload()
+            await browser.until("() => window.__pmlDashboard && window.__pmlDashboard.connection === 'live'")
+            assert (await browser.summary())["stats"]["authPrompts"] == 0

@@ -382,6 +382,14 @@ async function refreshAttributes() {
     const snapshot = await fetchGraph();
     if (loading) return;
     view.mergeAttributes(snapshot.nodes);
+    // Fields the snapshot's metrics carry and the event did not (hit rates, perhaps): keep them.
+    if (snapshot.metrics && state.metrics) {
+      let added = false;
+      for (const [key, value] of Object.entries(snapshot.metrics)) {
+        if (!(key in state.metrics)) { state.metrics[key] = value; added = true; }
+      }
+      if (added) renderHitRate();
+    }
     for (const e of snapshot.edges) {
       const edge = view.edge(e.from_tool_id, e.to_tool_id);
       if (edge) {
