@@ -424,7 +424,8 @@ function applyGraphEvent(type, d) {
   } else if (type === "tool_added" || type === "tool_removed") {
     applyToolEvent(type, d);
   } else if (type === "metrics_updated") {
-    state.metrics = d;
+    // Fields only the snapshot carries (hit rates, perhaps) stay until a snapshot says otherwise.
+    state.metrics = { ...(state.metrics ?? {}), ...d };
     state.metricsAt = Date.parse(d.timestamp) || Date.now();
     for (const entry of d.pagerank_top_10) view.setPagerank(entry.tool_id, entry.score);
     view.refreshSizes();
