@@ -526,7 +526,7 @@ def test_tools_route_is_documented_with_every_field() -> None:
 @needs_browser
 @needs_real_servers
 async def test_a_fresh_gateway_shows_every_tool_and_server(tmp_path: Path) -> None:
-    async with gateway_with_dashboard(tmp_path, real_servers(tmp_path), trace_idle_seconds=0.3) as running:
+    async with gateway_with_dashboard(tmp_path, real_servers(tmp_path), trace_idle_seconds=1.0) as running:
         async with httpx.AsyncClient(base_url=running.base_url) as client, chromium(running.base_url) as browser:
             page = browser.page
             tools = (await client.get("/tools")).json()["tools"]
@@ -570,6 +570,7 @@ async def test_a_fresh_gateway_shows_every_tool_and_server(tmp_path: Path) -> No
             await browser.until(
                 "() => ['time__get_current_time', 'everything__echo'].every(id => window.__pmlDashboard.node(id).called)"
             )
+            await browser.until("() => window.__pmlDashboard.edgeCount === 1")  # one trace of two calls
             await browser.until("() => document.querySelector('#m-tools-foot').textContent === '5 servers · 2 learned'")
             assert (await page.inner_text("#graph-counts")) == f"{n} tools · 5 servers · 1 edge"
             # Since load: the events of those calls (edge, workflow, metrics), not the ones before.

@@ -11,8 +11,8 @@
 //
 // Scale (a few thousand tools): drawing is culled to the visible rectangle; edges are batched per
 // colour bucket and dash style and nodes per colour, so a frame is a few dozen canvas paths
-// instead of one per element; past LOD_EDGES visible edges, edges are straight lines without
-// arrows or dashes. `frameStats()` reports the measured frame times (requestAnimationFrame intervals
+// instead of one per element; past DASH_EDGES visible edges sequence edges are no longer dashed,
+// past LOD_EDGES edges are straight lines without arrows. `frameStats()` reports the measured frame times (requestAnimationFrame intervals
 // while animating, and the work done in each frame); the browser test prints them.
 
 export const PALETTE = [
@@ -37,6 +37,7 @@ const FLASH_MS = 2600;
 const BASE_RADIUS = 4.5;
 const RADIUS_RANGE = 14;
 const LOD_EDGES = 2500;           // above this many visible edges: straight lines, no arrows
+const DASH_EDGES = 600;           // above this many: no dashes (dashing curves is the costly part)
 const EDGE_BUCKETS = 8;           // colour levels of batched edges
 const UNCALLED = "#64748b";       // exposed, never ran
 const UNAVAILABLE = "#2a3342";    // its server is down, or it left its server
@@ -746,7 +747,7 @@ export class GraphView {
       if (e === hoveredEdge) continue; // drawn alone, on top
       const touches = !center || e.source === center || e.target === center;
       const bucket = Math.min(EDGE_BUCKETS - 1, Math.floor(confidenceLevel(e.confidence) * EDGE_BUCKETS));
-      const dashed = !simple && e.edge_type === "sequence";
+      const dashed = visible.length <= DASH_EDGES && e.edge_type === "sequence";
       const key = (bucket * 2 + (touches ? 1 : 0)) * 2 + (dashed ? 1 : 0);
       let list = groups.get(key);
       if (!list) groups.set(key, (list = []));
