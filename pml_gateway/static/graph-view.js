@@ -33,6 +33,7 @@ const COHESION = 0.06;            // pull toward the community's centroid: commu
 const COHESION_UNCALLED = 0.3;    // tools that never ran gather tightly around their server
 const EXACT_LIMIT = 1200;         // above this many nodes, repulsion uses a grid with a cut-off
 const GRID_CELL = 160;
+const GRID_RANGE2 = GRID_CELL * GRID_CELL;
 const FLASH_MS = 2600;
 const BASE_RADIUS = 4.5;
 const RADIUS_RANGE = 14;
@@ -569,11 +570,11 @@ export class GraphView {
     }
   }
 
-  _repel(p, q, alpha) {
+  _repel(p, q, alpha, range2 = CHARGE_RANGE2) {
     let dx = q.x - p.x;
     let dy = q.y - p.y;
     let d2 = dx * dx + dy * dy;
-    if (d2 > CHARGE_RANGE2) return;
+    if (d2 > range2) return;
     if (d2 < 1e-4) {
       // Coincident nodes: separate them along a direction derived from their ids.
       const a = (hashString(p.id + q.id) % 628) / 100;
@@ -604,11 +605,13 @@ export class GraphView {
         for (let gy = cy - 1; gy <= cy + 1; gy++) {
           const other = grid.get(gx + "," + gy);
           if (!other) continue;
-          // Each pair of cells once; within a cell, each pair once.
+          // Each pair of cells once; within a cell, each pair once. The cut-off is one cell, so
+          // that every pair in range is always seen: a force that jumped when a tool crossed a
+          // cell border would pile tools up along the grid lines.
           if (other === cell) {
-            for (let i = 0; i < cell.length; i++) for (let j = i + 1; j < cell.length; j++) this._repel(cell[i], cell[j], alpha);
+            for (let i = 0; i < cell.length; i++) for (let j = i + 1; j < cell.length; j++) this._repel(cell[i], cell[j], alpha, GRID_RANGE2);
           } else if (gx + "," + gy > key) {
-            for (const p of cell) for (const q of other) this._repel(p, q, alpha);
+            for (const p of cell) for (const q of other) this._repel(p, q, alpha, GRID_RANGE2);
           }
         }
       }
@@ -1124,7 +1127,8 @@ function segmentDistance(px, py, ax, ay, bx, by) {
   return Math.hypot(px - (ax + t * dx), py - (ay + t * dy));
 }
 
-/** Outlines only where they can be seen: on screen, a node must be a few pixels wide. */
+/** Outlines only where they can be seen (they cost as much as the fill): a few dozen tools,
+ * or tools drawn at least 6 px wide. */
 function nodeOutline(list, k) {
-  return list.length < 4000 && list[0].r * k >= 3;
+  return list.length <= 50 || list[0].r * k >= 6;
 }
