@@ -274,13 +274,15 @@ export class GraphView {
     for (const node of this.nodes.values()) {
       if (node.called || !node.server) continue;
       let g = servers.get(node.server);
-      if (!g) servers.set(node.server, (g = { n: 0, x: 0, top: Infinity }));
+      if (!g) servers.set(node.server, (g = { n: 0, down: 0, x: 0, top: Infinity }));
       g.n += 1;
+      if (node.available === false) g.down += 1;
       g.x += node.x;
       g.top = Math.min(g.top, node.y - node.r);
     }
     for (const [server, g] of servers) {
-      labels.push({ text: `${server} · ${g.n} never called`, color: "#94a3b8", x: g.x / g.n, y: g.top });
+      const text = g.down === g.n ? `${server} · unavailable` : `${server} · ${g.n} never called`;
+      labels.push({ text, color: "#94a3b8", x: g.x / g.n, y: g.top });
     }
     return labels;
   }
@@ -452,10 +454,13 @@ export class GraphView {
     let max = 0;
     for (const node of this.nodes.values()) if (node.pagerank > max) max = node.pagerank;
     this._maxPagerank = max;
+    // Past a hundred or so tools, sizes shrink: thousands of near-equal ranks would otherwise all
+    // be drawn at the largest size, on top of each other.
+    const range = RADIUS_RANGE / Math.max(1, Math.sqrt(this.nodes.size / 150));
     for (const node of this.nodes.values()) {
       node.r = !node.called ? BASE_RADIUS - 1
         : max > 0 && node.pagerank != null
-          ? BASE_RADIUS + RADIUS_RANGE * Math.sqrt(node.pagerank / max)
+          ? BASE_RADIUS + range * Math.sqrt(node.pagerank / max)
           : BASE_RADIUS + 1;
     }
   }
