@@ -320,44 +320,44 @@ function loadSnapshot(reason) {
   closeStream();
   if (state.snapshotLoaded) setConnection("reconnecting");
   loading = (async () => {
-    try {
-      const snapshot = await fetchGraph();
-      view.setGraph(snapshot.nodes, snapshot.edges);
-      applyCatalog();
-      state.lastEventId = snapshot.last_event_id;
-      state.snapshotLoaded = true;
-      state.stats.snapshots += 1;
-      if (snapshot.metrics) {
-        state.metrics = snapshot.metrics;
-        state.metricsAt = Date.parse(snapshot.metrics.computed_at) || Date.now();
-        state.metricsEventId = snapshot.last_event_id;
+    // Until it loads or fails for another reason than a missing or refused API key.
+    for (;;) {
+      try {
+        const snapshot = await fetchGraph();
+        view.setGraph(snapshot.nodes, snapshot.edges);
+        applyCatalog();
+        state.lastEventId = snapshot.last_event_id;
+        state.snapshotLoaded = true;
+        state.stats.snapshots += 1;
+        if (snapshot.metrics) {
+          state.metrics = snapshot.metrics;
+          state.metricsAt = Date.parse(snapshot.metrics.computed_at) || Date.now();
+          state.metricsEventId = snapshot.last_event_id;
+        }
+        note(`snapshot at #${snapshot.last_event_id ?? 0}: ${snapshot.nodes.length} tools, ${snapshot.edges.length} edges` +
+          (reason === "initial" ? "" : ` (${reason})`));
+        renderGraphChrome();
+        renderMetrics();
+        renderLastEventId();
+        // No id yet (an empty log): live events only; the server would answer "after 0" with a reset.
+        openStream(snapshot.last_event_id);
+        pollGateway();
+        return true;
+      } catch (err) {
+        if (err instanceof AuthNeeded) {
+          const refused = auth.key != null;
+          note(refused ? "the API key was refused" : "the gateway requires an API key");
+          await askForKey(refused);
+          continue;
+        }
+        note(`could not load the graph: ${err.message}`);
+        showBanner("stale", `Could not load the graph (${err.message}). The view may be stale.`);
+        setConnection("disconnected");
+        scheduleRetry();
+        return false;
       }
-      note(`snapshot at #${snapshot.last_event_id ?? 0}: ${snapshot.nodes.length} tools, ${snapshot.edges.length} edges` +
-        (reason === "initial" ? "" : ` (${reason})`));
-      renderGraphChrome();
-      renderMetrics();
-      renderLastEventId();
-      // No id yet (an empty log): live events only; the server would answer "after 0" with a reset.
-      openStream(snapshot.last_event_id);
-      pollGateway();
-      return true;
-    } catch (err) {
-      if (err instanceof AuthNeeded) {
-        const refused = auth.key != null;
-        note(refused ? "the API key was refused" : "the gateway requires an API key");
-        loading = null;
-        await askForKey(refused);
-        return loadSnapshot("api key");
-      }
-      note(`could not load the graph: ${err.message}`);
-      showBanner("stale", `Could not load the graph (${err.message}). The view may be stale.`);
-      setConnection("disconnected");
-      scheduleRetry();
-      return false;
-    } finally {
-      loading = null;
     }
-  })();
+  })().finally(() => { loading = null; });
   return loading;
 }
 
@@ -470,7 +470,7 @@ function pollGateway() {
       renderCounters();
       scheduleChrome();
     } catch (err) {
-      if (err instanceof AuthNeeded) loadSnapshot("api key"); // asks for a key, then starts over
+      if (err instanceof AuthNeeded) loadSnapshot("api key"); // asks for a key (once), then starts over
       // Otherwise the server is away: the stream's own state says so; try again later.
     } finally {
       polling = null;
