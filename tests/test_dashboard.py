@@ -245,6 +245,8 @@ async def test_dashboard_shows_the_graph_learning_live(tmp_path: Path) -> None:
         async with httpx.AsyncClient(base_url=running.base_url) as client, chromium(running.base_url) as browser:
             page = browser.page
             assert (await browser.summary())["nodeCount"] == 0
+            await browser.until("() => window.__pmlDashboard.stats.polls > 0")  # /tools and /health read
+            assert await page.inner_text("#graph-counts") == "0 tools · 0 servers · 0 edges"
             assert await page.is_visible("#empty")
             assert await page.get_attribute("#conn", "data-state") == "live"
             assert await page.inner_text("#conn-label") == "live"

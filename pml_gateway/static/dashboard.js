@@ -708,8 +708,12 @@ function renderGraphChrome() {
     if (n.available === false) down += 1;
   }
   canvas.dataset.servers = String(servers.size);
-  $("graph-counts").textContent = `${count(view.nodeCount, "tool")} · ${count(servers.size, "server")} · ${count(view.edgeCount, "edge")}`;
-  $("empty").hidden = view.nodeCount > 0;
+  // Before the first GET /tools and /health: not "0 tools · 0 servers", which would be false.
+  const known = state.stats.polls > 0 || view.nodeCount > 0;
+  $("graph-counts").textContent = known
+    ? `${count(view.nodeCount, "tool")} · ${count(servers.size, "server")} · ${count(view.edgeCount, "edge")}`
+    : "loading tools…";
+  $("empty").hidden = view.nodeCount > 0 || !known;
 
   let dependency = 0;
   for (const e of view.edges.values()) if (e.edge_type === "dependency") dependency += 1;
