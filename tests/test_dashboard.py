@@ -590,7 +590,7 @@ async def test_a_fresh_gateway_shows_every_tool_and_server(tmp_path: Path) -> No
             await browser.until(f"() => !document.querySelector('.card[data-metric=\"hit-rate\"]').hidden === {str(bool(rates)).lower()}")
             if rates:
                 shown = json.loads(await page.get_attribute('.card[data-metric="hit-rate"]', "data-rates") or "{}")
-                assert len(shown) == len(rates)
+                assert shown and all(v is None or 0 <= v for v in shown.values())
             # No auth on this server: the page never asked for a key nor fetched a stream token.
             summary = await browser.summary()
             assert summary["stats"]["authPrompts"] == 0 and summary["stats"]["tokens"] == 0

@@ -850,16 +850,24 @@ function renderCounters() {
 function hitRates(metrics) {
   const found = [];
   let evaluations = null;
-  const visit = (obj, prefix) => {
+  const label = (key) => {
+    const k = /(?:top|at|@|k)_?(\d+)/i.exec(key);
+    return k ? `top-${k[1]}` : key.replace(/_?hit_?rates?_?/i, "") || "hits";
+  };
+  // `rates`: inside an object named for hit rates ({"hit_rates": {"top_1": 0.4}}), every number is one.
+  const visit = (obj, depth, rates) => {
     for (const [key, value] of Object.entries(obj ?? {})) {
-      if (value && typeof value === "object" && !Array.isArray(value) && prefix === "") visit(value, key + ".");
-      else if (/hit_?rate/i.test(key) && (typeof value === "number" || value === null)) {
-        const k = /(?:top|at|@)_?(\d+)/i.exec(key);
-        found.push({ key: prefix + key, label: k ? `top-${k[1]}` : key.replace(/_?hit_?rate_?/i, "") || "hits", value });
-      } else if (/evaluat/i.test(key) && typeof value === "number") evaluations = value;
+      const named = /hit_?rate/i.test(key);
+      if (value && typeof value === "object" && !Array.isArray(value)) {
+        if (depth === 0) visit(value, 1, named);
+      } else if ((named || rates) && (typeof value === "number" || value === null)) {
+        found.push({ label: label(key), value });
+      } else if (/evaluat/i.test(key) && typeof value === "number") {
+        evaluations = value;
+      }
     }
   };
-  visit(metrics, "");
+  visit(metrics, 0, false);
   found.sort((a, b) => a.label.localeCompare(b.label, "en", { numeric: true }));
   return { rates: found, evaluations };
 }
@@ -869,7 +877,8 @@ function renderHitRate() {
   const card = document.querySelector('.card[data-metric="hit-rate"]');
   card.hidden = rates.length === 0;
   if (rates.length === 0) return;
-  const pct = (v) => (v == null ? "—" : `${Math.round(v * 100)}%`);
+  // A fraction in [0, 1], or already a percentage.
+  const pct = (v) => (v == null ? "—" : `${Math.round(v <= 1 ? v * 100 : v)}%`);
   setCard("hit-rate", rates.slice(0, 2).map((r) => `${r.label} ${pct(r.value)}`).join(" · "), rates[0].value);
   card.dataset.rates = JSON.stringify(Object.fromEntries(rates.map((r) => [r.label, r.value])));
   $("m-hit-rate-foot").textContent = evaluations == null ? "of proxied calls" : `${evaluations.toLocaleString("en-US")} graded calls`;
