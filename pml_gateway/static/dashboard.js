@@ -1072,15 +1072,33 @@ function addLog(type, id, data) {
   logEntries.push(entry);
   if (logEntries.length > LOG_LIMIT) {
     const old = logEntries.shift();
+    old.dropped = true;
     if (old.el) old.el.remove();
   }
   state.counts[type] += 1;
-  if (chipCounts[type]) chipCounts[type].textContent = String(state.counts[type]);
-  if (shown.has(type)) {
+  // Rows are added once per frame: a burst of thousands of events costs one DOM update.
+  logPending.push(entry);
+  if (logPending.length > LOG_LIMIT) logPending = logPending.slice(-LOG_LIMIT);
+  if (!logFrame) logFrame = requestAnimationFrame(flushLog);
+}
+
+let logPending = [];
+let logFrame = 0;
+
+function flushLog() {
+  logFrame = 0;
+  const rows = document.createDocumentFragment();
+  for (let i = logPending.length - 1; i >= 0; i--) {
+    const entry = logPending[i];
+    if (!entry.dropped && shown.has(entry.type)) rows.append(logRow(entry, true));
+  }
+  logPending = [];
+  if (rows.childNodes.length) {
     const list = $("log");
     list.querySelector(".empty-row")?.remove();
-    list.prepend(logRow(entry, true));
+    list.prepend(rows);
   }
+  for (const [type, el] of Object.entries(chipCounts)) el.textContent = String(state.counts[type]);
   renderLogCount();
 }
 
@@ -1103,6 +1121,7 @@ function logRow(entry, fresh) {
 function renderLog() {
   const list = $("log");
   list.replaceChildren();
+  logPending = []; // all rendered below
   for (const entry of logEntries) entry.el = null;
   const visible = logEntries.filter((e) => shown.has(e.type)).reverse();
   for (const entry of visible) list.append(logRow(entry, false));

@@ -35,6 +35,7 @@ const EXACT_LIMIT = 1200;         // above this many nodes, repulsion uses a gri
 const GRID_CELL = 160;
 const GRID_RANGE2 = GRID_CELL * GRID_CELL;
 const FLASH_MS = 2600;
+const FLASH_STEPS = 8;            // fading steps of a flash (each step one batched path)
 const BASE_RADIUS = 4.5;
 const RADIUS_RANGE = 14;
 const LOD_EDGES = 2500;           // above this many visible edges: straight lines, no arrows
@@ -117,6 +118,7 @@ export class GraphView {
     this._gapCount = 0;
     this._lastFrameAt = 0;
     this._labelOrder = null;  // nodes by PageRank, rebuilt when ranks or the node set change
+    this._sizesStale = false; // radii to recompute before the next frame
     this._groups = null;      // group labels, and when they were computed
     this._groupsAt = 0;
     this._frame = this._frame.bind(this);
@@ -172,7 +174,7 @@ export class GraphView {
   }
 
   refreshSizes() {
-    this._resizeNodes();
+    this._sizesStale = true;
     this.invalidate();
   }
 
@@ -183,7 +185,7 @@ export class GraphView {
     const grew = this.nodes.size + this.edges.size !== before;
     if (grew) {
       this._afterStructure(0.35);
-      this._resizeNodes();
+      this._sizesStale = true; // once per frame, not once per event: events come by the thousand
     }
     this.invalidate();
     return edge;
@@ -194,12 +196,12 @@ export class GraphView {
     let added = false;
     for (const id of ids) {
       if (!this.nodes.has(id)) added = true;
-      this._node(id).called = true;
+      const node = this._node(id);
+      if (!node.called) this._sizesStale = true;
+      node.called = true;
     }
-    if (added) {
-      this._afterStructure(0.35);
-      this._resizeNodes();
-    }
+    if (added) this._afterStructure(0.35);
+    this.invalidate();
   }
 
   /**
@@ -226,7 +228,7 @@ export class GraphView {
     }
     if (added) {
       this._afterStructure(0.5);
-      this._resizeNodes();
+      this._sizesStale = true;
     }
     this.invalidate();
   }
@@ -404,6 +406,7 @@ export class GraphView {
       const fresh = !this.nodes.has(from) || !this.nodes.has(to);
       const source = this._node(from);
       const target = this._node(to);
+      if (!source.called || !target.called) this._sizesStale = true;
       source.called = true;
       target.called = true;
       // A new tool starts next to the tool it is linked to, not somewhere random.
@@ -438,6 +441,7 @@ export class GraphView {
 
   _afterStructure(alpha) {
     this._listsStale = true;
+    this._labelOrder = null;
     this.reheat(alpha);
   }
 
@@ -661,6 +665,10 @@ export class GraphView {
   _frame(now) {
     this._raf = 0;
     const started = performance.now();
+    if (this._sizesStale) {
+      this._sizesStale = false;
+      this._resizeNodes();
+    }
     let active = false;
     const simulating = !this.frozen && (this.alpha > ALPHA_MIN || this.alphaTarget > 0);
     if (simulating) {
@@ -801,24 +809,43 @@ export class GraphView {
       this._traceArrow(ctx, hoveredEdge, (3.5 + 3 * level) / k);
       ctx.fill();
     }
+    // Flashes (new edges green, updated amber), batched per colour and fading step.
+    const flashes = new Map();
     for (const e of visible) {
       if (e.flashUntil <= now) continue;
       flashing = true;
-      const f = (e.flashUntil - now) / FLASH_MS;
-      ctx.globalAlpha = Math.min(1, f * 1.4);
-      ctx.strokeStyle = FLASH_COLORS[e.flashKind] || FLASH_COLORS.updated;
-      ctx.lineWidth = (1 + 2 + 4 * f) / k;
-      this._pathEdge(ctx, e);
-      ctx.stroke();
-      ctx.globalAlpha = 1;
+      const step = Math.min(FLASH_STEPS - 1, Math.floor(((e.flashUntil - now) / FLASH_MS) * FLASH_STEPS));
+      const key = (e.flashKind === "created" ? "created" : "updated") + step;
+      let list = flashes.get(key);
+      if (!list) flashes.set(key, (list = []));
+      list.push(e);
     }
+    for (const [key, list] of flashes) {
+      const f = (Number(key.slice(-1)) + 0.5) / FLASH_STEPS;
+      ctx.globalAlpha = Math.min(1, f * 1.4);
+      ctx.strokeStyle = FLASH_COLORS[key.slice(0, -1)];
+      ctx.lineWidth = (3 + 4 * f) / k;
+      ctx.beginPath();
+      for (const e of list) {
+        if (simple) {
+          ctx.moveTo(e.source.x, e.source.y);
+          ctx.lineTo(e.target.x, e.target.y);
+        } else {
+          this._traceEdge(ctx, e);
+        }
+      }
+      ctx.stroke();
+    }
+    ctx.globalAlpha = 1;
 
     // Nodes: batched per colour (and dimmed or not); the few special ones drawn on top.
     const batches = new Map();
     const special = [];
+    const flashed = [];
     for (const node of nodes) {
       if (!inside(node)) continue;
-      if (node === center || node.flashUntil > now || node.running > 0 || node.available === false) {
+      if (node.flashUntil > now) flashed.push(node);
+      if (node === center || node.running > 0 || node.available === false) {
         special.push(node);
         continue;
       }
@@ -880,18 +907,32 @@ export class GraphView {
         ctx.arc(node.x, node.y, node.r + (2 + phase * 8) / k, 0, Math.PI * 2);
         ctx.stroke();
       }
-      if (node.flashUntil > now) {
-        flashing = true;
-        const f = (node.flashUntil - now) / FLASH_MS;
-        ctx.globalAlpha = f;
-        ctx.strokeStyle = node.flashOk ? FLASH_COLORS.created : "#f87171";
-        ctx.lineWidth = 2 / k;
-        ctx.beginPath();
-        ctx.arc(node.x, node.y, node.r + (3 + (1 - f) * 10) / k, 0, Math.PI * 2);
-        ctx.stroke();
-      }
       ctx.globalAlpha = 1;
     }
+    // Rings around the tools of a workflow that just ran, batched per outcome and fading step.
+    const rings = new Map();
+    for (const node of flashed) {
+      flashing = true;
+      const step = Math.min(FLASH_STEPS - 1, Math.floor(((node.flashUntil - now) / FLASH_MS) * FLASH_STEPS));
+      const key = (node.flashOk ? "ok" : "bad") + step;
+      let list = rings.get(key);
+      if (!list) rings.set(key, (list = []));
+      list.push(node);
+    }
+    ctx.lineWidth = 2 / k;
+    for (const [key, list] of rings) {
+      const f = (Number(key.slice(-1)) + 0.5) / FLASH_STEPS;
+      ctx.globalAlpha = f;
+      ctx.strokeStyle = key.startsWith("ok") ? FLASH_COLORS.created : "#f87171";
+      ctx.beginPath();
+      for (const node of list) {
+        const r = Math.max(node.r, minR) + (3 + (1 - f) * 10) / k;
+        ctx.moveTo(node.x + r, node.y);
+        ctx.arc(node.x, node.y, r, 0, Math.PI * 2);
+      }
+      ctx.stroke();
+    }
+    ctx.globalAlpha = 1;
     ctx.restore();
     this._flashing = flashing;
     this._labels(nodes, center, near);
