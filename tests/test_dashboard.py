@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -809,3 +810,30 @@ async def test_the_page_asks_for_an_api_key_when_the_server_wants_one(tmp_path: 
             await page.reload()
             await browser.until("() => window.__pmlDashboard && window.__pmlDashboard.connection === 'live'")
             assert (await browser.summary())["stats"]["authPrompts"] == 0
+
+
+@needs_browser
+async def test_a_large_graph_learned_while_the_page_is_open(tmp_path: Path) -> None:
+    """20,000 events in a few seconds (10,000 executions): the page applies every one, in order."""
+    executions = large_graph()
+    async with running_server(dashboard_settings(tmp_path, db=":memory:"), [Dashboard()]) as running:
+        async with httpx.AsyncClient(base_url=running.base_url, timeout=60) as client, chromium(running.base_url) as browser:
+            started = time.perf_counter()
+            for start in range(0, len(executions), 500):
+                await post_executions(client, executions[start : start + 500])
+            posted = time.perf_counter() - started
+            await browser.until("() => window.__pmlDashboard.edgeCount === 10000 && window.__pmlDashboard.nodeCount === 3000", timeout=90)
+            applied = time.perf_counter() - started
+            last = await until_caught_up(browser, client, timeout=60)
+            summary = await browser.summary()
+            assert summary["stats"]["duplicates"] == 0 and summary["stats"]["snapshots"] == 1
+            assert summary["counts"]["edge_created"] == 10_000 and summary["counts"]["workflow_executed"] == 10_000
+            assert int(await page_value(browser, "#last-event-id")) == last
+            # The log keeps the newest rows only.
+            assert await browser.page.locator("#log li").count() <= 500
+            assert browser.console.errors == []
+    print(f"\n10,000 executions posted in {posted:.1f} s; the page had all 10,000 edges {applied:.1f} s after the first post")
+
+
+async def page_value(browser: Browser, selector: str) -> str:
+    return await browser.page.get_attribute(selector, "data-value") or ""
