@@ -862,8 +862,8 @@ export class GraphView {
       ctx.beginPath();
       for (const node of list) {
         const r = Math.max(node.r, minR);
-        if (r * k < 3) {
-          ctx.rect(node.x - r, node.y - r, 2 * r, 2 * r); // a few pixels: a square looks the same, costs less
+        if (r * k < 3 && list.length > 200) {
+          ctx.rect(node.x - r, node.y - r, 2 * r, 2 * r); // hundreds of specks: squares cost less, look the same
         } else {
           ctx.moveTo(node.x + r, node.y);
           ctx.arc(node.x, node.y, r, 0, Math.PI * 2);
@@ -972,13 +972,34 @@ export class GraphView {
     const { k, x: tx, y: ty } = this.view;
     const placed = [];
     const overlaps = (b) => placed.some((p) => b[0] < p[2] && b[2] > p[0] && b[1] < p[3] && b[3] > p[1]);
+    const labelled = new Set();
 
-    // Group names first, while nothing is focused: each community by its top tools, and each
-    // server's cluster of never-called tools by the server's name.
-    if (!near) {
+    const nodeLabel = (node) => {
+      if (labelled.has(node) || labelled.size > 400) return; // more than that cannot be read anyway
+      const sx = node.x * k + tx + node.r * k + 4;
+      const sy = node.y * k + ty;
+      if (sx > this.width || sy < -10 || sy > this.height + 10 || sx < -300) return;
+      ctx.font = "11px ui-monospace, 'DejaVu Sans Mono', Menlo, Consolas, monospace";
+      ctx.textBaseline = "middle";
+      const text = node.id.length > 32 ? node.id.slice(0, 31) + "…" : node.id;
+      const w = ctx.measureText(text).width;
+      if (sx + w < 0) return;
+      const b = [sx - 2, sy - 7, sx + w + 2, sy + 7];
+      if (node !== center && overlaps(b)) return;
+      placed.push(b);
+      labelled.add(node);
+      ctx.lineWidth = 3;
+      ctx.strokeStyle = "rgba(11,15,23,0.92)";
+      ctx.strokeText(text, sx, sy);
+      ctx.fillStyle = node === center ? "#ffffff" : near ? "#e2e8f0"
+        : node.called === false || node.available === false ? "#7c8799" : "#b8c4d6";
+      ctx.fillText(text, sx, sy);
+    };
+
+    // Group names: each community by its top tools, each server's never-called tools by its name.
+    const groupNames = () => {
       ctx.font = "600 11px system-ui, 'DejaVu Sans', sans-serif";
       ctx.textBaseline = "bottom";
-      ctx.lineJoin = "round";
       // Recomputed at most every GROUP_LABELS_MS: it walks and sorts every node.
       if (!this._groups || performance.now() - this._groupsAt > GROUP_LABELS_MS) {
         this._groups = this._groupLabels();
@@ -997,45 +1018,28 @@ export class GraphView {
         ctx.fillStyle = g.color;
         ctx.fillText(g.text, sx, sy);
       }
-    }
+    };
 
+    ctx.lineJoin = "round";
     if (!this._labelOrder) {
       this._labelOrder = nodes.slice().sort((a, b) => (b.pagerank ?? -1) - (a.pagerank ?? -1) || (a.id < b.id ? -1 : 1));
     }
-    let candidates;
-    if (this.showAllLabels || k >= 1.6 || nodes.length <= 24) {
-      candidates = this._labelOrder;
-    } else {
-      candidates = this._labelOrder.slice(0, 14);
-      const chosen = new Set(candidates);
-      for (const node of this._labelOrder) if (node.r * k >= 11 && !chosen.has(node)) candidates.push(node);
+    const order = this._labelOrder;
+    if (near) {
+      // A focused tool: it and its neighbours (everything else too, with "All labels").
+      for (const node of near) nodeLabel(node);
+      if (this.showAllLabels) for (const node of order) nodeLabel(node);
+      return;
     }
-    if (near) candidates = [...near, ...candidates.filter((n) => !near.has(n))];
-
-    ctx.font = "11px ui-monospace, 'DejaVu Sans Mono', Menlo, Consolas, monospace";
-    ctx.textBaseline = "middle";
-    ctx.lineJoin = "round";
-    let drawn = 0;
-    for (const node of candidates) {
-      if (near && !near.has(node) && !this.showAllLabels) continue;
-      if (drawn > 400) break; // more labels than that cannot be read anyway
-      const sx = node.x * k + tx + node.r * k + 4;
-      const sy = node.y * k + ty;
-      if (sx > this.width || sy < -10 || sy > this.height + 10 || sx < -300) continue;
-      const text = node.id.length > 32 ? node.id.slice(0, 31) + "…" : node.id;
-      const w = ctx.measureText(text).width;
-      if (sx + w < 0) continue;
-      const b = [sx - 2, sy - 8, sx + w + 2, sy + 8];
-      const must = node === center;
-      if (!must && overlaps(b)) continue;
-      placed.push(b);
-      drawn += 1;
-      ctx.lineWidth = 3;
-      ctx.strokeStyle = "rgba(11,15,23,0.92)";
-      ctx.strokeText(text, sx, sy);
-      ctx.fillStyle = node === center ? "#ffffff" : near ? "#e2e8f0" : node.called === false || node.available === false ? "#7c8799" : "#b8c4d6";
-      ctx.fillText(text, sx, sy);
+    // The learned tools with the highest PageRank (and any drawn large) first, then the group
+    // names, then every other tool when zoomed in, asked for, or few.
+    let top = 0;
+    for (const node of order) {
+      if (node.called && top < 14) { nodeLabel(node); top += 1; }
+      else if (node.r * k >= 11) nodeLabel(node);
     }
+    groupNames();
+    if (this.showAllLabels || k >= 1.6 || nodes.length <= 24) for (const node of order) nodeLabel(node);
   }
 
   // ---- pointer ---------------------------------------------------------------------------
