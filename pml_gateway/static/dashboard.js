@@ -717,9 +717,9 @@ function renderGraphChrome() {
 
   let dependency = 0;
   for (const e of view.edges.values()) if (e.edge_type === "dependency") dependency += 1;
-  setCard("tools", view.nodeCount.toLocaleString("en-US"), view.nodeCount);
+  setCard("tools", known ? view.nodeCount.toLocaleString("en-US") : "—", known ? view.nodeCount : null);
   const foot = $("m-tools-foot");
-  foot.textContent = (down ? `${down} down · ` : "") + `${count(servers.size, "server")} · ${learned} learned`;
+  foot.textContent = !known ? "" : (down ? `${down} down · ` : "") + `${count(servers.size, "server")} · ${learned} learned`;
   foot.title = foot.textContent;
   $("m-edges-foot").textContent = `${dependency} dep · ${view.edgeCount - dependency} seq`;
   renderLegend();
@@ -1242,4 +1242,5 @@ renderLog();
 renderMetrics();
 renderGraphChrome();
 setConnection("connecting");
+$("auth-forget").hidden = !auth.key;
 loadSnapshot("initial");
