@@ -719,6 +719,23 @@ async def test_a_large_graph_stays_fluid(tmp_path: Path) -> None:
                 await browser.until("() => window.__pmlDashboard.edgeCount === 10000 && window.__pmlDashboard.nodeCount === 3000")
                 await browser.until("() => window.__pmlDashboard.summary().nodesWithoutCommunity === 0")
 
+                # Communities are named by their top tools by PageRank, as /graph has them.
+                graph = (await client.get("/graph")).json()
+                rank = {n["id"]: n["pagerank"] for n in graph["nodes"]}
+                members: dict[int, list[str]] = {}
+                for node in graph["nodes"]:
+                    members.setdefault(node["community"], []).append(node["id"])
+                rows = await page.eval_on_selector_all(
+                    "#communities li[data-community]",
+                    "els => els.map(e => ({c: +e.dataset.community, top: e.querySelector('.ctop').textContent}))",
+                )
+                assert len(rows) == 12  # the twelve largest; the rest summed up
+                for row in rows:
+                    top = row["top"].split(" · ")
+                    best = sorted((rank[t] for t in members[row["c"]]), reverse=True)[:3]
+                    assert [rank[t] for t in top] == pytest.approx(best), row
+                assert "+18 smaller communities" in await page.inner_text("#communities")
+
                 async def measure(action: str, seconds: float = 3.0) -> dict[str, Any]:
                     # Work timed with the canvas rasterized in the frame (not later, off the clock).
                     await page.evaluate("() => { const v = window.__pmlDashboard.view; v.timeRaster = true; v.resetFrameStats(); }")
