@@ -765,9 +765,7 @@ export class GraphView {
       const bucket = Math.min(EDGE_BUCKETS - 1, Math.floor(confidenceLevel(e.confidence) * EDGE_BUCKETS));
       const dashed = visible.length <= DASH_EDGES && e.edge_type === "sequence";
       const key = (bucket * 2 + (touches ? 1 : 0)) * 2 + (dashed ? 1 : 0);
-      let list = groups.get(key);
-      if (!list) groups.set(key, (list = []));
-      list.push(e);
+      addTo(groups, key, e);
     }
     ctx.lineCap = "round";
     for (const [key, list] of groups) {
@@ -780,14 +778,7 @@ export class GraphView {
       ctx.lineWidth = ((simple ? 0.5 + 1.5 * level * level : 0.6 + 2.4 * level * level)) / k;
       ctx.setLineDash(dashed ? [6 / k, 3 / k] : []);
       ctx.beginPath();
-      for (const e of list) {
-        if (simple) {
-          ctx.moveTo(e.source.x, e.source.y);
-          ctx.lineTo(e.target.x, e.target.y);
-        } else {
-          this._traceEdge(ctx, e);
-        }
-      }
+      this._traceEdges(ctx, list, simple);
       ctx.stroke();
       if (!simple) {
         ctx.beginPath();
@@ -816,9 +807,7 @@ export class GraphView {
       flashing = true;
       const step = Math.min(FLASH_STEPS - 1, Math.floor(((e.flashUntil - now) / FLASH_MS) * FLASH_STEPS));
       const key = (e.flashKind === "created" ? "created" : "updated") + step;
-      let list = flashes.get(key);
-      if (!list) flashes.set(key, (list = []));
-      list.push(e);
+      addTo(flashes, key, e);
     }
     for (const [key, list] of flashes) {
       const f = (Number(key.slice(-1)) + 0.5) / FLASH_STEPS;
@@ -826,14 +815,7 @@ export class GraphView {
       ctx.strokeStyle = FLASH_COLORS[key.slice(0, -1)];
       ctx.lineWidth = (3 + 4 * f) / k;
       ctx.beginPath();
-      for (const e of list) {
-        if (simple) {
-          ctx.moveTo(e.source.x, e.source.y);
-          ctx.lineTo(e.target.x, e.target.y);
-        } else {
-          this._traceEdge(ctx, e);
-        }
-      }
+      this._traceEdges(ctx, list, simple);
       ctx.stroke();
     }
     ctx.globalAlpha = 1;
@@ -850,9 +832,7 @@ export class GraphView {
         continue;
       }
       const key = this.colorOf(node) + (near && !near.has(node) ? "|dim" : "");
-      let list = batches.get(key);
-      if (!list) batches.set(key, (list = []));
-      list.push(node);
+      addTo(batches, key, node);
     }
     const outline = 1.5 / k;
     const minR = MIN_SCREEN_RADIUS / k; // zoomed far out, a tool stays a visible dot
@@ -915,9 +895,7 @@ export class GraphView {
       flashing = true;
       const step = Math.min(FLASH_STEPS - 1, Math.floor(((node.flashUntil - now) / FLASH_MS) * FLASH_STEPS));
       const key = (node.flashOk ? "ok" : "bad") + step;
-      let list = rings.get(key);
-      if (!list) rings.set(key, (list = []));
-      list.push(node);
+      addTo(rings, key, node);
     }
     ctx.lineWidth = 2 / k;
     for (const [key, list] of rings) {
@@ -941,6 +919,18 @@ export class GraphView {
   _pathEdge(ctx, e) {
     ctx.beginPath();
     this._traceEdge(ctx, e);
+  }
+
+  /** Add these edges to the current path: straight lines, or their curves. */
+  _traceEdges(ctx, edges, straight) {
+    for (const e of edges) {
+      if (straight) {
+        ctx.moveTo(e.source.x, e.source.y);
+        ctx.lineTo(e.target.x, e.target.y);
+      } else {
+        this._traceEdge(ctx, e);
+      }
+    }
   }
 
   /** Add the edge's curve (a loop for a self-edge) to the current path. */
@@ -1181,4 +1171,11 @@ function segmentDistance(px, py, ax, ay, bx, by) {
  * or tools drawn at least 6 px wide. */
 function nodeOutline(list, k) {
   return list.length <= 50 || list[0].r * k >= 6;
+}
+
+/** Add `item` to the list kept under `key` in the map `groups`. */
+function addTo(groups, key, item) {
+  const list = groups.get(key);
+  if (list) list.push(item);
+  else groups.set(key, [item]);
 }
