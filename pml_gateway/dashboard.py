@@ -2,7 +2,9 @@
 
 The page is static (HTML, CSS and JS shipped as package data: no CDN, no build step). In the
 browser it loads ``GET /graph``, then follows ``GET /events/stream`` with ``EventSource`` from the
-snapshot's ``last_event_id``. This module only serves the files.
+snapshot's ``last_event_id``, and polls ``GET /health``, ``GET /tools`` (``tool_list.py``) and
+``GET /events/stats`` to show the whole gateway: every exposed tool, the downstream servers and
+their state, running workflows. This module only serves the files; the page reads nothing else.
 """
 
 from __future__ import annotations

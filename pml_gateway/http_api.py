@@ -21,6 +21,7 @@ from graphrag import WorkflowExecution
 
 from pml_gateway.settings import Settings
 from pml_gateway.state import app_state
+from pml_gateway.tool_list import tools_route
 
 #: Larger ``POST /executions`` bodies are refused with 413.
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -206,4 +207,5 @@ def http_routes() -> list[BaseRoute]:
         Route("/graph", graph, methods=["GET"]),
         Route("/executions", post_executions, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
+        tools_route(),  # GET /tools: the exposed tools, for the dashboard
     ]

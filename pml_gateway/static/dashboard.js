@@ -1,5 +1,13 @@
 // pml-gateway dashboard: a snapshot from GET /graph, then every learning step from
-// GET /events/stream (EventSource), resumed from the snapshot's last_event_id.
+// GET /events/stream (EventSource), resumed from the snapshot's last_event_id. Around the learned
+// graph, the whole gateway: every exposed tool (GET /tools; never-called ones grey), the
+// downstream servers and their state (GET /health, polled, and tool_added / tool_removed events),
+// running workflows (workflow_progress), the suggestion hit rates when the metrics carry them.
+//
+// Authentication: when GET /graph answers 401 the page asks for an API key, keeps it in
+// sessionStorage, sends it as `Authorization: Bearer` on every fetch, and opens the stream with a
+// short-lived token from POST /events/token (`?access_token=`: EventSource cannot send headers).
+// A server without authentication never answers 401: then none of this happens.
 //
 // Consistency rules:
 // - graph events are applied once, in id order: an id at or below the last applied one is a
@@ -10,19 +18,29 @@
 
 import { GraphView, NO_COMMUNITY } from "./graph-view.js";
 
-const GRAPH_TYPES = ["graph_synced", "edge_created", "edge_updated", "workflow_executed", "metrics_updated"];
+// Graph events carry an id; workflow_progress is live only (no id).
+const GRAPH_TYPES = ["graph_synced", "edge_created", "edge_updated", "workflow_executed", "metrics_updated",
+  "tool_added", "tool_removed"];
+const LIVE_TYPES = ["workflow_progress"];
 const CONNECTION_TYPES = ["connected", "heartbeat", "reset"];
+const STREAM_TYPES = [...GRAPH_TYPES, ...LIVE_TYPES, ...CONNECTION_TYPES];
 // "client" entries are this page's own notes (snapshot loaded, connection lost...).
-const LOG_TYPES = [...GRAPH_TYPES, ...CONNECTION_TYPES, "client"];
+const LOG_TYPES = [...STREAM_TYPES, "client"];
 const TYPE_COLORS = {
   graph_synced: "#a78bfa", edge_created: "#4ade80", edge_updated: "#fbbf24", workflow_executed: "#60a5fa",
-  metrics_updated: "#22d3ee", connected: "#94a3b8", heartbeat: "#64748b", reset: "#f87171", client: "#cbd5e1",
+  metrics_updated: "#22d3ee", tool_added: "#a3e635", tool_removed: "#fb923c", workflow_progress: "#818cf8",
+  connected: "#94a3b8", heartbeat: "#64748b", reset: "#f87171", client: "#cbd5e1",
 };
 const LOG_LIMIT = 500;
 const RETRY_MIN_MS = 1000;
 const RETRY_MAX_MS = 15000;
 const ATTRIBUTE_REFRESH_MIN_MS = 1500;
 const ATTRIBUTE_REFRESH_MAX_NODES = 5000;
+const POLL_MS = 3000;             // GET /health, /tools, /events/stats
+const POLL_SOON_MS = 150;         // after a tool_added / tool_removed: the server's state changed
+const WORKFLOWS_KEPT = 6;         // finished workflows still listed
+const SERVER_HISTORY = 20;        // state changes remembered per server
+const KEY_STORAGE = "pml-gateway.api-key";
 
 const $ = (id) => document.getElementById(id);
 
@@ -39,9 +57,92 @@ const state = {
   metricsAt: null,
   metricsEventId: null,
   lastAutoReload: -Infinity,
-  stats: { snapshots: 0, resets: 0, connects: 0, streamsOpened: 0, duplicates: 0, applied: 0, attributeRefreshes: 0 },
+  stats: { snapshots: 0, resets: 0, connects: 0, streamsOpened: 0, duplicates: 0, applied: 0, attributeRefreshes: 0,
+    polls: 0, tokens: 0, authPrompts: 0 },
   counts: Object.fromEntries(LOG_TYPES.map((t) => [t, 0])),
+  received: 0,               // graph and workflow events since page load (not connection events)
+  serverStats: null,         // the last GET /events/stats
+  // tool id -> {server, title, description, available}; known once GET /tools answered.
+  catalog: new Map(),
+  catalogKnown: false,
+  // server name -> {state, tools, error, restarts, transport, history: [state...]}
+  servers: new Map(),
+  // workflow id -> {id, total, completed, failed, skipped, tasks: Map(task id -> {tool_id, status}), status, at}
+  workflows: new Map(),
 };
+
+// ---- authentication --------------------------------------------------------------------------
+
+const auth = { key: sessionStorage.getItem(KEY_STORAGE), required: false, waiting: null };
+
+class AuthNeeded extends Error {}
+
+/** fetch() relative to the page, with the API key when there is one; AuthNeeded on 401. */
+async function api(path, init = {}) {
+  const headers = new Headers(init.headers || {});
+  headers.set("Accept", "application/json");
+  if (auth.key) headers.set("Authorization", `Bearer ${auth.key}`);
+  const response = await fetch(new URL(path, document.baseURI), { cache: "no-store", ...init, headers });
+  if (response.status === 401) throw new AuthNeeded(`${path} needs an API key`);
+  return response;
+}
+
+/** Ask for a key (a refused one is forgotten first); resolves once one was entered. */
+function askForKey(refused) {
+  auth.required = true;
+  if (refused && auth.key) forgetKey();
+  if (auth.waiting) return auth.waiting;
+  state.stats.authPrompts += 1;
+  $("auth-text").textContent = refused
+    ? "The gateway refused that key. Enter an API key with the events:read scope."
+    : "This gateway requires an API key with the events:read scope.";
+  $("auth-text").className = refused ? "error" : "";
+  $("auth").hidden = false;
+  $("auth-key").value = "";
+  $("auth-key").focus();
+  setConnection("disconnected");
+  auth.waiting = new Promise((resolve) => { auth.resolve = resolve; });
+  return auth.waiting;
+}
+
+$("auth-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const key = $("auth-key").value.trim();
+  if (!key) return;
+  auth.key = key;
+  sessionStorage.setItem(KEY_STORAGE, key);
+  $("auth").hidden = true;
+  $("auth-forget").hidden = false;
+  const resolve = auth.resolve;
+  auth.waiting = auth.resolve = null;
+  resolve();
+});
+
+function forgetKey() {
+  auth.key = null;
+  sessionStorage.removeItem(KEY_STORAGE);
+  $("auth-forget").hidden = true;
+}
+
+$("auth-forget").addEventListener("click", () => {
+  forgetKey();
+  closeStream();
+  loadSnapshot("key forgotten");
+});
+
+/** The stream's URL: resume point, and a fresh stream token when a key is in use. */
+async function streamUrl(fromId) {
+  const url = new URL("events/stream", document.baseURI);
+  if (fromId != null) url.searchParams.set("last_event_id", String(fromId));
+  if (auth.key) {
+    const response = await api("events/token", { method: "POST" });
+    if (!response.ok) throw new Error(`POST /events/token answered ${response.status}`);
+    const { token } = await response.json();
+    state.stats.tokens += 1;
+    url.searchParams.set("access_token", token);
+  }
+  return url;
+}
 
 const view = new GraphView($("graph"), { onHover: showTooltip, onFocus: () => {} });
 
@@ -52,23 +153,46 @@ let retryTimer = 0;
 let retryDelay = RETRY_MIN_MS;
 let loading = null;
 
-function openStream(fromId) {
+let streamGeneration = 0;
+
+async function openStream(fromId) {
   closeStream();
-  const url = new URL("events/stream", document.baseURI);
-  if (fromId != null) url.searchParams.set("last_event_id", String(fromId));
+  const generation = ++streamGeneration;
+  let url;
+  try {
+    url = await streamUrl(fromId);
+  } catch (err) {
+    if (generation !== streamGeneration) return;
+    if (err instanceof AuthNeeded) {
+      await askForKey(true);
+      if (generation === streamGeneration) openStream(state.lastEventId);
+      return;
+    }
+    note(`could not open the stream: ${err.message}`);
+    setConnection("disconnected");
+    scheduleRetry();
+    return;
+  }
+  if (generation !== streamGeneration) return; // superseded while the token was on its way
   const es = new EventSource(url);
   source = es;
   state.stats.streamsOpened += 1;
-  for (const type of [...GRAPH_TYPES, ...CONNECTION_TYPES]) {
+  for (const type of STREAM_TYPES) {
     es.addEventListener(type, (ev) => { if (source === es) onMessage(type, ev); });
   }
   es.onerror = () => {
     if (source !== es) return;
-    if (es.readyState === EventSource.CLOSED) {
-      // The browser gave up (an HTTP error such as 503): we retry ourselves, with backoff.
+    // With a stream token, the browser's own retry would reuse an expired token: we reconnect
+    // ourselves with a fresh one (and the resume point).
+    const gaveUp = es.readyState === EventSource.CLOSED;
+    if (gaveUp || auth.key) {
+      // The browser gave up (an HTTP error such as 503), or would retry with a stale token: we
+      // retry ourselves, with backoff.
+      es.close();
       source = null;
-      if (state.connection !== "disconnected") note("stream closed; retrying with backoff");
-      setConnection("disconnected");
+      if (gaveUp && state.connection !== "disconnected") note("stream closed; retrying with backoff");
+      if (!gaveUp && state.connection === "live") note("connection lost; reconnecting");
+      setConnection(gaveUp ? "disconnected" : "reconnecting");
       scheduleRetry();
     } else {
       // The browser retries by itself and resumes with Last-Event-ID.
@@ -79,6 +203,7 @@ function openStream(fromId) {
 }
 
 function closeStream() {
+  streamGeneration += 1;
   if (source) source.close();
   source = null;
   clearTimeout(retryTimer);
@@ -113,6 +238,7 @@ function onMessage(type, ev) {
       return;
     }
     if (type === "metrics_updated") state.metricsEventId = id;
+    state.received += 1;
     applyGraphEvent(type, data);
     if (id != null) state.lastEventId = id;
     state.stats.applied += 1;
@@ -121,6 +247,11 @@ function onMessage(type, ev) {
     return;
   }
   addLog(type, null, data);
+  if (type === "workflow_progress") {
+    state.received += 1;
+    applyProgress(data);
+    return;
+  }
   if (type === "connected") {
     state.stats.connects += 1;
     state.clients = data.connected_clients;
@@ -164,9 +295,10 @@ function onReset(data) {
 // Heartbeats carry the uptime, but the first may be heartbeat_seconds (30 by default) away.
 async function loadUptime() {
   try {
-    const response = await fetch(new URL("events/stats", document.baseURI), { cache: "no-store" });
+    const response = await api("events/stats");
     if (!response.ok) return;
     const stats = await response.json();
+    state.serverStats = stats;
     if (state.uptime == null) state.uptime = { seconds: stats.uptime_seconds, at: performance.now() };
     renderClock();
   } catch {
@@ -177,7 +309,7 @@ async function loadUptime() {
 // ---- the snapshot --------------------------------------------------------------------------
 
 async function fetchGraph() {
-  const response = await fetch(new URL("graph", document.baseURI), { cache: "no-store", headers: { Accept: "application/json" } });
+  const response = await api("graph");
   if (!response.ok) throw new Error(`GET /graph answered ${response.status}`);
   return response.json();
 }
@@ -188,35 +320,44 @@ function loadSnapshot(reason) {
   closeStream();
   if (state.snapshotLoaded) setConnection("reconnecting");
   loading = (async () => {
-    try {
-      const snapshot = await fetchGraph();
-      view.setGraph(snapshot.nodes, snapshot.edges);
-      state.lastEventId = snapshot.last_event_id;
-      state.snapshotLoaded = true;
-      state.stats.snapshots += 1;
-      if (snapshot.metrics) {
-        state.metrics = snapshot.metrics;
-        state.metricsAt = Date.parse(snapshot.metrics.computed_at) || Date.now();
-        state.metricsEventId = snapshot.last_event_id;
+    // Until it loads or fails for another reason than a missing or refused API key.
+    for (;;) {
+      try {
+        const snapshot = await fetchGraph();
+        view.setGraph(snapshot.nodes, snapshot.edges);
+        applyCatalog();
+        state.lastEventId = snapshot.last_event_id;
+        state.snapshotLoaded = true;
+        state.stats.snapshots += 1;
+        if (snapshot.metrics) {
+          state.metrics = snapshot.metrics;
+          state.metricsAt = Date.parse(snapshot.metrics.computed_at) || Date.now();
+          state.metricsEventId = snapshot.last_event_id;
+        }
+        note(`snapshot at #${snapshot.last_event_id ?? 0}: ${snapshot.nodes.length} tools, ${snapshot.edges.length} edges` +
+          (reason === "initial" ? "" : ` (${reason})`));
+        renderGraphChrome();
+        renderMetrics();
+        renderLastEventId();
+        // No id yet (an empty log): live events only; the server would answer "after 0" with a reset.
+        openStream(snapshot.last_event_id);
+        pollGateway();
+        return true;
+      } catch (err) {
+        if (err instanceof AuthNeeded) {
+          const refused = auth.key != null;
+          note(refused ? "the API key was refused" : "the gateway requires an API key");
+          await askForKey(refused);
+          continue;
+        }
+        note(`could not load the graph: ${err.message}`);
+        showBanner("stale", `Could not load the graph (${err.message}). The view may be stale.`);
+        setConnection("disconnected");
+        scheduleRetry();
+        return false;
       }
-      note(`snapshot at #${snapshot.last_event_id ?? 0}: ${snapshot.nodes.length} tools, ${snapshot.edges.length} edges` +
-        (reason === "initial" ? "" : ` (${reason})`));
-      renderGraphChrome();
-      renderMetrics();
-      renderLastEventId();
-      // No id yet (an empty log): live events only; the server would answer "after 0" with a reset.
-      openStream(snapshot.last_event_id);
-      return true;
-    } catch (err) {
-      note(`could not load the graph: ${err.message}`);
-      showBanner("stale", `Could not load the graph (${err.message}). The view may be stale.`);
-      setConnection("disconnected");
-      scheduleRetry();
-      return false;
-    } finally {
-      loading = null;
     }
-  })();
+  })().finally(() => { loading = null; });
   return loading;
 }
 
@@ -241,6 +382,14 @@ async function refreshAttributes() {
     const snapshot = await fetchGraph();
     if (loading) return;
     view.mergeAttributes(snapshot.nodes);
+    // Fields the snapshot's metrics carry and the event did not (hit rates, perhaps): keep them.
+    if (snapshot.metrics && state.metrics) {
+      let added = false;
+      for (const [key, value] of Object.entries(snapshot.metrics)) {
+        if (!(key in state.metrics)) { state.metrics[key] = value; added = true; }
+      }
+      if (added) renderHitRate();
+    }
     for (const e of snapshot.edges) {
       const edge = view.edge(e.from_tool_id, e.to_tool_id);
       if (edge) {
@@ -271,13 +420,18 @@ function applyGraphEvent(type, d) {
   } else if (type === "workflow_executed") {
     view.ensureNodes(d.tool_ids);
     view.flashNodes(d.tool_ids, d.success);
+    finishWorkflow(d.workflow_id, d.success);
+  } else if (type === "tool_added" || type === "tool_removed") {
+    applyToolEvent(type, d);
   } else if (type === "metrics_updated") {
-    state.metrics = d;
+    // Fields only the snapshot carries (hit rates, perhaps) stay until a snapshot says otherwise.
+    state.metrics = { ...(state.metrics ?? {}), ...d };
     state.metricsAt = Date.parse(d.timestamp) || Date.now();
     for (const entry of d.pagerank_top_10) view.setPagerank(entry.tool_id, entry.score);
     view.refreshSizes();
     renderMetrics();
     scheduleAttributeRefresh();
+    scheduleChrome();
   } else if (type === "graph_synced") {
     // The server (re)loaded its graph: at this point of the log our view must hold the same.
     if (d.node_count !== view.nodeCount || d.edge_count !== view.edgeCount) {
@@ -289,8 +443,141 @@ function applyGraphEvent(type, d) {
       }));
     }
   }
-  renderGraphChrome();
+  scheduleChrome();
 }
+
+// ---- the whole gateway: tools, servers, workflows ----------------------------------------------
+
+let pollTimer = 0;
+let polling = null;
+
+/** GET /health, /tools and /events/stats now, then every POLL_MS. */
+function pollGateway() {
+  clearTimeout(pollTimer);
+  if (polling) return polling;
+  polling = (async () => {
+    try {
+      const [health, tools, stats] = await Promise.all([
+        api("health").then((r) => (r.ok ? r.json() : null)),
+        api("tools").then((r) => (r.ok ? r.json() : null)),
+        api("events/stats").then((r) => (r.ok ? r.json() : null)),
+      ]);
+      state.stats.polls += 1;
+      if (stats) state.serverStats = stats;
+      // Without a token /health may answer only its status: the servers are then unknown.
+      if (health && health.downstreams) applyHealth(health.downstreams);
+      if (tools && Array.isArray(tools.tools)) applyToolList(tools.tools);
+      renderCounters();
+      scheduleChrome();
+    } catch (err) {
+      if (err instanceof AuthNeeded) loadSnapshot("api key"); // asks for a key (once), then starts over
+      // Otherwise the server is away: the stream's own state says so; try again later.
+    } finally {
+      polling = null;
+      pollTimer = setTimeout(pollGateway, POLL_MS);
+    }
+  })();
+  return polling;
+}
+
+let soonTimer = 0;
+function pollSoon() {
+  if (!soonTimer) soonTimer = setTimeout(() => { soonTimer = 0; pollGateway(); }, POLL_SOON_MS);
+}
+
+function setServerState(name, fields) {
+  let server = state.servers.get(name);
+  if (!server) state.servers.set(name, (server = { name, state: null, tools: 0, error: null, restarts: 0, history: [] }));
+  const before = server.state;
+  Object.assign(server, fields);
+  if (server.state !== before) {
+    server.history.push(server.state);
+    if (server.history.length > SERVER_HISTORY) server.history.shift();
+    if (before != null) note(`server ${name}: ${before} → ${server.state}${server.error ? ` (${server.error})` : ""}`);
+  }
+}
+
+function applyHealth(downstreams) {
+  for (const [name, h] of Object.entries(downstreams)) {
+    setServerState(name, { state: h.state, tools: h.tools ?? 0, error: h.error ?? null, restarts: h.restarts ?? 0,
+      transport: h.transport ?? null });
+  }
+  // A server removed from the config: gone, and so are its tools that never ran.
+  for (const name of [...state.servers.keys()]) if (!(name in downstreams)) state.servers.delete(name);
+  for (const [id, tool] of [...state.catalog]) if (!state.servers.has(tool.server)) state.catalog.delete(id);
+  applyCatalog();
+}
+
+function applyToolList(tools) {
+  const listed = new Set();
+  for (const t of tools) {
+    listed.add(t.tool_id);
+    state.catalog.set(t.tool_id, { server: t.server, title: t.title ?? null, description: t.description ?? null, available: true });
+  }
+  // Tools that left the list but whose server is still configured: greyed out until they return.
+  for (const [id, tool] of [...state.catalog]) {
+    if (listed.has(id)) continue;
+    if (state.servers.has(tool.server)) tool.available = false;
+    else state.catalog.delete(id);
+  }
+  state.catalogKnown = true;
+  applyCatalog();
+}
+
+function applyToolEvent(type, d) {
+  const known = state.catalog.get(d.tool_id);
+  state.catalog.set(d.tool_id, { ...(known ?? { title: null, description: null }), server: d.server, available: type === "tool_added" });
+  if (!state.servers.has(d.server)) setServerState(d.server, { state: "connected" });
+  if (type === "tool_added") setServerState(d.server, { state: "connected", error: null });
+  else if (/disconnect|crash|fail|died|exit|closed/i.test(d.reason ?? "")) setServerState(d.server, { state: "failed" });
+  state.catalogKnown = true;
+  applyCatalog();
+  pollSoon();
+}
+
+function applyCatalog() {
+  const tools = [...state.catalog].map(([id, t]) => ({ id, server: t.server, available: t.available }));
+  // A learned tool the list does not hold: gone from its server if that server is known.
+  view.setCatalog(tools, (node) => (state.servers.has(node.server) ? false : null));
+  scheduleChrome();
+}
+
+function applyProgress(d) {
+  let wf = state.workflows.get(d.workflow_id);
+  if (!wf) {
+    wf = { id: d.workflow_id, total: d.total, completed: 0, failed: 0, skipped: 0, tasks: new Map(), status: "running", at: Date.now() };
+    state.workflows.set(d.workflow_id, wf);
+  }
+  const task = wf.tasks.get(d.task_id) ?? { tool_id: d.tool_id, status: null };
+  if (task.status === "started" && d.status !== "started") {
+    view.setRunning(d.tool_id, false);
+    view.flashNodes([d.tool_id], d.status !== "failed");
+  }
+  if (d.status === "started") {
+    view.ensureNodes([d.tool_id]);
+    view.setRunning(d.tool_id, true);
+  }
+  if (d.status === "failed") wf.failed += 1;
+  if (d.status === "skipped") wf.skipped += 1;
+  task.status = d.status;
+  task.tool_id = d.tool_id;
+  wf.tasks.set(d.task_id, task);
+  wf.total = d.total;
+  wf.completed = d.completed;
+  if (wf.status === "running" && d.completed >= d.total) wf.status = wf.failed > 0 ? "failed" : "succeeded";
+  scheduleChrome();
+}
+
+function finishWorkflow(id, success) {
+  const wf = state.workflows.get(id);
+  if (!wf) return; // recorded from elsewhere (a trace, POST /executions): not a run we watched
+  wf.status = success ? "succeeded" : "failed";
+  for (const task of wf.tasks.values()) {
+    if (task.status === "started") view.setRunning(task.tool_id, false);
+  }
+  scheduleChrome();
+}
+
 
 // ---- rendering -----------------------------------------------------------------------------
 
@@ -360,10 +647,10 @@ function setCard(name, text, value) {
 
 function renderMetrics() {
   const m = state.metrics;
-  setCard("tools", m ? m.node_count.toLocaleString("en-US") : "—", m?.node_count);
   setCard("edges", m ? m.edge_count.toLocaleString("en-US") : "—", m?.edge_count);
   setCard("density", m ? formatDensity(m.density) : "—", m?.density);
   setCard("communities", m ? m.communities_count.toLocaleString("en-US") : "—", m?.communities_count);
+  renderHitRate();
   renderPagerank();
   renderClock();
 }
@@ -401,19 +688,200 @@ function renderPagerank() {
   });
 }
 
+let chromeFrame = 0;
+
+/** Everything around the canvas, at most once per frame (events may arrive by the thousand). */
+function scheduleChrome() {
+  if (!chromeFrame) chromeFrame = requestAnimationFrame(() => { chromeFrame = 0; renderGraphChrome(); });
+}
+
 function renderGraphChrome() {
   const canvas = $("graph");
   canvas.dataset.nodes = String(view.nodeCount);
   canvas.dataset.edges = String(view.edgeCount);
-  $("graph-counts").textContent = `${view.nodeCount.toLocaleString("en-US")} tools · ${view.edgeCount.toLocaleString("en-US")} edges`;
-  $("empty").hidden = view.nodeCount > 0;
+  const servers = new Set([...view.nodes.values()].map((n) => n.server).filter(Boolean));
+  for (const name of state.servers.keys()) servers.add(name);
+  let learned = 0;
+  let down = 0;
+  for (const n of view.nodes.values()) {
+    if (n.called) learned += 1;
+    if (n.available === false) down += 1;
+  }
+  canvas.dataset.servers = String(servers.size);
+  // Before the first GET /tools and /health: not "0 tools · 0 servers", which would be false.
+  const known = state.stats.polls > 0 || view.nodeCount > 0;
+  $("graph-counts").textContent = known
+    ? `${count(view.nodeCount, "tool")} · ${count(servers.size, "server")} · ${count(view.edgeCount, "edge")}`
+    : "loading tools…";
+  $("empty").hidden = view.nodeCount > 0 || !known;
 
   let dependency = 0;
   for (const e of view.edges.values()) if (e.edge_type === "dependency") dependency += 1;
-  const servers = new Set([...view.nodes.values()].map((n) => n.server).filter(Boolean));
-  $("m-tools-foot").textContent = `${servers.size} server${servers.size === 1 ? "" : "s"}`;
+  setCard("tools", known ? view.nodeCount.toLocaleString("en-US") : "—", known ? view.nodeCount : null);
+  const foot = $("m-tools-foot");
+  foot.textContent = !known ? "" : (down ? `${down} down · ` : "") + `${count(servers.size, "server")} · ${learned} learned`;
+  foot.title = foot.textContent;
   $("m-edges-foot").textContent = `${dependency} dep · ${view.edgeCount - dependency} seq`;
   renderLegend();
+  renderServers();
+  renderWorkflows();
+  renderCommunities();
+  renderCounters();
+}
+
+function count(n, noun) {
+  return `${n.toLocaleString("en-US")} ${noun}${n === 1 ? "" : "s"}`;
+}
+
+function renderServers() {
+  const list = $("servers");
+  list.replaceChildren();
+  const names = [...state.servers.keys()].sort();
+  const connected = names.filter((n) => state.servers.get(n).state === "connected").length;
+  $("servers-count").textContent = names.length ? `${connected} / ${names.length} connected` : "";
+  if (names.length === 0) {
+    list.append(span("none-row", state.catalogKnown || state.stats.polls ? "No downstream servers configured." : "Loading…"));
+    return;
+  }
+  for (const name of names) {
+    const s = state.servers.get(name);
+    const li = document.createElement("li");
+    li.dataset.server = name;
+    li.dataset.state = s.state ?? "";
+    const line = span("line", "");
+    line.append(span("dot", ""), span("sname", name), span("sstate", s.state ?? "?"));
+    line.querySelector(".sname").title = name;
+    const known = [...state.catalog.values()].filter((t) => t.server === name).length;
+    const info = [`${s.tools} tool${s.tools === 1 ? "" : "s"}` + (known > s.tools ? ` of ${known}` : "")];
+    if (s.transport) info.push(s.transport);
+    if (s.restarts) info.push(`${s.restarts} restart${s.restarts === 1 ? "" : "s"}`);
+    li.append(line, span("sinfo", info.join(" · ")));
+    if (s.error && s.state !== "connected") {
+      const err = span("serr", s.error);
+      err.title = s.error;
+      li.append(err);
+    }
+    list.append(li);
+  }
+}
+
+function renderWorkflows() {
+  const list = $("workflows");
+  list.replaceChildren();
+  const all = [...state.workflows.values()];
+  const running = all.filter((w) => w.status === "running").sort((a, b) => a.at - b.at);
+  const done = all.filter((w) => w.status !== "running").sort((a, b) => b.at - a.at);
+  // Forget old finished runs for good.
+  for (const w of done.slice(WORKFLOWS_KEPT)) state.workflows.delete(w.id);
+  $("workflows-count").textContent = running.length ? `${running.length} running` : "";
+  if (running.length + done.length === 0) {
+    list.append(span("none-row", "No workflow has run since the page was loaded (pml_execute_workflow runs show here)."));
+    return;
+  }
+  for (const w of [...running, ...done.slice(0, WORKFLOWS_KEPT)]) {
+    const li = document.createElement("li");
+    li.dataset.workflow = w.id;
+    li.dataset.status = w.status;
+    li.dataset.completed = String(w.completed);
+    li.dataset.total = String(w.total);
+    const line = span("line", "");
+    const id = span("wid", w.id);
+    id.title = w.id;
+    line.append(id, span("wstatus", `${w.status} · ${w.completed}/${w.total}`));
+    const bar = span("progress", "");
+    const fill = document.createElement("i");
+    fill.style.width = `${w.total ? Math.round((w.completed / w.total) * 100) : 0}%`;
+    bar.append(fill);
+    const now = [...w.tasks.entries()].filter(([, t]) => t.status === "started").map(([tid, t]) => `${tid}: ${t.tool_id}`);
+    const extra = [w.failed ? `${w.failed} failed` : "", w.skipped ? `${w.skipped} skipped` : ""].filter(Boolean);
+    const text = now.length ? `running ${now.join(", ")}` : extra.join(" · ");
+    li.append(line, bar);
+    if (text) {
+      const t = span("wnow", text);
+      t.title = text;
+      li.append(t);
+    }
+    list.append(li);
+  }
+}
+
+function renderCommunities() {
+  const list = $("communities");
+  list.replaceChildren();
+  const groups = view.communityLabels();
+  $("communities-count").textContent = groups.length ? String(groups.length) : "";
+  if (groups.length === 0) {
+    list.append(span("none-row", "Communities appear once tools have run and metrics were computed."));
+    return;
+  }
+  groups.slice(0, 12).forEach((c, index) => {
+    const li = document.createElement("li");
+    li.dataset.community = String(c.community);
+    const line = span("line", "");
+    const sw = span("sw", "");
+    sw.style.background = c.color;
+    line.append(sw, span("cname", `Community ${index + 1}`), span("csize", count(c.size, "tool")));
+    const top = span("ctop", c.top.join(" · "));
+    top.title = `Top tools by PageRank: ${c.top.join(", ")}`;
+    li.append(line, top);
+    li.addEventListener("mouseenter", () => view.setFocus(c.top[0]));
+    li.addEventListener("mouseleave", () => view.setFocus(null));
+    list.append(li);
+  });
+  if (groups.length > 12) list.append(span("none-row", `+${groups.length - 12} smaller communities`));
+}
+
+function renderCounters() {
+  const since = $("events-since-load");
+  since.textContent = state.received.toLocaleString("en-US");
+  since.dataset.value = String(state.received);
+  const total = state.serverStats?.events_published;
+  const el = $("events-total");
+  el.textContent = total == null ? "—" : total.toLocaleString("en-US");
+  el.dataset.value = total == null ? "" : String(total);
+  setCard("events", total == null ? "—" : total.toLocaleString("en-US"), total);
+  $("m-events-foot").textContent = `${state.received.toLocaleString("en-US")} since page load`;
+}
+
+/**
+ * Suggestion hit rates, when the metrics carry them: any number under a key naming a hit rate,
+ * at the top level or one object down. [{key, label, value}] with value in [0, 1] (or null).
+ */
+function hitRates(metrics) {
+  const found = [];
+  let evaluations = null;
+  const label = (key) => {
+    const k = /(?:top|at|@|k)_?(\d+)/i.exec(key);
+    return k ? `top-${k[1]}` : key.replace(/_?hit_?rates?_?/i, "") || "hits";
+  };
+  // `rates`: inside an object named for hit rates ({"hit_rates": {"top_1": 0.4}}), every number is one.
+  const visit = (obj, depth, rates) => {
+    for (const [key, value] of Object.entries(obj ?? {})) {
+      const named = /hit_?rate/i.test(key);
+      if (value && typeof value === "object" && !Array.isArray(value)) {
+        if (depth === 0) visit(value, 1, named);
+      } else if ((named || rates) && (typeof value === "number" || value === null)) {
+        found.push({ label: label(key), value });
+      } else if (/evaluat/i.test(key) && typeof value === "number") {
+        evaluations = value;
+      }
+    }
+  };
+  visit(metrics, 0, false);
+  found.sort((a, b) => a.label.localeCompare(b.label, "en", { numeric: true }));
+  return { rates: found, evaluations };
+}
+
+function renderHitRate() {
+  const { rates, evaluations } = hitRates(state.metrics);
+  const card = document.querySelector('.card[data-metric="hit-rate"]');
+  card.hidden = rates.length === 0;
+  if (rates.length === 0) return;
+  // A fraction in [0, 1], or already a percentage.
+  const pct = (v) => (v == null ? "—" : `${Math.round(v <= 1 ? v * 100 : v)}%`);
+  setCard("hit-rate", rates.slice(0, 2).map((r) => `${r.label} ${pct(r.value)}`).join(" · "), rates[0].value);
+  card.dataset.rates = JSON.stringify(Object.fromEntries(rates.map((r) => [r.label, r.value])));
+  $("m-hit-rate-foot").textContent = evaluations == null ? "of proxied calls" : `${evaluations.toLocaleString("en-US")} graded calls`;
 }
 
 function renderLegend() {
@@ -438,6 +906,12 @@ function renderLegend() {
     sw.style.background = NO_COMMUNITY;
     colours.append(sw, "not computed yet");
   }
+  const grey = span("item", "");
+  grey.title = "Exposed by a connected server, never called yet";
+  grey.append(span("sw uncalled", ""), "never called");
+  const down = span("item", "");
+  down.title = "Its server is down, or it left its server";
+  down.append(span("sw down", ""), "unavailable");
   const size = span("item", "size: PageRank");
   const dep = span("item", "");
   dep.append(span("ln", ""), "dependency");
@@ -446,8 +920,9 @@ function renderLegend() {
   const conf = span("item", "");
   conf.title = "Edge colour and width: confidence (log scale)";
   conf.append("confidence", span("grad", ""));
-  legend.append(colours, span("sep", ""), size, span("sep", ""), dep, seq, conf);
-  view.setInsets({ bottom: legend.offsetHeight + 10 });
+  legend.append(colours, grey, down, span("sep", ""), size, span("sep", ""), dep, seq, conf);
+  // Keep the fitted graph clear of the legend (bottom) and of the hint line (top).
+  view.setInsets({ top: 16, bottom: legend.offsetHeight + 10 });
 }
 
 function span(cls, text) {
@@ -501,8 +976,11 @@ function showTooltip(hover, x, y) {
   if (hover.kind === "node") {
     const n = hover.node;
     title.textContent = n.id;
+    const tool = state.catalog.get(n.id);
+    const status = n.available === false ? "unavailable" : !n.called ? "never called" : n.available ? "available" : "—";
     tip.append(title,
       row("server", n.server ?? "—"),
+      row("status", status),
       row("PageRank", n.pagerank == null ? "—" : n.pagerank.toFixed(4)),
       row("community", n.community == null ? "—" : String(n.community)),
       row("edges out / in", `${n.out.size} / ${n.in.size}`));
@@ -516,6 +994,12 @@ function showTooltip(hover, x, y) {
         line.textContent = `→ ${e.target.id}  ${e.confidence.toFixed(2)}`;
         sub.append(line);
       }
+      tip.append(sub);
+    }
+    if (tool?.description) {
+      const sub = document.createElement("div");
+      sub.className = "t-sub";
+      sub.textContent = tool.description.length > 160 ? tool.description.slice(0, 159) + "…" : tool.description;
       tip.append(sub);
     }
   } else {
@@ -561,6 +1045,13 @@ function summarize(type, d) {
         plain(`${d.communities_count} communities`)];
     case "graph_synced":
       return [plain(`${d.node_count} tools · ${d.edge_count} edges`), dim(` loaded in ${d.sync_duration_ms.toFixed(1)} ms`)];
+    case "tool_added":
+      return [plain(d.tool_id), dim(` · ${d.server}`)];
+    case "tool_removed":
+      return [plain(d.tool_id), dim(` · ${d.server} · `), ["bad", String(d.reason ?? "")]];
+    case "workflow_progress":
+      return [plain(d.workflow_id), dim(` · ${d.task_id} `), plain(d.tool_id), dim(" "),
+        [d.status === "failed" ? "bad" : d.status === "succeeded" ? "good" : "dim", d.status], dim(` · ${d.completed}/${d.total}`)];
     case "heartbeat":
       return [plain(`${d.connected_clients} client${d.connected_clients === 1 ? "" : "s"}`), dim(` · up ${formatDuration(d.uptime_seconds)}`)];
     case "connected":
@@ -581,15 +1072,33 @@ function addLog(type, id, data) {
   logEntries.push(entry);
   if (logEntries.length > LOG_LIMIT) {
     const old = logEntries.shift();
+    old.dropped = true;
     if (old.el) old.el.remove();
   }
   state.counts[type] += 1;
-  if (chipCounts[type]) chipCounts[type].textContent = String(state.counts[type]);
-  if (shown.has(type)) {
+  // Rows are added once per frame: a burst of thousands of events costs one DOM update.
+  logPending.push(entry);
+  if (logPending.length > LOG_LIMIT) logPending = logPending.slice(-LOG_LIMIT);
+  if (!logFrame) logFrame = requestAnimationFrame(flushLog);
+}
+
+let logPending = [];
+let logFrame = 0;
+
+function flushLog() {
+  logFrame = 0;
+  const rows = document.createDocumentFragment();
+  for (let i = logPending.length - 1; i >= 0; i--) {
+    const entry = logPending[i];
+    if (!entry.dropped && shown.has(entry.type)) rows.append(logRow(entry, true));
+  }
+  logPending = [];
+  if (rows.childNodes.length) {
     const list = $("log");
     list.querySelector(".empty-row")?.remove();
-    list.prepend(logRow(entry, true));
+    list.prepend(rows);
   }
+  for (const [type, el] of Object.entries(chipCounts)) el.textContent = String(state.counts[type]);
   renderLogCount();
 }
 
@@ -612,6 +1121,7 @@ function logRow(entry, fresh) {
 function renderLog() {
   const list = $("log");
   list.replaceChildren();
+  logPending = []; // all rendered below
   for (const entry of logEntries) entry.el = null;
   const visible = logEntries.filter((e) => shown.has(e.type)).reverse();
   for (const entry of visible) list.append(logRow(entry, false));
@@ -686,6 +1196,16 @@ window.__pmlDashboard = {
   get metrics() { return state.metrics; },
   get stats() { return { ...state.stats }; },
   get counts() { return { ...state.counts }; },
+  get received() { return state.received; },
+  get serverStats() { return state.serverStats; },
+  get authRequired() { return auth.required; },
+  servers() {
+    return Object.fromEntries([...state.servers].map(([name, s]) => [name, { ...s, history: [...s.history] }]));
+  },
+  workflows() {
+    return Object.fromEntries([...state.workflows].map(([id, w]) => [id, { ...w, tasks: Object.fromEntries(w.tasks) }]));
+  },
+  frameStats: () => view.frameStats(),
   summary() {
     return {
       connection: state.connection, lastEventId: state.lastEventId, nodeCount: view.nodeCount, edgeCount: view.edgeCount,
@@ -703,7 +1223,8 @@ window.__pmlDashboard = {
   },
   node(id) {
     const n = view.nodes.get(id);
-    return n && { id: n.id, server: n.server, pagerank: n.pagerank, community: n.community, color: view.colorOf(n), x: n.x, y: n.y, r: n.r };
+    return n && { id: n.id, server: n.server, pagerank: n.pagerank, community: n.community, color: view.colorOf(n), x: n.x, y: n.y, r: n.r,
+      called: n.called, available: n.available, running: n.running > 0 };
   },
   /** Where a tool is drawn, in page coordinates (for pointing at it). */
   screenPosition(id) {
@@ -721,4 +1242,5 @@ renderLog();
 renderMetrics();
 renderGraphChrome();
 setConnection("connecting");
+$("auth-forget").hidden = !auth.key;
 loadSnapshot("initial");
