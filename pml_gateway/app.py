@@ -26,6 +26,7 @@ from pml_gateway.cors import cors_middleware
 from pml_gateway.events.hub import InProcessEventHub
 from pml_gateway.events.stream import SERVER_SEND, EventsStreamManager
 from pml_gateway.http_api import http_routes
+from pml_gateway.observability import EventCounter, Instrumentation, metrics_route, scraped
 from pml_gateway.settings import Settings
 from pml_gateway.state import AppExtension, AppState
 
@@ -66,8 +67,11 @@ class GatewayApp(Starlette):
         return with_server_send
 
 
-def create_app(settings: Settings, *, extensions: Sequence[AppExtension] = ()) -> Starlette:
+def create_app(
+    settings: Settings, *, extensions: Sequence[AppExtension] = (), instrumentation: Instrumentation | None = None
+) -> Starlette:
     extensions = tuple(extensions)
+    instrumentation = instrumentation if instrumentation is not None else Instrumentation()  # /metrics, spans
     stream = EventsStreamManager(settings)
 
     @asynccontextmanager
@@ -79,6 +83,8 @@ def create_app(settings: Settings, *, extensions: Sequence[AppExtension] = ()) -
             engine = GraphRAGEngine(store=store)
             hub = InProcessEventHub(store, replay_buffer=settings.replay_buffer, client_queue=settings.client_queue)
             engine.on(hub.publish)
+            events = EventCounter()  # observability: events per type, for /metrics
+            engine.on(events)
             scheduler = MetricsScheduler(engine, interval_seconds=settings.metrics_interval_seconds)
             await engine.sync_from_database()
             stream.bind(hub, started_at=started_at)
@@ -90,6 +96,7 @@ def create_app(settings: Settings, *, extensions: Sequence[AppExtension] = ()) -
                 stream=stream,
                 scheduler=scheduler,
                 extensions=extensions,
+                instrumentation=instrumentation,
             )
             app.state.pml = state
             async with anyio.create_task_group() as tasks:
@@ -99,6 +106,7 @@ def create_app(settings: Settings, *, extensions: Sequence[AppExtension] = ()) -
                 tasks.start_soon(_initial_metrics, engine)
                 try:
                     async with AsyncExitStack() as stack:
+                        stack.enter_context(scraped(state, events))  # /metrics reads the state
                         for extension in extensions:
                             await stack.enter_async_context(extension.lifespan(state))
                         yield
@@ -113,6 +121,7 @@ def create_app(settings: Settings, *, extensions: Sequence[AppExtension] = ()) -
     routes: list[BaseRoute] = [route for extension in extensions for route in extension.routes()]
     routes.append(Route("/events/stream", stream, methods=["GET"]))
     routes.extend(http_routes())
+    routes.append(metrics_route())  # GET /metrics
     app = GatewayApp(routes=routes, middleware=[cors_middleware(settings.cors_origins)], lifespan=lifespan)
     app.state.events_stream = stream  # for the server: ends the streams when shutdown begins
     return app

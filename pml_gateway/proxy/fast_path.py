@@ -64,6 +64,7 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
+from pml_gateway.observability import Instrumentation
 from pml_gateway.proxy.downstream.supervisor import DownstreamPool, error_wire
 from pml_gateway.proxy.registry import RegisteredTool, ToolRegistry
 from pml_gateway.proxy.traces import TraceRecorder
@@ -105,8 +106,10 @@ class FastPath:
         traces: TraceRecorder | None,
         manager: StreamableHTTPSessionManager,
         security: TransportSecuritySettings | None,
+        instrumentation: Instrumentation | None = None,
     ) -> None:
         self.registry = registry
+        self.instrumentation = instrumentation or Instrumentation(metrics=False, tracing=False)
         self.pool = pool
         self.upstream = upstream
         self.traces = traces
@@ -217,8 +220,16 @@ class FastPath:
         if call.session is not None:
             self._hold_session(call.session)
         try:
-            with cancel:
+            # observability: the SERVER span and histogram the SDK path gets from its middleware
+            with cancel, self.instrumentation.server_call(
+                "tools/call",
+                call.entry.name,
+                meta=call.trace_context,
+                session_id=call.session_id,
+                protocol_version=call.version,
+            ) as observed:
                 shaped = await self._result(call)
+                observed.error_type = "tool_error" if shaped.get("isError") is True else ""
         except BaseException:
             reply.abandon()  # cancelled (shutdown): no keep-alives for a response that will not come
             raise

@@ -29,6 +29,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from graphrag import GraphRAGEngine, WorkflowExecution
 
+from pml_gateway.observability import Instrumentation
 from pml_gateway.proxy import tools as gateway_tools
 from pml_gateway.proxy.downstream.supervisor import DownstreamPool, SupervisionTiming, error_result
 from pml_gateway.proxy.downstream.config import HttpServerConfig, StdioServerConfig, load_config
@@ -87,6 +88,7 @@ class Gateway:
         self.traces: TraceRecorder | None = None
         self.session_manager: StreamableHTTPSessionManager | None = None
         self.fast_path: FastPath | None = None
+        self.instrumentation = Instrumentation(metrics=False, tracing=False)  # the app's, once running
         self._http_app: StreamableHTTPASGIApp | None = None
 
     # -- AppExtension --------------------------------------------------------------------------
@@ -96,7 +98,7 @@ class Gateway:
 
     @asynccontextmanager
     async def lifespan(self, state: AppState) -> AsyncIterator[None]:
-        async with self.running(state.engine):
+        async with self.running(state.engine, state.instrumentation):
             yield
 
     def health(self) -> dict[str, Any]:
@@ -105,8 +107,13 @@ class Gateway:
     # -- running -------------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def running(self, engine: GraphRAGEngine) -> AsyncIterator[Gateway]:
+    async def running(
+        self, engine: GraphRAGEngine, instrumentation: Instrumentation | None = None
+    ) -> AsyncIterator[Gateway]:
         """Downstreams, the MCP server and the HTTP session manager, learning into ``engine``."""
+        # observability: one seam for metrics and spans, shared by the SDK path and the fast path
+        self.instrumentation = instrumentation = instrumentation or Instrumentation()
+        self.pool.instrumentation = instrumentation
 
         async def record(execution: WorkflowExecution) -> None:
             await engine.update_from_execution(execution)
@@ -125,14 +132,16 @@ class Gateway:
             record_workflow,
             unavailable_reason=self.pool.unavailable_reason,
         )
-        upstream = UpstreamServer(self.registry, self.pool, tools, self.traces)
+        upstream = UpstreamServer(self.registry, self.pool, tools, self.traces, instrumentation=instrumentation)
         security = security_settings(self.settings.host)
         manager = StreamableHTTPSessionManager(app=upstream.server, security_settings=security)
         async with self.pool.running(startup_timeout=self.startup_timeout), upstream.running(), manager.run():
             self.upstream, self.session_manager = upstream, manager
             self._http_app = StreamableHTTPASGIApp(manager)
             if self.fast_path_enabled:
-                self.fast_path = FastPath(self.registry, self.pool, upstream, self.traces, manager, security)
+                self.fast_path = FastPath(
+                    self.registry, self.pool, upstream, self.traces, manager, security, instrumentation
+                )
             try:
                 yield self
             finally:
@@ -144,7 +153,9 @@ class Gateway:
         if entry is None:
             why = self.pool.unavailable_reason(name)
             return error_result(f"tool {name!r} is unavailable: {why}" if why else f"unknown tool {name!r}")
-        return await self.pool.call(entry, arguments)
+        # observability: a workflow task's span, child of the workflow's request span
+        with self.instrumentation.span(f"execute_tool {name}", {"gen_ai.tool.name": name, "gen_ai.operation.name": "execute_tool"}):
+            return await self.pool.call(entry, arguments)
 
     async def serve_stdio(self) -> None:
         """Serve MCP over this process's stdin/stdout until the client closes it (inside ``running``)."""

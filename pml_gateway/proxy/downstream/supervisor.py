@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -40,6 +39,7 @@ from mcp_types import SERVER_INFO_META_KEY
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
+from pml_gateway.observability import Instrumentation, current_downstream, named_stderr
 from pml_gateway.proxy.downstream.config import HttpServerConfig, StdioServerConfig
 from pml_gateway.proxy.downstream.http_link import HttpLink, LinkError, Redirected, RemoteError, Unreachable, link_supported
 from pml_gateway.proxy.registry import RegisteredTool, ToolRegistry
@@ -149,6 +149,11 @@ class Downstream:
         return self.config.name
 
     @property
+    def lean(self) -> bool:
+        """Calls go over the lean HTTP link (no SDK client underneath to open their spans)."""
+        return self._link is not None
+
+    @property
     def tool_count(self) -> int:
         return len(self.registry.server_tools(self.name)) if self.state is DownstreamState.CONNECTED else 0
 
@@ -165,6 +170,7 @@ class Downstream:
 
     async def run(self) -> None:
         """Supervise forever (until cancelled): connect, watch, restart with backoff."""
+        current_downstream.set(self.name)  # observability: SDK log lines from this task name the server
         failures = 0
         while True:
             self.state = DownstreamState.CONNECTING
@@ -251,7 +257,7 @@ class Downstream:
                 env=dict(config.env) or None,
                 cwd=config.cwd,
             )
-            return stdio_client(params, errlog=self._errlog or sys.stderr)
+            return _stdio_named(params, self.name, self._errlog)
         if config.transport == "sse":
             return sse_client(config.url, headers=dict(config.headers) or None, timeout=self.timing.connect_timeout)
         return _streamable_http(config.url, config.headers, self.timing.connect_timeout)
@@ -411,6 +417,14 @@ class Downstream:
 
 
 @asynccontextmanager
+async def _stdio_named(params: StdioServerParameters, name: str, copy_to: TextIO | None) -> AsyncIterator[Any]:
+    # observability: the child's stderr lines are logged with the server's name (logs.py)
+    with named_stderr(name, copy_to=copy_to) as errlog:
+        async with stdio_client(params, errlog=errlog) as streams:
+            yield streams
+
+
+@asynccontextmanager
 async def _streamable_http(url: str, headers: dict[str, str], connect_timeout: float) -> AsyncIterator[Any]:
     # Headers and timeouts go on an httpx2 client (SDK_NOTES §4); long reads for server streams.
     timeout = httpx2.Timeout(connect_timeout, read=300.0)
@@ -432,6 +446,7 @@ class DownstreamPool:
         lean_http: bool = True,
     ) -> None:
         self.registry = registry
+        self.instrumentation = Instrumentation(metrics=False, tracing=False)  # the gateway's, once running
         self.downstreams: dict[str, Downstream] = {}
         for config in configs:
             if not config.enabled:
@@ -461,7 +476,11 @@ class DownstreamPool:
         downstream = self.downstreams.get(entry.server)
         if downstream is None:
             return error_result(f"downstream server {entry.server!r} is not configured")
-        return await downstream.call_tool(entry.original_name, arguments, input_schema=entry.tool.input_schema)
+        # observability: histogram, and a CLIENT span unless the SDK's client opens one
+        with self.instrumentation.client_call(entry.server, entry.name, own_span=downstream.lean) as observed:
+            result = await downstream.call_tool(entry.original_name, arguments, input_schema=entry.tool.input_schema)
+            observed.error_type = "tool_error" if result.is_error else ""
+        return result
 
     async def call_raw(
         self, entry: RegisteredTool, arguments: dict[str, Any] | None, *, meta: dict[str, Any] | None = None
@@ -470,9 +489,12 @@ class DownstreamPool:
         downstream = self.downstreams.get(entry.server)
         if downstream is None:
             return error_wire(f"downstream server {entry.server!r} is not configured")
-        return await downstream.call_tool_raw(
-            entry.original_name, arguments, input_schema=entry.tool.input_schema, meta=meta
-        )
+        with self.instrumentation.client_call(entry.server, entry.name, own_span=downstream.lean) as observed:
+            result = await downstream.call_tool_raw(
+                entry.original_name, arguments, input_schema=entry.tool.input_schema, meta=observed.meta(meta)
+            )
+            observed.error_type = "tool_error" if result.get("isError") is True else ""
+        return result
 
     def unavailable_reason(self, tool_name: str) -> str | None:
         """Why a ``<server>__<tool>`` name is missing, when its server is known but down."""
