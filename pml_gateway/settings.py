@@ -20,6 +20,7 @@ ENV_PREFIX = "PML_"
 DEFAULT_CONFIG = Path("mcp.json")
 DEFAULT_CORS_ORIGINS = ("http://localhost:*", "http://127.0.0.1:*")
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+LogFormat = Literal["text", "json"]
 
 
 def default_config() -> Path | None:
@@ -50,6 +51,7 @@ class Settings(BaseSettings):
     metrics_interval_seconds: float = Field(default=1.0, gt=0, description="Coalescing window of metrics recomputes.")
     trace_idle_seconds: float = Field(default=30.0, gt=0, description="Quiet time that closes a session's trace.")
     log_level: LogLevel = Field(default="info", description="Log level of the process.")
+    log_format: LogFormat = Field(default="text", description="Log lines as text, or one JSON object per line.")
     fast_path: bool = Field(
         default=True,
         # PML_GATEWAY_FAST_PATH is the name it had before it became a setting: still read.
@@ -73,7 +75,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"origin pattern {origin!r} contains whitespace")
         return value
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lower_log_level(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value

@@ -7,7 +7,6 @@ engine load inside the commands that need them, so ``--help`` and a bad flag ans
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +34,7 @@ _METAVARS = {
     "metrics_interval_seconds": "SECONDS",
     "trace_idle_seconds": "SECONDS",
     "log_level": "LEVEL",
+    "log_format": "text|json",
     "fast_path": "BOOL",
 }
 _DEFAULTS_SHOWN = {"config": "./mcp.json when present"}
@@ -79,8 +79,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def configure_logging(settings: Settings) -> None:
-    level = "DEBUG" if settings.log_level == "trace" else settings.log_level.upper()
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    """Logging in the chosen format, and OpenTelemetry when ``OTEL_EXPORTER_OTLP_ENDPOINT`` asks for it."""
+    from pml_gateway.observability import configure_logging as configure, configure_tracing
+
+    configure(settings.log_level, settings.log_format)
+    configure_tracing()
 
 
 def check_store(settings: Settings) -> None:
