@@ -324,12 +324,12 @@ class Downstream:
     # -- calls ---------------------------------------------------------------------------------
 
     async def call_tool(
-        self, tool: str, arguments: dict[str, Any] | None, *, input_schema: Any = None
+        self, tool: str, arguments: dict[str, Any] | None, *, input_schema: Any = None, meta: dict[str, Any] | None = None
     ) -> types.CallToolResult:
         """Call one of this server's tools by its own name. Never raises (except cancellation)."""
         if self._link is None:
             return await self._call_sdk(tool, arguments)
-        raw = await self.call_tool_raw(tool, arguments, input_schema=input_schema)
+        raw = await self.call_tool_raw(tool, arguments, input_schema=input_schema, meta=meta)
         try:
             return types.CallToolResult.model_validate(raw, by_name=False)
         except ValidationError as exc:
@@ -478,7 +478,9 @@ class DownstreamPool:
             return error_result(f"downstream server {entry.server!r} is not configured")
         # observability: histogram, and a CLIENT span unless the SDK's client opens one
         with self.instrumentation.client_call(entry.server, entry.name, own_span=downstream.lean) as observed:
-            result = await downstream.call_tool(entry.original_name, arguments, input_schema=entry.tool.input_schema)
+            result = await downstream.call_tool(
+                entry.original_name, arguments, input_schema=entry.tool.input_schema, meta=observed.meta(None)
+            )
             observed.error_type = "tool_error" if result.is_error else ""
         return result
 
