@@ -89,6 +89,8 @@ def make_server(
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_SECONDS,
         "lifespan": "on",
     }
+    if settings.log_format == "json":
+        options["log_config"] = None  # uvicorn's records go to the root handler: JSON like the rest
     options.update(config)
     stream: EventsStreamManager | None = getattr(app.state, "events_stream", None)
     return GatewayServer(

@@ -112,6 +112,16 @@ def build_extensions(settings: Settings) -> list[AppExtension]:
 
 def announce(settings: Settings, base_url: str) -> None:
     """Start-up lines: where to find things."""
-    print(f"{PROG}: listening on {base_url}", file=sys.stderr)
-    print(f"{PROG}: events at {base_url}/events/stream", file=sys.stderr)
-    print(f"{PROG}: dashboard at {base_url}/dashboard", file=sys.stderr)
+    say(settings, f"listening on {base_url}")
+    say(settings, f"events at {base_url}/events/stream")
+    say(settings, f"dashboard at {base_url}/dashboard")
+
+
+def say(settings: Settings, line: str) -> None:
+    """A start-up line for the operator: plain on stderr, or a log record with ``--log-format json``."""
+    if settings.log_format == "json":
+        import logging
+
+        logging.getLogger("pml_gateway").info(line)  # every stderr line stays one JSON object
+    else:
+        print(f"{PROG}: {line}", file=sys.stderr)

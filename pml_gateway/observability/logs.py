@@ -45,8 +45,14 @@ EXCERPT = 200
 #: The downstream server the current task works for (set by its supervisor task).
 current_downstream: ContextVar[str | None] = ContextVar("pml_current_downstream", default=None)
 
-# Attributes every LogRecord has: whatever else is on a record came in through ``extra=``.
-_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
+# Attributes every LogRecord has: whatever else is on a record came in through ``extra=``
+# (uvicorn's ``color_message`` repeats the message with terminal colours: left out).
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
 
 
 class JsonFormatter(logging.Formatter):
@@ -81,6 +87,7 @@ class NonJsonStdout(logging.Filter):
         record.args = (who, line)
         record.exc_info = None
         record.exc_text = None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"  # the server's fault, not ours
         if server:
             record.server = server
         return True
