@@ -22,6 +22,7 @@ CONTRACT_DEFAULTS = {
     "metrics_interval_seconds": 1.0,
     "trace_idle_seconds": 30.0,
     "fast_path": True,
+    "log_format": "text",
 }
 
 
@@ -66,6 +67,7 @@ def test_env_vars_for_every_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PML_TRACE_IDLE_SECONDS", "2.5")
     monkeypatch.setenv("PML_LOG_LEVEL", "DEBUG")
     monkeypatch.setenv("PML_FAST_PATH", "0")
+    monkeypatch.setenv("PML_LOG_FORMAT", "json")
     settings = Settings()
     assert settings.model_dump() == {
         "host": "0.0.0.0",
@@ -80,6 +82,7 @@ def test_env_vars_for_every_setting(monkeypatch: pytest.MonkeyPatch) -> None:
         "metrics_interval_seconds": 0.5,
         "trace_idle_seconds": 2.5,
         "log_level": "debug",
+        "log_format": "json",
         "fast_path": False,
     }
     assert settings.in_memory
@@ -128,3 +131,11 @@ def test_unusable_database_is_one_clear_line(tmp_path: Path, capsys: pytest.Capt
     assert code == 2
     assert err.startswith("pml-gateway: error: db:") and str(not_a_db) in err
     assert "Traceback" not in err
+
+
+def test_log_format_flag_and_a_bad_value(capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse("--log-format", "json").log_format == "json"
+    code = main(["serve", "--log-format", "xml"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "log_format (--log-format / PML_LOG_FORMAT): Input should be 'text' or 'json'" in err

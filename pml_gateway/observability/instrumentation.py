@@ -29,7 +29,11 @@ from typing import Any
 from mcp_types import methods as _methods
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, StatusCode
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics
+
+# No ``*_created`` series beside each histogram: a start timestamp per label set that doubles
+# the scrape and that Prometheus does not use (process-wide: prometheus-client's own switch).
+disable_created_metrics()
 
 __all__ = ["DOWNSTREAM_CALL", "ClientCall", "Instrumentation", "ServerCall", "error_type_of"]
 
