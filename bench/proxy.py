@@ -15,6 +15,13 @@ by the same client code in three ways, in one run:
 Clients speak either protocol era over Streamable HTTP: 2025-11-25 (``ClientSession``, an
 ``initialize`` handshake and a session each) and 2026-07-28 (``Client``, self-contained requests).
 Reported: p50/p99 latency of one ``tools/call`` and calls/s over all clients, after a warm-up.
+
+Observability (``--metrics on,off``, ``--tracing off,on``): one gateway per combination. Metrics
+off is the same app with ``Instrumentation(metrics=False)`` (started by this script: there is no
+setting for it); tracing on exports every span over OTLP/HTTP (``OTEL_EXPORTER_OTLP_ENDPOINT``,
+batch processor) to a sink process that answers 200 to each export. Before the table, the cost
+of the seam itself on this machine: what one proxied call adds through ``Instrumentation``
+(server and client histograms, spans off), measured in-process.
 """
 
 from __future__ import annotations
@@ -60,6 +67,55 @@ def serve_echo(port: int) -> None:
         return text
 
     server.run("streamable-http", host="127.0.0.1", port=port)
+
+
+def serve_gateway(port: int, config: str, metrics: bool) -> None:
+    """``pml-gateway serve`` with the metrics switched on or off (tracing as the environment says)."""
+    from pml_gateway.app import create_app
+    from pml_gateway.cli.common import build_extensions, configure_logging
+    from pml_gateway.observability import Instrumentation
+    from pml_gateway.server import make_server
+    from pml_gateway.settings import Settings
+
+    settings = Settings(config=config, port=port, db=":memory:", log_level="warning")
+    configure_logging(settings)  # and the OTLP exporter when OTEL_EXPORTER_OTLP_ENDPOINT is set
+    app = create_app(settings, extensions=build_extensions(settings), instrumentation=Instrumentation(metrics=metrics))
+    make_server(app, settings).run()
+
+
+def serve_otlp_sink(port: int) -> None:
+    """An OTLP/HTTP endpoint that accepts every export and keeps nothing."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Sink(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    ThreadingHTTPServer(("127.0.0.1", port), Sink).serve_forever()
+
+
+def seam_cost(rounds: int = 200_000) -> list[tuple[str, float]]:
+    """µs per proxied call spent in the observability seam, in-process (spans off)."""
+    from pml_gateway.observability import Instrumentation
+
+    rows = []
+    for label, metrics in (("metrics on", True), ("metrics off", False)):
+        instrumentation = Instrumentation(metrics=metrics, tracing=False)
+        server = instrumentation.server_call("tools/call", "echo__echo", protocol_version="2026-07-28")
+        started = time.perf_counter()
+        for _ in range(rounds):
+            with instrumentation.server_call("tools/call", "echo__echo", protocol_version="2026-07-28"):
+                with instrumentation.client_call("echo", "echo__echo", own_span=True) as call:
+                    call.meta(None)
+        rows.append((label, (time.perf_counter() - started) / rounds * 1e6))
+        del server
+    return rows
 
 
 def free_port() -> int:
@@ -169,11 +225,27 @@ def main() -> None:
     parser.add_argument("--eras", default="2025-11-25,2026-07-28", help="protocol eras of the benchmark clients")
     parser.add_argument("--no-fastmcp", action="store_true", help="skip FastMCP's proxy")
     parser.add_argument("--sdk-path", action="store_true", help="also the gateway with its fast path off")
+    parser.add_argument("--metrics", default="on", help="gateways with metrics on, off, or both (on,off)")
+    parser.add_argument("--tracing", default="off", help="gateways with tracing off, on (OTLP export), or both (off,on)")
     parser.add_argument("--serve-echo", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-gateway", nargs=3, metavar=("PORT", "CONFIG", "METRICS"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve-otlp-sink", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_echo:
         serve_echo(args.serve_echo)
         return
+    if args.serve_gateway:
+        port, config, metrics = args.serve_gateway
+        serve_gateway(int(port), config, metrics == "on")
+        return
+    if args.serve_otlp_sink:
+        serve_otlp_sink(args.serve_otlp_sink)
+        return
+    metrics_modes = [m.strip() for m in args.metrics.split(",")]
+    tracing_modes = [t.strip() for t in args.tracing.split(",")]
+    if not set(metrics_modes) <= {"on", "off"} or not set(tracing_modes) <= {"on", "off"}:
+        parser.error("--metrics and --tracing take on, off or on,off")
+    seam = seam_cost()
 
     levels = [int(c) for c in args.concurrency.split(",")]
     eras = [e.strip() for e in args.eras.split(",")]
@@ -195,12 +267,26 @@ def main() -> None:
                     **quiet,
                 )
 
-            processes.append(gateway(gateway_port))
-            targets = [
-                ("direct", echo_url, "echo"),
-                ("pml-gateway", f"http://127.0.0.1:{gateway_port}/mcp", "echo__echo"),
-            ]
-            ports = [echo_port, gateway_port]
+            targets = [("direct", echo_url, "echo")]
+            ports = [echo_port]
+            sink_port = free_port()
+            if "on" in tracing_modes:
+                processes.append(subprocess.Popen([sys.executable, __file__, "--serve-otlp-sink", str(sink_port)], **quiet))
+                ports.append(sink_port)
+            for metrics in metrics_modes:
+                for tracing in tracing_modes:
+                    port = gateway_port if (metrics, tracing) == ("on", "off") else free_port()
+                    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}"} if tracing == "on" else {}
+                    if metrics == "on":
+                        processes.append(gateway(port, **env))  # the command itself
+                    else:
+                        command = [sys.executable, __file__, "--serve-gateway", str(port), str(config), "off"]
+                        processes.append(subprocess.Popen(command, env={**os.environ, **env}, **quiet))
+                    variant = [] if metrics == "on" else ["metrics off"]
+                    variant += ["tracing exporting"] if tracing == "on" else []
+                    name = "pml-gateway" + (f" ({', '.join(variant)})" if variant else "")
+                    targets.append((name, f"http://127.0.0.1:{port}/mcp", "echo__echo"))
+                    ports.append(port)
             if args.sdk_path:
                 processes.append(gateway(sdk_port, PML_FAST_PATH="0"))
                 targets.append(("pml-gateway, SDK path", f"http://127.0.0.1:{sdk_port}/mcp", "echo__echo"))
@@ -237,6 +323,11 @@ def main() -> None:
                 except subprocess.TimeoutExpired:
                     process.kill()
 
+    print(f"\nThe observability seam, in-process: one proxied call's server and client observations (spans off)\n")
+    print("| metrics | µs per call |")
+    print("|---|---:|")
+    for label, micros in seam:
+        print(f"| {label} | {micros:.2f} |")
     direct = {(era, c): m for name, era, c, m in rows if name == "direct"}
     print(f"\nOne tool call through a proxy: {args.seconds:g} s per row, {os.cpu_count()} cores, Python {sys.version.split()[0]}\n")
     print("| client era | target | clients | p50 ms | p99 ms | calls/s | p50 over direct |")
