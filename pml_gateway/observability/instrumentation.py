@@ -68,13 +68,42 @@ class _NoSpan:
 _NO_SPAN = _NoSpan()
 
 
-class ServerCall:
+class _Observed:
+    """A timed operation with an optional span: what ``ServerCall`` and ``ClientCall`` share."""
+
+    __slots__ = ("_owner", "_tool", "_span", "_scope", "_started", "error_type")
+
+    def __init__(self, owner: Instrumentation, tool: str) -> None:
+        self._owner = owner
+        self._tool = tool
+        self._span: Any = None
+        self._scope: Any = None
+        self.error_type = ""  #: set by the caller: "tool_error" when the result is an error
+
+    def _open_span(self, name: str, kind: SpanKind, attributes: dict[str, Any], context: Any = None) -> None:
+        self._span = self._owner.tracer.start_span(name, context=context, kind=kind, attributes=attributes)
+        self._scope = trace.use_span(self._span, end_on_exit=True)
+        self._scope.__enter__()
+
+    def _close(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> tuple[str, float]:
+        """Ends the span; returns the error type ("" on success) and the elapsed seconds."""
+        elapsed = time.perf_counter() - self._started
+        error_type = error_type_of(exc) if exc is not None else self.error_type
+        if self._span is not None:
+            if error_type:
+                self._span.set_attribute("error.type", error_type)
+                self._span.set_status(StatusCode.ERROR)
+            self._scope.__exit__(exc_type, exc, tb)
+        return error_type, elapsed
+
+
+class ServerCall(_Observed):
     """One upstream request answered outside the SDK (the fast path): timed, and a SERVER span.
 
-    ``with instrumentation.server_call(...) as call: ...; call.failed = is_error``.
+    ``with instrumentation.server_call(...) as call: ...; call.error_type = "tool_error"``.
     """
 
-    __slots__ = ("_owner", "_method", "_tool", "_attributes", "_context", "_span", "_scope", "_started", "error_type")
+    __slots__ = ("_method", "_attributes", "_context")
 
     def __init__(
         self,
@@ -84,64 +113,40 @@ class ServerCall:
         meta: Mapping[str, Any] | None,
         attributes: dict[str, Any] | None,
     ) -> None:
-        self._owner = owner
+        super().__init__(owner, tool)
         self._method = method
-        self._tool = tool
         self._attributes = attributes
         self._context = meta
-        self._span: Any = None
-        self._scope: Any = None
-        self.error_type = ""  #: set by the caller: "tool_error" when the result is an error
 
     def __enter__(self) -> ServerCall:
         if self._attributes is not None:
-            parent = _extract(self._context)
-            self._span = self._owner.tracer.start_span(
-                f"{self._method} {self._tool}", context=parent, kind=SpanKind.SERVER, attributes=self._attributes
-            )
-            self._scope = trace.use_span(self._span, end_on_exit=True)
-            self._scope.__enter__()
+            name = f"{self._method} {self._tool}"
+            self._open_span(name, SpanKind.SERVER, self._attributes, _extract(self._context))
         self._started = time.perf_counter()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        elapsed = time.perf_counter() - self._started
-        error_type = error_type_of(exc) if exc is not None else self.error_type
+        error_type, elapsed = self._close(exc_type, exc, tb)
         self._owner.observe_server(self._method, self._tool, error_type, elapsed)
-        if self._span is not None:
-            if error_type:
-                self._span.set_attribute("error.type", error_type)
-                self._span.set_status(StatusCode.ERROR)
-            self._scope.__exit__(exc_type, exc, tb)
 
 
-class ClientCall:
+class ClientCall(_Observed):
     """One call to a downstream tool: timed, and (lean link only) a CLIENT span.
 
     ``meta(extra)`` gives the ``_meta`` to send: ``extra`` plus this span's ``traceparent``.
     """
 
-    __slots__ = ("_owner", "_server", "_tool", "_span_wanted", "_span", "_scope", "_token", "_started", "error_type")
+    __slots__ = ("_server", "_span_wanted", "_token")
 
     def __init__(self, owner: Instrumentation, server: str, tool: str, own_span: bool) -> None:
-        self._owner = owner
+        super().__init__(owner, tool)
         self._server = server
-        self._tool = tool
         self._span_wanted = own_span and owner.tracing
-        self._span: Any = None
-        self._scope: Any = None
         self._token: Any = None
-        self.error_type = ""
 
     def __enter__(self) -> ClientCall:
         if self._span_wanted:
-            self._span = self._owner.tracer.start_span(
-                f"tools/call {self._tool}",
-                kind=SpanKind.CLIENT,
-                attributes=client_attributes(self._server, self._tool),
-            )
-            self._scope = trace.use_span(self._span, end_on_exit=True)
-            self._scope.__enter__()
+            self._open_span(f"tools/call {self._tool}", SpanKind.CLIENT, client_attributes(self._server, self._tool))
         elif self._owner.tracing:
             self._token = DOWNSTREAM_CALL.set((self._server, self._tool))  # for the SDK's span
         self._started = time.perf_counter()
@@ -155,16 +160,10 @@ class ClientCall:
         return carrier
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        elapsed = time.perf_counter() - self._started
-        error_type = error_type_of(exc) if exc is not None else self.error_type
-        self._owner.observe_client(self._server, self._tool, error_type, elapsed)
         if self._token is not None:
             DOWNSTREAM_CALL.reset(self._token)
-        if self._span is not None:
-            if error_type:
-                self._span.set_attribute("error.type", error_type)
-                self._span.set_status(StatusCode.ERROR)
-            self._scope.__exit__(exc_type, exc, tb)
+        error_type, elapsed = self._close(exc_type, exc, tb)
+        self._owner.observe_client(self._server, self._tool, error_type, elapsed)
 
 
 def client_attributes(server: str, tool: str) -> dict[str, Any]:

@@ -25,8 +25,10 @@ the SDK does on 2026-07-28). Cancelling works as through the SDK: a 2025-era ses
 ``notifications/cancelled`` ends the call with ``REQUEST_CANCELLED``; a 2026-era client that
 closes the connection ends it with no answer (watched once the call has run for
 ``HANGUP_WATCH_AFTER_SECONDS``); the downstream request is dropped and the call is not learned.
-Not done here: OpenTelemetry spans (the W3C trace context in ``_meta`` is passed on to the
-downstream as the SDK would with no OpenTelemetry SDK configured).
+Observed like the SDK path, through the same seam (``observability.Instrumentation``): the
+duration histogram, and, when tracing is configured, the SERVER span the SDK's middleware would
+open (continuing the ``traceparent`` in ``_meta``); without tracing, the W3C trace context in
+``_meta`` is passed on to the downstream unchanged, as the SDK does.
 """
 
 from __future__ import annotations
@@ -380,7 +382,8 @@ def _trace_context(meta: dict[str, Any] | None) -> dict[str, str] | None:
 
     Through the SDK, the server's span continues the client's trace and the downstream request
     carries it on; with no OpenTelemetry SDK configured that is the client's context as given
-    (normalised by the propagators). The fast path opens no spans and passes that on.
+    (normalised by the propagators). It is also the parent of the fast path's SERVER span; with
+    tracing on, the downstream gets the gateway's CLIENT span instead (``Instrumentation.client_call``).
     """
     if not meta or not any(key in meta for key in TRACE_CONTEXT_KEYS):
         return None
