@@ -140,11 +140,11 @@ async def test_the_readme_claude_desktop_setup_works(installed: Path, tmp_path: 
     readme = README.read_text()
     assert "pipx install ." in readme
     assert ".venv/bin/pml-gateway" in readme  # the absolute-path alternative after `make install`
-    examples = [block for block in readme_json_blocks() if "pml" in block.get("mcpServers", {})]
-    assert len(examples) == 1, "the README's Claude Desktop example"
-    entry = examples[0]["mcpServers"]["pml"]
+    entry = readme_claude_entry()
     executable = installed / entry["command"]  # pipx links the venv's console script onto PATH
     assert executable.is_file(), f"{entry['command']} is not what the package installs"
+    if (ROOT / ".venv").is_dir():  # a checkout set up with `make install`: its absolute path exists
+        assert (ROOT / ".venv" / "bin" / entry["command"]).is_file()
     args = list(entry["args"])
     config = next(Path(p) for p in installed.parent.glob("lib/python*/site-packages/pml_gateway/examples/mcp.json"))
     args[args.index("/path/to/mcp.json")] = str(config)
@@ -159,6 +159,13 @@ async def test_the_readme_claude_desktop_setup_works(installed: Path, tmp_path: 
 
             names = await wait_for(lambda: _having(tool_names, "notes__"), timeout=30)
             assert "pml_execute_workflow" in names
+
+
+def readme_claude_entry() -> dict[str, Any]:
+    """The README's Claude Desktop example (the one config that names the gateway as ``pml``)."""
+    examples = [block for block in readme_json_blocks() if "pml" in block.get("mcpServers", {})]
+    assert len(examples) == 1, "the README's Claude Desktop example"
+    return examples[0]["mcpServers"]["pml"]  # type: ignore[no-any-return]
 
 
 async def _having(names: Any, prefix: str) -> set[str] | None:
