@@ -179,14 +179,13 @@ async def measure(
     url: str, tool: str, era: str, concurrency: int, seconds: float, warmup: int = 30
 ) -> dict[str, float]:
     latencies: list[float] = []
-    counted = 0
     sessions_ready = anyio.Event()
     ready_count = 0
     start_at = 0.0
     end_at = 0.0
 
     async def client() -> None:
-        nonlocal ready_count, counted
+        nonlocal ready_count
         async with connect(url, era) as call_tool:
             for _ in range(warmup):
                 await call_tool(tool, {"text": "warm"})
@@ -201,7 +200,6 @@ async def measure(
                 latencies.append(time.perf_counter() - t0)
                 if result.is_error:
                     raise RuntimeError(f"{tool} failed: {result.content}")
-                counted += 1
 
     async with anyio.create_task_group() as tg:
         for _ in range(concurrency):
@@ -209,12 +207,17 @@ async def measure(
         await sessions_ready.wait()
         start_at = time.perf_counter() + 0.05
         end_at = start_at + seconds
+    return summary(latencies, seconds)
+
+
+def summary(latencies: list[float], seconds: float) -> dict[str, float]:
     ordered = sorted(latencies)
     return {
         "p50": statistics.median(ordered) * 1000,
         "p99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
-        "rate": counted / seconds,
-        "calls": counted,
+        "rate": len(ordered) / seconds,
+        "calls": len(ordered),
+        "latencies": ordered,  # type: ignore[dict-item]  # merged across --rounds
     }
 
 
@@ -225,6 +228,7 @@ def main() -> None:
     parser.add_argument("--eras", default="2025-11-25,2026-07-28", help="protocol eras of the benchmark clients")
     parser.add_argument("--no-fastmcp", action="store_true", help="skip FastMCP's proxy")
     parser.add_argument("--sdk-path", action="store_true", help="also the gateway with its fast path off")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds per row (each --seconds/rounds)")
     parser.add_argument("--metrics", default="on", help="gateways with metrics on, off, or both (on,off)")
     parser.add_argument("--tracing", default="off", help="gateways with tracing off, on (OTLP export), or both (off,on)")
     parser.add_argument("--serve-echo", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -305,10 +309,17 @@ def main() -> None:
                 for _, url, tool in targets:
                     await ready(url, tool)
                 rows = []
+                share = args.seconds / args.rounds
                 for era in eras:
                     for concurrency in levels:
-                        for name, url, tool in targets:
-                            result = await measure(url, tool, era, concurrency, args.seconds)
+                        # Rounds interleave the targets, so that load from elsewhere hits them alike.
+                        merged: dict[str, list[float]] = {name: [] for name, _, _ in targets}
+                        for _ in range(args.rounds):
+                            for name, url, tool in targets:
+                                result = await measure(url, tool, era, concurrency, share)
+                                merged[name].extend(result["latencies"])  # type: ignore[arg-type]
+                        for name, _, _ in targets:
+                            result = summary(merged[name], args.seconds)
                             rows.append((name, era, concurrency, result))
                             print(f"bench: {era} {name} x{concurrency}: p50 {result['p50']:.2f} ms", file=sys.stderr)
                 return rows

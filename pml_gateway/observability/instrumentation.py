@@ -265,11 +265,12 @@ class Instrumentation:
         """A downstream tool call. ``own_span``: no SDK client underneath opens a CLIENT span."""
         return ClientCall(self, server, tool, own_span)
 
-    def span(self, name: str, attributes: dict[str, Any] | None = None) -> Any:
-        """An INTERNAL span (a workflow's task), or a no-op when tracing is off."""
+    def task_span(self, tool: str) -> Any:
+        """A workflow task's INTERNAL span ``execute_tool {tool}``, or a no-op when tracing is off."""
         if not self.tracing:
             return _NO_SPAN
-        return self.tracer.start_as_current_span(name, attributes=attributes)
+        attributes = {"gen_ai.tool.name": tool, "gen_ai.operation.name": "execute_tool"}
+        return self.tracer.start_as_current_span(f"execute_tool {tool}", attributes=attributes)
 
     def server_middleware(self, method_label: Callable[[str], str], tool_label: Callable[[str], str]) -> Any:
         """SDK server middleware: times every request, adds session and transport to its span.

@@ -32,7 +32,9 @@ _SDK_CLIENT_PREFIX = "MCP send tools/call"
 
 
 def tracing_requested() -> bool:
-    return any(os.environ.get(name) for name in ENDPOINT_VARIABLES) and os.environ.get("OTEL_SDK_DISABLED", "").lower() != "true"
+    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return False
+    return any(os.environ.get(name) for name in ENDPOINT_VARIABLES)
 
 
 class NameDownstreamSpans:

@@ -154,7 +154,7 @@ class Gateway:
             why = self.pool.unavailable_reason(name)
             return error_result(f"tool {name!r} is unavailable: {why}" if why else f"unknown tool {name!r}")
         # observability: a workflow task's span, child of the workflow's request span
-        with self.instrumentation.span(f"execute_tool {name}", {"gen_ai.tool.name": name, "gen_ai.operation.name": "execute_tool"}):
+        with self.instrumentation.task_span(name):
             return await self.pool.call(entry, arguments)
 
     async def serve_stdio(self) -> None:

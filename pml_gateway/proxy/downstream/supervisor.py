@@ -324,7 +324,12 @@ class Downstream:
     # -- calls ---------------------------------------------------------------------------------
 
     async def call_tool(
-        self, tool: str, arguments: dict[str, Any] | None, *, input_schema: Any = None, meta: dict[str, Any] | None = None
+        self,
+        tool: str,
+        arguments: dict[str, Any] | None,
+        *,
+        input_schema: Any = None,
+        meta: dict[str, Any] | None = None,
     ) -> types.CallToolResult:
         """Call one of this server's tools by its own name. Never raises (except cancellation)."""
         if self._link is None:
