@@ -30,8 +30,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from gateway_support import ROOT, free_port, run_gateway, text, wait_for, wait_listening, write_config
+from gateway_support import FAST, ROOT, free_port, run_gateway, text, wait_for, wait_listening, write_config
+from graphrag import GraphRAGEngine
+from pml_gateway.observability import Instrumentation
 from pml_gateway.observability.tracing import install_processors
+from pml_gateway.proxy import Gateway
+from pml_gateway.settings import Settings
 from test_gateway_fast_path import fast_path_server
 
 pytestmark = pytest.mark.anyio
@@ -217,3 +221,23 @@ async def _has_tool(client: Client) -> bool:
 def _named(spans: list[Any], name: str) -> list[Any]:
     matching = [span for span in spans if span.name == name]
     return matching if len({span.kind for span in matching}) >= 2 else []
+
+
+async def test_a_pipe_transport_is_named_and_timed(tmp_path: Path, exporter: InMemorySpanExporter) -> None:
+    """The SDK path without HTTP (what ``pml-gateway stdio`` serves): ``network.transport`` is ``pipe``."""
+    config = write_config(tmp_path, {"obs": {"command": sys.executable, "args": [str(DOWNSTREAM)]}})
+    gateway = Gateway(Settings(config=config, db=":memory:"), timing=FAST)
+    instrumentation = Instrumentation()
+    exporter.clear()
+    with anyio.fail_after(30):
+        async with gateway.running(GraphRAGEngine(), instrumentation):
+            assert gateway.upstream is not None
+            async with Client(gateway.upstream.server, mode="legacy") as client:
+                result = await client.call_tool("obs__meta", {})
+    assert not result.is_error
+    (server,) = by_name(exporter.get_finished_spans(), "tools/call obs__meta", SpanKind.SERVER)
+    assert server.attributes["network.transport"] == "pipe"
+    assert "mcp.session.id" not in server.attributes
+    labels = {"mcp_method_name": "tools/call", "gen_ai_tool_name": "obs__meta", "error_type": ""}
+    count = instrumentation.registry.get_sample_value("pml_mcp_server_operation_duration_seconds_count", labels)
+    assert count == 1

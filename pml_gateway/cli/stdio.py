@@ -10,7 +10,7 @@ can be watched live. Logs go to stderr; stdout belongs to the protocol.
 from __future__ import annotations
 
 import argparse
-import sys
+import functools
 from collections.abc import Callable, Sequence
 
 import anyio
@@ -45,8 +45,10 @@ async def run_stdio(
                 server.should_exit = True  # the MCP client is gone: so is the process
 
 
-def announce_events(url: str) -> None:
-    print(f"pml-gateway: events at {url}/events/stream", file=sys.stderr)
+def announce_events(settings: Settings, url: str) -> None:
+    from pml_gateway.cli.common import say
+
+    say(settings, f"events at {url}/events/stream")
 
 
 def main_stdio(args: argparse.Namespace) -> int:
@@ -60,5 +62,6 @@ def main_stdio(args: argparse.Namespace) -> int:
     gateway = next(e for e in extensions if isinstance(e, Gateway))
     others = [e for e in extensions if e is not gateway]
     events_port = getattr(args, "events_port", None)
-    anyio.run(lambda: run_stdio(settings, gateway, events_port=events_port, extensions=others, on_started=announce_events))
+    started = functools.partial(announce_events, settings)
+    anyio.run(lambda: run_stdio(settings, gateway, events_port=events_port, extensions=others, on_started=started))
     return 0
