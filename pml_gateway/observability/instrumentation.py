@@ -15,8 +15,9 @@ Spans follow the MCP semantic conventions and build on what the MCP SDK already 
   CLIENT span and injects it into the request's ``_meta`` itself. Either way one CLIENT span.
 
 Tracing is decided once, at construction: with no OpenTelemetry SDK configured, span methods
-return a shared no-op object and never touch the OpenTelemetry API (bench/proxy.py: no
-measurable cost). Histograms cost about 2 µs per observation (a labelled child, cached).
+return a shared no-op object and never touch the OpenTelemetry API. Measured (bench/README.md,
+CPU time per proxied call, server and client side together): 1.3 µs for the seam with nothing
+on, 2.7 µs with the histograms (labelled children cached), about 80 µs with spans exported.
 """
 
 from __future__ import annotations
