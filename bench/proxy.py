@@ -14,10 +14,14 @@ by the same client code in three ways, in one run:
 
 Clients speak either protocol era over Streamable HTTP: 2025-11-25 (``ClientSession``, an
 ``initialize`` handshake and a session each) and 2026-07-28 (``Client``, self-contained requests).
-Reported: p50/p99 latency of one ``tools/call`` and calls/s over all clients, after a warm-up,
-and the CPU time the serving process spent per call in the measured window (user + system, from
-``/proc/<pid>/stat``; for "direct" that is the echo server, for a proxy the proxy process alone).
-On a shared, loaded machine latency swings with the neighbours' load; CPU per call much less.
+Reported: p50/p99 latency of one ``tools/call`` and calls/s over all clients, after a warm-up.
+
+Observability (``--metrics on,off``, ``--tracing off,on``): one gateway per combination. Metrics
+off is the same app with ``Instrumentation(metrics=False)`` (started by this script: there is no
+setting for it); tracing on exports every span over OTLP/HTTP (``OTEL_EXPORTER_OTLP_ENDPOINT``,
+batch processor) to a sink process that answers 200 to each export. Before the table, the cost
+of the seam itself on this machine: what one proxied call adds through ``Instrumentation``
+(server and client histograms, spans off), measured in-process.
 """
 
 from __future__ import annotations
@@ -65,16 +69,91 @@ def serve_echo(port: int) -> None:
     server.run("streamable-http", host="127.0.0.1", port=port)
 
 
+def serve_gateway(port: int, config: str, metrics: bool) -> None:
+    """``pml-gateway serve`` with the metrics switched on or off (tracing as the environment says)."""
+    from pml_gateway.app import create_app
+    from pml_gateway.cli.common import build_extensions, configure_logging
+    from pml_gateway.observability import Instrumentation
+    from pml_gateway.server import make_server
+    from pml_gateway.settings import Settings
+
+    settings = Settings(config=config, port=port, db=":memory:", log_level="warning")
+    configure_logging(settings)  # and the OTLP exporter when OTEL_EXPORTER_OTLP_ENDPOINT is set
+    app = create_app(settings, extensions=build_extensions(settings), instrumentation=Instrumentation(metrics=metrics))
+    make_server(app, settings).run()
+
+
+def serve_otlp_sink(port: int) -> None:
+    """An OTLP/HTTP endpoint that accepts every export and keeps nothing."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Sink(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    ThreadingHTTPServer(("127.0.0.1", port), Sink).serve_forever()
+
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def seam_micros(instrumentation: Any, rounds: int) -> float:
+    """CPU µs per proxied call spent in the seam: the fast path's server call around a lean client call.
+
+    CPU time of the process (threads included: the span processor's), not wall time, so that other
+    jobs on a shared machine do not count.
+    """
+    meta = {"traceparent": TRACEPARENT}
+    started = time.process_time()
+    for _ in range(rounds):
+        with instrumentation.server_call("tools/call", "echo__echo", meta=meta, protocol_version="2026-07-28"):
+            with instrumentation.client_call("echo", "echo__echo", own_span=True) as call:
+                call.meta(None)
+    return (time.process_time() - started) / rounds * 1e6
+
+
+def seam_cost(rounds: int = 200_000) -> list[tuple[str, float]]:
+    """The seam in-process: spans off, metrics on and off; then spans on, in a child process."""
+    from pml_gateway.observability import Instrumentation
+
+    rows = [
+        ("metrics on, tracing off (the default)", seam_micros(Instrumentation(metrics=True, tracing=False), rounds)),
+        ("metrics off, tracing off", seam_micros(Instrumentation(metrics=False, tracing=False), rounds)),
+    ]
+    # Spans need a global tracer provider: in a child, so this process's clients stay untraced.
+    child = subprocess.run([sys.executable, __file__, "--seam-tracing"], capture_output=True, text=True, check=True)
+    rows.append(("metrics on, tracing on (2 spans, batch processor, exporter that drops)", float(child.stdout)))
+    return rows
+
+
+def seam_cost_tracing(rounds: int = 50_000) -> float:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    from pml_gateway.observability import Instrumentation
+    from pml_gateway.observability.tracing import install_processors
+
+    class Drop(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    install_processors(provider, BatchSpanProcessor(Drop()))
+    trace.set_tracer_provider(provider)
+    return seam_micros(Instrumentation(metrics=True, tracing=True), rounds)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_port(port: int, timeout: float = 60) -> None:
@@ -129,18 +208,16 @@ async def connect(url: str, era: str) -> AsyncIterator[Callable[[str, dict[str, 
 
 
 async def measure(
-    url: str, tool: str, era: str, concurrency: int, seconds: float, pid: int, warmup: int = 30
+    url: str, tool: str, era: str, concurrency: int, seconds: float, warmup: int = 30
 ) -> dict[str, float]:
     latencies: list[float] = []
-    cpu_start = 0.0
-    counted = 0
     sessions_ready = anyio.Event()
     ready_count = 0
     start_at = 0.0
     end_at = 0.0
 
     async def client() -> None:
-        nonlocal ready_count, counted
+        nonlocal ready_count
         async with connect(url, era) as call_tool:
             for _ in range(warmup):
                 await call_tool(tool, {"text": "warm"})
@@ -155,12 +232,6 @@ async def measure(
                 latencies.append(time.perf_counter() - t0)
                 if result.is_error:
                     raise RuntimeError(f"{tool} failed: {result.content}")
-                counted += 1
-
-    async def sample_at_start() -> None:
-        nonlocal cpu_start
-        await anyio.sleep(max(0.0, start_at - time.perf_counter()))
-        cpu_start = cpu_seconds(pid)
 
     async with anyio.create_task_group() as tg:
         for _ in range(concurrency):
@@ -168,15 +239,17 @@ async def measure(
         await sessions_ready.wait()
         start_at = time.perf_counter() + 0.05
         end_at = start_at + seconds
-        tg.start_soon(sample_at_start)
-    cpu = cpu_seconds(pid) - cpu_start
+    return summary(latencies, seconds)
+
+
+def summary(latencies: list[float], seconds: float) -> dict[str, float]:
     ordered = sorted(latencies)
     return {
-        "cpu_ms": cpu / max(1, counted) * 1000,
         "p50": statistics.median(ordered) * 1000,
         "p99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
-        "rate": counted / seconds,
-        "calls": counted,
+        "rate": len(ordered) / seconds,
+        "calls": len(ordered),
+        "latencies": ordered,  # type: ignore[dict-item]  # merged across --rounds
     }
 
 
@@ -187,11 +260,32 @@ def main() -> None:
     parser.add_argument("--eras", default="2025-11-25,2026-07-28", help="protocol eras of the benchmark clients")
     parser.add_argument("--no-fastmcp", action="store_true", help="skip FastMCP's proxy")
     parser.add_argument("--sdk-path", action="store_true", help="also the gateway with its fast path off")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds per row (each --seconds/rounds)")
+    parser.add_argument("--metrics", default="on", help="gateways with metrics on, off, or both (on,off)")
+    parser.add_argument("--tracing", default="off", help="gateways with tracing off, on (OTLP export), or both (off,on)")
     parser.add_argument("--serve-echo", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-gateway", nargs=3, metavar=("PORT", "CONFIG", "METRICS"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve-otlp-sink", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--seam-tracing", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.seam_tracing:
+        print(seam_cost_tracing())
+        return
     if args.serve_echo:
         serve_echo(args.serve_echo)
         return
+    if args.serve_gateway:
+        port, config, metrics = args.serve_gateway
+        serve_gateway(int(port), config, metrics == "on")
+        return
+    if args.serve_otlp_sink:
+        serve_otlp_sink(args.serve_otlp_sink)
+        return
+    metrics_modes = [m.strip() for m in args.metrics.split(",")]
+    tracing_modes = [t.strip() for t in args.tracing.split(",")]
+    if not set(metrics_modes) <= {"on", "off"} or not set(tracing_modes) <= {"on", "off"}:
+        parser.error("--metrics and --tracing take on, off or on,off")
+    seam = seam_cost()
 
     levels = [int(c) for c in args.concurrency.split(",")]
     eras = [e.strip() for e in args.eras.split(",")]
@@ -213,35 +307,55 @@ def main() -> None:
                     **quiet,
                 )
 
-            processes.append(gateway(gateway_port))
-            targets = [
-                ("direct", echo_url, "echo", processes[0].pid),
-                ("pml-gateway", f"http://127.0.0.1:{gateway_port}/mcp", "echo__echo", processes[1].pid),
-            ]
-            ports = [echo_port, gateway_port]
+            targets = [("direct", echo_url, "echo")]
+            ports = [echo_port]
+            sink_port = free_port()
+            if "on" in tracing_modes:
+                processes.append(subprocess.Popen([sys.executable, __file__, "--serve-otlp-sink", str(sink_port)], **quiet))
+                ports.append(sink_port)
+            for metrics in metrics_modes:
+                for tracing in tracing_modes:
+                    port = gateway_port if (metrics, tracing) == ("on", "off") else free_port()
+                    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}"} if tracing == "on" else {}
+                    if metrics == "on":
+                        processes.append(gateway(port, **env))  # the command itself
+                    else:
+                        command = [sys.executable, __file__, "--serve-gateway", str(port), str(config), "off"]
+                        processes.append(subprocess.Popen(command, env={**os.environ, **env}, **quiet))
+                    variant = [] if metrics == "on" else ["metrics off"]
+                    variant += ["tracing exporting"] if tracing == "on" else []
+                    name = "pml-gateway" + (f" ({', '.join(variant)})" if variant else "")
+                    targets.append((name, f"http://127.0.0.1:{port}/mcp", "echo__echo"))
+                    ports.append(port)
             if args.sdk_path:
-                # PML_GATEWAY_FAST_PATH: its name before the layout move, for comparing with older trees
-                processes.append(gateway(sdk_port, PML_FAST_PATH="0", PML_GATEWAY_FAST_PATH="0"))
-                targets.append(("pml-gateway, SDK path", f"http://127.0.0.1:{sdk_port}/mcp", "echo__echo", processes[-1].pid))
+                processes.append(gateway(sdk_port, PML_FAST_PATH="0"))
+                targets.append(("pml-gateway, SDK path", f"http://127.0.0.1:{sdk_port}/mcp", "echo__echo"))
                 ports.append(sdk_port)
             python = None if args.no_fastmcp else fastmcp_python()
             if python is not None:
                 processes.append(
                     subprocess.Popen([str(python), "-c", FASTMCP_PROXY, echo_url, str(fastmcp_port)], **quiet)
                 )
-                targets.append(("FastMCP proxy", f"http://127.0.0.1:{fastmcp_port}/mcp", "echo", processes[-1].pid))
+                targets.append(("FastMCP proxy", f"http://127.0.0.1:{fastmcp_port}/mcp", "echo"))
                 ports.append(fastmcp_port)
             for port in ports:
                 wait_port(port)
 
             async def run_all() -> list[tuple[str, str, int, dict[str, float]]]:
-                for _, url, tool, _ in targets:
+                for _, url, tool in targets:
                     await ready(url, tool)
                 rows = []
+                share = args.seconds / args.rounds
                 for era in eras:
                     for concurrency in levels:
-                        for name, url, tool, pid in targets:
-                            result = await measure(url, tool, era, concurrency, args.seconds, pid)
+                        # Rounds interleave the targets, so that load from elsewhere hits them alike.
+                        merged: dict[str, list[float]] = {name: [] for name, _, _ in targets}
+                        for _ in range(args.rounds):
+                            for name, url, tool in targets:
+                                result = await measure(url, tool, era, concurrency, share)
+                                merged[name].extend(result["latencies"])  # type: ignore[arg-type]
+                        for name, _, _ in targets:
+                            result = summary(merged[name], args.seconds)
                             rows.append((name, era, concurrency, result))
                             print(f"bench: {era} {name} x{concurrency}: p50 {result['p50']:.2f} ms", file=sys.stderr)
                 return rows
@@ -256,16 +370,18 @@ def main() -> None:
                 except subprocess.TimeoutExpired:
                     process.kill()
 
+    print("\nThe observability seam, in-process: one proxied call's server and client observations\n")
+    print("| seam | µs per call |")
+    print("|---|---:|")
+    for label, micros in seam:
+        print(f"| {label} | {micros:.2f} |")
     direct = {(era, c): m for name, era, c, m in rows if name == "direct"}
     print(f"\nOne tool call through a proxy: {args.seconds:g} s per row, {os.cpu_count()} cores, Python {sys.version.split()[0]}\n")
-    print("| client era | target | clients | p50 ms | p99 ms | calls/s | p50 over direct | server CPU ms/call |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("| client era | target | clients | p50 ms | p99 ms | calls/s | p50 over direct |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for name, era, concurrency, m in rows:
         over = "" if name == "direct" else f"{m['p50'] - direct[(era, concurrency)]['p50']:+.2f} ms"
-        print(
-            f"| {era} | {name} | {concurrency} | {m['p50']:.2f} | {m['p99']:.2f} | {m['rate']:.0f} | {over} "
-            f"| {m['cpu_ms']:.2f} |"
-        )
+        print(f"| {era} | {name} | {concurrency} | {m['p50']:.2f} | {m['p99']:.2f} | {m['rate']:.0f} | {over} |")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from pml_gateway.host_check import HostCheckMiddleware
 from pml_gateway.events.hub import InProcessEventHub
 from pml_gateway.events.stream import SERVER_SEND, EventsStreamManager
 from pml_gateway.http_api import http_routes, json_http_error
+from pml_gateway.observability import EventCounter, Instrumentation, metrics_route, scraped
 from pml_gateway.settings import Settings
 from pml_gateway.state import AppExtension, AppState
 
@@ -69,8 +70,11 @@ class GatewayApp(Starlette):
         return with_server_send
 
 
-def create_app(settings: Settings, *, extensions: Sequence[AppExtension] = ()) -> Starlette:
+def create_app(
+    settings: Settings, *, extensions: Sequence[AppExtension] = (), instrumentation: Instrumentation | None = None
+) -> Starlette:
     extensions = tuple(extensions)
+    instrumentation = instrumentation if instrumentation is not None else Instrumentation()  # /metrics, spans
     stream = EventsStreamManager(settings)
 
     @asynccontextmanager
@@ -84,6 +88,8 @@ def create_app(settings: Settings, *, extensions: Sequence[AppExtension] = ()) -
                 store, replay_buffer=settings.replay_buffer, client_queue=settings.client_queue, server_of=engine.tool_server
             )
             engine.on(hub.publish)
+            events = EventCounter()  # observability: events per type, for /metrics
+            engine.on(events)
             scheduler = MetricsScheduler(engine, interval_seconds=settings.metrics_interval_seconds)
             await engine.sync_from_database()
             stream.bind(hub, started_at=started_at)
@@ -95,6 +101,7 @@ def create_app(settings: Settings, *, extensions: Sequence[AppExtension] = ()) -
                 stream=stream,
                 scheduler=scheduler,
                 extensions=extensions,
+                instrumentation=instrumentation,
             )
             app.state.pml = state
             async with anyio.create_task_group() as tasks:
@@ -103,6 +110,7 @@ def create_app(settings: Settings, *, extensions: Sequence[AppExtension] = ()) -
                 tasks.start_soon(_initial_metrics, engine)
                 try:
                     async with AsyncExitStack() as stack:
+                        stack.enter_context(scraped(state, events))  # /metrics reads the state
                         for extension in extensions:
                             await stack.enter_async_context(extension.lifespan(state))
                         yield
@@ -118,6 +126,7 @@ def create_app(settings: Settings, *, extensions: Sequence[AppExtension] = ()) -
     routes.append(Route("/events/stream", stream, methods=["GET"]))
     routes.append(WebSocketRoute("/events/ws", stream.websocket_app))
     routes.extend(http_routes())
+    routes.append(metrics_route())  # GET /metrics
     middleware = [
         Middleware(HostCheckMiddleware.from_settings, settings=settings),
         cors_middleware(settings.cors_origins),

@@ -141,6 +141,8 @@ def make_server(
         # Past this many open connections uvicorn answers 503 at once instead of queueing forever.
         "limit_concurrency": settings.max_connections,
     }
+    if settings.log_format == "json":
+        options["log_config"] = None  # uvicorn's records go to the root handler: JSON like the rest
     options.update(config)
     stream: EventsStreamManager | None = getattr(app.state, "events_stream", None)
     return GatewayServer(

@@ -20,6 +20,7 @@ ENV_PREFIX = "PML_"
 DEFAULT_CONFIG = Path("mcp.json")
 DEFAULT_CORS_ORIGINS = ("http://localhost:*", "http://127.0.0.1:*")
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+LogFormat = Literal["text", "json"]
 
 
 def default_config() -> Path | None:
@@ -67,6 +68,7 @@ class Settings(BaseSettings):
     connect_timeout_seconds: float = Field(
         default=30.0, gt=0, description="Time a downstream has to start, initialize and list its tools."
     )
+    log_format: LogFormat = Field(default="text", description="Log lines as text, or one JSON object per line.")
     fast_path: bool = Field(
         default=True,
         # PML_GATEWAY_FAST_PATH is the name it had before it became a setting: still read.
@@ -90,7 +92,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"{origin!r} contains whitespace")
         return value
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lower_log_level(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value

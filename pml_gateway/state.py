@@ -21,6 +21,7 @@ from pml_gateway.settings import Settings
 if TYPE_CHECKING:
     from pml_gateway.events.hub import EventHub
     from pml_gateway.events.stream import EventsStreamManager
+    from pml_gateway.observability import Instrumentation
 
 __all__ = ["AppExtension", "AppState", "app_state"]
 
@@ -35,6 +36,7 @@ class AppState:
     started_at: float  # time.time() when the lifespan began
     stream: EventsStreamManager
     scheduler: MetricsScheduler
+    instrumentation: Instrumentation  # metrics registry and spans (observability/)
     extensions: Sequence[AppExtension] = field(default_factory=tuple)
 
 

@@ -22,6 +22,7 @@ CONTRACT_DEFAULTS = {
     "metrics_interval_seconds": 1.0,
     "trace_idle_seconds": 30.0,
     "fast_path": True,
+    "log_format": "text",
 }
 
 
@@ -66,6 +67,7 @@ def test_env_vars_for_every_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PML_TRACE_IDLE_SECONDS", "2.5")
     monkeypatch.setenv("PML_LOG_LEVEL", "DEBUG")
     monkeypatch.setenv("PML_FAST_PATH", "0")
+    monkeypatch.setenv("PML_LOG_FORMAT", "json")
     settings = Settings()
     dumped = settings.model_dump()
     assert {key: dumped[key] for key in EXPECTED_FROM_ENV} == EXPECTED_FROM_ENV
@@ -85,6 +87,7 @@ EXPECTED_FROM_ENV = {
     "metrics_interval_seconds": 0.5,
     "trace_idle_seconds": 2.5,
     "log_level": "debug",
+    "log_format": "json",
     "fast_path": False,
 }
 
@@ -145,3 +148,9 @@ def test_every_setting_is_read_from_its_env_var(monkeypatch: pytest.MonkeyPatch)
         value = getattr(Settings(), name)
         monkeypatch.delenv("PML_" + name.upper())
         assert str(value).lower() in (sample, "7.0", "0.5"), name
+def test_log_format_flag_and_a_bad_value(capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse("--log-format", "json").log_format == "json"
+    code = main(["serve", "--log-format", "xml"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "log_format (--log-format / PML_LOG_FORMAT): Input should be 'text' or 'json'" in err

@@ -15,7 +15,29 @@ from collections.abc import Sequence
 from pml_gateway.cli.common import PROG, UsageError, add_settings_arguments
 from pml_gateway.settings import Settings
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "version"]
+
+
+def version() -> str:
+    """The installed distribution's version (its metadata); a bare checkout says so."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version("pml-gateway")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install .)"
+
+
+class _Version(argparse.Action):
+    """``--version``: the metadata is read only when asked for, so ``--help`` stays instant."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **_: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"{PROG} {version()}")
+        parser.exit()
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -40,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="An MCP gateway that learns which tools work together and streams what it learns."
     )
+    parser.add_argument("--version", action=_Version)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     serve = commands.add_parser("serve", help="serve /mcp, /events/stream and the HTTP API over HTTP")

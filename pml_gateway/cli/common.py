@@ -35,6 +35,7 @@ _METAVARS = {
     "metrics_interval_seconds": "SECONDS",
     "trace_idle_seconds": "SECONDS",
     "log_level": "LEVEL",
+    "log_format": "text|json",
     "fast_path": "BOOL",
     "allowed_hosts": "NAMES",
     "max_executions_per_request": "N",
@@ -87,15 +88,17 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def configure_logging(settings: Settings) -> None:
+    """Logging in the chosen format (credentials redacted), and OpenTelemetry when ``OTEL_EXPORTER_OTLP_ENDPOINT`` asks for it."""
     from pml_gateway.log_redaction import QUIET_LOGGERS, RedactingFilter
+    from pml_gateway.observability import configure_logging as configure, configure_tracing
 
-    level = "DEBUG" if settings.log_level == "trace" else settings.log_level.upper()
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure(settings.log_level, settings.log_format)
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter())  # on the handler: records of every logger pass it
-    if level != "DEBUG":
+    if settings.log_level not in ("debug", "trace"):
         for name in QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
+    configure_tracing()
 
 
 def check_store(settings: Settings) -> None:
@@ -139,12 +142,20 @@ def banner(settings: Settings) -> list[str]:
 
 def announce_banner(settings: Settings) -> None:
     for line in banner(settings):
-        print(f"{PROG}: {line}", file=sys.stderr)
+        say(settings, line)
 
 
 def announce(settings: Settings, base_url: str) -> None:
     """Start-up lines: what is in use and where to find things."""
     announce_banner(settings)
-    print(f"{PROG}: listening on {base_url}", file=sys.stderr)
-    print(f"{PROG}: events at {base_url}/events/stream", file=sys.stderr)
-    print(f"{PROG}: dashboard at {base_url}/dashboard", file=sys.stderr)
+    say(settings, f"listening on {base_url}")
+    say(settings, f"events at {base_url}/events/stream")
+    say(settings, f"dashboard at {base_url}/dashboard")
+
+
+def say(settings: Settings, line: str) -> None:
+    """A start-up line for the operator: plain on stderr, or a log record with ``--log-format json``."""
+    if settings.log_format == "json":
+        logging.getLogger("pml_gateway").info(line)  # every stderr line stays one JSON object
+    else:
+        print(f"{PROG}: {line}", file=sys.stderr)

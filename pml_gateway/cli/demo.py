@@ -38,7 +38,7 @@ def examples_dir() -> Path:
 def main_demo(args: argparse.Namespace) -> int:
     from pml_gateway.app import create_app
     from pml_gateway.server import make_server
-    from pml_gateway.cli.common import UsageError, announce, build_extensions, check_store, configure_logging, settings_from_args
+    from pml_gateway.cli.common import UsageError, announce, build_extensions, check_store, configure_logging, say, settings_from_args
 
     try:
         examples = examples_dir()
@@ -57,11 +57,7 @@ def main_demo(args: argparse.Namespace) -> int:
 
     def started(base_url: str) -> None:
         announce(settings, base_url)
-        print(
-            f"pml-gateway: demo workload driving {base_url}/mcp; a summary every {SUMMARY_SECONDS} s"
-            " (Ctrl+C stops everything)",
-            file=sys.stderr,
-        )
+        say(settings, f"demo workload driving {base_url}/mcp; a summary every {SUMMARY_SECONDS} s (Ctrl+C stops everything)")
         workload.append(
             subprocess.Popen(
                 [

@@ -10,8 +10,8 @@ can be watched live. Logs go to stderr; stdout belongs to the protocol.
 from __future__ import annotations
 
 import argparse
+import functools
 import socket
-import sys
 from collections.abc import Callable, Sequence
 
 import anyio
@@ -34,7 +34,7 @@ async def run_stdio(
     """Serve MCP over stdio until stdin closes; with ``events_port``, serve HTTP beside it."""
     app = create_app(settings, extensions=[gateway, *extensions])
     # Bound before anything starts: a busy port is one line, and MCP over stdio still works.
-    sock = bind_events_socket(settings.host, events_port) if events_port is not None else None
+    sock = bind_events_socket(settings, events_port) if events_port is not None else None
     async with app.router.lifespan_context(app):
         async with anyio.create_task_group() as tg:
             server = None
@@ -48,22 +48,23 @@ async def run_stdio(
                 server.should_exit = True  # the MCP client is gone: so is the process
 
 
-def bind_events_socket(host: str, port: int) -> socket.socket | None:
+def bind_events_socket(settings: Settings, port: int) -> socket.socket | None:
     """The HTTP API's listening socket, or None (with one line on stderr) when it cannot be had."""
+    from pml_gateway.cli.common import say
+
     try:
-        return socket.create_server((host, port))
+        return socket.create_server((settings.host, port))
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        print(
-            f"pml-gateway: error: events port {host}:{port}: {reason}; serving MCP over stdio without the HTTP API",
-            file=sys.stderr,
-        )
+        say(settings, f"error: events port {settings.host}:{port}: {reason}; serving MCP over stdio without the HTTP API")
         return None
 
 
-def announce_events(url: str) -> None:
-    print(f"pml-gateway: events at {url}/events/stream", file=sys.stderr)
-    print(f"pml-gateway: dashboard at {url}/dashboard", file=sys.stderr)
+def announce_events(settings: Settings, url: str) -> None:
+    from pml_gateway.cli.common import say
+
+    say(settings, f"events at {url}/events/stream")
+    say(settings, f"dashboard at {url}/dashboard")
 
 
 def main_stdio(args: argparse.Namespace) -> int:
@@ -84,5 +85,6 @@ def main_stdio(args: argparse.Namespace) -> int:
     gateway = next(e for e in extensions if isinstance(e, Gateway))
     others = [e for e in extensions if e is not gateway]
     events_port = getattr(args, "events_port", None)
-    anyio.run(lambda: run_stdio(settings, gateway, events_port=events_port, extensions=others, on_started=announce_events))
+    started = functools.partial(announce_events, settings)
+    anyio.run(lambda: run_stdio(settings, gateway, events_port=events_port, extensions=others, on_started=started))
     return 0

@@ -25,8 +25,10 @@ the SDK does on 2026-07-28). Cancelling works as through the SDK: a 2025-era ses
 ``notifications/cancelled`` ends the call with ``REQUEST_CANCELLED``; a 2026-era client that
 closes the connection ends it with no answer (watched once the call has run for
 ``HANGUP_WATCH_AFTER_SECONDS``); the downstream request is dropped and the call is not learned.
-Not done here: OpenTelemetry spans (the W3C trace context in ``_meta`` is passed on to the
-downstream as the SDK would with no OpenTelemetry SDK configured). What it needs of the SDK's
+Observed like the SDK path, through the same seam (``observability.Instrumentation``): the
+duration histogram, and, when tracing is configured, the SERVER span the SDK's middleware would
+open (continuing the ``traceparent`` in ``_meta``); without tracing, the W3C trace context in
+``_meta`` is passed on to the downstream unchanged, as the SDK does. What it needs of the SDK's
 private state (the session table, the idle countdown) it gets from ``sdk_compat.py``.
 """
 
@@ -63,6 +65,7 @@ from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from pml_gateway.events.wire import MCP_SSE_HEADERS, PING, mcp_message
+from pml_gateway.observability import Instrumentation
 from pml_gateway.proxy.registry import RegisteredTool, ToolRegistry
 from pml_gateway.proxy.sdk_compat import SdkInternals
 from pml_gateway.proxy.server import MCP_SESSION_ID_HEADER, UpstreamServer, caller_key_of
@@ -95,8 +98,10 @@ class FastPath:
         upstream: UpstreamServer,
         internals: SdkInternals,
         security: TransportSecuritySettings | None,
+        instrumentation: Instrumentation | None = None,
     ) -> None:
         self.registry = registry
+        self.instrumentation = instrumentation or Instrumentation(metrics=False, tracing=False)
         self.upstream = upstream
         # 2025-era sessions are looked up in the session manager's table; if the SDK no longer
         # has it, those requests stay with the SDK (and start-up said so).
@@ -201,10 +206,18 @@ class FastPath:
         if call.session is not None:
             self.internals.hold_session(call.session)
         try:
-            with cancel:
+            # observability: the SERVER span and histogram the SDK path gets from its middleware
+            with cancel, self.instrumentation.server_call(
+                "tools/call",
+                call.entry.name,
+                meta=call.trace_context,
+                session_id=call.session_id,
+                protocol_version=call.version,
+            ) as observed:
                 shaped = await self.upstream.call(
                     call.entry.name, call.arguments, version=call.version, caller=call.caller, meta=call.trace_context
                 )
+                observed.error_type = "tool_error" if shaped.get("isError") is True else ""
         except BaseException:
             reply.abandon()  # cancelled (shutdown): no keep-alives for a response that will not come
             raise
@@ -311,7 +324,8 @@ def _trace_context(meta: dict[str, Any] | None) -> dict[str, str] | None:
 
     Through the SDK, the server's span continues the client's trace and the downstream request
     carries it on; with no OpenTelemetry SDK configured that is the client's context as given
-    (normalised by the propagators). The fast path opens no spans and passes that on.
+    (normalised by the propagators). It is also the parent of the fast path's SERVER span; with
+    tracing on, the downstream gets the gateway's CLIENT span instead (``Instrumentation.client_call``).
     """
     if not meta or not any(key in meta for key in TRACE_CONTEXT_KEYS):
         return None

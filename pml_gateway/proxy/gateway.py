@@ -27,6 +27,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from graphrag import GraphRAGEngine, WorkflowExecution
 
+from pml_gateway.observability import Instrumentation
 from pml_gateway.proxy import tools as gateway_tools
 from pml_gateway.proxy.downstream.config import ServerConfig, load_config
 from pml_gateway.proxy.downstream.supervisor import DownstreamPool, SupervisionTiming
@@ -78,6 +79,7 @@ class Gateway:
         self.traces: TraceRecorder | None = None
         self.session_manager: StreamableHTTPSessionManager | None = None
         self.fast_path: FastPath | None = None
+        self.instrumentation = Instrumentation(metrics=False, tracing=False)  # the app's, once running
         self._http_app: StreamableHTTPASGIApp | None = None
 
     # -- AppExtension --------------------------------------------------------------------------
@@ -87,7 +89,7 @@ class Gateway:
 
     @asynccontextmanager
     async def lifespan(self, state: AppState) -> AsyncIterator[None]:
-        async with self.running(state.engine):
+        async with self.running(state.engine, state.instrumentation):
             yield
 
     def health(self) -> dict[str, Any]:
@@ -96,8 +98,13 @@ class Gateway:
     # -- running -------------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def running(self, engine: GraphRAGEngine) -> AsyncIterator[Gateway]:
+    async def running(
+        self, engine: GraphRAGEngine, instrumentation: Instrumentation | None = None
+    ) -> AsyncIterator[Gateway]:
         """Downstreams, the MCP server and the HTTP session manager, learning into ``engine``."""
+        # observability: one seam for metrics and spans, shared by the SDK path and the fast path
+        self.instrumentation = instrumentation = instrumentation or Instrumentation()
+        self.pool.instrumentation = instrumentation
 
         async def record(execution: WorkflowExecution) -> None:
             await engine.update_from_execution(execution)
@@ -108,15 +115,20 @@ class Gateway:
             except Exception:  # the caller still gets its results
                 logger.exception("could not record workflow %s", execution.workflow_id)
 
+        async def call_task(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+            # observability: a workflow task's span, child of the workflow's request span
+            with instrumentation.task_span(name):
+                return await self.pool.call(name, arguments)
+
         self.traces = TraceRecorder(record, idle_seconds=self.settings.trace_idle_seconds)
         tools = GatewayTools(
             engine,
             self.registry,
-            self.pool.call,
+            call_task,
             record_workflow,
             missing=self.pool.missing,
         )
-        upstream = UpstreamServer(self.registry, self.pool, tools, self.traces)
+        upstream = UpstreamServer(self.registry, self.pool, tools, self.traces, instrumentation=instrumentation)
         security = transport_settings(self.settings)  # the same Host/Origin lists as every other route
         manager = StreamableHTTPSessionManager(app=upstream.server, security_settings=security)
         tool_events = ToolEvents(engine, self.registry, self.pool.health)  # tool_added / tool_removed
@@ -129,7 +141,7 @@ class Gateway:
             if self.fast_path_enabled:
                 internals = SdkInternals(manager)
                 internals.warn()  # an SDK that moved its internals: said at start-up, never silent
-                self.fast_path = FastPath(self.registry, upstream, internals, security)
+                self.fast_path = FastPath(self.registry, upstream, internals, security, instrumentation)
             try:
                 yield self
             finally:

@@ -31,6 +31,7 @@ from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, Too
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
+from pml_gateway.observability import Instrumentation, spec_method_label
 from pml_gateway.proxy import tools as gateway_tools
 from pml_gateway.proxy.downstream import errors
 from pml_gateway.proxy.downstream.supervisor import DownstreamPool
@@ -114,6 +115,7 @@ class UpstreamServer:
         *,
         name: str = "pml-gateway",
         version: str = "0.1.0",
+        instrumentation: Instrumentation | None = None,
     ) -> None:
         self.registry = registry
         self.pool = pool
@@ -134,6 +136,9 @@ class UpstreamServer:
             get_tool_input_schema=self._input_schema,
         )
         self.server.middleware.append(self._track_session)
+        # observability: duration histogram and span attributes for every request (inside the SDK's span)
+        observed = instrumentation or Instrumentation(metrics=False, tracing=False)
+        self.server.middleware.append(observed.server_middleware(spec_method_label, self.tool_label))
         self._sessions: dict[str, tuple[ServerSession, float]] = {}
         self._changed = anyio.Event()
         self.list_changed_sent = 0  #: notifications sent (both eras), for tests and stats
@@ -166,6 +171,10 @@ class UpstreamServer:
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
         return types.ListToolsResult(tools=[*self.tools.definitions(), *(e.tool for e in self.registry.tools())])
+
+    def tool_label(self, name: str) -> str:
+        """``name`` as a metric label: a tool the gateway serves, else one bounded value."""
+        return name if name in gateway_tools.NAMES or self.registry.get(name) is not None else "_unknown"
 
     def _input_schema(self, name: str) -> dict[str, Any] | None:
         entry = self.registry.get(name)

@@ -671,8 +671,9 @@ function renderPagerank() {
     const li = document.createElement("li");
     li.dataset.tool = entry.tool_id;
     const tool = span("tool", "");
-    const cut = entry.tool_id.indexOf("__");
-    if (cut > 0) tool.append(span("srv", entry.tool_id.slice(0, cut + 2)), entry.tool_id.slice(cut + 2));
+    const known = view.nodes.get(entry.tool_id);
+    const prefix = known && known.server ? known.server + "__" : null;  // the server as reported, not parsed
+    if (prefix && entry.tool_id.startsWith(prefix)) tool.append(span("srv", prefix), entry.tool_id.slice(prefix.length));
     else tool.textContent = entry.tool_id;
     tool.title = entry.tool_id;
     const bar = span("bar", "");

@@ -57,11 +57,6 @@ function hashString(text) {
   return h >>> 0;
 }
 
-function serverOf(id) {
-  const cut = id.indexOf("__");
-  return cut > 0 ? id.slice(0, cut) : null;
-}
-
 function mix(a, b, t) {
   return a + (b - a) * t;
 }
@@ -384,7 +379,7 @@ export class GraphView {
       const angle = (h % 3600) / 3600 * Math.PI * 2;
       const radius = 12 * Math.sqrt(this.nodes.size + 1) * (0.4 + ((h >>> 12) % 1000) / 1666);
       node = {
-        id, server: serverOf(id), pagerank: null, community: null,
+        id, server: null /* from /graph, /tools or tool_added: never parsed from the name */, pagerank: null, community: null,
         x: Math.cos(angle) * radius, y: Math.sin(angle) * radius, vx: 0, vy: 0, fx: null, fy: null,
         r: BASE_RADIUS, out: new Set(), in: new Set(), flashUntil: 0, flashOk: true, colorIndex: -1,
         called: false, inCatalog: false, available: null, running: 0,

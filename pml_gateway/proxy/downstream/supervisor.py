@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -46,6 +45,7 @@ from pml_gateway.proxy.downstream.http_link import HttpLink, link_supported
 from pml_gateway.proxy.downstream.link import DownstreamLink, LinkError, Redirected, RemoteError, Unreachable
 from pml_gateway.proxy.downstream.sdk_link import SdkLink
 from pml_gateway.proxy.registry import ToolRegistry
+from pml_gateway.observability import Instrumentation, current_downstream, named_stderr
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +131,11 @@ class Downstream:
         return self._link
 
     @property
+    def lean(self) -> bool:
+        """Calls go over the lean HTTP link (no SDK client underneath to open their spans)."""
+        return isinstance(self._link, HttpLink)
+
+    @property
     def tool_count(self) -> int:
         return len(self.registry.server_tools(self.name)) if self.state is DownstreamState.CONNECTED else 0
 
@@ -147,6 +152,7 @@ class Downstream:
 
     async def run(self) -> None:
         """Supervise forever (until cancelled): connect, watch, restart with backoff."""
+        current_downstream.set(self.name)  # observability: SDK log lines from this task name the server
         failures = 0
         while True:
             self.state = DownstreamState.CONNECTING
@@ -231,7 +237,7 @@ class Downstream:
                 env=dict(config.env) or None,
                 cwd=config.cwd,
             )
-            return stdio_client(params, errlog=self._errlog or sys.stderr)
+            return _stdio_named(params, self.name, self._errlog)
         if config.transport == "sse":
             return sse_client(config.url, headers=dict(config.headers) or None, timeout=self.timing.connect_timeout)
         return _streamable_http(config.url, config.headers, self.timing.connect_timeout)
@@ -345,6 +351,14 @@ class Downstream:
 
 
 @asynccontextmanager
+async def _stdio_named(params: StdioServerParameters, name: str, copy_to: TextIO | None) -> AsyncIterator[Any]:
+    # observability: the child's stderr lines are logged with the server's name (logs.py)
+    with named_stderr(name, copy_to=copy_to) as errlog:
+        async with stdio_client(params, errlog=errlog) as streams:
+            yield streams
+
+
+@asynccontextmanager
 async def _streamable_http(url: str, headers: dict[str, str], connect_timeout: float) -> AsyncIterator[Any]:
     # Headers and timeouts go on an httpx2 client (SDK_NOTES §4); long reads for server streams.
     timeout = httpx2.Timeout(connect_timeout, read=300.0)
@@ -366,6 +380,7 @@ class DownstreamPool:
         lean_http: bool = True,
     ) -> None:
         self.registry = registry
+        self.instrumentation = Instrumentation(metrics=False, tracing=False)  # the gateway's, once running
         self.downstreams: dict[str, Downstream] = {}
         for config in configs:
             if not config.enabled:
@@ -413,4 +428,10 @@ class DownstreamPool:
         downstream = self.downstreams.get(entry.server)
         if downstream is None:
             return errors.tool_error(errors.not_configured(entry.server))
-        return await downstream.call_tool(entry.original_name, arguments, input_schema=entry.tool.input_schema, meta=meta)
+        # observability: histogram, and a CLIENT span unless the SDK's client opens one
+        with self.instrumentation.client_call(entry.server, entry.name, own_span=downstream.lean) as observed:
+            result = await downstream.call_tool(
+                entry.original_name, arguments, input_schema=entry.tool.input_schema, meta=observed.meta(meta)
+            )
+            observed.error_type = "tool_error" if result.get("isError") is True else ""
+        return result

@@ -1,0 +1,27 @@
+"""Observability: Prometheus metrics (``/metrics``), OpenTelemetry spans, structured logs.
+
+What the rest of the process may use:
+
+- ``Instrumentation``: the one seam the proxy calls (histograms, spans), one per app;
+- ``EventCounter``, ``scraped``, ``metrics_route``: the app's ``/metrics``;
+- ``configure_logging``, ``named_stderr``, ``current_downstream``: logs (logs.py);
+- ``configure_tracing``: the OTLP exporter when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set.
+"""
+
+from pml_gateway.observability.instrumentation import Instrumentation, spec_method_label
+from pml_gateway.observability.logs import configure_logging, current_downstream, named_stderr
+from pml_gateway.observability.metrics import EventCounter, SuggestionStats, metrics_route, scraped
+from pml_gateway.observability.tracing import configure_tracing
+
+__all__ = [
+    "EventCounter",
+    "Instrumentation",
+    "SuggestionStats",
+    "configure_logging",
+    "configure_tracing",
+    "current_downstream",
+    "metrics_route",
+    "named_stderr",
+    "scraped",
+    "spec_method_label",
+]

@@ -1,0 +1,161 @@
+"""Logs a machine can read, and downstream output that says which server it came from.
+
+- ``configure_logging(level, format)``: ``text`` (``LEVEL logger: message``) or ``json`` (one
+  object per line: ``time``, ``level``, ``logger``, ``message``, the record's extras such as
+  ``server``, and ``exc_info`` as text when there is one).
+- ``named_stderr(server)``: the stderr a stdio downstream is started with. The MCP SDK hands its
+  ``errlog`` to the child process as a file descriptor, so it cannot be a Python wrapper: it is
+  the write end of a pipe, and a thread reads the other end line by line and logs each line to
+  ``pml_gateway.downstream`` with the server's name (in the text and as ``server``).
+- ``current_downstream``: the server a supervisor task works for. The SDK logs a downstream's
+  non-JSON stdout line with a 10-line pydantic traceback that names no server; the
+  ``NonJsonStdout`` filter turns that record into one line naming the server and the line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import IO, Any, Literal
+
+__all__ = [
+    "JsonFormatter",
+    "LogFormat",
+    "NonJsonStdout",
+    "configure_logging",
+    "current_downstream",
+    "named_stderr",
+]
+
+LogFormat = Literal["text", "json"]
+DOWNSTREAM_LOGGER = "pml_gateway.downstream"
+TEXT_FORMAT = "%(levelname)s %(name)s: %(message)s"
+#: The SDK's message for a stdout line that is not JSON-RPC (mcp/client/stdio.py ``_parse_line``).
+SDK_PARSE_FAILURE = "Failed to parse JSONRPC message from server"
+#: Longest excerpt of an offending line quoted in a log line.
+EXCERPT = 200
+
+#: The downstream server the current task works for (set by its supervisor task).
+current_downstream: ContextVar[str | None] = ContextVar("pml_current_downstream", default=None)
+
+# Attributes every LogRecord has: whatever else is on a record came in through ``extra=``
+# (uvicorn's ``color_message`` repeats the message with terminal colours: left out).
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC, ISO 8601), level, logger, message, then the extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exc_info"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class NonJsonStdout(logging.Filter):
+    """Rewrites the SDK's traceback for a non-JSON stdout line into one line naming the server."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != SDK_PARSE_FAILURE:
+            return True
+        server = current_downstream.get()
+        exc = record.exc_info[1] if record.exc_info else None
+        line = _offending_input(exc)
+        who = f"downstream {server!r}" if server else "a downstream server"
+        record.msg = "%s wrote a line to stdout that is not JSON-RPC (stdout is the protocol; logs belong on stderr): %s"
+        record.args = (who, line)
+        record.exc_info = None
+        record.exc_text = None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"  # the server's fault, not ours
+        if server:
+            record.server = server
+        return True
+
+
+def _offending_input(exc: BaseException | None) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        try:
+            value = errors()[0].get("input")
+        except Exception:  # not a pydantic error after all
+            value = None
+        if isinstance(value, str | bytes):
+            text = value.decode(errors="replace") if isinstance(value, bytes) else value
+            return repr(text[:EXCERPT] + ("..." if len(text) > EXCERPT else ""))
+    return str(exc).splitlines()[0] if exc is not None and str(exc) else "(unreadable)"
+
+
+def configure_logging(level: str, log_format: LogFormat = "text", *, stream: IO[str] | None = None) -> None:
+    """The process's logging: level, format, and the downstream stdout filter."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel("DEBUG" if level == "trace" else level.upper())
+    install_stdout_filter()
+
+
+def install_stdout_filter() -> None:
+    """Attach ``NonJsonStdout`` to the SDK's stdio client logger (once)."""
+    sdk_logger = logging.getLogger("mcp.client.stdio")
+    if not any(isinstance(f, NonJsonStdout) for f in sdk_logger.filters):
+        sdk_logger.addFilter(NonJsonStdout())
+
+
+@contextmanager
+def named_stderr(server: str, *, copy_to: IO[str] | None = None) -> Iterator[IO[str]]:
+    """A file to start a downstream with as its stderr: each line it writes is logged with ``server``.
+
+    ``copy_to`` also receives each line, prefixed with ``[server]`` (tests capture output there).
+    The reader thread ends when every writer (the child, and this process's end, closed on exit)
+    has closed the pipe.
+    """
+    read_fd, write_fd = os.pipe()
+    writer = os.fdopen(write_fd, "w", buffering=1, encoding="utf-8", errors="replace")
+    thread = threading.Thread(
+        target=_pump, args=(read_fd, server, copy_to), name=f"stderr of {server}", daemon=True
+    )
+    thread.start()
+    try:
+        yield writer
+    finally:
+        writer.close()  # the child holds its own copy; EOF comes when it exits
+
+
+def _pump(read_fd: int, server: str, copy_to: IO[str] | None) -> None:
+    log = logging.getLogger(DOWNSTREAM_LOGGER)
+    with os.fdopen(read_fd, "r", encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            text = line.rstrip("\r\n")
+            if not text:
+                continue
+            log.info("[%s] %s", server, text, extra={"server": server, "stream": "stderr"})
+            if copy_to is not None:
+                try:
+                    copy_to.write(f"[{server}] {text}\n")
+                    copy_to.flush()
+                except (OSError, ValueError):  # closed under us at shutdown
+                    copy_to = None
