@@ -27,6 +27,7 @@ from gateway_support import free_port
 ROOT = Path(__file__).parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 VENV_BIN = Path(sys.executable).parent
+EXAMPLES = ROOT / "public" / "examples"
 
 #: Commands not run here, each with the reason. Matched as regular expressions from the start.
 NOT_RUN: dict[str, str] = {
@@ -130,8 +131,10 @@ def test_command_runs_as_written(command: Command, docs_gateway: str, tmp_path: 
         _run_server(words, env, tmp_path)
     elif program in ("pml-gateway", "python") and "stdio" in words:
         _run_stdio(words, env, tmp_path)
+    elif program == "pml-gateway":
+        _run_once(words, env, tmp_path)
     elif program == "curl":
-        _run_curl(words, env, command)
+        _run_curl(words, env, command, text)
     elif program == "python":
         _run_streaming(words, env)
     else:
@@ -177,10 +180,20 @@ def _run_stdio(words: list[str], env: dict[str, str], tmp_path: Path) -> None:
     assert "Traceback" not in answer.stderr
 
 
-def _run_curl(words: list[str], env: dict[str, str], command: Command) -> None:
+def _run_once(words: list[str], env: dict[str, str], tmp_path: Path) -> None:
+    _scratch(tmp_path)
+    env = {**env, "PML_DB": str(tmp_path / "graph.db"), "PML_KEYS_FILE": str(tmp_path / "keys.json")}
+    answer = subprocess.run([sys.executable, "-m", "pml_gateway", *words[1:]], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert answer.returncode == 0, answer.stderr
+    assert "Traceback" not in answer.stderr
+
+
+def _run_curl(words: list[str], env: dict[str, str], command: Command, text: str) -> None:
     streaming = "-N" in words
-    argv = [*words, "--max-time", "2"] if streaming else [*words, "--max-time", "20"]
-    answer = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
+    limit = "--max-time 2" if streaming else "--max-time 20"
+    # Through the shell, as a reader would paste it (pipes included); every curl time-limited.
+    script = "set -o pipefail; " + re.sub(r"(^|\| *)curl ", rf"\1curl {limit} ", text)
+    answer = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=30)
     assert answer.returncode in ((0, 28) if streaming else (0,)), answer.stderr
     assert answer.stdout
     if command.expected.startswith("{"):
@@ -200,11 +213,11 @@ def _run_streaming(words: list[str], env: dict[str, str]) -> None:
 
 @pytest.fixture(scope="module")
 def docs_gateway(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A real gateway process for the curl commands, with a little learned graph."""
+    """A real gateway process for the curl commands: the example servers, a little learned graph."""
     port = free_port()
     scratch = tmp_path_factory.mktemp("docs")
     process = subprocess.Popen(
-        [sys.executable, "-m", "pml_gateway", "serve", "--port", str(port), "--db", str(scratch / "graph.db"), "--config", ""],
+        [sys.executable, "-m", "pml_gateway", "serve", "--port", str(port), "--db", str(scratch / "graph.db"), "--config", str(EXAMPLES / "mcp.json")],
         cwd=scratch,
         env={**os.environ, "PYTHONPATH": str(ROOT), "PML_HEARTBEAT_SECONDS": "0.5"},
         stdout=subprocess.DEVNULL,
