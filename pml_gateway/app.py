@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from graphrag import GraphRAGEngine, GraphStore, MemoryStore, MetricsScheduler, SQLiteStore
 
+from pml_gateway.auth import AuthPolicy, Profile, configure_audit
 from pml_gateway.cors import cors_middleware
 from pml_gateway.events.hub import InProcessEventHub
 from pml_gateway.events.stream import SERVER_SEND, EventsStreamManager
@@ -47,6 +48,11 @@ async def _initial_metrics(engine: GraphRAGEngine) -> None:
         log.exception("initial metrics computation failed")
 
 
+def profiles_of(extensions: Sequence[AppExtension]) -> dict[str, Profile]:
+    """The profiles the extensions define (the MCP gateway reads them from its config)."""
+    return {name: profile for ext in extensions for name, profile in getattr(ext, "profiles", {}).items()}
+
+
 class GatewayApp(Starlette):
     """Starlette, with the server's own ``send`` in each HTTP scope (``SERVER_SEND``).
 
@@ -66,8 +72,12 @@ class GatewayApp(Starlette):
         return with_server_send
 
 
-def create_app(settings: Settings, *, extensions: Sequence[AppExtension] = ()) -> Starlette:
+def create_app(
+    settings: Settings, *, extensions: Sequence[AppExtension] = (), auth: AuthPolicy | None = None
+) -> Starlette:
     extensions = tuple(extensions)
+    if auth is None:  # who may do what (pml_gateway/auth)
+        auth = AuthPolicy(settings, profiles_of(extensions))
     stream = EventsStreamManager(settings)
 
     @asynccontextmanager
@@ -92,6 +102,7 @@ def create_app(settings: Settings, *, extensions: Sequence[AppExtension] = ()) -
                 extensions=extensions,
             )
             app.state.pml = state
+            configure_audit(settings.audit_log)
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(scheduler.run)
                 tasks.start_soon(stream.run_heartbeat)
@@ -111,8 +122,11 @@ def create_app(settings: Settings, *, extensions: Sequence[AppExtension] = ()) -
             store.close()
 
     routes: list[BaseRoute] = [route for extension in extensions for route in extension.routes()]
+    routes.extend(auth.routes())
     routes.append(Route("/events/stream", stream, methods=["GET"]))
     routes.extend(http_routes())
-    app = GatewayApp(routes=routes, middleware=[cors_middleware(settings.cors_origins)], lifespan=lifespan)
+    middleware = [cors_middleware(settings.cors_origins), auth.middleware()]
+    app = GatewayApp(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.events_stream = stream  # for the server: ends the streams when shutdown begins
+    app.state.auth = auth  # for the banner (cli/common.py announce)
     return app

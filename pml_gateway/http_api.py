@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute, Route
 
 from graphrag import WorkflowExecution
 
+from pml_gateway.auth import shows_details
 from pml_gateway.state import app_state
 
 #: Larger ``POST /executions`` bodies are refused with 413.
@@ -112,6 +113,8 @@ async def post_executions(request: Request) -> Response:
 
 # -- GET /health ------------------------------------------------------------------------------
 async def health(request: Request) -> Response:
+    if not shows_details(request.scope):  # auth on and no valid credential: the status only
+        return JSONResponse({"status": "ok"})
     state = app_state(request)
     downstreams: dict[str, Any] = {}
     for extension in state.extensions:

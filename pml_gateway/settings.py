@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import platformdirs
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 APP_NAME = "pml-gateway"
@@ -30,6 +30,18 @@ def default_config() -> Path | None:
 def default_db() -> str:
     """A SQLite file in the user data directory (created when the store opens it)."""
     return str(platformdirs.user_data_path(APP_NAME) / "graph.db")
+
+
+def default_keys_file() -> Path:
+    """The API keys file, next to the default database (auth/keys.py owns its format)."""
+    return platformdirs.user_data_path(APP_NAME) / "keys.json"
+
+
+def _comma_list(value: Any) -> Any:
+    # Env vars and flags give "a,b"; Python callers may give a list.
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
 
 
 class Settings(BaseSettings):
@@ -56,14 +68,49 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("fast_path", "PML_FAST_PATH", "PML_GATEWAY_FAST_PATH"),
         description="Answer tools/call of downstream tools without the SDK's transports (0/false: off).",
     )
+    # -- who may do what (pml_gateway/auth; docs/api/auth.md) ------------------------------------
+    keys_file: Path = Field(default_factory=default_keys_file, description="API keys file (pml-gateway keys ...).")
+    jwt_issuer: str | None = Field(default=None, min_length=1, description="JWTs: the required 'iss'.")
+    jwt_audience: str | None = Field(default=None, min_length=1, description="JWTs: the required 'aud'.")
+    jwt_jwks_url: str | None = Field(default=None, pattern=r"^https?://", description="JWTs: JWKS URL of the signing keys.")
+    jwt_public_key_file: Path | None = Field(default=None, description="JWTs: PEM public key file of the signer.")
+    jwt_secret: SecretStr | None = Field(default=None, description="JWTs: HS256 shared secret (development).")
+    auth_servers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Authorization servers named in the resource metadata (comma list)."
+    )
+    allow_unauthenticated: bool = Field(
+        default=False, description="Serve a non-loopback address without authentication."
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Extra Host names accepted by DNS-rebinding protection (comma list)."
+    )
+    audit_log: Path | None = Field(default=None, description="File for the audit lines (default: the pml_gateway.audit logger).")
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "auth_servers", "allowed_hosts", mode="before")
     @classmethod
-    def _split_origins(cls, value: Any) -> Any:
-        # Env vars and flags give "a,b"; Python callers may give a list.
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+    def _split_lists(cls, value: Any) -> Any:
+        return _comma_list(value)
+
+    @field_validator("jwt_issuer", "jwt_audience", "jwt_jwks_url", "jwt_public_key_file", "jwt_secret", "audit_log", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _jwt_complete(self) -> Settings:
+        # JWT auth is on as soon as any jwt_* is set: then it must be checkable (auth/jwt.py).
+        if not self.jwt_enabled:
+            return self
+        sources = [n for n in ("jwt_jwks_url", "jwt_public_key_file", "jwt_secret") if getattr(self, n) is not None]
+        if len(sources) != 1:
+            raise ValueError(
+                "JWT auth needs exactly one of jwt_jwks_url, jwt_public_key_file, jwt_secret"
+                + (f" (got {', '.join(sources)})" if sources else "")
+            )
+        missing = [n for n in ("jwt_issuer", "jwt_audience") if getattr(self, n) is None]
+        if missing:
+            raise ValueError(f"JWT auth needs {' and '.join(missing)}: 'iss' and 'aud' are always checked")
+        return self
 
     @field_validator("cors_origins")
     @classmethod
@@ -87,6 +134,12 @@ class Settings(BaseSettings):
     @property
     def in_memory(self) -> bool:
         return self.db == ":memory:"
+
+    @property
+    def jwt_enabled(self) -> bool:
+        """Any jwt_* setting given: bearer JWTs are accepted (and the settings must be complete)."""
+        names = ("jwt_issuer", "jwt_audience", "jwt_jwks_url", "jwt_public_key_file", "jwt_secret")
+        return any(getattr(self, name) is not None for name in names)
 
 
 def env_var(field_name: str) -> str:

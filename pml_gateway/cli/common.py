@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from pml_gateway.settings import Settings, describe_error, env_var, flag
 
 if TYPE_CHECKING:
+    from pml_gateway.auth import AuthPolicy
     from pml_gateway.state import AppExtension
 
 PROG = "pml-gateway"
@@ -36,9 +37,21 @@ _METAVARS = {
     "trace_idle_seconds": "SECONDS",
     "log_level": "LEVEL",
     "fast_path": "BOOL",
+    "keys_file": "FILE",
+    "jwt_issuer": "URL",
+    "jwt_audience": "AUDIENCE",
+    "jwt_jwks_url": "URL",
+    "jwt_public_key_file": "FILE",
+    "jwt_secret": "SECRET",
+    "auth_servers": "URLS",
+    "allowed_hosts": "HOSTS",
+    "audit_log": "FILE",
 }
-_DEFAULTS_SHOWN = {"config": "./mcp.json when present"}
-_TYPES: dict[str, Any] = {"config": Path}
+#: Settings given as a bare flag (``--allow-unauthenticated``); the env var still takes a value.
+_SWITCHES = ("allow_unauthenticated",)
+_DEFAULTS_SHOWN = {"config": "./mcp.json when present", "keys_file": "keys.json in the user data dir"}
+_TYPES: dict[str, Any] = {"config": Path, "keys_file": Path, "jwt_public_key_file": Path, "audit_log": Path}
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 class UsageError(Exception):
@@ -52,6 +65,9 @@ def add_settings_arguments(parser: argparse.ArgumentParser, names: Sequence[str]
         if names is not None and name not in names:
             continue
         help_text = f"{info.description} [{env_var(name)}; default: {_default_text(name)}]"
+        if name in _SWITCHES:
+            group.add_argument(flag(name), dest=name, action="store_const", const=True, default=argparse.SUPPRESS, help=help_text)
+            continue
         group.add_argument(
             flag(name),
             dest=name,
@@ -107,8 +123,42 @@ def build_extensions(settings: Settings) -> list[AppExtension]:
     return extensions
 
 
-def announce(settings: Settings, base_url: str) -> None:
-    """Start-up lines: where to find things."""
+def build_auth(settings: Settings, extensions: Sequence[AppExtension]) -> AuthPolicy:
+    """Who may do what (pml_gateway/auth), checked before anything starts.
+
+    Refuses (exit 2, one line) to serve a non-loopback address without authentication unless
+    ``--allow-unauthenticated``; a bad keys file or JWT key file is one line too.
+    """
+    from pml_gateway.app import profiles_of
+    from pml_gateway.auth import AuthPolicy, KeysFileError
+
+    try:
+        auth = AuthPolicy(settings, profiles_of(extensions))
+    except (KeysFileError, ValueError) as exc:
+        raise UsageError(str(exc)) from exc
+    if not auth.enabled and not is_loopback(settings.host) and not settings.allow_unauthenticated:
+        raise UsageError(
+            f"refusing to serve {settings.host} without authentication: create an API key "
+            f"({PROG} keys create), set the jwt_* settings, or pass --allow-unauthenticated"
+        )
+    return auth
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def announce(settings: Settings, base_url: str, auth: AuthPolicy | None = None) -> None:
+    """Start-up lines: where to find things, and the auth mode."""
     print(f"{PROG}: listening on {base_url}", file=sys.stderr)
+    if auth is not None:
+        print(f"{PROG}: {auth.describe()}", file=sys.stderr)
     print(f"{PROG}: events at {base_url}/events/stream", file=sys.stderr)
     print(f"{PROG}: dashboard at {base_url}/dashboard", file=sys.stderr)

@@ -36,7 +36,15 @@ def examples_dir() -> Path:
 def main_demo(args: argparse.Namespace) -> int:
     from pml_gateway.app import create_app
     from pml_gateway.server import make_server
-    from pml_gateway.cli.common import UsageError, announce, build_extensions, check_store, configure_logging, settings_from_args
+    from pml_gateway.cli.common import (
+        UsageError,
+        announce,
+        build_auth,
+        build_extensions,
+        check_store,
+        configure_logging,
+        settings_from_args,
+    )
 
     try:
         examples = examples_dir()
@@ -50,11 +58,13 @@ def main_demo(args: argparse.Namespace) -> int:
     configure_logging(settings)
     logging.getLogger("mcp").setLevel(logging.WARNING)  # one line per session would drown the demo
     check_store(settings)
-    app = create_app(settings, extensions=build_extensions(settings))
+    extensions = build_extensions(settings)
+    auth = build_auth(settings, extensions)
+    app = create_app(settings, extensions=extensions, auth=auth)
     workload: list[subprocess.Popen[bytes]] = []
 
     def started(base_url: str) -> None:
-        announce(settings, base_url)
+        announce(settings, base_url, auth)
         print(f"pml-gateway: demo workload driving {base_url}/mcp (Ctrl+C stops everything)", file=sys.stderr)
         workload.append(
             subprocess.Popen(

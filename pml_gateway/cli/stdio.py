@@ -51,7 +51,7 @@ def announce_events(url: str) -> None:
 
 def main_stdio(args: argparse.Namespace) -> int:
     """``pml-gateway stdio``: settings from flags and env, then serve until stdin closes."""
-    from pml_gateway.cli.common import build_extensions, check_store, configure_logging, settings_from_args
+    from pml_gateway.cli.common import build_auth, build_extensions, check_store, configure_logging, settings_from_args
 
     settings = settings_from_args(args)
     configure_logging(settings)
@@ -60,5 +60,7 @@ def main_stdio(args: argparse.Namespace) -> int:
     gateway = next(e for e in extensions if isinstance(e, Gateway))
     others = [e for e in extensions if e is not gateway]
     events_port = getattr(args, "events_port", None)
+    if events_port is not None:
+        build_auth(settings, extensions)  # the HTTP side: a bad keys file, or a public address without auth, stops here
     anyio.run(lambda: run_stdio(settings, gateway, events_port=events_port, extensions=others, on_started=announce_events))
     return 0

@@ -26,6 +26,7 @@ same interface later.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from abc import ABC, abstractmethod
@@ -59,11 +60,21 @@ class Frame:
     wire: bytes
 
 
+#: A subscriber's own view of each frame: the frame, another one for it, or None (not delivered).
+FrameView = Callable[[Frame], "Frame | None"]
+
+
 def encode_event(event: GraphEvent) -> Frame:
     """``id: N\\nevent: T\\ndata: {json}\\n\\n`` (no ``id:`` line for connection events)."""
     head = f"id: {event.id}\n" if event.id is not None else ""
     wire = f"{head}event: {event.type}\ndata: {event.data_json()}\n\n".encode()
     return Frame(event.type, event.id, wire)
+
+
+def decode_frame(frame: Frame) -> GraphEvent:
+    """The event back from its wire bytes (for a subscriber's ``view``; frames keep only bytes)."""
+    data = frame.wire.rsplit(b"\ndata: ", 1)[1].rstrip(b"\n")
+    return GraphEvent.model_validate({"type": frame.type, "id": frame.id, "data": json.loads(data)})
 
 
 def encode_payload(payload: EventPayload, *, retry_ms: int | None = None) -> bytes:
@@ -173,8 +184,12 @@ class EventHub(ABC):
         """Hand connection-scoped bytes (the heartbeat) to every subscriber, unfiltered, unbuffered."""
 
     @abstractmethod
-    def subscribe(self, *, types: frozenset[str] | None = None, last_event_id: int | None = None) -> Subscription:
-        """Register a client now (live events from this moment on); replay from ``last_event_id``."""
+    def subscribe(
+        self, *, types: frozenset[str] | None = None, last_event_id: int | None = None, view: FrameView | None = None
+    ) -> Subscription:
+        """Register a client now (live events from this moment on); replay from ``last_event_id``.
+
+        ``view`` sees every graph frame (live and replayed) after the ``types`` filter."""
 
     @abstractmethod
     def stats(self) -> HubStats: ...
@@ -193,6 +208,7 @@ class _Subscriber(Subscription):
         "on_forced_close",
         "_hub",
         "_types",
+        "_view",
         "_capacity",
         "_queue",
         "_waiter",
@@ -213,6 +229,7 @@ class _Subscriber(Subscription):
         requested: int | None,
         seam: int | None,
         missed: list[Frame] | None,
+        view: FrameView | None = None,
     ) -> None:
         self.client_id = uuid.uuid4().hex[:16]
         self.seam_id = seam
@@ -220,6 +237,7 @@ class _Subscriber(Subscription):
         self.on_forced_close: Callable[[], None] | None = None
         self._hub = hub
         self._types = types
+        self._view = view
         self._capacity = capacity
         # A list, not a deque: it is always drained whole, and an empty list is 10x smaller.
         self._queue: list[Frame | bytes] = []
@@ -233,8 +251,11 @@ class _Subscriber(Subscription):
 
     # Called by the hub, synchronously, for every frame. Never awaits.
     def _offer(self, item: Frame | bytes) -> None:
-        if type(item) is Frame and self._types is not None and item.type not in self._types:
-            return
+        if type(item) is Frame:
+            if self._types is not None and item.type not in self._types:
+                return
+            if self._view is not None and (item := self._view(item)) is None:  # type: ignore[assignment]
+                return
         if len(self._queue) >= self._capacity:
             if self._sink is not None and not self._paused:
                 # A burst larger than the queue (one request ingesting many executions) from a
@@ -374,6 +395,8 @@ class _Subscriber(Subscription):
         for frame in frames:
             if types is not None and frame.type not in types:
                 continue
+            if self._view is not None and (frame := self._view(frame)) is None:  # type: ignore[assignment]
+                continue
             batch.append(frame.wire)
             self._hub._delivered += 1
             if len(batch) >= REPLAY_CHUNK:
@@ -454,7 +477,9 @@ class InProcessEventHub(EventHub):
             subscriber._push()
 
     # -- consumer side --------------------------------------------------------------------
-    def subscribe(self, *, types: frozenset[str] | None = None, last_event_id: int | None = None) -> Subscription:
+    def subscribe(
+        self, *, types: frozenset[str] | None = None, last_event_id: int | None = None, view: FrameView | None = None
+    ) -> Subscription:
         if self._closed:
             raise HubClosed("the event hub is shutting down")
         seam = self._last_id
@@ -468,7 +493,7 @@ class InProcessEventHub(EventHub):
                 missed.append(frame)
             missed.reverse()
         subscriber = _Subscriber(
-            self, types=types, capacity=self._client_queue, requested=last_event_id, seam=seam, missed=missed
+            self, types=types, capacity=self._client_queue, requested=last_event_id, seam=seam, missed=missed, view=view
         )
         self._subscribers[subscriber.client_id] = subscriber
         self._total_connections += 1

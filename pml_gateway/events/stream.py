@@ -38,7 +38,19 @@ from starlette.types import Message, Receive, Scope, Send
 
 from graphrag.events import EVENT_TYPES, GRAPH_EVENT_TYPES, ConnectedData, HeartbeatData
 
-from pml_gateway.events.hub import CloseReason, EventHub, HubClosed, HubStats, Subscription, encode_payload
+from pml_gateway.auth import PROFILE_SCOPE_KEY, Profile
+from pml_gateway.events.hub import (
+    CloseReason,
+    EventHub,
+    Frame,
+    FrameView,
+    HubClosed,
+    HubStats,
+    Subscription,
+    decode_frame,
+    encode_event,
+    encode_payload,
+)
 from pml_gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -151,6 +163,21 @@ def parse_request(request: Request) -> tuple[frozenset[str] | None, int | None]:
     return types, last_event_id
 
 
+def profile_view(profile: Profile | None) -> FrameView | None:
+    """[auth] A profile's view of the stream: events about its tools only, its tools in the metrics."""
+    if not isinstance(profile, Profile):
+        return None
+
+    def view(frame: Frame) -> Frame | None:
+        event = decode_frame(frame)
+        seen = profile.filter_event(event)
+        if seen is None:
+            return None
+        return frame if seen is event else encode_event(seen)
+
+    return view
+
+
 class EventsStats(HubStats):
     """``GET /events/stats``: the hub's counters, the client limit and the uptime."""
 
@@ -240,7 +267,8 @@ class EventsStreamManager:
                 await send({"type": "http.response.start", "status": 200, "headers": STREAM_HEADERS})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
-            subscription = hub.subscribe(types=types, last_event_id=last_event_id)
+            view = profile_view(scope.get(PROFILE_SCOPE_KEY))  # [auth] a profile sees only its tools' events
+            subscription = hub.subscribe(types=types, last_event_id=last_event_id, view=view)
         except HubClosed:
             await StreamRequestError(503, {"error": "Shutting down"}, {"Retry-After": str(RETRY_AFTER_SECONDS)}).response()(
                 scope, receive, send

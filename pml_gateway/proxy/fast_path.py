@@ -64,6 +64,7 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
+from pml_gateway.auth.audit import record_tool_call
 from pml_gateway.proxy.downstream.supervisor import DownstreamPool, error_wire
 from pml_gateway.proxy.registry import RegisteredTool, ToolRegistry
 from pml_gateway.proxy.traces import TraceRecorder
@@ -246,6 +247,9 @@ class FastPath:
             result = await self.pool.call_raw(call.entry, call.arguments, meta=call.trace_context)
             if self.traces is not None:
                 self.traces.add(call.caller, name, success=result.get("isError") is not True, started=started)
+            # [auth] the audit line the SDK path writes too; only unauthenticated calls come here
+            ok = result.get("isError") is not True
+            record_tool_call(None, None, name, (time.monotonic() - started) * 1000, "ok" if ok else "error")
             try:
                 return self.upstream.shape_call_result(call.version, result)
             except ValidationError as exc:

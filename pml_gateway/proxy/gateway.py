@@ -31,7 +31,7 @@ from graphrag import GraphRAGEngine, WorkflowExecution
 
 from pml_gateway.proxy import tools as gateway_tools
 from pml_gateway.proxy.downstream.supervisor import DownstreamPool, SupervisionTiming, error_result
-from pml_gateway.proxy.downstream.config import HttpServerConfig, StdioServerConfig, load_config
+from pml_gateway.proxy.downstream.config import HttpServerConfig, StdioServerConfig, load_config, load_profiles
 from pml_gateway.proxy.fast_path import FastPath
 from pml_gateway.proxy.tools import GatewayTools
 from pml_gateway.settings import Settings
@@ -49,15 +49,21 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 __all__ = ["Gateway"]
 
 
-def security_settings(host: str) -> TransportSecuritySettings | None:
-    """DNS-rebinding protection when bound to localhost: only local Host and Origin headers pass."""
-    if host not in LOCAL_HOSTS:
+def security_settings(host: str, allowed_hosts: list[str] | None = None) -> TransportSecuritySettings | None:
+    """DNS-rebinding protection: local Host and Origin headers pass, plus the ``allowed_hosts`` names.
+
+    Bound elsewhere without ``allowed_hosts``, the operator's proxy owns Host checks (None). Each
+    allowed host ``h`` admits ``Host: h`` and ``h:*`` and the origins ``http(s)://h[:*]``.
+    """
+    extra = list(allowed_hosts or ())
+    if host not in LOCAL_HOSTS and not extra:
         return None  # reachable by name from elsewhere: the operator's proxy owns Host checks
-    return TransportSecuritySettings(
-        enable_dns_rebinding_protection=True,
-        allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost", "[::1]"],
-        allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
-    )
+    hosts = [f"{h}{port}" for h in extra for port in ("", ":*")]
+    origins = [f"{scheme}://{h}{port}" for h in extra for scheme in ("http", "https") for port in ("", ":*")]
+    if host in LOCAL_HOSTS:
+        hosts += ["127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost", "[::1]"]
+        origins += ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
+    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
 
 
 class Gateway:
@@ -80,6 +86,8 @@ class Gateway:
         if servers is None:
             servers = load_config(settings.config) if settings.config is not None else []
         self.servers = servers
+        #: per-client tool sets (auth/profiles.py), read from the same file; the app's auth gate uses them
+        self.profiles = load_profiles(settings.config) if settings.config is not None else {}
         self.registry = ToolRegistry(reserved=gateway_tools.NAMES)
         self.pool = DownstreamPool(servers, self.registry, timing, errlog=errlog, lean_http=fast_path)
         self.startup_timeout = startup_timeout
@@ -126,7 +134,7 @@ class Gateway:
             unavailable_reason=self.pool.unavailable_reason,
         )
         upstream = UpstreamServer(self.registry, self.pool, tools, self.traces)
-        security = security_settings(self.settings.host)
+        security = security_settings(self.settings.host, self.settings.allowed_hosts)
         manager = StreamableHTTPSessionManager(app=upstream.server, security_settings=security)
         async with self.pool.running(startup_timeout=self.startup_timeout), upstream.running(), manager.run():
             self.upstream, self.session_manager = upstream, manager

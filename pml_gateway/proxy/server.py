@@ -28,6 +28,7 @@ from mcp_types import SERVER_INFO_META_KEY
 from mcp_types import methods as _methods
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from pml_gateway.auth import Caller, Profile, record_tool_call, request_caller
 from pml_gateway.proxy import tools as gateway_tools
 from pml_gateway.proxy.downstream.supervisor import DownstreamPool, error_result
 from pml_gateway.proxy.tools import GatewayTools
@@ -160,7 +161,9 @@ class UpstreamServer:
     async def _list_tools(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=[*self.tools.definitions(), *(e.tool for e in self.registry.tools())])
+        profile = _caller(ctx).profile  # [auth] a profile sees only its tools (the pml_* tools filter themselves)
+        entries = [e for e in self.registry.tools() if profile is None or profile.allows_tool(e.name, e.server)]
+        return types.ListToolsResult(tools=[*self.tools.definitions(), *(e.tool for e in entries)])
 
     def _input_schema(self, name: str) -> dict[str, Any] | None:
         entry = self.registry.get(name)
@@ -171,10 +174,29 @@ class UpstreamServer:
     async def _call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
+        # [auth] the one seam: who calls, may they (their profile), and one audit line per call.
+        caller = _caller(ctx)
+        started = time.monotonic()
+        if caller.profile is not None and not self._allowed(caller.profile, params.name):
+            result = error_result(f"tool {params.name!r} is not allowed for profile {caller.profile.name!r}")
+            outcome = "denied"
+        else:
+            result = await self._dispatch(ctx, params, caller.profile)
+            outcome = "error" if result.is_error else "ok"
+        record_tool_call(caller.principal, caller.profile_name, params.name, (time.monotonic() - started) * 1000, outcome)
+        return result
+
+    def _allowed(self, profile: Profile, name: str) -> bool:
+        entry = self.registry.get(name)
+        return name in gateway_tools.NAMES or profile.allows_tool(name, entry.server if entry is not None else None)
+
+    async def _dispatch(
+        self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams, profile: Profile | None
+    ) -> types.CallToolResult:
         name = params.name
         try:
             if name in gateway_tools.NAMES:
-                return await self.tools.call(name, params.arguments, _progress_reporter(ctx))
+                return await self.tools.call(name, params.arguments, _progress_reporter(ctx), profile=profile)
             entry = self.registry.get(name)
             if entry is None:
                 why = self.pool.unavailable_reason(name)
@@ -250,6 +272,11 @@ class UpstreamServer:
                 logger.debug("session %s is gone (%s)", key, exc)
                 del self._sessions[key]
         await self.bus.publish(ToolsListChanged())
+
+
+def _caller(ctx: ServerRequestContext[Any, Any]) -> Caller:
+    """[auth] Who calls: the gate (auth/guard.py) put the principal and its profile in the request's scope."""
+    return request_caller(getattr(ctx.request, "scope", None))
 
 
 def _session_id(ctx: ServerRequestContext[Any, Any]) -> str | None:
