@@ -76,7 +76,8 @@ class CredentialVerifier:
 
     async def verify_token(self, token: str) -> AccessToken | None:
         if looks_like_key(token):
-            return self.keys.verify(token)
+            key = self.keys.verify(token)
+            return principal_token(token, key.name, key.scopes, key.profile, kind="key") if key is not None else None
         if self.jwt is not None:
             return await self.jwt.verify_token(token)
         return None

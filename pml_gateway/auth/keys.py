@@ -22,10 +22,8 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from mcp.server.auth.provider import AccessToken
 from pydantic import BaseModel, Field, ValidationError
 
-from pml_gateway.auth.principal import principal_token
 from pml_gateway.auth.scopes import unknown_scopes
 
 KEY_PREFIX = "pml_"
@@ -92,8 +90,8 @@ class KeyStore:
             where = ".".join(str(part) for part in error["loc"]) or "file"
             raise KeysFileError(f"keys_file: {self.path}: {where}: {error['msg']}") from None
 
-    def verify(self, token: str) -> AccessToken | None:
-        """The key's principal, or None for an unknown or revoked key."""
+    def verify(self, token: str) -> ApiKeyRecord | None:
+        """The key's record, or None for an unknown or revoked key."""
         if not looks_like_key(token):
             return None
         digest = hash_key(token)
@@ -101,9 +99,7 @@ class KeyStore:
         for record in self.load():
             if hmac.compare_digest(record.sha256, digest) and found is None:
                 found = record
-        if found is None:
-            return None
-        return principal_token(token, found.name, found.scopes, found.profile, kind="key")
+        return found
 
     # -- writing (the CLI) ---------------------------------------------------------------------
     def create(self, name: str, scopes: list[str], profile: str | None = None) -> str:
