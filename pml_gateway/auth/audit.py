@@ -4,8 +4,8 @@
 ``pml_gateway.audit`` logger, at INFO, as the message itself (so any handler or log shipper sees
 plain JSON). With the ``audit_log`` setting, the lines go to that file (appended, one line each,
 flushed per line by ``logging.FileHandler``) instead of the process log. ``outcome`` is ``ok``,
-``error`` (a tool error result), ``denied`` (outside the caller's profile) or ``failed`` (the
-gateway could not call it).
+``error`` (a tool error result, the gateway's own failures included) or ``denied`` (outside the
+caller's profile).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pydantic import BaseModel
 LOGGER_NAME = "pml_gateway.audit"
 logger = logging.getLogger(LOGGER_NAME)
 
-Outcome = Literal["ok", "error", "denied", "failed"]
+Outcome = Literal["ok", "error", "denied"]
 
 
 class AuditRecord(BaseModel):
