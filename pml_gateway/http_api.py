@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute, Route
 
 from graphrag import WorkflowExecution
 
-from pml_gateway.auth import shows_details
+from pml_gateway.auth import PROFILE_SCOPE_KEY, shows_details
 from pml_gateway.state import app_state
 
 #: Larger ``POST /executions`` bodies are refused with 413.
@@ -35,7 +35,11 @@ async def events_stats(request: Request) -> Response:
 # -- GET /graph -------------------------------------------------------------------------------
 async def graph(request: Request) -> Response:
     # last_event_id in the snapshot is the id the graph reflects: resume the stream from it.
-    return Response(app_state(request).engine.snapshot_json(), media_type="application/json")
+    body = app_state(request).engine.snapshot_json()
+    profile = request.scope.get(PROFILE_SCOPE_KEY)
+    if profile is not None:  # [auth] a profile sees its tools only, as on its event stream
+        return JSONResponse(profile.filter_snapshot(json.loads(body)))
+    return Response(body, media_type="application/json")
 
 
 # -- POST /executions -------------------------------------------------------------------------

@@ -96,6 +96,14 @@ class Settings(BaseSettings):
     def _empty_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
 
+    @field_validator("jwt_secret")
+    @classmethod
+    def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # RFC 7518 §3.2: an HS256 key at least as long as the hash (32 bytes).
+        if value is not None and len(value.get_secret_value().encode()) < 32:
+            raise ValueError("must be at least 32 bytes (RFC 7518 §3.2)")
+        return value
+
     @model_validator(mode="after")
     def _jwt_complete(self) -> Settings:
         # JWT auth is on as soon as any jwt_* is set: then it must be checkable (auth/jwt.py).

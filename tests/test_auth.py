@@ -28,6 +28,7 @@ from pml_gateway.settings import Settings
 from server_helpers import make_settings, running_server
 
 pytestmark = pytest.mark.anyio
+DEV = "a-development-secret-of-32-bytes!"
 
 
 # -- the keys file ------------------------------------------------------------------------------------
@@ -100,8 +101,10 @@ def test_jwt_settings_must_be_complete() -> None:
     with pytest.raises(ValueError, match="exactly one of jwt_jwks_url, jwt_public_key_file, jwt_secret"):
         make_settings(jwt_issuer=ISSUER, jwt_audience=AUDIENCE)
     with pytest.raises(ValueError, match="jwt_issuer"):
-        make_settings(jwt_secret="s", jwt_audience=AUDIENCE)
-    assert make_settings(jwt_secret="s", jwt_issuer=ISSUER, jwt_audience=AUDIENCE).jwt_enabled
+        make_settings(jwt_secret=DEV, jwt_audience=AUDIENCE)
+    assert make_settings(jwt_secret=DEV, jwt_issuer=ISSUER, jwt_audience=AUDIENCE).jwt_enabled
+    with pytest.raises(ValueError, match=r"jwt_secret\n.*at least 32 bytes"):
+        make_settings(jwt_secret="short", jwt_issuer=ISSUER, jwt_audience=AUDIENCE)
     assert not make_settings().jwt_enabled
 
 
@@ -170,13 +173,13 @@ def hs256(secret: str, **claims: object) -> str:
 
 
 async def test_hs256_secret(tmp_path: Path) -> None:
-    settings = make_settings(jwt_secret="dev-secret", jwt_issuer=ISSUER, jwt_audience=AUDIENCE, keys_file=tmp_path / "k.json")
+    settings = make_settings(jwt_secret=DEV, jwt_issuer=ISSUER, jwt_audience=AUDIENCE, keys_file=tmp_path / "k.json")
     async with running_server(settings) as running, httpx.AsyncClient() as http:
         url = f"{running.base_url}/graph"
-        assert (await http.get(url, headers=bearer(hs256("dev-secret")))).status_code == 200
-        assert (await http.get(url, headers=bearer(hs256("other-secret")))).status_code == 401
-        assert (await http.get(url, headers=bearer(hs256("dev-secret", exp=int(time.time()) - 600)))).status_code == 401
-        assert (await http.get(url, headers=bearer(hs256("dev-secret", aud="x")))).status_code == 401
+        assert (await http.get(url, headers=bearer(hs256(DEV)))).status_code == 200
+        assert (await http.get(url, headers=bearer(hs256(DEV.upper())))).status_code == 401
+        assert (await http.get(url, headers=bearer(hs256(DEV, exp=int(time.time()) - 600)))).status_code == 401
+        assert (await http.get(url, headers=bearer(hs256(DEV, aud="x")))).status_code == 401
         # Algorithm confusion: an RS256 token is not accepted by an HS256 verifier.
         assert (await http.get(url, headers=bearer(Signer("k").token(scope="events:read")))).status_code == 401
 

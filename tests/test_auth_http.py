@@ -280,6 +280,14 @@ async def test_profile_filters_the_event_stream(world: World) -> None:
     assert "seen" in workflows and "hidden" not in workflows
     named = {tool for _, data in events for key in ("from_tool_id", "to_tool_id", "tool_id") if (tool := data.get(key))}
     assert named and named <= {"t__echo", "t__pick", "h__seen_authorization"}
+    # The snapshot the stream resumes from agrees with it.
+    async with httpx.AsyncClient(headers=bearer(world.keys["reader"])) as http:
+        graph = (await http.get(f"{world.url}/graph")).json()
+    assert {node["id"] for node in graph["nodes"]} <= {"t__echo", "t__pick", "h__seen_authorization"}
+    assert {"t__echo", "t__pick"} <= {node["id"] for node in graph["nodes"]}
+    assert all(e["to_tool_id"] != "t__span" for e in graph["edges"])
+    full = (await get(world, "/graph", world.keys["admin"])).json()
+    assert "t__span" in {node["id"] for node in full["nodes"]}
 
 
 async def test_profile_route_and_unknown_profiles(world: World) -> None:

@@ -175,9 +175,12 @@ class _Gate:
             await self.app(scope, receive, send)
             return
         policy = self.policy
+        path: str = scope["path"]
+        if not policy.enabled and not path.startswith(PROFILES_PREFIX) and b"access_token" not in scope.get("query_string", b""):
+            await self.app(scope, receive, send)  # the local case: nothing to do, nothing to copy
+            return
         scope = dict(scope)
         scope[AUTH_ON_KEY] = policy.enabled
-        path: str = scope["path"]
         asked_profile: str | None = None
         if path.startswith(PROFILES_PREFIX):
             asked_profile, refusal = _profile_route(path, policy.profiles)
