@@ -4,6 +4,7 @@ the config, the start-up refusal, HS256 and public-key JWTs, and profiles served
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 import subprocess
@@ -201,10 +202,11 @@ async def test_public_key_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
-async def test_profile_route_without_auth(tmp_path: Path, mode: str) -> None:
+async def test_profile_route_without_auth(tmp_path: Path, mode: str, caplog: pytest.LogCaptureFixture) -> None:
     servers = {"t": stdio_entry()}
     config = tmp_path / "profiles.json"
     config.write_text(json.dumps({"mcpServers": servers, "profiles": {"echo-only": {"tools": ["t__echo"]}}}))
+    caplog.set_level(logging.INFO, logger="pml_gateway.audit")
     async with run_gateway(tmp_path, servers, config=config, keys_file=tmp_path / "none.json") as gw:
         with anyio.fail_after(30):
             async with Client(f"{gw.url}/profiles/echo-only/mcp", mode=mode, cache=None) as client:
@@ -215,9 +217,29 @@ async def test_profile_route_without_auth(tmp_path: Path, mode: str) -> None:
                 assert refused.is_error and "not allowed for profile 'echo-only'" in text(refused)
             async with Client(gw.mcp_url, mode=mode, cache=None) as client:  # /mcp itself is unlimited
                 assert "t__pid" in {tool.name for tool in (await client.list_tools()).tools}
+                await client.call_tool("t__pid", {})  # whichever path serves it (fast or SDK)
+        audit = [json.loads(r.getMessage()) for r in caplog.records if r.name == "pml_gateway.audit"]
+        assert {(a["principal"], a["profile"], a["tool"], a["outcome"]) for a in audit} >= {
+            ("anonymous", "echo-only", "t__pid", "denied"),
+            ("anonymous", "echo-only", "t__echo", "ok"),
+            (None, None, "t__pid", "ok"),
+        }
         async with httpx.AsyncClient() as http:
             unknown = await http.post(f"{gw.url}/profiles/nope/mcp", json={})
             assert unknown.status_code == 404 and "unknown profile 'nope'" in unknown.json()["error"]
             # Auth is off: POST /events/token says so, and /health shows everything.
             assert (await http.post(f"{gw.url}/events/token")).status_code == 404
             assert "downstreams" in (await http.get(f"{gw.url}/health")).json()
+
+
+async def test_allowed_hosts_extend_dns_rebinding_protection(tmp_path: Path) -> None:
+    async with run_gateway(tmp_path, {}, keys_file=tmp_path / "none.json", allowed_hosts=["gw.example.com"]) as gw:
+        ping = {"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {}}
+        headers = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-11-25"}
+        async with httpx.AsyncClient() as http:
+            named = await http.post(gw.mcp_url, json=ping, headers={**headers, "Host": "gw.example.com"})
+            assert named.status_code != 421
+            local = await http.post(gw.mcp_url, json=ping, headers=headers)
+            assert local.status_code != 421
+            evil = await http.post(gw.mcp_url, json=ping, headers={**headers, "Host": "evil.example"})
+            assert evil.status_code == 421
