@@ -37,13 +37,6 @@ def default_keys_file() -> Path:
     return platformdirs.user_data_path(APP_NAME) / "keys.json"
 
 
-def _comma_list(value: Any) -> Any:
-    # Env vars and flags give "a,b"; Python callers may give a list.
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
-
-
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
 
@@ -88,8 +81,11 @@ class Settings(BaseSettings):
 
     @field_validator("cors_origins", "auth_servers", "allowed_hosts", mode="before")
     @classmethod
-    def _split_lists(cls, value: Any) -> Any:
-        return _comma_list(value)
+    def _split_origins(cls, value: Any) -> Any:
+        # Env vars and flags give "a,b"; Python callers may give a list.
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("jwt_issuer", "jwt_audience", "jwt_jwks_url", "jwt_public_key_file", "jwt_secret", "audit_log", mode="before")
     @classmethod

@@ -191,6 +191,19 @@ async def test_revoked_key_stops_working_at_once(world: World) -> None:
     assert (await get(world, "/graph", world.keys["doomed"])).status_code == 401
 
 
+async def test_a_keys_file_damaged_while_running_refuses_keys_without_a_traceback(world: World) -> None:
+    saved = world.store.path.read_bytes()
+    try:
+        world.store.path.write_text("{not json")
+        response = await get(world, "/graph", world.keys["admin"])
+        assert response.status_code == 401 and response.json()["error"] == "invalid_token"
+        # JWTs still work meanwhile.
+        assert (await get(world, "/graph", world.signer.token(scope="events:read"))).status_code == 200
+    finally:
+        world.store.path.write_bytes(saved)
+    assert (await get(world, "/graph", world.keys["admin"])).status_code == 200
+
+
 # -- stream tokens ----------------------------------------------------------------------------------------
 
 

@@ -50,7 +50,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pml_gateway.auth.jwt import JwtVerifier
-from pml_gateway.auth.keys import KeyStore, looks_like_key
+from pml_gateway.auth.keys import KeyStore, KeysFileError, looks_like_key
 from pml_gateway.auth.principal import PROFILE_SCOPE_KEY, principal_token, profile_name
 from pml_gateway.auth.profiles import Profile
 from pml_gateway.auth.scopes import ALL_SCOPES, MCP, PUBLIC, required_scope
@@ -76,7 +76,11 @@ class CredentialVerifier:
 
     async def verify_token(self, token: str) -> AccessToken | None:
         if looks_like_key(token):
-            key = self.keys.verify(token)
+            try:
+                key = self.keys.verify(token)
+            except KeysFileError as exc:  # damaged since start-up: refuse keys, say why once per request
+                log.error("API keys refused: %s", exc)
+                return None
             return principal_token(token, key.name, key.scopes, key.profile, kind="key") if key is not None else None
         if self.jwt is not None:
             return await self.jwt.verify_token(token)
