@@ -5,8 +5,8 @@ installed package (``pml_gateway/examples``) or, in a checkout, in ``public/exam
 server listens, ``workload.py`` starts in a child process and drives workflows through ``/mcp``;
 it stops with the server. Unless set by flag or env var, the demo keeps its graph in its own
 SQLite file, ``demo.db`` next to the default ``graph.db`` (your own graph stays untouched, and a
-restarted demo goes on learning where it stopped), and closes traces after 2 s of quiet so
-edges appear quickly.
+restarted demo goes on learning where it stopped), reads its own keys file (none: auth off, so
+the workload needs no key), and closes traces after 2 s of quiet so edges appear quickly.
 """
 
 from __future__ import annotations
@@ -21,7 +21,12 @@ from pathlib import Path
 from pml_gateway.settings import default_db, env_var
 
 #: Defaults that make a demo lively; a flag or PML_* variable still wins.
-DEMO_DEFAULTS = {"db": str(Path(default_db()).with_name("demo.db")), "trace_idle_seconds": "2"}
+DEMO_DEFAULTS = {
+    "db": str(Path(default_db()).with_name("demo.db")),
+    "trace_idle_seconds": "2",
+    # Its own (absent) keys file: keys made for your gateway do not lock the demo's workload out.
+    "keys_file": str(Path(default_db()).with_name("demo-keys.json")),
+}
 
 
 def examples_dir() -> Path:
