@@ -161,8 +161,8 @@ class UpstreamServer:
     async def _list_tools(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
-        profile = _caller(ctx).profile  # [auth] a profile sees only its tools (the pml_* tools filter themselves)
-        entries = [e for e in self.registry.tools() if profile is None or profile.allows_tool(e.name, e.server)]
+        visible = self.tools.visibility(_caller(ctx).profile)  # [auth] a profile sees only its tools
+        entries = [e for e in self.registry.tools() if visible(e.name)]
         return types.ListToolsResult(tools=[*self.tools.definitions(), *(e.tool for e in entries)])
 
     def _input_schema(self, name: str) -> dict[str, Any] | None:
@@ -177,7 +177,7 @@ class UpstreamServer:
         # [auth] the one seam: who calls, may they (their profile), and one audit line per call.
         caller = _caller(ctx)
         started = time.monotonic()
-        if caller.profile is not None and not self._allowed(caller.profile, params.name):
+        if caller.profile is not None and not self.tools.visibility(caller.profile)(params.name):
             result = error_result(f"tool {params.name!r} is not allowed for profile {caller.profile.name!r}")
             outcome = "denied"
         else:
@@ -185,10 +185,6 @@ class UpstreamServer:
             outcome = "error" if result.is_error else "ok"
         record_tool_call(caller.principal, caller.profile_name, params.name, (time.monotonic() - started) * 1000, outcome)
         return result
-
-    def _allowed(self, profile: Profile, name: str) -> bool:
-        entry = self.registry.get(name)
-        return name in gateway_tools.NAMES or profile.allows_tool(name, entry.server if entry is not None else None)
 
     async def _dispatch(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams, profile: Profile | None

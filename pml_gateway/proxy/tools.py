@@ -266,7 +266,7 @@ class GatewayTools:
             params = spec.input_model.model_validate(arguments or {})
         except ValidationError as exc:
             return _error(describe_validation(name, exc))
-        visible = self._visibility(profile)
+        visible = self.visibility(profile)
         if isinstance(params, GraphMetricsInput):
             return structured_result(await self.graph_metrics(visible))
         if isinstance(params, SearchToolsInput):
@@ -281,8 +281,11 @@ class GatewayTools:
         # A workflow whose tasks failed still ran: the per-task results say what happened.
         return structured_result(result, is_error=False)
 
-    def _visibility(self, profile: Profile | None) -> Callable[[str], bool]:
-        """[auth] Whether a tool id is visible to the caller: everything, or what its profile allows."""
+    def visibility(self, profile: Profile | None) -> Callable[[str], bool]:
+        """[auth] Whether a tool id is visible to (and callable by) a caller with this profile.
+
+        Everything without a profile; with one, the gateway's own tools and what the profile allows.
+        """
         if profile is None:
             return _everything
 
