@@ -323,6 +323,8 @@ async def test_audit_has_one_line_per_call_and_no_arguments(world: World) -> Non
     async with Client(streamable_http_client(world.mcp_url, http_client=sdk_http(world.keys["reader"])), mode="legacy", cache=None) as client:  # type: ignore[arg-type]
         await client.call_tool("t__echo", {"text": "secret-argument"})
         await client.call_tool("t__fail", {"message": "x"})
+        tasks = [{"id": "a", "tool": "t__pick", "arguments": {"count": 2}}]
+        assert not (await client.call_tool("pml_execute_workflow", {"tasks": tasks})).is_error
     lines = [json.loads(line) for line in world.audit_log.read_text().splitlines()]
     assert "secret-argument" not in world.audit_log.read_text()
     echo = [line for line in lines if line["tool"] == "t__echo" and line["principal"] == "reader"][-1]
@@ -330,3 +332,7 @@ async def test_audit_has_one_line_per_call_and_no_arguments(world: World) -> Non
     assert echo["profile"] == "reader" and echo["outcome"] == "ok" and echo["duration_ms"] >= 0
     denied = [line for line in lines if line["tool"] == "t__fail" and line["principal"] == "reader"][-1]
     assert denied["outcome"] == "denied"
+    # A workflow is one line, and each of its tasks one more, as the same caller.
+    assert any(line["tool"] == "pml_execute_workflow" and line["principal"] == "reader" for line in lines)
+    task = [line for line in lines if line["tool"] == "t__pick" and line["principal"] == "reader"][-1]
+    assert task["profile"] == "reader" and task["outcome"] == "ok"

@@ -5,7 +5,8 @@ What the rest of the process uses (DESIGN.md "Who may do what"; docs/api/auth.md
 - ``AuthPolicy(settings, profiles)``: on or off, its middleware and routes (``app.py``);
 - ``Profile`` and ``PROFILE_SCOPE_KEY``: the profile that limits a request, put in its ASGI
   scope by the gate, applied by the MCP server and the event stream;
-- ``request_caller`` / ``Caller``, ``current_principal``, ``profile_name``: who is calling;
+- ``request_caller`` / ``Caller``, ``calling_as`` / ``caller_in_context``, ``current_principal``,
+  ``profile_name``: who is calling;
 - ``record_tool_call`` / ``configure_audit``: the audit lines;
 - ``shows_details``: whether ``/health`` may say more than its status;
 - ``KeyStore``, ``KeysFileError``: the keys file (``pml-gateway keys``).
@@ -23,7 +24,15 @@ if TYPE_CHECKING:
     from pml_gateway.auth.audit import configure_audit, record_tool_call
     from pml_gateway.auth.guard import AuthPolicy, shows_details
     from pml_gateway.auth.keys import KeysFileError, KeyStore
-    from pml_gateway.auth.principal import PROFILE_SCOPE_KEY, Caller, current_principal, profile_name, request_caller
+    from pml_gateway.auth.principal import (
+        PROFILE_SCOPE_KEY,
+        Caller,
+        caller_in_context,
+        calling_as,
+        current_principal,
+        profile_name,
+        request_caller,
+    )
     from pml_gateway.auth.profiles import Profile
 
 _HOMES = {
@@ -38,6 +47,8 @@ _HOMES = {
     "current_principal": "principal",
     "profile_name": "principal",
     "request_caller": "principal",
+    "calling_as": "principal",
+    "caller_in_context": "principal",
     "Profile": "profiles",
 }
 __all__ = sorted(_HOMES)

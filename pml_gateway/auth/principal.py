@@ -8,7 +8,9 @@ ASGI scope, or the SDK's ``get_access_token()`` context variable) and never whic
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,3 +76,21 @@ def request_caller(scope: Mapping[str, Any] | None) -> Caller:
     token = current_principal(scope)
     profile = scope.get(PROFILE_SCOPE_KEY) if scope is not None else None
     return Caller(token.client_id if token is not None else None, profile if isinstance(profile, Profile) else None)
+
+
+_caller: ContextVar[Caller] = ContextVar("pml_caller", default=Caller(None, None))
+
+
+@contextmanager
+def calling_as(caller: Caller) -> Iterator[None]:
+    """Run a tool call's work (a workflow's tasks included) as ``caller``: see ``caller_in_context``."""
+    token = _caller.set(caller)
+    try:
+        yield
+    finally:
+        _caller.reset(token)
+
+
+def caller_in_context() -> Caller:
+    """The caller whose tool call this code runs for (tasks started inside it inherit it)."""
+    return _caller.get()

@@ -15,6 +15,7 @@ and the lean downstream link off.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TextIO
@@ -29,6 +30,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from graphrag import GraphRAGEngine, WorkflowExecution
 
+from pml_gateway.auth import caller_in_context, record_tool_call
 from pml_gateway.proxy import tools as gateway_tools
 from pml_gateway.proxy.downstream.supervisor import DownstreamPool, SupervisionTiming, error_result
 from pml_gateway.proxy.downstream.config import HttpServerConfig, StdioServerConfig, load_config, load_profiles
@@ -147,12 +149,18 @@ class Gateway:
                 self.upstream = self.session_manager = self._http_app = self.fast_path = None
 
     async def call_tool(self, name: str, arguments: dict[str, Any]) -> types.CallToolResult:
-        """Call a downstream tool by its exposed name (what workflow tasks do)."""
+        """Call a downstream tool by its exposed name (what workflow tasks do); audited as the caller's."""
+        started = time.monotonic()
         entry = self.registry.get(name)
         if entry is None:
             why = self.pool.unavailable_reason(name)
-            return error_result(f"tool {name!r} is unavailable: {why}" if why else f"unknown tool {name!r}")
-        return await self.pool.call(entry, arguments)
+            result = error_result(f"tool {name!r} is unavailable: {why}" if why else f"unknown tool {name!r}")
+        else:
+            result = await self.pool.call(entry, arguments)
+        caller = caller_in_context()  # [auth] who ran the workflow this task belongs to
+        outcome = "error" if result.is_error else "ok"
+        record_tool_call(caller.principal, caller.profile_name, name, (time.monotonic() - started) * 1000, outcome)
+        return result
 
     async def serve_stdio(self) -> None:
         """Serve MCP over this process's stdin/stdout until the client closes it (inside ``running``)."""

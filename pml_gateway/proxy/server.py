@@ -28,7 +28,7 @@ from mcp_types import SERVER_INFO_META_KEY
 from mcp_types import methods as _methods
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from pml_gateway.auth import Caller, Profile, record_tool_call, request_caller
+from pml_gateway.auth import Caller, Profile, calling_as, record_tool_call, request_caller
 from pml_gateway.proxy import tools as gateway_tools
 from pml_gateway.proxy.downstream.supervisor import DownstreamPool, error_result
 from pml_gateway.proxy.tools import GatewayTools
@@ -181,7 +181,8 @@ class UpstreamServer:
             result = error_result(f"tool {params.name!r} is not allowed for profile {caller.profile.name!r}")
             outcome = "denied"
         else:
-            result = await self._dispatch(ctx, params, caller.profile)
+            with calling_as(caller):  # a workflow's tasks are audited as this caller's (Gateway.call_tool)
+                result = await self._dispatch(ctx, params, caller.profile)
             outcome = "error" if result.is_error else "ok"
         record_tool_call(caller.principal, caller.profile_name, params.name, (time.monotonic() - started) * 1000, outcome)
         return result
