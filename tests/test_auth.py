@@ -156,12 +156,19 @@ def test_non_loopback_without_auth_refuses_to_start(
     assert "--allow-unauthenticated" in err
 
 
-def test_allow_unauthenticated_is_a_switch() -> None:
+def test_allow_unauthenticated_is_a_switch_and_the_banner_says_so(tmp_path: Path) -> None:
+    from pml_gateway.auth import AuthPolicy, is_loopback
     from pml_gateway.cli import build_parser
     from pml_gateway.cli.common import settings_from_args
 
-    args = build_parser().parse_args(["serve", "--allow-unauthenticated"])
-    assert settings_from_args(args).allow_unauthenticated is True
+    args = build_parser().parse_args(["serve", "--allow-unauthenticated", "--host", "0.0.0.0", "--keys-file", str(tmp_path / "k")])
+    settings = settings_from_args(args)
+    assert settings.allow_unauthenticated is True
+    assert "anyone who reaches this address" in AuthPolicy(settings).describe()
+    KeyStore(tmp_path / "k").create("a", ["mcp"])
+    assert AuthPolicy(settings).describe().startswith("auth: on: API keys (1 in ")
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("[::1]") and is_loopback("127.0.0.2")
+    assert not is_loopback("0.0.0.0") and not is_loopback("gw.example.com")
 
 
 # -- HS256 and public-key JWTs, on a real server ------------------------------------------------------------------

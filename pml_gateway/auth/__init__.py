@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pml_gateway.auth.audit import configure_audit, record_tool_call
-    from pml_gateway.auth.guard import AuthPolicy, shows_details
+    from pml_gateway.auth.guard import AuthPolicy, is_loopback, shows_details
     from pml_gateway.auth.keys import KeysFileError, KeyStore
     from pml_gateway.auth.principal import (
         PROFILE_SCOPE_KEY,
@@ -40,6 +40,7 @@ _HOMES = {
     "record_tool_call": "audit",
     "AuthPolicy": "guard",
     "shows_details": "guard",
+    "is_loopback": "guard",
     "KeysFileError": "keys",
     "KeyStore": "keys",
     "PROFILE_SCOPE_KEY": "principal",

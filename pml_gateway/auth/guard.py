@@ -29,6 +29,7 @@ Credentials stop here: the downstream links build their own headers from the con
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -110,7 +111,9 @@ class AuthPolicy:
     def describe(self) -> str:
         """The banner's auth line."""
         if not self.enabled:
-            return "auth: off (no API keys, no JWT settings): loopback use only"
+            if is_loopback(self.settings.host):
+                return "auth: off (no API keys, no JWT settings): loopback use only"
+            return "auth: off (--allow-unauthenticated): anyone who reaches this address may use everything"
         kinds = []
         if self.key_count:
             kinds.append(f"API keys ({self.key_count} in {self.keys.path})")
@@ -264,6 +267,16 @@ async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, messa
         await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
         return
     await JSONResponse({"error": message}, status_code=status)(scope, receive, send)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine (a name other than localhost may resolve anywhere)."""
+    if host in ("localhost", "127.0.0.1", "::1"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def shows_details(scope: Mapping[str, Any]) -> bool:

@@ -51,7 +51,6 @@ _METAVARS = {
 _SWITCHES = ("allow_unauthenticated",)
 _DEFAULTS_SHOWN = {"config": "./mcp.json when present", "keys_file": "keys.json in the user data dir"}
 _TYPES: dict[str, Any] = {"config": Path, "keys_file": Path, "jwt_public_key_file": Path, "audit_log": Path}
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 class UsageError(Exception):
@@ -130,7 +129,7 @@ def build_auth(settings: Settings, extensions: Sequence[AppExtension]) -> AuthPo
     ``--allow-unauthenticated``; a bad keys file or JWT key file is one line too.
     """
     from pml_gateway.app import profiles_of
-    from pml_gateway.auth import AuthPolicy, KeysFileError
+    from pml_gateway.auth import AuthPolicy, KeysFileError, is_loopback
 
     try:
         auth = AuthPolicy(settings, profiles_of(extensions))
@@ -142,17 +141,6 @@ def build_auth(settings: Settings, extensions: Sequence[AppExtension]) -> AuthPo
             f"({PROG} keys create), set the jwt_* settings, or pass --allow-unauthenticated"
         )
     return auth
-
-
-def is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host in LOOPBACK_HOSTS:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a name: it may resolve to anything
 
 
 def announce(settings: Settings, base_url: str, auth: AuthPolicy | None = None) -> None:
