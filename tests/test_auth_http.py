@@ -336,3 +336,20 @@ async def test_audit_has_one_line_per_call_and_no_arguments(world: World) -> Non
     assert any(line["tool"] == "pml_execute_workflow" and line["principal"] == "reader" for line in lines)
     task = [line for line in lines if line["tool"] == "t__pick" and line["principal"] == "reader"][-1]
     assert task["profile"] == "reader" and task["outcome"] == "ok"
+
+
+async def test_websocket_needs_a_credential_too(world: World) -> None:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
+
+    ws_url = world.url.replace("http://", "ws://") + "/events/ws"
+    with anyio.fail_after(10):
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(ws_url):
+                pass
+    assert refused.value.response.status_code == 403  # closed before the handshake completes
+    with anyio.fail_after(10):
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(ws_url + "?access_token=" + world.keys["events"]):  # never a key in a URL
+                pass
+    assert refused.value.response.status_code == 403

@@ -72,6 +72,7 @@ def caller_key(ctx: ServerRequestContext[Any, Any]) -> str:
         session_id=_session_id(ctx),
         client_host=client.host if client is not None else None,
         client_name=params.client_info.name if params is not None else None,
+        principal=_caller(ctx).principal,
     )
 
 
@@ -88,6 +89,7 @@ def caller_key_of(
     session_id: str | None,
     client_host: str | None,
     client_name: str | None,
+    principal: str | None = None,
 ) -> str:
     """``caller_key`` from its parts, for an HTTP request (shared with the fast path)."""
     explicit = trace_key(meta)
@@ -95,6 +97,8 @@ def caller_key_of(
         return explicit
     if session_id and protocol_version not in MODERN_PROTOCOL_VERSIONS:
         return f"session:{session_id}"
+    if principal is not None:  # [auth] an authenticated principal is who calls, wherever from
+        return f"principal:{principal}:{client_name or 'client'}"
     return f"caller:{client_host or 'local'}:{client_name or 'client'}"
 
 
