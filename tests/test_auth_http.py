@@ -314,6 +314,13 @@ async def test_profile_route_and_unknown_profiles(world: World) -> None:
         async with Client(streamable_http_client(url, http_client=sdk_http(world.keys["admin"])), cache=None) as client:  # type: ignore[arg-type]
             names = {tool.name for tool in (await client.list_tools()).tools}
             assert "t__echo" in names and "t__fail" not in names
+        # A JWT names its profile in the pml_profile claim.
+        token = world.signer.token(scope="mcp", pml_profile="reader")
+        async with Client(streamable_http_client(world.mcp_url, http_client=sdk_http(token)), mode="legacy", cache=None) as client:  # type: ignore[arg-type]
+            names = {tool.name for tool in (await client.list_tools()).tools}
+            assert "t__echo" in names and "t__fail" not in names
+            refused = await client.call_tool("t__sleep", {"seconds": 0})
+            assert refused.is_error and "not allowed for profile 'reader'" in text(refused)
 
 
 # -- audit --------------------------------------------------------------------------------------------------
