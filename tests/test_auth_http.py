@@ -360,3 +360,17 @@ async def test_websocket_needs_a_credential_too(world: World) -> None:
             async with connect(ws_url + "?access_token=" + world.keys["events"]):  # never a key in a URL
                 pass
     assert refused.value.response.status_code == 403
+
+
+async def test_a_stream_ends_when_its_credential_expires(world: World) -> None:
+    token = world.signer.token(scope="events:read", expires_in=2)
+    lines: list[str] = []
+    async with httpx.AsyncClient(headers=bearer(token), timeout=10) as http:
+        with anyio.fail_after(10):
+            async with http.stream("GET", f"{world.url}/events/stream") as stream:
+                assert stream.status_code == 200
+                async for line in stream.aiter_lines():  # ends cleanly at the token's exp
+                    lines.append(line)
+        assert lines[0] == "event: connected"
+        expired = await http.get(f"{world.url}/events/stream")  # within the JWT leeway, but spent
+        assert expired.status_code in (401,) and "error" in expired.json()

@@ -38,7 +38,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from graphrag.events import EVENT_TYPES, GRAPH_EVENT_TYPES, ConnectedData, HeartbeatData
 
-from pml_gateway.auth import PROFILE_SCOPE_KEY, Profile
+from pml_gateway.auth import PROFILE_SCOPE_KEY, Profile, current_principal
 from pml_gateway.events.hub import (
     CloseReason,
     EventHub,
@@ -268,6 +268,7 @@ class EventsStreamManager:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
             view = profile_view(scope.get(PROFILE_SCOPE_KEY))  # [auth] a profile sees only its tools' events
+            lifetime = credential_lifetime(scope)  # [auth] the stream ends when its credential does
             subscription = hub.subscribe(types=types, last_event_id=last_event_id, view=view)
         except HubClosed:
             await StreamRequestError(503, {"error": "Shutting down"}, {"Retry-After": str(RETRY_AFTER_SECONDS)}).response()(
@@ -287,10 +288,14 @@ class EventsStreamManager:
             retry_ms=RETRY_MS,
         )
         log.debug("stream client %s connected (types=%s, last_event_id=%s)", subscription.client_id, types, last_event_id)
+        started: list[bool] = []
         with anyio.CancelScope() as cancel_scope:
             # A client dropped for being slow may be stuck in a send that never completes:
             # cancelling the response is the only way to free it.
             subscription.on_forced_close = cancel_scope.cancel
+            if lifetime is not None:
+                cancel_scope.deadline = anyio.current_time() + lifetime
+                send = _noting_start(send, started)
             try:
                 if self.response_kind == "direct":
                     await _stream(subscription, connected, scope, receive, send, cancel_scope.cancel)
@@ -301,6 +306,30 @@ class EventsStreamManager:
             finally:
                 subscription.close()
                 log.debug("stream client %s gone (%s)", subscription.client_id, subscription.close_reason)
+        if started and cancel_scope.cancelled_caught and anyio.current_time() >= cancel_scope.deadline:
+            # [auth] the credential expired: end the body cleanly; the client reconnects with a new one
+            with anyio.move_on_after(1):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def credential_lifetime(scope: Scope) -> float | None:
+    """[auth] Seconds the request's credential stays valid (None: it does not expire); refused if none left."""
+    principal = current_principal(scope)
+    if principal is None or principal.expires_at is None:
+        return None
+    left = principal.expires_at - time.time()
+    if left <= 0:
+        raise StreamRequestError(401, {"error": "the credential has expired: get a new one"})
+    return left
+
+
+def _noting_start(send: Send, started: list[bool]) -> Send:
+    async def noting(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            started.append(True)
+        await send(message)
+
+    return noting
 
 
 async def _stream(
