@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from graphrag import GraphRAGEngine, GraphStore, MemoryStore, MetricsScheduler, SQLiteStore
 
+from pml_gateway.auth import AuthPolicy, Profile, configure_audit
 from pml_gateway.cors import cors_middleware
 from pml_gateway.host_check import HostCheckMiddleware
 from pml_gateway.events.hub import InProcessEventHub
@@ -51,6 +52,11 @@ async def _initial_metrics(engine: GraphRAGEngine) -> None:
         log.exception("initial metrics computation failed")
 
 
+def profiles_of(extensions: Sequence[AppExtension]) -> dict[str, Profile]:
+    """The profiles the extensions define (the MCP gateway reads them from its config)."""
+    return {name: profile for ext in extensions for name, profile in getattr(ext, "profiles", {}).items()}
+
+
 class GatewayApp(Starlette):
     """Starlette, with the server's own ``send`` in each HTTP scope (``SERVER_SEND``).
 
@@ -71,10 +77,16 @@ class GatewayApp(Starlette):
 
 
 def create_app(
-    settings: Settings, *, extensions: Sequence[AppExtension] = (), instrumentation: Instrumentation | None = None
+    settings: Settings,
+    *,
+    extensions: Sequence[AppExtension] = (),
+    instrumentation: Instrumentation | None = None,
+    auth: AuthPolicy | None = None,
 ) -> Starlette:
     extensions = tuple(extensions)
     instrumentation = instrumentation if instrumentation is not None else Instrumentation()  # /metrics, spans
+    if auth is None:  # who may do what (pml_gateway/auth)
+        auth = AuthPolicy(settings, profiles_of(extensions))
     stream = EventsStreamManager(settings)
 
     @asynccontextmanager
@@ -104,6 +116,7 @@ def create_app(
                 instrumentation=instrumentation,
             )
             app.state.pml = state
+            configure_audit(settings.audit_log)
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(scheduler.run)
                 tasks.start_soon(stream.run_heartbeat)
@@ -123,6 +136,7 @@ def create_app(
             store.close()
 
     routes: list[BaseRoute] = [route for extension in extensions for route in extension.routes()]
+    routes.extend(auth.routes())
     routes.append(Route("/events/stream", stream, methods=["GET"]))
     routes.append(WebSocketRoute("/events/ws", stream.websocket_app))
     routes.extend(http_routes())
@@ -130,6 +144,7 @@ def create_app(
     middleware = [
         Middleware(HostCheckMiddleware.from_settings, settings=settings),
         cors_middleware(settings.cors_origins),
+        auth.middleware(),
     ]
     app = GatewayApp(
         routes=routes,
@@ -138,4 +153,5 @@ def create_app(
         exception_handlers={HTTPException: json_http_error},
     )
     app.state.events_stream = stream  # for the server: ends the streams when shutdown begins
+    app.state.auth = auth  # for the banner (cli/common.py announce)
     return app

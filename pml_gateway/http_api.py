@@ -20,6 +20,7 @@ from starlette.routing import BaseRoute, Route
 from graphrag import WorkflowExecution
 
 from pml_gateway.settings import Settings
+from pml_gateway.auth import PROFILE_SCOPE_KEY, shows_details
 from pml_gateway.state import app_state
 from pml_gateway.tool_list import tools_route
 
@@ -51,7 +52,11 @@ async def events_stats(request: Request) -> Response:
 # -- GET /graph -------------------------------------------------------------------------------
 async def graph(request: Request) -> Response:
     # last_event_id in the snapshot is the id the graph reflects: resume the stream from it.
-    return Response(app_state(request).engine.snapshot_json(), media_type="application/json")
+    body = app_state(request).engine.snapshot_json()
+    profile = request.scope.get(PROFILE_SCOPE_KEY)
+    if profile is not None:  # [auth] a profile sees its tools only, as on its event stream
+        return JSONResponse(profile.filter_snapshot(json.loads(body)))
+    return Response(body, media_type="application/json")
 
 
 # -- POST /executions -------------------------------------------------------------------------
@@ -194,6 +199,8 @@ async def post_executions(request: Request) -> Response:
 
 # -- GET /health ------------------------------------------------------------------------------
 async def health(request: Request) -> Response:
+    if not shows_details(request.scope):  # auth on and no valid credential: the status only
+        return JSONResponse({"status": "ok"})
     state = app_state(request)
     downstreams: dict[str, Any] = {}
     for extension in state.extensions:

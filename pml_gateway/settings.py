@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import platformdirs
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 APP_NAME = "pml-gateway"
@@ -33,6 +33,11 @@ def default_db() -> str:
     return str(platformdirs.user_data_path(APP_NAME) / "graph.db")
 
 
+def default_keys_file() -> Path:
+    """The API keys file, next to the default database (auth/keys.py owns its format)."""
+    return platformdirs.user_data_path(APP_NAME) / "keys.json"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
 
@@ -51,10 +56,6 @@ class Settings(BaseSettings):
     metrics_interval_seconds: float = Field(default=1.0, gt=0, description="Coalescing window of metrics recomputes.")
     trace_idle_seconds: float = Field(default=30.0, gt=0, description="Quiet time that closes a session's trace.")
     log_level: LogLevel = Field(default="info", description="Log level of the process.")
-    allowed_hosts: Annotated[list[str], NoDecode] = Field(
-        default_factory=list,
-        description="Extra Host names the gateway answers to (a comma list), behind a real hostname.",
-    )
     max_executions_per_request: int = Field(default=1_000, ge=1, description="Executions in one POST /executions.")
     max_tasks_per_execution: int = Field(default=1_000, ge=1, description="Tasks (or tool_ids) in one execution.")
     max_dependencies_per_task: int = Field(default=64, ge=0, description="depends_on entries of one task.")
@@ -75,14 +76,61 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("fast_path", "PML_FAST_PATH", "PML_GATEWAY_FAST_PATH"),
         description="Answer tools/call of downstream tools without the SDK's transports (0/false: off).",
     )
+    # -- who may do what (pml_gateway/auth; docs/api/auth.md) ------------------------------------
+    keys_file: Path = Field(default_factory=default_keys_file, description="API keys file (pml-gateway keys ...).")
+    jwt_issuer: str | None = Field(default=None, min_length=1, description="JWTs: the required 'iss'.")
+    jwt_audience: str | None = Field(default=None, min_length=1, description="JWTs: the required 'aud'.")
+    jwt_jwks_url: str | None = Field(default=None, pattern=r"^https?://", description="JWTs: JWKS URL of the signing keys.")
+    jwt_public_key_file: Path | None = Field(default=None, description="JWTs: PEM public key file of the signer.")
+    jwt_secret: SecretStr | None = Field(default=None, description="JWTs: HS256 shared secret (development).")
+    auth_servers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Authorization servers named in the resource metadata (comma list)."
+    )
+    allow_unauthenticated: bool = Field(
+        default=False, description="Serve a non-loopback address without authentication."
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Extra Host names the gateway answers to (a comma list), behind a real hostname.",
+    )
+    audit_log: Path | None = Field(default=None, description="File for the audit lines (default: the pml_gateway.audit logger).")
 
-    @field_validator("cors_origins", "allowed_hosts", mode="before")
+    @field_validator("cors_origins", "auth_servers", "allowed_hosts", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:
         # Env vars and flags give "a,b"; Python callers may give a list.
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("jwt_issuer", "jwt_audience", "jwt_jwks_url", "jwt_public_key_file", "jwt_secret", "audit_log", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # RFC 7518 §3.2: an HS256 key at least as long as the hash (32 bytes).
+        if value is not None and len(value.get_secret_value().encode()) < 32:
+            raise ValueError("must be at least 32 bytes (RFC 7518 §3.2)")
+        return value
+
+    @model_validator(mode="after")
+    def _jwt_complete(self) -> Settings:
+        # JWT auth is on as soon as any jwt_* is set: then it must be checkable (auth/jwt.py).
+        if not self.jwt_enabled:
+            return self
+        sources = [n for n in ("jwt_jwks_url", "jwt_public_key_file", "jwt_secret") if getattr(self, n) is not None]
+        if len(sources) != 1:
+            raise ValueError(
+                "JWT auth needs exactly one of jwt_jwks_url, jwt_public_key_file, jwt_secret"
+                + (f" (got {', '.join(sources)})" if sources else "")
+            )
+        missing = [n for n in ("jwt_issuer", "jwt_audience") if getattr(self, n) is None]
+        if missing:
+            raise ValueError(f"JWT auth needs {' and '.join(missing)}: 'iss' and 'aud' are always checked")
+        return self
 
     @field_validator("cors_origins", "allowed_hosts")
     @classmethod
@@ -106,6 +154,12 @@ class Settings(BaseSettings):
     @property
     def in_memory(self) -> bool:
         return self.db == ":memory:"
+
+    @property
+    def jwt_enabled(self) -> bool:
+        """Any jwt_* setting given: bearer JWTs are accepted (and the settings must be complete)."""
+        names = ("jwt_issuer", "jwt_audience", "jwt_jwks_url", "jwt_public_key_file", "jwt_secret")
+        return any(getattr(self, name) is not None for name in names)
 
 
 def env_var(field_name: str) -> str:

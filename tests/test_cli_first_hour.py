@@ -71,7 +71,7 @@ def test_the_banner_warns_when_no_config_was_found(tmp_path: Path) -> None:
         text = "".join(seen)
         assert "warning: no config file" in text and str(tmp_path) in text
         assert "database :memory: (nothing is kept)" in text
-        assert "auth none" in text
+        assert "auth: off" in text
     finally:
         process.terminate()
         process.wait(timeout=20)

@@ -17,6 +17,7 @@ EXAMPLES = [
     errors.unreachable("remote", "cannot connect to 127.0.0.1:9: Connection refused"),
     errors.unavailable("notes__read_note", errors.server_down("notes", "failed", "Connection closed")),
     errors.unknown_tool("nobody__nothing"),
+    errors.not_allowed("files__write_file", "reader"),
     errors.invalid_result("notes__read_note"),
     errors.internal_error("notes__read_note", KeyError("x")),
     errors.invalid_arguments("pml_search_tools", "limit: Input should be greater than or equal to 1"),

@@ -23,6 +23,16 @@ CONTRACT_DEFAULTS = {
     "trace_idle_seconds": 30.0,
     "fast_path": True,
     "log_format": "text",
+    # who may do what (auth): off unless keys exist or a jwt_* is set
+    "jwt_issuer": None,
+    "jwt_audience": None,
+    "jwt_jwks_url": None,
+    "jwt_public_key_file": None,
+    "jwt_secret": None,
+    "auth_servers": [],
+    "allow_unauthenticated": False,
+    "allowed_hosts": [],
+    "audit_log": None,
 }
 
 
@@ -45,7 +55,8 @@ def test_defaults_are_the_contract() -> None:
     assert {name: getattr(settings, name) for name in CONTRACT_DEFAULTS} == CONTRACT_DEFAULTS
     assert settings.config is None  # no ./mcp.json here: no downstreams
     assert Path(settings.db) == platformdirs.user_data_path("pml-gateway") / "graph.db"
-    assert {*CONTRACT_DEFAULTS, "config", "db", "log_level"} <= set(Settings.model_fields)  # the contract may grow
+    assert settings.keys_file == platformdirs.user_data_path("pml-gateway") / "keys.json"
+    assert {*CONTRACT_DEFAULTS, "config", "db", "log_level", "keys_file"} <= set(Settings.model_fields)  # the contract may grow
 
 
 def test_config_defaults_to_mcp_json_when_present(tmp_path: Path) -> None:
@@ -68,6 +79,14 @@ def test_env_vars_for_every_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PML_LOG_LEVEL", "DEBUG")
     monkeypatch.setenv("PML_FAST_PATH", "0")
     monkeypatch.setenv("PML_LOG_FORMAT", "json")
+    monkeypatch.setenv("PML_KEYS_FILE", "keys.json")
+    monkeypatch.setenv("PML_JWT_ISSUER", "https://issuer.test")
+    monkeypatch.setenv("PML_JWT_AUDIENCE", "pml")
+    monkeypatch.setenv("PML_JWT_JWKS_URL", "https://issuer.test/jwks.json")
+    monkeypatch.setenv("PML_AUTH_SERVERS", "https://issuer.test, https://other.test")
+    monkeypatch.setenv("PML_ALLOW_UNAUTHENTICATED", "true")
+    monkeypatch.setenv("PML_ALLOWED_HOSTS", "gw.example.com,gw.internal")
+    monkeypatch.setenv("PML_AUDIT_LOG", "audit.jsonl")
     settings = Settings()
     dumped = settings.model_dump()
     assert {key: dumped[key] for key in EXPECTED_FROM_ENV} == EXPECTED_FROM_ENV
@@ -89,6 +108,16 @@ EXPECTED_FROM_ENV = {
     "log_level": "debug",
     "log_format": "json",
     "fast_path": False,
+    "keys_file": Path("keys.json"),
+    "jwt_issuer": "https://issuer.test",
+    "jwt_audience": "pml",
+    "jwt_jwks_url": "https://issuer.test/jwks.json",
+    "jwt_public_key_file": None,
+    "jwt_secret": None,
+    "auth_servers": ["https://issuer.test", "https://other.test"],
+    "allow_unauthenticated": True,
+    "allowed_hosts": ["gw.example.com", "gw.internal"],
+    "audit_log": Path("audit.jsonl"),
 }
 
 

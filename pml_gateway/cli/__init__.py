@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from pml_gateway.cli.common import PROG, UsageError, add_settings_arguments
+from pml_gateway.cli.keys import add_keys_commands as _add_keys_commands
 from pml_gateway.settings import Settings
 
 __all__ = ["build_parser", "main", "version"]
@@ -58,6 +59,12 @@ def _demo(args: argparse.Namespace) -> int:
     return main_demo(args)
 
 
+def _keys(args: argparse.Namespace) -> int:
+    from pml_gateway.cli.keys import main_keys
+
+    return main_keys(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="An MCP gateway that learns which tools work together and streams what it learns."
@@ -77,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="serve the bundled example servers with a workload, so events flow at once")
     add_settings_arguments(demo, [name for name in Settings.model_fields if name != "config"])
     demo.set_defaults(handler=_demo, command_parser=demo)
+
+    keys = commands.add_parser("keys", help="API keys: create (shown once), list, revoke")
+    _add_keys_commands(keys)
+    keys.set_defaults(handler=_keys)
 
     return parser
 

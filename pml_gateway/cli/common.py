@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from pml_gateway.settings import Settings, describe_error, env_var, flag
 
 if TYPE_CHECKING:
+    from pml_gateway.auth import AuthPolicy
     from pml_gateway.state import AppExtension
 
 PROG = "pml-gateway"
@@ -37,7 +38,7 @@ _METAVARS = {
     "log_level": "LEVEL",
     "log_format": "text|json",
     "fast_path": "BOOL",
-    "allowed_hosts": "NAMES",
+    "allowed_hosts": "HOSTS",
     "max_executions_per_request": "N",
     "max_tasks_per_execution": "N",
     "max_dependencies_per_task": "N",
@@ -45,8 +46,18 @@ _METAVARS = {
     "header_timeout_seconds": "SECONDS",
     "max_connections": "N",
     "connect_timeout_seconds": "SECONDS",
+    "keys_file": "FILE",
+    "jwt_issuer": "URL",
+    "jwt_audience": "AUDIENCE",
+    "jwt_jwks_url": "URL",
+    "jwt_public_key_file": "FILE",
+    "jwt_secret": "SECRET",
+    "auth_servers": "URLS",
+    "audit_log": "FILE",
 }
-_DEFAULTS_SHOWN = {"config": "./mcp.json when present"}
+#: Settings given as a bare flag (``--allow-unauthenticated``); the env var still takes a value.
+_SWITCHES = ("allow_unauthenticated",)
+_DEFAULTS_SHOWN = {"config": "./mcp.json when present", "keys_file": "keys.json in the user data dir"}
 _TYPES: dict[str, Any] = {}  # every flag is a string: the settings model converts (and "" means none)
 
 
@@ -61,6 +72,9 @@ def add_settings_arguments(parser: argparse.ArgumentParser, names: Sequence[str]
         if names is not None and name not in names:
             continue
         help_text = f"{info.description} [{env_var(name)}; default: {_default_text(name)}]"
+        if name in _SWITCHES:
+            group.add_argument(flag(name), dest=name, action="store_const", const=True, default=argparse.SUPPRESS, help=help_text)
+            continue
         group.add_argument(
             flag(name),
             dest=name,
@@ -125,7 +139,28 @@ def build_extensions(settings: Settings) -> list[AppExtension]:
     return extensions
 
 
-def banner(settings: Settings) -> list[str]:
+def build_auth(settings: Settings, extensions: Sequence[AppExtension]) -> AuthPolicy:
+    """Who may do what (pml_gateway/auth), checked before anything starts.
+
+    Refuses (exit 2, one line) to serve a non-loopback address without authentication unless
+    ``--allow-unauthenticated``; a bad keys file or JWT key file is one line too.
+    """
+    from pml_gateway.app import profiles_of
+    from pml_gateway.auth import AuthPolicy, KeysFileError, is_loopback
+
+    try:
+        auth = AuthPolicy(settings, profiles_of(extensions))
+    except (KeysFileError, ValueError) as exc:
+        raise UsageError(str(exc)) from exc
+    if not auth.enabled and not is_loopback(settings.host) and not settings.allow_unauthenticated:
+        raise UsageError(
+            f"refusing to serve {settings.host} without authentication: create an API key "
+            f"({PROG} keys create), set the jwt_* settings, or pass --allow-unauthenticated"
+        )
+    return auth
+
+
+def banner(settings: Settings, auth: AuthPolicy | None = None) -> list[str]:
     """What a user needs to know at start: which config, which database, which auth mode."""
     lines = []
     if settings.config is None:
@@ -136,18 +171,18 @@ def banner(settings: Settings) -> list[str]:
     else:
         lines.append(f"config {settings.config.expanduser().resolve()}")
     lines.append("database :memory: (nothing is kept)" if settings.in_memory else f"database {settings.db}")
-    lines.append("auth none (loopback only)")
+    lines.append(auth.describe() if auth is not None else "auth none (MCP over stdio: the client that started it)")
     return lines
 
 
-def announce_banner(settings: Settings) -> None:
-    for line in banner(settings):
+def announce_banner(settings: Settings, auth: AuthPolicy | None = None) -> None:
+    for line in banner(settings, auth):
         say(settings, line)
 
 
-def announce(settings: Settings, base_url: str) -> None:
+def announce(settings: Settings, base_url: str, auth: AuthPolicy | None = None) -> None:
     """Start-up lines: what is in use and where to find things."""
-    announce_banner(settings)
+    announce_banner(settings, auth)
     say(settings, f"listening on {base_url}")
     say(settings, f"events at {base_url}/events/stream")
     say(settings, f"dashboard at {base_url}/dashboard")

@@ -5,8 +5,8 @@ installed package (``pml_gateway/examples``) or, in a checkout, in ``public/exam
 server listens, ``workload.py`` starts in a child process and drives workflows through ``/mcp``;
 it stops with the server. Unless set by flag or env var, the demo keeps its graph in its own
 SQLite file, ``demo.db`` next to the default ``graph.db`` (your own graph stays untouched, and a
-restarted demo goes on learning where it stopped), and closes traces after 2 s of quiet so
-edges appear quickly.
+restarted demo goes on learning where it stopped), reads its own keys file (none: auth off, so
+the workload needs no key), and closes traces after 2 s of quiet so edges appear quickly.
 """
 
 from __future__ import annotations
@@ -23,7 +23,12 @@ from pml_gateway.settings import default_db, env_var
 #: The workload prints one summary line (with the dashboard's URL) this often, not one per round.
 SUMMARY_SECONDS = 15
 #: Defaults that make a demo lively; a flag or PML_* variable still wins.
-DEMO_DEFAULTS = {"db": str(Path(default_db()).with_name("demo.db")), "trace_idle_seconds": "2"}
+DEMO_DEFAULTS = {
+    "db": str(Path(default_db()).with_name("demo.db")),
+    "trace_idle_seconds": "2",
+    # Its own (absent) keys file: keys made for your gateway do not lock the demo's workload out.
+    "keys_file": str(Path(default_db()).with_name("demo-keys.json")),
+}
 
 
 def examples_dir() -> Path:
@@ -38,7 +43,16 @@ def examples_dir() -> Path:
 def main_demo(args: argparse.Namespace) -> int:
     from pml_gateway.app import create_app
     from pml_gateway.server import make_server
-    from pml_gateway.cli.common import UsageError, announce, build_extensions, check_store, configure_logging, say, settings_from_args
+    from pml_gateway.cli.common import (
+        UsageError,
+        announce,
+        build_auth,
+        build_extensions,
+        check_store,
+        configure_logging,
+        say,
+        settings_from_args,
+    )
 
     try:
         examples = examples_dir()
@@ -52,11 +66,13 @@ def main_demo(args: argparse.Namespace) -> int:
     configure_logging(settings)
     logging.getLogger("mcp").setLevel(logging.WARNING)  # one line per session would drown the demo
     check_store(settings)
-    app = create_app(settings, extensions=build_extensions(settings))
+    extensions = build_extensions(settings)
+    auth = build_auth(settings, extensions)
+    app = create_app(settings, extensions=extensions, auth=auth)
     workload: list[subprocess.Popen[bytes]] = []
 
     def started(base_url: str) -> None:
-        announce(settings, base_url)
+        announce(settings, base_url, auth)
         say(settings, f"demo workload driving {base_url}/mcp; a summary every {SUMMARY_SECONDS} s (Ctrl+C stops everything)")
         workload.append(
             subprocess.Popen(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pml_gateway.cli.common import announce, build_extensions, check_store, configure_logging, settings_from_args
+from pml_gateway.cli.common import announce, build_auth, build_extensions, check_store, configure_logging, settings_from_args
 
 
 def main_serve(args: argparse.Namespace) -> int:
@@ -14,7 +14,9 @@ def main_serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     configure_logging(settings)
     check_store(settings)
-    app = create_app(settings, extensions=build_extensions(settings))
-    server = make_server(app, settings, on_started=lambda url: announce(settings, url))
+    extensions = build_extensions(settings)
+    auth = build_auth(settings, extensions)
+    app = create_app(settings, extensions=extensions, auth=auth)
+    server = make_server(app, settings, on_started=lambda url: announce(settings, url, auth))
     server.run()
     return 0 if server.started else 1

@@ -71,6 +71,7 @@ def main_stdio(args: argparse.Namespace) -> int:
     """``pml-gateway stdio``: settings from flags and env, then serve until stdin closes."""
     from pml_gateway.cli.common import (
         announce_banner,
+        build_auth,
         build_extensions,
         check_store,
         configure_logging,
@@ -81,10 +82,12 @@ def main_stdio(args: argparse.Namespace) -> int:
     configure_logging(settings)
     check_store(settings)
     extensions = build_extensions(settings)  # a bad config stops here, with one line
-    announce_banner(settings)
     gateway = next(e for e in extensions if isinstance(e, Gateway))
     others = [e for e in extensions if e is not gateway]
     events_port = getattr(args, "events_port", None)
+    # The HTTP side: a bad keys file, or a public address without auth, stops here.
+    auth = build_auth(settings, extensions) if events_port is not None else None
+    announce_banner(settings, auth)
     started = functools.partial(announce_events, settings)
     anyio.run(lambda: run_stdio(settings, gateway, events_port=events_port, extensions=others, on_started=started))
     return 0

@@ -16,8 +16,8 @@ empty, blank or control-character pattern is refused, naming the parameter.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 
 from starlette.datastructures import QueryParams
 
@@ -52,6 +52,16 @@ class EventFilter:
     tools: re.Pattern[str] | None = None
     servers: re.Pattern[str] | None = None
     workflow_ids: re.Pattern[str] | None = None
+    #: [auth] A profile's view: its tools' events only, its tools in the metrics (``None``: all).
+    view: Callable[[Frame], Frame | None] | None = None
+
+    def apply(self, frame: Frame) -> Frame | None:
+        """The frame as this client gets it, or None when it does not pass."""
+        if not self.passes(frame):
+            return None
+        if self.view is None or frame.always:
+            return frame
+        return self.view(frame)
 
     def passes(self, frame: Frame) -> bool:
         if frame.always:
@@ -157,3 +167,10 @@ def parse_query(params: QueryParams, last_event_id_header: str | None) -> tuple[
     if event_filter == EventFilter():
         return None, last_event_id
     return event_filter, last_event_id
+
+
+def with_view(event_filter: EventFilter | None, view: Callable[[Frame], Frame | None] | None) -> EventFilter | None:
+    """``event_filter`` that also applies ``view`` (a profile's) to what passes."""
+    if view is None:
+        return event_filter
+    return replace(event_filter, view=view) if event_filter is not None else EventFilter(view=view)

@@ -205,7 +205,7 @@ class _Subscriber(Subscription):
     # Called by the hub, synchronously, for every frame. Never awaits.
     def _offer(self, frame: Frame) -> None:
         event_filter = self._filter
-        if event_filter is not None and not event_filter.passes(frame):
+        if event_filter is not None and (frame := event_filter.apply(frame)) is None:  # type: ignore[assignment]
             return
         if len(self._queue) >= self._capacity:
             if not self._paused:
@@ -308,7 +308,7 @@ class _Subscriber(Subscription):
         batch: list[Frame] = []
         event_filter = self._filter
         for frame in frames:
-            if event_filter is not None and not event_filter.passes(frame):
+            if event_filter is not None and (frame := event_filter.apply(frame)) is None:  # type: ignore[assignment]
                 continue
             batch.append(frame)
             self._hub._delivered += 1

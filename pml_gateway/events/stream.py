@@ -25,6 +25,7 @@ per event) is what this replaced; it lives on in bench/sse_fanout.py as the base
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable, Generator
@@ -36,11 +37,13 @@ from starlette.responses import JSONResponse
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from graphrag import GraphEvent
 from graphrag.events import ConnectedData, HeartbeatData
 
-from pml_gateway.events.filters import EventFilter, StreamRequestError, parse_query
+from pml_gateway.auth import PROFILE_SCOPE_KEY, Profile, current_principal
+from pml_gateway.events.filters import EventFilter, StreamRequestError, parse_query, with_view
 from pml_gateway.events.hub import CloseReason, EventHub, HubClosed, HubStats, Subscription
-from pml_gateway.events.wire import RETRY_MS, STREAM_HEADERS, Frame, encode_payload
+from pml_gateway.events.wire import RETRY_MS, STREAM_HEADERS, Frame, encode_event, encode_payload
 from pml_gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -130,9 +133,13 @@ class EventsStreamManager:
         )
 
     # -- admission (both endpoints) -------------------------------------------------------
-    def _admit(self, params: QueryParams, last_event_id_header: str | None) -> tuple[EventHub, EventFilter | None, int | None]:
+    def _admit(
+        self, scope: Scope, params: QueryParams, last_event_id_header: str | None
+    ) -> tuple[EventHub, EventFilter | None, int | None]:
         """Parse the request and check the limits; ``StreamRequestError`` says why not."""
         event_filter, last_event_id = parse_query(params, last_event_id_header)
+        # [auth] a profile sees only its tools' events
+        event_filter = with_view(event_filter, profile_view(scope.get(PROFILE_SCOPE_KEY)))
         shutting_down = {"error": "Shutting down"}
         retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
         if self._hub is None or self._closing:
@@ -160,8 +167,11 @@ class EventsStreamManager:
         last_event_id_header = headers.get(b"last-event-id")
         try:
             hub, event_filter, last_event_id = self._admit(
-                QueryParams(scope["query_string"]), None if last_event_id_header is None else last_event_id_header.decode("latin-1")
+                scope,
+                QueryParams(scope["query_string"]),
+                None if last_event_id_header is None else last_event_id_header.decode("latin-1"),
             )
+            lifetime = credential_lifetime(scope)
             if scope["method"] == "HEAD":
                 # The headers a GET would get, and no stream, no subscription.
                 await send({"type": "http.response.start", "status": 200, "headers": STREAM_HEADERS})
@@ -175,14 +185,15 @@ class EventsStreamManager:
         # Body chunks go to the server's own send when the app put it in the scope (GatewayApp):
         # this app's middleware only looks at response starts (CORS adds its headers there).
         sink = _AsgiSink(subscription, scope.get(SERVER_SEND, send), _sse_messages, _SSE_END)
-        await _serve(subscription, sink, self._connected(hub, subscription), receive, "http.disconnect")
+        await _serve(subscription, sink, self._connected(hub, subscription), receive, "http.disconnect", lifetime)
 
     # -- GET /events/ws -----------------------------------------------------------------------
     async def websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         websocket = WebSocket(scope, receive, send)
         try:
             # Origin (browsers apply no CORS to WebSockets) is checked for every route: host_check.py
-            hub, event_filter, last_event_id = self._admit(websocket.query_params, None)
+            hub, event_filter, last_event_id = self._admit(scope, websocket.query_params, None)
+            lifetime = credential_lifetime(scope)
             subscription = self._subscribe(hub, event_filter, last_event_id)
         except StreamRequestError as refused:
             if "websocket.http.response" in scope.get("extensions", {}):
@@ -196,7 +207,7 @@ class EventsStreamManager:
             subscription.close()
             raise
         sink = _AsgiSink(subscription, send, _ws_messages, _WS_END)
-        await _serve(subscription, sink, self._connected(hub, subscription), receive, "websocket.disconnect")
+        await _serve(subscription, sink, self._connected(hub, subscription), receive, "websocket.disconnect", lifetime)
 
 
 class _WebSocketApp:
@@ -209,13 +220,23 @@ class _WebSocketApp:
         await self._manager.websocket(scope, receive, send)
 
 
-async def _serve(subscription: Subscription, sink: _AsgiSink, first: Frame, receive: Receive, disconnect: str) -> None:
+async def _serve(
+    subscription: Subscription,
+    sink: _AsgiSink,
+    first: Frame,
+    receive: Receive,
+    disconnect: str,
+    lifetime: float | None = None,
+) -> None:
     """One connection after its start: the first frame, the replay, then live pushes until it ends.
 
     This task writes the replay itself, then only waits for the disconnect; the hub pushes live
-    frames to the sink. Whatever ends the subscription (the client, the hub) ends here.
+    frames to the sink. Whatever ends the subscription (the client, the hub, the expiry of the
+    credential it was opened with) ends here.
     """
     with anyio.CancelScope() as cancel_scope:
+        if lifetime is not None:
+            cancel_scope.deadline = anyio.current_time() + lifetime
         # A client dropped for being slow may be stuck in a send that never completes:
         # cancelling this task is the only way to free it.
         sink.end = cancel_scope.cancel
@@ -232,6 +253,10 @@ async def _serve(subscription: Subscription, sink: _AsgiSink, first: Frame, rece
             sink.abort()
             subscription.close()
             log.debug("stream client %s gone (%s)", subscription.client_id, subscription.close_reason)
+    if lifetime is not None and cancel_scope.cancelled_caught and anyio.current_time() >= cancel_scope.deadline:
+        # [auth] the credential expired: end cleanly; the client reconnects with a new one
+        with anyio.move_on_after(1):
+            await sink.finish()
 
 
 class _AsgiSink:
@@ -301,6 +326,13 @@ class _AsgiSink:
         if self._waiting is not None:
             self._waiting.cancel()
 
+    async def finish(self) -> None:
+        """The clean end of the connection (a last empty chunk, or a WebSocket close)."""
+        try:
+            await self._send(self._final)
+        except Exception:  # the client is gone already
+            pass
+
 
 class _Resume:
     """Awaitable that finishes a coroutine which already ran up to its first suspension.
@@ -330,3 +362,29 @@ class _Resume:
                     pending = self._coroutine.send(value)
                 except StopIteration:
                     return
+
+
+def profile_view(profile: object) -> Callable[[Frame], Frame | None] | None:
+    """[auth] A profile's view of the stream: events about its tools only, its tools in the metrics."""
+    if not isinstance(profile, Profile):
+        return None
+
+    def view(frame: Frame) -> Frame | None:
+        event = GraphEvent.model_validate({"type": frame.type, "id": frame.id, "data": json.loads(frame.data_json)})
+        seen = profile.filter_event(event)
+        if seen is None:
+            return None
+        return frame if seen is event else encode_event(seen)
+
+    return view
+
+
+def credential_lifetime(scope: Scope) -> float | None:
+    """[auth] Seconds the request's credential stays valid (None: it does not expire); refused if none left."""
+    principal = current_principal(scope)
+    if principal is None or principal.expires_at is None:
+        return None
+    left = principal.expires_at - time.time()
+    if left <= 0:
+        raise StreamRequestError(401, {"error": "the credential has expired: get a new one"})
+    return left

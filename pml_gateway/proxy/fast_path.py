@@ -64,6 +64,7 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
+from pml_gateway.auth import Caller, request_caller
 from pml_gateway.events.wire import MCP_SSE_HEADERS, PING, mcp_message
 from pml_gateway.observability import Instrumentation
 from pml_gateway.proxy.registry import RegisteredTool, ToolRegistry
@@ -191,7 +192,16 @@ class FastPath:
         except (ValidationError, KeyError, ValueError):
             return None
         return _Call(
-            request_id, entry, arguments, version, caller, _trace_context(meta), transport, session_id, reply_headers
+            request_id,
+            entry,
+            arguments,
+            version,
+            caller,
+            _trace_context(meta),
+            transport,
+            session_id,
+            reply_headers,
+            request_caller(scope),  # [auth] a /profiles/{name}/mcp caller keeps its profile here too
         )
 
     async def _serve(self, call: _Call, send: Send, receive: Receive) -> None:
@@ -215,7 +225,12 @@ class FastPath:
                 protocol_version=call.version,
             ) as observed:
                 shaped = await self.upstream.call(
-                    call.entry.name, call.arguments, version=call.version, caller=call.caller, meta=call.trace_context
+                    call.entry.name,
+                    call.arguments,
+                    version=call.version,
+                    caller=call.caller,
+                    meta=call.trace_context,
+                    who=call.who,
                 )
                 observed.error_type = "tool_error" if shaped.get("isError") is True else ""
         except BaseException:
@@ -317,6 +332,7 @@ class _Call:
     session: StreamableHTTPServerTransport | None  #: a 2025-era session's transport
     session_id: str | None
     reply_headers: list[tuple[bytes, bytes]]
+    who: Caller  #: who calls (auth): their profile limits the call, the audit line names them
 
 
 def _trace_context(meta: dict[str, Any] | None) -> dict[str, str] | None:

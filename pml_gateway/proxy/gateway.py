@@ -15,6 +15,7 @@ and the lean downstream link off.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TextIO
@@ -27,9 +28,10 @@ from starlette.types import Message, Receive, Scope, Send
 
 from graphrag import GraphRAGEngine, WorkflowExecution
 
+from pml_gateway.auth import caller_in_context, record_tool_call
 from pml_gateway.observability import Instrumentation
 from pml_gateway.proxy import tools as gateway_tools
-from pml_gateway.proxy.downstream.config import ServerConfig, load_config
+from pml_gateway.proxy.downstream.config import ServerConfig, load_config, load_profiles
 from pml_gateway.proxy.downstream.supervisor import DownstreamPool, SupervisionTiming
 from pml_gateway.proxy.fast_path import FastPath
 from pml_gateway.proxy.tool_events import ToolEvents
@@ -70,6 +72,8 @@ class Gateway:
         if servers is None:
             servers = load_config(settings.config) if settings.config is not None else []
         self.servers = servers
+        #: per-client tool sets (auth/profiles.py), read from the same file; the app's auth gate uses them
+        self.profiles = load_profiles(settings.config) if settings.config is not None else {}
         self.registry = ToolRegistry(reserved=gateway_tools.NAMES, servers=[s.name for s in servers if s.enabled])
         if timing is None:
             timing = SupervisionTiming(connect_timeout=settings.connect_timeout_seconds)
@@ -117,8 +121,13 @@ class Gateway:
 
         async def call_task(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
             # observability: a workflow task's span, child of the workflow's request span
+            started = time.monotonic()
             with instrumentation.task_span(name):
-                return await self.pool.call(name, arguments)
+                result = await self.pool.call(name, arguments)
+            caller = caller_in_context()  # [auth] audited as the caller who ran the workflow
+            outcome = "error" if result.get("isError") is True else "ok"
+            record_tool_call(caller.principal, caller.profile_name, name, (time.monotonic() - started) * 1000, outcome)
+            return result
 
         self.traces = TraceRecorder(record, idle_seconds=self.settings.trace_idle_seconds)
         tools = GatewayTools(

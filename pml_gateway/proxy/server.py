@@ -31,6 +31,7 @@ from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, Too
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
+from pml_gateway.auth import Caller, Profile, calling_as, record_tool_call, request_caller
 from pml_gateway.observability import Instrumentation, spec_method_label
 from pml_gateway.proxy import tools as gateway_tools
 from pml_gateway.proxy.downstream import errors
@@ -77,6 +78,7 @@ def caller_key(ctx: ServerRequestContext[Any, Any]) -> str:
         session_id=_session_id(ctx),
         client_host=client.host if client is not None else None,
         client_name=params.client_info.name if params is not None else None,
+        principal=_caller(ctx).principal,
     )
 
 
@@ -93,6 +95,7 @@ def caller_key_of(
     session_id: str | None,
     client_host: str | None,
     client_name: str | None,
+    principal: str | None = None,
 ) -> str:
     """``caller_key`` from its parts, for an HTTP request (shared with the fast path)."""
     explicit = trace_key(meta)
@@ -100,6 +103,8 @@ def caller_key_of(
         return explicit
     if session_id and protocol_version not in MODERN_PROTOCOL_VERSIONS:
         return f"session:{session_id}"
+    if principal is not None:  # [auth] an authenticated principal is who calls, wherever from
+        return f"principal:{principal}:{client_name or 'client'}"
     return f"caller:{client_host or 'local'}:{client_name or 'client'}"
 
 
@@ -170,7 +175,9 @@ class UpstreamServer:
     async def _list_tools(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=[*self.tools.definitions(), *(e.tool for e in self.registry.tools())])
+        visible = self.tools.visibility(_caller(ctx).profile)  # [auth] a profile sees only its tools
+        entries = [e for e in self.registry.tools() if visible(e.name)]
+        return types.ListToolsResult(tools=[*self.tools.definitions(), *(e.tool for e in entries)])
 
     def tool_label(self, name: str) -> str:
         """``name`` as a metric label: a tool the gateway serves, else one bounded value."""
@@ -190,6 +197,7 @@ class UpstreamServer:
             version=ctx.protocol_version,
             caller=caller_key(ctx),
             progress=_progress_reporter(ctx),
+            who=_caller(ctx),
         )
 
     async def call(
@@ -201,21 +209,25 @@ class UpstreamServer:
         caller: str,
         meta: dict[str, Any] | None = None,
         progress: ProgressReporter | None = None,
+        who: Caller | None = None,
     ) -> dict[str, Any]:
         """Answer one ``tools/call``: the result in wire form, shaped for ``version``. Never raises.
 
-        A downstream call joins ``caller``'s trace; ``meta`` goes on to the downstream's request.
+        The one path of every call, the SDK's and the fast path's: ``who`` (auth) may call it or not
+        (their profile), one audit line per call; a downstream call joins ``caller``'s trace;
+        ``meta`` goes on to the downstream's request.
         """
+        who = who or ANONYMOUS
+        started = time.monotonic()
+        outcome = "error"
         try:
-            if name in gateway_tools.NAMES:
-                result = await self.tools.call(name, arguments, progress)
+            if who.profile is not None and not self.tools.visibility(who.profile)(name):
+                result = errors.tool_error(errors.not_allowed(name, who.profile.name))
+                outcome = "denied"
             else:
-                entry = self.registry.get(name)  # only calls of tools that exist join a trace
-                started = time.monotonic()
-                result = await self.pool.call(name, arguments, meta=meta)
-                if entry is not None and self.traces is not None:
-                    success = result.get("isError") is not True
-                    self.traces.add(caller, name, server=entry.server, success=success, started=started)
+                with calling_as(who):  # a workflow's tasks are audited as this caller's
+                    result = await self._dispatch(name, arguments, caller, meta, progress, who.profile)
+                outcome = "error" if result.get("isError") is True else "ok"
             try:
                 return self.shape_call_result(version, result)
             except ValidationError as exc:
@@ -224,7 +236,28 @@ class UpstreamServer:
         except Exception as exc:  # a bug must reach the client as a tool error, never a crash
             logger.exception("tool %r failed inside the gateway", name)
             message = errors.internal_error(name, exc)
+        finally:
+            record_tool_call(who.principal, who.profile_name, name, (time.monotonic() - started) * 1000, outcome)
         return self.shape_call_result(version, errors.tool_error(message))
+
+    async def _dispatch(
+        self,
+        name: str,
+        arguments: dict[str, Any] | None,
+        caller: str,
+        meta: dict[str, Any] | None,
+        progress: ProgressReporter | None,
+        profile: Profile | None,
+    ) -> dict[str, Any]:
+        if name in gateway_tools.NAMES:
+            return await self.tools.call(name, arguments, progress, profile=profile)
+        entry = self.registry.get(name)  # only calls of tools that exist join a trace
+        started = time.monotonic()
+        result = await self.pool.call(name, arguments, meta=meta)
+        if entry is not None and self.traces is not None:
+            success = result.get("isError") is not True
+            self.traces.add(caller, name, server=entry.server, success=success, started=started)
+        return result
 
     # -- sessions and change notifications -----------------------------------------------------
 
@@ -277,6 +310,15 @@ class UpstreamServer:
                 logger.debug("session %s is gone (%s)", key, exc)
                 del self._sessions[key]
         await self.bus.publish(ToolsListChanged())
+
+
+#: Who calls when nobody authenticated (stdio, a local gateway): unlimited.
+ANONYMOUS = Caller(None, None)
+
+
+def _caller(ctx: ServerRequestContext[Any, Any]) -> Caller:
+    """[auth] Who calls: the gate (auth/guard.py) put the principal and its profile in the request's scope."""
+    return request_caller(getattr(ctx.request, "scope", None))
 
 
 def _session_id(ctx: ServerRequestContext[Any, Any]) -> str | None:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from graphrag import GraphRAGEngine
 
 from pml_gateway.proxy.downstream import errors
+from pml_gateway.auth.profiles import Profile
 from pml_gateway.proxy.registry import ToolRegistry
 from pml_gateway.proxy.workflows import ProgressReporter, Recorder, ToolCaller, WorkflowRequest, WorkflowResult, WorkflowRunner
 
@@ -217,6 +218,11 @@ def describe_validation(tool: str, exc: ValidationError) -> str:
 _WORD = re.compile(r"[a-z0-9]+")
 
 
+def _everything(name: str) -> bool:
+    """The visibility of a caller without a profile."""
+    return True
+
+
 def _words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
@@ -248,30 +254,55 @@ class GatewayTools:
         return None
 
     async def call(
-        self, name: str, arguments: dict[str, Any] | None, progress: ProgressReporter | None = None
+        self,
+        name: str,
+        arguments: dict[str, Any] | None,
+        progress: ProgressReporter | None = None,
+        *,
+        profile: Profile | None = None,
     ) -> dict[str, Any]:
-        """Run a pml_* tool; the result in wire form (bad arguments: a tool error naming the field)."""
+        """Run a pml_* tool; the result in wire form (bad arguments: a tool error naming the field).
+
+        With a ``profile`` (auth/profiles.py), only its tools appear or run.
+        """
         spec = next(s for s in SPECS if s.name == name)
         try:
             params = spec.input_model.model_validate(arguments or {})
         except ValidationError as exc:
             return errors.tool_error(describe_validation(name, exc))
+        visible = self.visibility(profile)
         if isinstance(params, GraphMetricsInput):
-            return structured_result(await self.graph_metrics())
+            return structured_result(await self.graph_metrics(visible))
         if isinstance(params, SearchToolsInput):
-            return structured_result(self.search_tools(params))
+            return structured_result(self.search_tools(params, visible))
         if isinstance(params, SuggestNextInput):
-            return structured_result(self.suggest_next(params))
+            return structured_result(self.suggest_next(params, visible))
         assert isinstance(params, WorkflowRequest)
-        problem = self._check_workflow_tools(params)
+        problem = self._check_workflow_tools(params, visible)
         if problem:
             return errors.tool_error(errors.invalid_arguments(name, problem))
         # A workflow whose tasks failed still ran: the per-task results say what happened.
         return structured_result(await self.runner.run(params, progress))
 
+    def visibility(self, profile: Profile | None) -> Callable[[str], bool]:
+        """[auth] Whether a tool id is visible to (and callable by) a caller with this profile.
+
+        Everything without a profile; with one, the gateway's own tools and what the profile allows.
+        """
+        if profile is None:
+            return _everything
+
+        def visible(name: str) -> bool:
+            if name in NAMES:
+                return True
+            entry = self.registry.get(name)
+            return profile.allows_tool(name, entry.server if entry is not None else None)
+
+        return visible
+
     # -- pml_graph_metrics -------------------------------------------------------------------
 
-    async def graph_metrics(self) -> GraphMetricsOutput:
+    async def graph_metrics(self, visible: Callable[[str], bool] = _everything) -> GraphMetricsOutput:
         engine = self.engine
         metrics = engine.metrics
         graph = engine.graph
@@ -285,7 +316,9 @@ class GatewayTools:
             node_count=metrics.node_count,
             edge_count=metrics.edge_count,
             density=metrics.density,
-            pagerank_top_10=[PageRankScore(tool_id=e.tool_id, score=e.score) for e in metrics.pagerank_top_10],
+            pagerank_top_10=[
+                PageRankScore(tool_id=e.tool_id, score=e.score) for e in metrics.pagerank_top_10 if visible(e.tool_id)
+            ],
             communities_count=metrics.communities_count,
             computed_at=metrics.model_dump(mode="json")["computed_at"],
             last_event_id=engine.last_event_id,
@@ -293,7 +326,7 @@ class GatewayTools:
 
     # -- pml_search_tools --------------------------------------------------------------------
 
-    def search_tools(self, params: SearchToolsInput) -> SearchToolsOutput:
+    def search_tools(self, params: SearchToolsInput, visible: Callable[[str], bool] = _everything) -> SearchToolsOutput:
         query_words = list(dict.fromkeys(_words(params.query)))
         boosts: dict[str, tuple[float, str]] = {}
         known_context = [t for t in params.context_tools if t in self.engine.graph]
@@ -304,6 +337,7 @@ class GatewayTools:
             (entry.name, entry.server, entry.tool.description) for entry in self.registry.tools()
         ]
         candidates += [(tool.name, None, tool.description) for tool in self._definitions]
+        candidates = [candidate for candidate in candidates if visible(candidate[0])]
         matches: list[ToolMatch] = []
         for name, server, description in candidates:
             text = _text_score(query_words, params.query, name, description or "")
@@ -330,8 +364,13 @@ class GatewayTools:
 
     # -- pml_suggest_next_tools --------------------------------------------------------------
 
-    def suggest_next(self, params: SuggestNextInput) -> SuggestNextOutput:
-        suggestions = self.engine.suggest_next(params.after, limit=params.limit)
+    def suggest_next(self, params: SuggestNextInput, visible: Callable[[str], bool] = _everything) -> SuggestNextOutput:
+        if visible is _everything:
+            suggestions = self.engine.suggest_next(params.after, limit=params.limit)
+        else:  # [auth] a profile: hidden tools are neither evidence nor answers
+            after = [tool for tool in params.after if visible(tool)]
+            ranked = self.engine.suggest_next(after, limit=10_000) if after else []
+            suggestions = [s for s in ranked if visible(s.tool_id)][: params.limit]
         return SuggestNextOutput(
             after=params.after,
             suggestions=[
@@ -347,10 +386,12 @@ class GatewayTools:
 
     # -- pml_execute_workflow ----------------------------------------------------------------
 
-    def _check_workflow_tools(self, request: WorkflowRequest) -> str | None:
+    def _check_workflow_tools(self, request: WorkflowRequest, visible: Callable[[str], bool] = _everything) -> str | None:
         for index, task in enumerate(request.tasks):
             if task.tool in NAMES:
                 return f"tasks.{index}.tool: the gateway's own tools cannot run inside a workflow"
+            if not visible(task.tool):
+                return f"tasks.{index}.tool: {task.tool!r} is not allowed for this profile"
             if task.tool not in self.registry:
                 return f"tasks.{index}.tool: {self._missing(task.tool)}"
         return None

@@ -34,6 +34,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from pml_gateway.auth.profiles import Profile
+from pml_gateway.proxy.registry import sanitize
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_SECONDS = 60.0
@@ -95,6 +98,11 @@ ServerConfig = StdioServerConfig | HttpServerConfig
 def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> list[ServerConfig]:
     """Read and check a config file. Raises :class:`ConfigError` naming the server and field."""
     path = Path(path)
+    data = _read_json(path)
+    return parse_config(data, base_dir=path.resolve().parent, label=str(path), environ=environ)
+
+
+def _read_json(path: Path) -> Any:
     label = str(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -106,7 +114,37 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> l
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{label}: not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    return parse_config(data, base_dir=path.resolve().parent, label=label, environ=environ)
+    return data
+
+
+# -- profiles (auth/profiles.py): who sees which tools, beside mcpServers ---------------------------
+def load_profiles(path: Path | str) -> dict[str, Profile]:
+    """The ``profiles`` object of a config file (none when absent). Raises :class:`ConfigError`."""
+    path = Path(path)
+    return parse_profiles(_read_json(path), label=str(path))
+
+
+def parse_profiles(data: Any, *, label: str = "config") -> dict[str, Profile]:
+    raw_profiles = data.get("profiles", {}) if isinstance(data, dict) else {}
+    if not isinstance(raw_profiles, dict):
+        raise ConfigError(f"{label}: field 'profiles': must be an object of name -> profile")
+    profiles: dict[str, Profile] = {}
+    for name, raw in raw_profiles.items():
+        where = f"{label}: profile {name!r}"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: must be an object with tools, prompts, resources or servers")
+        for field in ("tools", "prompts", "resources", "servers"):
+            value = raw.get(field, [])
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise ConfigError(f"{where}: field {field!r}: must be a list of non-empty strings")
+        servers = raw.get("servers", [])
+        # The tool and prompt names of a listed server, as the registry exposes them.
+        patterns = [sanitize(server, "x")[:-1] + "*" for server in servers]
+        try:
+            profiles[name] = Profile.model_validate({**raw, "name": name, "server_patterns": patterns})
+        except ValidationError as exc:
+            raise ConfigError(f"{where}: {_first_error(exc)}") from None
+    return profiles
 
 
 def parse_config(

@@ -25,6 +25,7 @@ __all__ = [
     "internal_error",
     "invalid_arguments",
     "invalid_result",
+    "not_allowed",
     "not_configured",
     "refused",
     "server_down",
@@ -90,6 +91,11 @@ def call_failed(server: str, tool: str, detail: str) -> str:
 def invalid_result(name: str) -> str:
     """The downstream's result does not fit the MCP schema of the client's protocol version."""
     return f"tool {name!r} returned a result that is not a valid MCP tool result"
+
+
+def not_allowed(name: str, profile: str) -> str:
+    """The caller's profile (auth) does not include this tool."""
+    return f"tool {name!r} is not allowed for profile {profile!r}"
 
 
 def invalid_arguments(tool: str, problem: str) -> str:

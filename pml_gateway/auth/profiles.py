@@ -1,0 +1,93 @@
+"""Profiles: per-client tool sets ("virtual servers"), one object with every rule in it.
+
+In the config file beside ``mcpServers`` (parsed by proxy/downstream/config.py)::
+
+    "profiles": {"reader": {"tools": ["files__read_*", "time__*"], "prompts": [...],
+                            "resources": ["file:///docs/*"], "servers": ["notes"]}}
+
+Patterns are shell globs (``fnmatchcase``: case-sensitive) on exposed names, and on URIs for
+resources. ``servers`` is the shortcut for "everything of these servers": a tool, prompt or
+resource of a listed server is allowed whether or not a pattern names it (callers that know the
+server pass it; for a bare tool id, ``<server>__*`` patterns are derived by the config loader).
+
+The upstream MCP server asks ``allows_tool`` / ``allows_prompt`` / ``allows_resource`` at one
+seam; the event stream asks ``filter_event``: an event that names any tool outside the profile is
+not delivered, and ``metrics_updated`` keeps only the profile's tools in its PageRank top list;
+``GET /graph`` asks ``filter_snapshot``, so a resumed stream and its snapshot agree.
+"""
+
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from graphrag import GraphEvent
+from graphrag.events import MetricsUpdatedData
+
+#: Payload fields that name one tool, and the one that names several.
+_TOOL_FIELDS = ("tool_id", "from_tool_id", "to_tool_id")
+_TOOL_LIST_FIELDS = ("tool_ids",)
+
+
+class Profile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    tools: tuple[str, ...] = ()
+    prompts: tuple[str, ...] = ()
+    resources: tuple[str, ...] = ()
+    servers: tuple[str, ...] = ()
+    #: ``<server>__*`` for each of ``servers``, in exposed-name form (filled in by the loader).
+    server_patterns: tuple[str, ...] = ()
+
+    def allows_tool(self, name: str, server: str | None = None) -> bool:
+        return self._allows(name, server, self.tools + self.server_patterns)
+
+    def allows_prompt(self, name: str, server: str | None = None) -> bool:
+        return self._allows(name, server, self.prompts + self.server_patterns)
+
+    def allows_resource(self, uri: str, server: str | None = None) -> bool:
+        return self._allows(uri, server, self.resources)
+
+    def _allows(self, value: str, server: str | None, patterns: tuple[str, ...]) -> bool:
+        if server is not None and server in self.servers:
+            return True
+        return any(fnmatchcase(value, pattern) for pattern in patterns)
+
+    def filter_event(self, event: GraphEvent) -> GraphEvent | None:
+        """The event as this profile may see it, or None when it names a tool outside the profile."""
+        data = event.data
+        if isinstance(data, MetricsUpdatedData):
+            top = [entry for entry in data.pagerank_top_10 if self.allows_tool(entry.tool_id)]
+            if len(top) == len(data.pagerank_top_10):
+                return event
+            return event.model_copy(update={"data": data.model_copy(update={"pagerank_top_10": top})})
+        server = getattr(data, "server", None)
+        for tool in _named_tools(data):
+            if not self.allows_tool(tool, server if isinstance(server, str) else None):
+                return None
+        return event
+
+
+    def filter_snapshot(self, document: dict[str, Any]) -> dict[str, Any]:
+        """A ``GET /graph`` document as this profile may see it: its tools, the edges between them,
+        its tools in the PageRank top list. Counts and density stay those of the whole graph."""
+        nodes = [node for node in document["nodes"] if self.allows_tool(node["id"], node.get("server"))]
+        visible = {node["id"] for node in nodes}
+        edges = [e for e in document["edges"] if e["from_tool_id"] in visible and e["to_tool_id"] in visible]
+        metrics = document.get("metrics")
+        if isinstance(metrics, dict):
+            top = [entry for entry in metrics.get("pagerank_top_10", []) if entry["tool_id"] in visible]
+            metrics = {**metrics, "pagerank_top_10": top}
+        return {**document, "nodes": nodes, "edges": edges, "metrics": metrics}
+
+
+def _named_tools(data: Any) -> list[str]:
+    named = [value for field in _TOOL_FIELDS if isinstance(value := getattr(data, field, None), str)]
+    for field in _TOOL_LIST_FIELDS:
+        values = getattr(data, field, None)
+        if isinstance(values, list):
+            named.extend(v for v in values if isinstance(v, str))
+    return named
