@@ -36,7 +36,7 @@ from .events import (
 )
 from .execution import WorkflowExecution
 from .graph_arrays import GraphArrays
-from .learning import EdgeState, learn, observations
+from .learning import EdgeState, TransitionState, learn, learn_transition, observations, transitions
 from .metrics import GraphMetrics, MetricsComputer
 from .snapshot import GraphSnapshot
 from .store import ExecutionRecord, GraphStore, MemoryStore
@@ -59,6 +59,8 @@ class GraphRAGEngine:
     def __init__(self, store: GraphStore | None = None, *, metrics_computer: MetricsComputer | None = None) -> None:
         self.store: GraphStore = store if store is not None else MemoryStore()
         self.graph: nx.DiGraph = nx.DiGraph()
+        #: Second-order evidence (see learning.py): (first, second) -> third -> counts.
+        self.transitions: dict[tuple[str, str], dict[str, TransitionState]] = {}
         self.metrics: GraphMetrics | None = None
         self._arrays = GraphArrays()
         self._computer = metrics_computer or MetricsComputer()
@@ -103,6 +105,9 @@ class GraphRAGEngine:
             self._add_node(tool_id, server)
         for edge in stored.edges:
             self._apply_edge(edge)
+        self.transitions = {}
+        for transition in stored.transitions:
+            self._apply_transition(transition)
         self._last_event_id = stored.bounds.last_id
         payload = GraphSyncedData(
             node_count=self.graph.number_of_nodes(),
@@ -154,19 +159,34 @@ class GraphRAGEngine:
             return []
         now = utcnow()
         staged: dict[tuple[str, str], EdgeState] = {}  # edges changed earlier in this batch
-        records = [self._learn(execution, staged, now) for execution in executions]
+        staged_paths: dict[tuple[str, str, str], TransitionState] = {}
+        records = [self._learn(execution, staged, staged_paths, now) for execution in executions]
         stored = self.store.record_executions(records)  # the commit: nothing changes before it
         for record in records:
             for tool_id, server in record.nodes.items():
                 self._add_node(tool_id, server)
         for edge in staged.values():
             self._apply_edge(edge)
+        for transition in staged_paths.values():
+            self._apply_transition(transition)
         for events in stored:
             self._emit(events)
         return stored
 
-    def _learn(self, execution: WorkflowExecution, staged: dict[tuple[str, str], EdgeState], now: datetime) -> ExecutionRecord:
+    def _learn(
+        self,
+        execution: WorkflowExecution,
+        staged: dict[tuple[str, str], EdgeState],
+        staged_paths: dict[tuple[str, str, str], TransitionState],
+        now: datetime,
+    ) -> ExecutionRecord:
         changes: list[EdgeState] = []
+        path_changes: list[TransitionState] = []
+        for path in transitions(execution):
+            key3 = path[:3]
+            previous_path = staged_paths.get(key3) or self.transitions.get(key3[:2], {}).get(key3[2])
+            path_changes.append(learn_transition(previous_path, path))
+            staged_paths[key3] = path_changes[-1]
         payloads: list[EventPayload] = []
         for observation in observations(execution):
             key = (observation.source, observation.target)
@@ -207,7 +227,7 @@ class GraphRAGEngine:
         )
         # Only tools the graph does not know yet: the store inserts nodes once.
         nodes = {tool_id: server_of(tool_id) for tool_id in execution.tool_ids if tool_id not in self.graph}
-        return ExecutionRecord(execution, nodes, changes, payloads)
+        return ExecutionRecord(execution, nodes, changes, payloads, path_changes)
 
     def _add_node(self, tool_id: str, server: str | None) -> None:
         if tool_id not in self.graph:
@@ -228,6 +248,9 @@ class GraphRAGEngine:
             last_observed=edge.last_observed,
         )
         self._arrays.set_edge(edge.source, edge.target, edge.confidence)
+
+    def _apply_transition(self, transition: TransitionState) -> None:
+        self.transitions.setdefault((transition.first, transition.second), {})[transition.third] = transition
 
     def _edge_state(self, source: str, target: str) -> EdgeState | None:
         attrs = self.graph.get_edge_data(source, target)
@@ -280,7 +303,8 @@ class GraphRAGEngine:
 
     # -- queries --------------------------------------------------------------------------
     def suggest_next(self, after: Sequence[str], limit: int = 5) -> list[Suggestion]:
-        return suggest_next(self.graph, after, limit)
+        """The most probable next tools (see suggestions.py), each with ``probability`` and why."""
+        return suggest_next(self.graph, after, limit, self.transitions)
 
     def snapshot_json(self) -> bytes:
         """The ``GET /graph`` document, built from plain dicts and cached until the next event.

@@ -25,7 +25,7 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 from .events import EventPayload, GraphEvent
 from .execution import WorkflowExecution
-from .learning import EdgeState
+from .learning import EdgeState, TransitionState
 
 
 class LogBounds(NamedTuple):
@@ -43,6 +43,7 @@ class StoredGraph:
     nodes: dict[str, str | None] = field(default_factory=dict)  # tool id -> server
     edges: list[EdgeState] = field(default_factory=list)
     bounds: LogBounds = LogBounds("", None, None)
+    transitions: list[TransitionState] = field(default_factory=list)  # second-order evidence
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,7 @@ class ExecutionRecord:
     nodes: dict[str, str | None]  # tool id -> server, inserted if new
     edges: Sequence[EdgeState]  # the edges' new states
     payloads: Sequence[EventPayload]  # its events, in order
+    transitions: Sequence[TransitionState] = ()  # second-order counts' new states, same transaction
 
 
 @runtime_checkable
@@ -80,6 +82,7 @@ class MemoryStore:
         self._epoch = uuid.uuid4().hex
         self._nodes: dict[str, str | None] = {}
         self._edges: dict[tuple[str, str], EdgeState] = {}
+        self._transitions: dict[tuple[str, str, str], TransitionState] = {}
         self._events: deque[GraphEvent] = deque(maxlen=max_events)
         self._next_id = 1
         self._lock = threading.Lock()  # events_after may be called from a worker thread
@@ -87,7 +90,9 @@ class MemoryStore:
 
     def load(self) -> StoredGraph:
         with self._lock:
-            return StoredGraph(dict(self._nodes), list(self._edges.values()), self._bounds())
+            return StoredGraph(
+                dict(self._nodes), list(self._edges.values()), self._bounds(), list(self._transitions.values())
+            )
 
     def record_executions(self, records: Sequence[ExecutionRecord]) -> list[list[GraphEvent]]:
         with self._lock:
@@ -97,6 +102,8 @@ class MemoryStore:
                     self._nodes.setdefault(tool_id, server)
                 for edge in record.edges:
                     self._edges[(edge.source, edge.target)] = edge
+                for t in record.transitions:
+                    self._transitions[(t.first, t.second, t.third)] = t
                 stored.append(self._append(record.payloads))
             self.executions_recorded += len(records)
             return stored

@@ -200,3 +200,37 @@ async def test_snapshot_json_is_the_snapshot_document_and_is_cached(tmp_path) ->
     reopened = GraphRAGEngine(store=SQLiteStore(tmp_path / "g.db"))
     await reopened.sync_from_database()
     assert json.loads(reopened.snapshot_json()) == json.loads(reopened.snapshot().model_dump_json())
+
+
+async def test_suggestions_report_the_probability_of_next_and_success() -> None:
+    engine = GraphRAGEngine()
+    # after "a": "b" 6 times (all succeed), "c" 4 times of which 3 fail
+    engine.record_many([WorkflowExecution.from_tool_ids(["a", "b"]) for _ in range(6)])
+    engine.record_many(
+        [WorkflowExecution(tasks=[TaskRun(id="1", tool_id="a"), TaskRun(id="2", tool_id="c", success=i == 0)]) for i in range(4)]
+    )
+    b, c = engine.suggest_next(["a"])
+    assert (b.tool_id, c.tool_id) == ("b", "c")
+    assert 0.55 < b.probability < 0.65  # about 6 of 10 transitions, all succeeded
+    assert 0.05 < c.probability < 0.15  # 1 of 10
+    assert "6 of the 10 transitions out of a" in b.reason
+
+
+async def test_second_order_evidence_refines_where_it_contradicts_the_last_tool(tmp_path) -> None:
+    from graphrag import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "g.db")
+    engine = GraphRAGEngine(store=store)
+    # after "x" alone, "y" is the usual next tool; but after "p" -> "x" it is always "z"
+    engine.record_many([WorkflowExecution.from_tool_ids(["q", "x", "y"]) for _ in range(30)])
+    engine.record_many([WorkflowExecution.from_tool_ids(["p", "x", "z"]) for _ in range(12)])
+    assert engine.suggest_next(["x"])[0].tool_id == "y"
+    assert engine.suggest_next(["q", "x"])[0].tool_id == "y"
+    top = engine.suggest_next(["p", "x"])[0]
+    assert top.tool_id == "z" and top.probability > 0.7
+    assert "after p -> x it came next and succeeded 12 of 12 times" in top.reason
+    # persisted with the edges: a new engine on the same file knows it too
+    reloaded = GraphRAGEngine(store=store)
+    await reloaded.sync_from_database()
+    assert reloaded.suggest_next(["p", "x"])[0].tool_id == "z"
+    store.close()
