@@ -56,6 +56,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("fast_path", "PML_FAST_PATH", "PML_GATEWAY_FAST_PATH"),
         description="Answer tools/call of downstream tools without the SDK's transports (0/false: off).",
     )
+    tool_exposure: Literal["all", "lean"] = Field(
+        default="all",
+        description="tools/list: every downstream tool (all), or only the pml_* tools (lean; find tools with "
+        "pml_search_tools and call them with pml_call_tool).",
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -22,6 +22,7 @@ CONTRACT_DEFAULTS = {
     "metrics_interval_seconds": 1.0,
     "trace_idle_seconds": 30.0,
     "fast_path": True,
+    "tool_exposure": "all",
 }
 
 
@@ -66,6 +67,7 @@ def test_env_vars_for_every_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PML_TRACE_IDLE_SECONDS", "2.5")
     monkeypatch.setenv("PML_LOG_LEVEL", "DEBUG")
     monkeypatch.setenv("PML_FAST_PATH", "0")
+    monkeypatch.setenv("PML_TOOL_EXPOSURE", "lean")
     settings = Settings()
     assert settings.model_dump() == {
         "host": "0.0.0.0",
@@ -81,6 +83,7 @@ def test_env_vars_for_every_setting(monkeypatch: pytest.MonkeyPatch) -> None:
         "trace_idle_seconds": 2.5,
         "log_level": "debug",
         "fast_path": False,
+        "tool_exposure": "lean",
     }
     assert settings.in_memory
 
@@ -89,6 +92,13 @@ def test_fast_path_keeps_its_old_env_var(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("PML_GATEWAY_FAST_PATH", "0")
     assert Settings().fast_path is False
     assert parse("--fast-path", "1").fast_path is True  # the flag wins
+
+
+def test_tool_exposure_flag_and_a_clear_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("PML_TOOL_EXPOSURE", "all")
+    assert parse("--tool-exposure", "lean").tool_exposure == "lean"  # the flag wins
+    assert main(["serve", "--tool-exposure", "some"]) == 2
+    assert "tool_exposure" in capsys.readouterr().err
 
 
 def test_flags_win_over_env_vars(monkeypatch: pytest.MonkeyPatch) -> None:

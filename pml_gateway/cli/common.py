@@ -36,6 +36,7 @@ _METAVARS = {
     "trace_idle_seconds": "SECONDS",
     "log_level": "LEVEL",
     "fast_path": "BOOL",
+    "tool_exposure": "all|lean",
 }
 _DEFAULTS_SHOWN = {"config": "./mcp.json when present"}
 _TYPES: dict[str, Any] = {"config": Path}
