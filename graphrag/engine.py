@@ -40,7 +40,8 @@ from .learning import EdgeState, TransitionState, learn, learn_transition, obser
 from .metrics import GraphMetrics, MetricsComputer
 from .snapshot import GraphSnapshot
 from .store import ExecutionRecord, GraphStore, MemoryStore
-from .suggestions import Suggestion, suggest_next
+from .grading import SuggestionGrader
+from .suggestions import Suggestion, rank_next, suggest_next
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ class GraphRAGEngine:
         #: Second-order evidence (see learning.py): (first, second) -> third -> counts.
         self.transitions: dict[tuple[str, str], dict[str, TransitionState]] = {}
         self.metrics: GraphMetrics | None = None
+        #: Live hit rates of suggestions and search (grading.py), for the metrics.
+        self.grader = SuggestionGrader()
         self._arrays = GraphArrays()
         self._computer = metrics_computer or MetricsComputer()
         self._listeners: list[Listener] = []
@@ -306,6 +309,10 @@ class GraphRAGEngine:
         """The most probable next tools (see suggestions.py), each with ``probability`` and why."""
         return suggest_next(self.graph, after, limit, self.transitions)
 
+    def grade_next(self, history: Sequence[str], actual: str) -> None:
+        """Live grading: was ``actual``, used right after ``history``, in the top 1 / 3 suggested?"""
+        self.grader.next_tool.grade(rank_next(self.graph, history[-2:], 3, self.transitions), actual)
+
     def snapshot_json(self) -> bytes:
         """The ``GET /graph`` document, built from plain dicts and cached until the next event.
 
@@ -313,7 +320,7 @@ class GraphRAGEngine:
         dicts serialised by pydantic-core ~2 µs; a dashboard refetching after each
         ``metrics_updated`` hits the cache.
         """
-        key = (id(self.graph), self._last_event_id)
+        key = (id(self.graph), self._last_event_id, self.grader.version)
         if self._snapshot_cache is not None and self._snapshot_cache[0] == key:
             return self._snapshot_cache[1]
         metrics = self.metrics
@@ -338,7 +345,7 @@ class GraphRAGEngine:
                 }
                 for source, target, attrs in self.graph.edges(data=True)
             ],
-            "metrics": metrics.model_dump(mode="json") if metrics else None,
+            "metrics": {**metrics.model_dump(mode="json"), "suggestions": self.grader.stats().model_dump()} if metrics else None,
         }
         body = to_json(document)  # pydantic-core: datetimes exactly as the models write them
         self._snapshot_cache = (key, body)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import networkx as nx
 from pydantic import BaseModel, Field
@@ -90,15 +91,18 @@ def first_order(graph: nx.DiGraph, source: str) -> dict[str, float]:
     return probabilities
 
 
-def suggest_next(
-    graph: nx.DiGraph, after: Sequence[str], limit: int = 5, second_order: SecondOrder | None = None
-) -> list[Suggestion]:
-    """The most probable next tools after ``after`` (oldest first), best first.
+@dataclass
+class _Ranking:
+    source: str  #: the tool of the history whose successors are ranked
+    distance: int  #: how many steps back from the last tool it is
+    context: Mapping[str, TransitionState]  #: second-order evidence used ({} if none)
+    seen_after_pair: int
+    scored: list[tuple[float, str]]  #: (probability, tool), best first
 
-    The last tool of ``after`` is never suggested (a tool following itself teaches nothing).
-    """
-    if not after or limit <= 0:
-        return []
+
+def _rank(graph: nx.DiGraph, after: Sequence[str], second_order: SecondOrder | None) -> _Ranking | None:
+    if not after:
+        return None
     last = after[-1]
     for distance, source in enumerate(reversed(after)):
         probabilities = first_order(graph, source)
@@ -106,7 +110,7 @@ def suggest_next(
         if probabilities:
             break
     else:
-        return []
+        return None
     weight = 0.5**distance
     context: Mapping[str, TransitionState] = {}
     if distance == 0 and len(after) >= 2 and second_order is not None:
@@ -123,9 +127,30 @@ def suggest_next(
             p = weight * p1
         scored.append((p, target))
     scored.sort(key=lambda item: (-item[0], item[1]))
+    return _Ranking(source, distance, context, seen_after_pair, scored)
+
+
+def rank_next(graph: nx.DiGraph, after: Sequence[str], limit: int, second_order: SecondOrder | None = None) -> list[str]:
+    """The ids ``suggest_next`` would return, without building the models (live grading's hot path)."""
+    ranking = _rank(graph, after, second_order)
+    return [target for _, target in ranking.scored[:limit]] if ranking else []
+
+
+def suggest_next(
+    graph: nx.DiGraph, after: Sequence[str], limit: int = 5, second_order: SecondOrder | None = None
+) -> list[Suggestion]:
+    """The most probable next tools after ``after`` (oldest first), best first.
+
+    The last tool of ``after`` is never suggested (a tool following itself teaches nothing).
+    """
+    ranking = _rank(graph, after, second_order)
+    if ranking is None or limit <= 0:
+        return []
+    source, context = ranking.source, ranking.context
+    weight = 0.5**ranking.distance
     out = sum(attrs["observed_count"] for attrs in graph.succ[source].values())
     suggestions = []
-    for p, target in scored[:limit]:
+    for p, target in ranking.scored[:limit]:
         attrs = graph.succ[source][target]
         reason = (
             f"{attrs['edge_type']} edge from {source}: observed {attrs['observed_count']}x, "
@@ -135,9 +160,9 @@ def suggest_next(
         if context:
             evidence = context.get(target)
             followed = evidence.success_count if evidence else 0
-            reason += f"; after {after[-2]} -> {last} it came next and succeeded {followed} of {seen_after_pair} times"
-        elif distance:
-            reason += f"; {last} has no learned successors, so this comes from {distance} step(s) back"
+            reason += f"; after {after[-2]} -> {after[-1]} it came next and succeeded {followed} of {ranking.seen_after_pair} times"
+        elif ranking.distance:
+            reason += f"; {after[-1]} has no learned successors, so this comes from {ranking.distance} step(s) back"
         suggestions.append(
             Suggestion(
                 tool_id=target,

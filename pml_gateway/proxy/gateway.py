@@ -15,7 +15,7 @@ and the lean downstream link off.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -36,6 +36,7 @@ from pml_gateway.proxy.fast_path import FastPath
 from pml_gateway.proxy.tools import GatewayTools
 from pml_gateway.settings import Settings
 from pml_gateway.proxy.registry import ToolRegistry
+from pml_gateway.proxy.search import ToolSearch
 from pml_gateway.proxy.traces import TraceRecorder
 from pml_gateway.proxy.server import MCP_SESSION_ID_HEADER, UpstreamServer
 
@@ -117,15 +118,25 @@ class Gateway:
             except Exception:  # the caller still gets its results
                 logger.exception("could not record workflow %s", execution.workflow_id)
 
-        self.traces = TraceRecorder(record, idle_seconds=self.settings.trace_idle_seconds)
+        search = ToolSearch()
+
+        def search_label(query: str, ranked: Sequence[str], called: str) -> None:
+            engine.grader.search.grade(ranked, called)
+            search.feedback.learn(query, called)
+
+        self.traces = TraceRecorder(
+            record, idle_seconds=self.settings.trace_idle_seconds, grade_next=engine.grade_next, on_search_label=search_label
+        )
         tools = GatewayTools(
             engine,
             self.registry,
             self.call_tool,
             record_workflow,
             unavailable_reason=self.pool.unavailable_reason,
+            traces=self.traces,
+            search=search,
         )
-        upstream = UpstreamServer(self.registry, self.pool, tools, self.traces)
+        upstream = UpstreamServer(self.registry, self.pool, tools, self.traces, tool_exposure=self.settings.tool_exposure)
         security = security_settings(self.settings.host)
         manager = StreamableHTTPSessionManager(app=upstream.server, security_settings=security)
         async with self.pool.running(startup_timeout=self.startup_timeout), upstream.running(), manager.run():

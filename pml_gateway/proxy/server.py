@@ -71,6 +71,7 @@ def caller_key(ctx: ServerRequestContext[Any, Any]) -> str:
         session_id=_session_id(ctx),
         client_host=client.host if client is not None else None,
         client_name=params.client_info.name if params is not None else None,
+        client_port=client.port if client is not None else None,
     )
 
 
@@ -87,14 +88,21 @@ def caller_key_of(
     session_id: str | None,
     client_host: str | None,
     client_name: str | None,
+    client_port: int | None = None,
 ) -> str:
-    """``caller_key`` from its parts, for an HTTP request (shared with the fast path)."""
+    """``caller_key`` from its parts, for an HTTP request (shared with the fast path).
+
+    Without a session or an explicit trace id, the TCP connection (address and port) tells
+    callers apart: two agents on one machine with the same client name have two connections
+    (see traces.py, "honest traces").
+    """
     explicit = trace_key(meta)
     if explicit is not None:
         return explicit
     if session_id and protocol_version not in MODERN_PROTOCOL_VERSIONS:
         return f"session:{session_id}"
-    return f"caller:{client_host or 'local'}:{client_name or 'client'}"
+    connection = f"{client_host or 'local'}:{client_port}" if client_port else (client_host or "local")
+    return f"caller:{connection}:{client_name or 'client'}"
 
 
 class UpstreamServer:
@@ -109,8 +117,10 @@ class UpstreamServer:
         *,
         name: str = "pml-gateway",
         version: str = "0.1.0",
+        tool_exposure: str = "all",
     ) -> None:
         self.registry = registry
+        self.tool_exposure = tool_exposure
         self.pool = pool
         self.tools = tools
         self.traces = traces
@@ -160,6 +170,8 @@ class UpstreamServer:
     async def _list_tools(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
+        if self.tool_exposure == "lean":  # only the pml_* tools: the rest is found by search, called by pml_call_tool
+            return types.ListToolsResult(tools=self.tools.lean_definitions())
         return types.ListToolsResult(tools=[*self.tools.definitions(), *(e.tool for e in self.registry.tools())])
 
     def _input_schema(self, name: str) -> dict[str, Any] | None:
@@ -171,16 +183,21 @@ class UpstreamServer:
     async def _call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
-        name = params.name
+        name, arguments = params.name, params.arguments
         try:
-            if name in gateway_tools.NAMES:
-                return await self.tools.call(name, params.arguments, _progress_reporter(ctx))
+            if name == gateway_tools.CALL_TOOL:  # then exactly as if the tool had been called directly
+                target = self.tools.call_target(arguments)
+                if isinstance(target, types.CallToolResult):
+                    return target
+                name, arguments = target
+            elif name in gateway_tools.NAMES:
+                return await self.tools.call(name, arguments, _progress_reporter(ctx), caller=caller_key(ctx))
             entry = self.registry.get(name)
             if entry is None:
                 why = self.pool.unavailable_reason(name)
                 return error_result(f"tool {name!r} is unavailable: {why}" if why else f"unknown tool {name!r}")
             started = time.monotonic()
-            result = await self.pool.call(entry, params.arguments)
+            result = await self.pool.call(entry, arguments)
             if self.traces is not None:
                 self.traces.add(caller_key(ctx), entry.name, success=not result.is_error, started=started)
             return result

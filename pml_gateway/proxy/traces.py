@@ -6,8 +6,22 @@ or at shutdown; it is then recorded as a ``WorkflowExecution`` whose tasks are t
 (so consecutive calls become ``sequence`` edges) and which succeeded when every call did.
 
 Who is "one caller" depends on the protocol era (SDK_NOTES §8): on 2025-11-25 and earlier the
-MCP session; on 2026-07-28, which has no sessions, what identifies the caller (a trace id the
-client sends in ``_meta``, else client address plus client name); over stdio, the process.
+MCP session; on 2026-07-28, which has no sessions, what identifies the caller: a trace id the
+client sends in ``_meta``, else the HTTP connection (client address AND port, plus client name);
+over stdio, the process. Keyed by address and name alone, two agents on one machine were merged
+into one trace and taught false edges (``files__read_text_file -> git__git_status`` between two
+agents running side by side). The SDK's client keeps one keep-alive connection per ``Client``
+(measured: every call of a client came over the same port, two clients over two), so the port
+separates them. A client whose connection is replaced (the server's keep-alive timeout, 5 s in
+uvicorn, after a long pause) starts a new trace: the one edge across the reconnect is not learned,
+because a new connection cannot be told apart from another caller's; a client that wants its
+calls joined across connections sends a trace id in ``_meta`` (``pml-gateway/trace_id``).
+
+Live grading (graphrag/grading.py) happens here too, where every proxied call passes (SDK path
+and fast path alike): each call is graded against the suggestions after the calls before it in
+its trace, and the first call after a ``pml_search_tools`` of the same caller against that
+search's results; that call is also the search's label (``on_search_label``: the search index
+learns that the query led to this tool).
 """
 
 from __future__ import annotations
@@ -16,7 +30,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,12 +41,23 @@ from graphrag import TaskRun, WorkflowExecution
 logger = logging.getLogger(__name__)
 
 Recorder = Callable[[WorkflowExecution], Awaitable[Any]]
+#: (history of the trace, oldest first; the tool called now)
+GradeNext = Callable[[Sequence[str], str], None]
+#: (the search's query; its ranked tool ids; the tool called next)
+SearchLabel = Callable[[str, Sequence[str], str], None]
 
 
 @dataclass
 class _Call:
     tool_id: str
     success: bool
+
+
+@dataclass
+class _Search:
+    query: str
+    ranked: list[str]
+    at: float  # monotonic
 
 
 @dataclass
@@ -52,6 +77,8 @@ class TraceRecorder:
         idle_seconds: float,
         max_calls: int = 100,
         clock: Callable[[], float] = time.monotonic,
+        grade_next: GradeNext | None = None,
+        on_search_label: SearchLabel | None = None,
     ) -> None:
         self._record = record
         self.idle_seconds = idle_seconds
@@ -59,6 +86,9 @@ class TraceRecorder:
         self._clock = clock
         self._open: dict[str, _Trace] = {}
         self._full: list[tuple[str, _Trace]] = []  # closed by max_calls, waiting to be recorded
+        self._grade_next = grade_next
+        self._on_search_label = on_search_label
+        self._searches: dict[str, _Search] = {}  # each caller's last search not yet followed by a call
         self._wake = anyio.Event()
         self.recorded = 0  #: traces recorded so far
 
@@ -70,6 +100,7 @@ class TraceRecorder:
         """One proxied call finished. ``started`` is its monotonic start time (default: now)."""
         now = self._clock()
         trace = self._open.get(caller)
+        self._grade(caller, trace, tool_id)
         if trace is None:
             trace = self._open[caller] = _Trace(started=now if started is None else started, last=now)
             self._wake.set()  # the idle watcher may be sleeping with no deadline
@@ -80,9 +111,25 @@ class TraceRecorder:
             self._full.append((caller, self._open.pop(caller)))
             self._wake.set()
 
+    def searched(self, caller: str, query: str, ranked: Sequence[str]) -> None:
+        """``caller`` ran ``pml_search_tools``: its next call tells which result it wanted."""
+        self._searches[caller] = _Search(query, list(ranked), self._clock())
+        self._wake.set()  # the idle watcher forgets searches nobody followed up
+
+    def _grade(self, caller: str, trace: _Trace | None, tool_id: str) -> None:
+        try:
+            if self._grade_next is not None and trace is not None and trace.calls:
+                self._grade_next([call.tool_id for call in trace.calls], tool_id)
+            search = self._searches.pop(caller, None)
+            if search is not None and self._on_search_label is not None:
+                self._on_search_label(search.query, search.ranked, tool_id)
+        except Exception:  # grading must never break serving
+            logger.exception("could not grade the call of %s to %s", caller, tool_id)
+
     async def end(self, caller: str) -> None:
         """The caller's session ended: record its trace now."""
         trace = self._open.pop(caller, None)
+        self._searches.pop(caller, None)
         if trace is not None:
             await self._save(caller, trace)
 
@@ -101,7 +148,14 @@ class TraceRecorder:
                 for caller, trace in list(self._open.items()):
                     if now - trace.last >= self.idle_seconds:
                         await self.end(caller)
-                deadline = min((t.last + self.idle_seconds for t in self._open.values()), default=math.inf)
+                for caller, search in list(self._searches.items()):
+                    if now - search.at >= self.idle_seconds:
+                        del self._searches[caller]
+                deadline = min(
+                    [t.last + self.idle_seconds for t in self._open.values()]
+                    + [s.at + self.idle_seconds for s in self._searches.values()],
+                    default=math.inf,
+                )
                 self._wake = anyio.Event()
                 with anyio.move_on_after(max(0.0, deadline - self._clock()) if deadline != math.inf else None):
                     await self._wake.wait()
