@@ -37,6 +37,9 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 #: Weight of the learned query -> tool labels against the text score (both in [0, 1]).
 FEEDBACK_WEIGHT = 0.8
+#: Weight of the parameter descriptions against the main field: "Asia/Tokyo" as an example value
+#: of ``time__convert_time``'s target must not outrank ``time__get_current_time`` for "time in Tokyo".
+PARAMETER_WEIGHT = 0.3
 #: Weight of the graph boost (the probability that a tool follows the context tools).
 GRAPH_WEIGHT = 0.5
 
@@ -62,15 +65,18 @@ class ToolDocument:
     input_schema: dict[str, Any]
 
     def text(self) -> str:
+        """The main field: name (twice), title, description, parameter names."""
         name = self.tool_id.replace("__", " ").replace("_", " ").replace("-", " ")
-        parts = [name, name, self.title or "", self.description or ""]
         properties = self.input_schema.get("properties")
-        if isinstance(properties, dict):
-            for param, spec in properties.items():
-                parts.append(param.replace("_", " "))
-                if isinstance(spec, dict) and isinstance(spec.get("description"), str):
-                    parts.append(spec["description"])
-        return " ".join(parts)
+        params = [p.replace("_", " ") for p in properties] if isinstance(properties, dict) else []
+        return " ".join([name, name, self.title or "", self.description or "", *params])
+
+    def parameter_text(self) -> str:
+        """The minor field: parameter descriptions (their examples name places, formats, ...)."""
+        properties = self.input_schema.get("properties")
+        if not isinstance(properties, dict):
+            return ""
+        return " ".join(spec["description"] for spec in properties.values() if isinstance(spec, dict) and isinstance(spec.get("description"), str))
 
 
 @dataclass
@@ -117,7 +123,7 @@ class ToolSearch:
         self._key: tuple[Any, ...] | None = None
         self._documents: list[ToolDocument] = []
         self._doc_terms: list[frozenset[str]] = []
-        self._bm25: bm25s.BM25 | None = None
+        self._bm25: list[tuple[float, bm25s.BM25]] = []  # (weight, index) per field
 
     def update(self, documents: Iterable[ToolDocument]) -> None:
         """Index these tools, unless they are the ones already indexed."""
@@ -127,24 +133,25 @@ class ToolSearch:
             return
         self._key = key
         self._documents = documents
-        corpus = [terms(d.text()) or ["_"] for d in documents]  # bm25s wants no empty document
-        self._doc_terms = [frozenset(c) for c in corpus]
+        main = [terms(d.text()) or ["_"] for d in documents]  # bm25s wants no empty document
+        minor = [terms(d.parameter_text()) or ["_"] for d in documents]
+        self._doc_terms = [frozenset(a) | frozenset(b) for a, b in zip(main, minor)]
+        self._bm25 = []
         if documents:
-            bm25 = bm25s.BM25()
-            bm25.index(corpus, show_progress=False)
-            self._bm25 = bm25
-        else:
-            self._bm25 = None
+            for weight, corpus in ((1.0, main), (PARAMETER_WEIGHT, minor)):
+                bm25 = bm25s.BM25()
+                bm25.index(corpus, show_progress=False)
+                self._bm25.append((weight, bm25))
 
     def search(self, query: str, limit: int, boosts: Mapping[str, float] | None = None) -> list[tuple[float, SearchHit]]:
         """The best ``limit`` tools for ``query``: (score, hit), best first; only tools that match at all."""
-        if self._bm25 is None:
+        if not self._bm25:
             return []
         query_terms = terms(query)
+        raw = np.zeros(len(self._documents))
         if query_terms:
-            raw = np.asarray(self._bm25.get_scores(query_terms), dtype=float)
-        else:
-            raw = np.zeros(len(self._documents))
+            for weight, bm25 in self._bm25:
+                raw += weight * np.asarray(bm25.get_scores(query_terms), dtype=float)
         best = float(raw.max()) if raw.size else 0.0
         text = raw / best if best > 0 else raw
         learned = self.feedback.scores(query_terms)
