@@ -5,14 +5,16 @@
 
 Tools: the 50 tools of the five real servers (server-everything, memory, filesystem, time, git) as
 the gateway exposes them, snapshot in bench/data/real_tools.json (``--snapshot`` refreshes it from
-the real servers through a real gateway), plus the gateway's own pml_* tools. Queries:
+the real servers through a real gateway); the gateway's own pml_* tools are not searched. Queries:
 bench/data/search_queries.json, each with its acceptable tools. Rankers:
 
 - substring: the scorer ``pml_search_tools`` used before (share of query words found in the
   name or description), kept here as the baseline;
 - BM25: ``pml_gateway.proxy.search.ToolSearch`` with no feedback (stemming and stop words);
-- BM25 + feedback: the same after the gateway saw the OTHER queries of the set each followed by a
-  call of its tool (leave-one-out: the query itself is never among its own labels).
+- BM25 + feedback (leave-one-out): the same after the gateway saw the OTHER queries of the set,
+  each followed by a call of its tool (the query itself is never among its own labels);
+- BM25 + feedback (history): after the 74 past searches of bench/data/search_history.json (other
+  people, places and files; written apart from the query set), each with the tool called next.
 """
 
 from __future__ import annotations
@@ -30,17 +32,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pml_gateway.proxy.search import SearchFeedback, ToolDocument, ToolSearch, terms  # noqa: E402
-from pml_gateway.proxy.tools import definitions  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 SNAPSHOT = DATA / "real_tools.json"
 QUERIES = DATA / "search_queries.json"
+HISTORY = DATA / "search_history.json"
 
 
 def documents() -> list[ToolDocument]:
     tools = json.loads(SNAPSHOT.read_text())["tools"]
     docs = [ToolDocument(t["name"], t["server"], t.get("title"), t.get("description"), t["inputSchema"]) for t in tools]
-    docs += [ToolDocument(t.name, None, t.title, t.description, t.input_schema) for t in definitions()]
     return docs
 
 
@@ -106,8 +107,22 @@ def evaluate(show_misses: bool) -> None:
         search.update(docs)
         return [hit.document.tool_id for _, hit in search.search(q, 3)]
 
+    history = ToolSearch()
+    for past in json.loads(HISTORY.read_text())["searches"]:
+        history.feedback.learn(past["query"], past["called"])
+    history.update(docs)
+
+    def with_history(q: str, i: int) -> list[str]:
+        return [hit.document.tool_id for _, hit in history.search(q, 3)]
+
+    rankers = (
+        ("substring (before)", substring),
+        ("BM25", bm25),
+        ("BM25 + feedback (leave-one-out)", with_feedback),
+        ("BM25 + feedback (history of 74 searches)", with_history),
+    )
     rows = []
-    for name, ranker in (("substring (before)", substring), ("BM25", bm25), ("BM25 + feedback (leave-one-out)", with_feedback)):
+    for name, ranker in rankers:
         hits1 = hits3 = d1 = d3 = 0
         misses = []
         for i, q in enumerate(queries):

@@ -2,24 +2,27 @@
 
 Substring matching ranked ``files__list_directory_with_sizes`` first for "what time is it in
 Tokyo" (it "matches is, it, in"). This is BM25 (``bm25s``) over each tool's name (split at
-``__``, ``_``, ``-`` and camelCase, counted twice), title, description, parameter names and
-parameter descriptions, with English stop words removed and words reduced to their stem
-(Snowball, through PyStemmer when installed, so "branches" finds "branch").
+``__``, ``_``, ``-`` and camelCase, counted twice), title, description and parameter names, plus
+its parameter descriptions as a second field at 0.3 weight (their example values, "Asia/Tokyo",
+must not decide), with English stop words removed and words reduced to their stem (Snowball,
+through PyStemmer when installed, so "branches" finds "branch").
 
 Words alone miss requests that share none with the tool ("forget everything you know about
 Bob" for ``memory__delete_entities``). The gateway sees the answer for free: the tool a client
 calls right after a search, in the same trace, is the one it was looking for. ``SearchFeedback``
-keeps those labels (stemmed query word -> tool counts, in memory) and adds a boost for tools that
-earlier searches with the same words led to. bench/search.py measures each part.
+keeps those labels, in memory, as the words of the queries that led to each tool: a third field
+of the tool's document (document expansion from click logs), weighted by how many labels the
+tool has. bench/search.py measures each part; no offline embedding model ships in a PyPI package
+this project can trust (model2vec loads its models from a hub at run time), so there is none.
 
-The index is rebuilt lazily when the set of tools changes (``ToolSearch.update``), at most once
-per change, not per query.
+The index is rebuilt lazily when the tools or the labels changed (``ToolSearch.update``), at most
+once per change, not per query: about a millisecond for 50 tools.
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,8 +38,10 @@ try:  # optional: the Snowball stemmer (declared in pyproject); plain words with
 except ImportError:  # pragma: no cover - depends on the environment
     _stem = str
 
-#: Weight of the learned query -> tool labels against the text score (both in [0, 1]).
-FEEDBACK_WEIGHT = 0.8
+#: Weight of the learned field (the words of past queries that led to the tool) against the main field.
+FEEDBACK_WEIGHT = 1.0
+#: Labels at which a tool's learned field counts half.
+LABEL_PRIOR = 2.0
 #: Weight of the parameter descriptions against the main field: "Asia/Tokyo" as an example value
 #: of ``time__convert_time``'s target must not outrank ``time__get_current_time`` for "time in Tokyo".
 PARAMETER_WEIGHT = 0.3
@@ -52,6 +57,17 @@ def terms(text: str) -> list[str]:
     """Search terms of a text: words split at camelCase and punctuation, stop words out, stemmed."""
     words = _WORD.findall(_CAMEL.sub(" ", text).lower())
     return [_stem(w) for w in words if w not in _STOPWORDS]
+
+
+_SPECIFIC = re.compile(r"[0-9./\\:@_]")
+
+
+def generic_words(query: str) -> str:
+    """A query without what is particular to one request: names (capitalised words after the first),
+    numbers, file names and paths. "forget everything you know about Bob" teaches "forget", not "Bob"."""
+    words = query.split()
+    kept = [w for i, w in enumerate(words) if not _SPECIFIC.search(w) and not (i and w[:1].isupper())]
+    return " ".join(kept)
 
 
 @dataclass(frozen=True)
@@ -82,37 +98,33 @@ class ToolDocument:
 @dataclass
 class SearchHit:
     document: ToolDocument
-    text_score: float  #: BM25, divided by the best BM25 score of the query (so in [0, 1])
-    feedback_score: float  #: share of the query's words whose earlier searches led to this tool
+    text_score: float  #: BM25 of the tool's own texts, relative to the best match of the query (1)
+    feedback_score: float  #: BM25 of the words earlier searches that led to this tool used, on the same scale
     matched: list[str]  #: query terms found in the tool's text
 
 
 @dataclass
 class SearchFeedback:
-    """Labels the gateway saw: a search, then a call of ``tool_id`` in the same trace."""
+    """Labels the gateway saw: a search, then a call of ``tool_id`` in the same trace.
 
-    counts: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
-    labels: int = 0
+    Kept as the words of past queries per tool (the last ``per_tool`` of each), which the index
+    adds to the tool as one more field: document expansion from click logs. BM25 then weighs the
+    learned words as it weighs any other (a rare, telling word like "forget" much more than
+    "what"), and a tool is found by the words people used to ask for it.
+    """
+
+    per_tool: int = 50
+    queries: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    labels: int = 0  #: labels learned so far; also the version of ``queries``
 
     def learn(self, query: str, tool_id: str) -> None:
-        for term in set(terms(query)):
-            self.counts[term][tool_id] += 1
+        learned = self.queries[tool_id]
+        learned.append(generic_words(query))
+        del learned[: -self.per_tool]
         self.labels += 1
 
-    def scores(self, query_terms: Sequence[str]) -> dict[str, float]:
-        """For each tool, the mean over the query's terms of P(tool | term) (add-one smoothed)."""
-        unique = set(query_terms)
-        if not unique:
-            return {}
-        scores: dict[str, float] = defaultdict(float)
-        for term in unique:
-            tools = self.counts.get(term)
-            if not tools:
-                continue
-            total = sum(tools.values()) + 1
-            for tool_id, count in tools.items():
-                scores[tool_id] += count / total / len(unique)
-        return dict(scores)
+    def text(self, tool_id: str) -> str:
+        return " ".join(self.queries.get(tool_id, ()))
 
 
 class ToolSearch:
@@ -124,21 +136,27 @@ class ToolSearch:
         self._documents: list[ToolDocument] = []
         self._doc_terms: list[frozenset[str]] = []
         self._bm25: list[tuple[float, bm25s.BM25]] = []  # (weight, index) per field
+        self._label_evidence = np.zeros(0)
 
     def update(self, documents: Iterable[ToolDocument]) -> None:
-        """Index these tools, unless they are the ones already indexed."""
+        """Index these tools, unless they (and the labels learned) are the ones already indexed."""
         documents = list(documents)
-        key = tuple((d.tool_id, d.title, d.description) for d in documents)
+        key = (tuple((d.tool_id, d.title, d.description) for d in documents), self.feedback.labels)
         if key == self._key:
             return
         self._key = key
         self._documents = documents
         main = [terms(d.text()) or ["_"] for d in documents]  # bm25s wants no empty document
         minor = [terms(d.parameter_text()) or ["_"] for d in documents]
+        learned = [terms(self.feedback.text(d.tool_id)) or ["_"] for d in documents]
         self._doc_terms = [frozenset(a) | frozenset(b) for a, b in zip(main, minor)]
+        # One label is one person's wording: the learned field counts fully only once a tool has
+        # several (n / (n + LABEL_PRIOR)), so a single odd query cannot outrank the tool's own text.
+        counts = np.array([len(self.feedback.queries.get(d.tool_id, ())) for d in documents], dtype=float)
+        self._label_evidence = counts / (counts + LABEL_PRIOR)
         self._bm25 = []
         if documents:
-            for weight, corpus in ((1.0, main), (PARAMETER_WEIGHT, minor)):
+            for weight, corpus in ((1.0, main), (PARAMETER_WEIGHT, minor), (FEEDBACK_WEIGHT, learned)):
                 bm25 = bm25s.BM25()
                 bm25.index(corpus, show_progress=False)
                 self._bm25.append((weight, bm25))
@@ -148,22 +166,21 @@ class ToolSearch:
         if not self._bm25:
             return []
         query_terms = terms(query)
-        raw = np.zeros(len(self._documents))
+        fields = np.zeros((len(self._bm25), len(self._documents)))
         if query_terms:
-            for weight, bm25 in self._bm25:
-                raw += weight * np.asarray(bm25.get_scores(query_terms), dtype=float)
-        best = float(raw.max()) if raw.size else 0.0
-        text = raw / best if best > 0 else raw
-        learned = self.feedback.scores(query_terms)
+            for row, (weight, bm25) in enumerate(self._bm25):
+                fields[row] = weight * np.asarray(bm25.get_scores(query_terms), dtype=float)
+        best = float(fields.sum(axis=0).max()) if fields.size else 0.0
+        if best > 0:
+            fields /= best  # the best match scores 1
+        text, learned = fields[:2].sum(axis=0), fields[2] * self._label_evidence
         boosts = boosts or {}
         scored = []
         for i, document in enumerate(self._documents):
-            feedback = learned.get(document.tool_id, 0.0)
-            graph = boosts.get(document.tool_id, 0.0)
-            if text[i] <= 0 and feedback <= 0:
+            if text[i] <= 0 and learned[i] <= 0:
                 continue  # the graph only reorders tools that match the query
-            score = float(text[i]) + FEEDBACK_WEIGHT * feedback + GRAPH_WEIGHT * graph
+            score = float(text[i] + learned[i]) + GRAPH_WEIGHT * boosts.get(document.tool_id, 0.0)
             matched = [t for t in dict.fromkeys(query_terms) if t in self._doc_terms[i]]
-            scored.append((score, SearchHit(document, float(text[i]), feedback, matched)))
+            scored.append((score, SearchHit(document, float(text[i]), float(learned[i]), matched)))
         scored.sort(key=lambda item: (-item[0], item[1].document.tool_id))
         return scored[:limit]

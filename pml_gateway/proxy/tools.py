@@ -101,10 +101,10 @@ class ToolMatch(BaseModel):
     title: str | None = None
     description: str | None
     input_schema: dict[str, Any] = Field(description="The tool's input JSON schema, to call it (pml_call_tool).")
-    score: float = Field(description="text_score + 0.8 feedback_score + 0.5 graph_score; higher is better.")
+    score: float = Field(description="text_score + feedback_score + 0.5 graph_score; higher is better.")
     text_score: float = Field(description="BM25 over name, title, description and parameters, relative to the best match (1).")
     feedback_score: float = Field(
-        default=0.0, description="How often earlier searches with these words were followed by a call of this tool."
+        default=0.0, description="BM25 of the words of earlier searches that led to this tool, on the text_score scale."
     )
     graph_score: float = Field(description="Probability that this tool follows the context tools (0 if none).")
     reason: str
@@ -391,11 +391,12 @@ class GatewayTools:
     # -- pml_search_tools --------------------------------------------------------------------
 
     def search_tools(self, params: SearchToolsInput) -> SearchToolsOutput:
+        # Downstream tools only: the pml_* tools are always listed, and "call", "tool", "search" in their
+        # descriptions matched half of all natural requests.
         documents = [
             ToolDocument(entry.name, entry.server, entry.tool.title, entry.tool.description, entry.tool.input_schema)
             for entry in self.registry.tools()
         ]
-        documents += [ToolDocument(t.name, None, t.title, t.description, t.input_schema) for t in self._definitions]
         self.search.update(documents)  # a no-op unless the tools changed
         boosts: dict[str, float] = {}
         reasons: dict[str, str] = {}
