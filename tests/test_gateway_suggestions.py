@@ -25,8 +25,9 @@ async def edges(base_url: str) -> set[tuple[str, str]]:
     return {(e["from_tool_id"], e["to_tool_id"]) for e in graph["edges"]}
 
 
-async def test_two_concurrent_2026_agents_on_one_machine_teach_no_cross_edges(tmp_path: Path) -> None:
-    async with run_gateway(tmp_path, {"local": stdio_entry()}) as gw:
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "sdk-path"])
+async def test_two_concurrent_2026_agents_on_one_machine_teach_no_cross_edges(tmp_path: Path, fast_path: bool) -> None:
+    async with run_gateway(tmp_path, {"local": stdio_entry()}, fast_path=fast_path) as gw:
         await wait_for(lambda: gw.gateway.registry.get("local__echo"))
         plan_a = [("local__echo", {"text": "a"}), ("local__pid", {})] * 3
         plan_b = [("local__pick", {"count": 1}), ("local__sleep", {"seconds": 0})] * 3
@@ -36,9 +37,15 @@ async def test_two_concurrent_2026_agents_on_one_machine_teach_no_cross_edges(tm
                 assert not (await a.call_tool(name_a, args_a)).is_error
                 assert not (await b.call_tool(name_b, args_b)).is_error
         own = {("local__echo", "local__pid"), ("local__pid", "local__echo"), ("local__pick", "local__sleep"), ("local__sleep", "local__pick")}
-        learned = await wait_for(lambda: edges(gw.url), timeout=20)
         learned = await wait_for(lambda: _all_of(gw.url, own), timeout=20)
         assert learned == own  # each agent's own sequence, nothing across the two
+        # every call after the first of its trace was graded live against the suggestions: 5 per agent
+        assert gw.gateway.traces is not None
+        assert engine_of(gw).grader.next_tool.evaluations == 10
+
+
+def engine_of(gw: Any) -> Any:
+    return gw.app.state.pml.engine
 
 
 async def _all_of(base_url: str, expected: set[tuple[str, str]]) -> set[tuple[str, str]] | None:
