@@ -14,6 +14,7 @@ Prints markdown tables (pasted into bench/README.md, section "Engine"). Sections
 (d) learning quality: how well suggest_next ranks next tools against the simulation's true model
     (the oracle), a bare success counter, the plain ratio (s+1)/(n+2) and the edge confidence,
     in a default, a harsh (many flaky tools) and a second-order scenario.
+(f) second-order: what counting three-tool paths costs the learning step.
 """
 
 from __future__ import annotations
@@ -616,9 +617,11 @@ def bench_quality(budgets: Sequence[int], seeds: int, test_walks: int = 2_000) -
     }
     names = ["oracle (true model)", "suggest_next, last tool", "suggest_next, last two tools", *counters]
     rows = []
+    goal_rows = []
     for scenario in SCENARIOS:
         for budget in budgets:
             totals: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+            per_graph: dict[str, dict[str, list[tuple[float, float]]]] = {}
             for seed in range(seeds):
                 for graph in taskbench_graphs():
                     rng = random.Random(seed * 1000 + len(graph.tools))
@@ -649,6 +652,15 @@ def bench_quality(budgets: Sequence[int], seeds: int, test_walks: int = 2_000) -
                             sums[name][1] += count * h3
                     for name in names:
                         totals[name].append((sums[name][0] / weight, sums[name][1] / weight))
+                        per_graph.setdefault(graph.name, {}).setdefault(name, []).append(totals[name][-1])
+            for graph_name, results in per_graph.items():
+                truth = np.array(results["oracle (true model)"]).mean(axis=0)
+                ours = np.array(results["suggest_next, last tool"]).mean(axis=0)
+                two = np.array(results["suggest_next, last two tools"]).mean(axis=0)
+                goal_rows.append(
+                    [scenario.name, graph_name, f"{budget:,}", f"{truth[0]:.3f} / {truth[1]:.3f}",
+                     f"{ours[0] - truth[0]:+.3f} / {ours[1] - truth[1]:+.3f}", f"{two[0] - truth[0]:+.3f} / {two[1] - truth[1]:+.3f}"]
+                )
             oracle = np.array(totals["oracle (true model)"]).mean(axis=0)
             for name in names:
                 h1, h3 = np.array(totals[name]).mean(axis=0)
@@ -665,13 +677,55 @@ def bench_quality(budgets: Sequence[int], seeds: int, test_walks: int = 2_000) -
         f"computed exactly from the true model over every step of {test_walks:,} fresh walks; the oracle ranks by the "
         f"true p(next) x p(works), the most any ranking can get. Both graphs (63 tools, 674 links), {seeds} seeds.",
     )
+    table(
+        "(d') The goal, per TaskBench graph: suggest_next against the oracle (hit@1 / hit@3)",
+        ["scenario", "graph", "executions", "oracle", "suggest_next, last tool", "suggest_next, last two tools"],
+        goal_rows,
+        "Goal: within 0.01 of the oracle's hit@1 and hit@3 in the default and harsh scenarios, on both graphs.",
+    )
+
+
+# -- (f) the cost of second-order counts ---------------------------------------------------------
+def bench_second_order_cost(count: int) -> None:
+    """Learning one by one into memory, with and without the second-order counts (best of 3)."""
+    import graphrag.engine as engine_module
+
+    graphs = taskbench_graphs()
+    rng = random.Random(1)
+    executions = [WorkflowExecution.from_tool_ids(walk(graphs[i % 2], rng)) for i in range(count)]
+
+    def rate() -> float:
+        best = math.inf
+        for _ in range(3):
+            engine = GraphRAGEngine()
+            started = time.perf_counter()
+            for execution in executions:
+                engine.record(execution)
+            best = min(best, time.perf_counter() - started)
+        return count / best
+
+    with_counts = rate()
+    counted = engine_module.transitions
+    engine_module.transitions = lambda execution: []  # type: ignore[assignment]
+    try:
+        without = rate()
+    finally:
+        engine_module.transitions = counted
+    table(
+        f"(f) Cost of the second-order counts: {count:,} executions of 5 tools, MemoryStore, one by one",
+        ["learning", "executions/s"],
+        [["edges + second-order counts", f"{with_counts:,.0f}"], ["edges only (before)", f"{without:,.0f}"]],
+        f"{1 - with_counts / without:.1%} slower with the counts (3 three-tool paths per execution).",
+    )
 
 
 # -- main ---------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a sanity run in seconds")
-    parser.add_argument("--only", default="ingest,metrics,stalls,on-loop,quality", help="comma list of sections")
+    parser.add_argument(
+        "--only", default="ingest,metrics,stalls,on-loop,quality,second-order", help="comma list of sections"
+    )
     args = parser.parse_args()
     sections = set(args.only.split(","))
     print(
@@ -692,6 +746,8 @@ def main() -> None:
         bench_on_loop([(10_000, 100_000)])
     if "quality" in sections:
         bench_quality([200, 1_000] if args.quick else [100, 300, 1_000, 3_000], seeds=2 if args.quick else 5)
+    if "second-order" in sections:
+        bench_second_order_cost(2_000 if args.quick else 20_000)
     print(f"\n(total {time.perf_counter() - started:.0f} s)")
 
 

@@ -13,7 +13,7 @@ bench/data/search_queries.json, each with its acceptable tools. Rankers:
 - BM25: ``pml_gateway.proxy.search.ToolSearch`` with no feedback (stemming and stop words);
 - BM25 + feedback (leave-one-out): the same after the gateway saw the OTHER queries of the set,
   each followed by a call of its tool (the query itself is never among its own labels);
-- BM25 + feedback (history): after the 74 past searches of bench/data/search_history.json (other
+- BM25 + feedback (history): after the 73 past searches of bench/data/search_history.json (other
   people, places and files; written apart from the query set), each with the tool called next.
 """
 
@@ -108,7 +108,8 @@ def evaluate(show_misses: bool) -> None:
         return [hit.document.tool_id for _, hit in search.search(q, 3)]
 
     history = ToolSearch()
-    for past in json.loads(HISTORY.read_text())["searches"]:
+    past_searches = json.loads(HISTORY.read_text())["searches"]
+    for past in past_searches:
         history.feedback.learn(past["query"], past["called"])
     history.update(docs)
 
@@ -119,7 +120,7 @@ def evaluate(show_misses: bool) -> None:
         ("substring (before)", substring),
         ("BM25", bm25),
         ("BM25 + feedback (leave-one-out)", with_feedback),
-        ("BM25 + feedback (history of 74 searches)", with_history),
+        (f"BM25 + feedback (history of {len(past_searches)} searches)", with_history),
     )
     rows = []
     for name, ranker in rankers:
