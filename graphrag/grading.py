@@ -1,12 +1,11 @@
 """Live grading of rankings: how often the tool really used next was among the top 1 / top 3.
 
 Nobody knows how good a ranking is in production unless it is checked against what happened.
-The gateway checks two rankings, on the same terms:
+Two rankings are checked, on the same terms, by whoever sees the calls happen:
 
-- next-tool suggestions: each call in a trace against ``suggest_next`` of the calls before it
-  (graded as it happens, from what the engine knew at that moment);
-- tool search: the first downstream call after a ``pml_search_tools`` in the same trace against
-  that search's results.
+- next-tool suggestions: each call of a sequence against ``suggest_next`` of the calls before it
+  (graded as it happens, from what the engine knew at that moment: ``engine.grade_next``);
+- tool search: the first call after a search, against that search's results.
 
 ``SuggestionGrader`` keeps the running counts as plain attributes (``next_tool.evaluations``,
 ``next_tool.hits_at_1``, ... and the same for ``search``) and ``stats()`` returns them with the
