@@ -16,6 +16,9 @@ separates them. A client whose connection is replaced (the server's keep-alive t
 uvicorn, after a long pause) starts a new trace: the one edge across the reconnect is not learned,
 because a new connection cannot be told apart from another caller's; a client that wants its
 calls joined across connections sends a trace id in ``_meta`` (``pml-gateway/trace_id``).
+Where one key still holds two callers (behind a proxy that pools connections), their calls
+overlap in time sooner or later: a trace is cut wherever a call started before the previous one
+ended, and no edge is learned across the cut (``_sequences``).
 
 Live grading (graphrag/grading.py) happens here too, where every proxied call passes (SDK path
 and fast path alike): each call is graded against the suggestions after the calls before it in
@@ -51,6 +54,8 @@ SearchLabel = Callable[[str, Sequence[str], str], None]
 class _Call:
     tool_id: str
     success: bool
+    started: float  # monotonic
+    ended: float
 
 
 @dataclass
@@ -99,12 +104,14 @@ class TraceRecorder:
     def add(self, caller: str, tool_id: str, *, success: bool, started: float | None = None) -> None:
         """One proxied call finished. ``started`` is its monotonic start time (default: now)."""
         now = self._clock()
+        started = now if started is None else started
         trace = self._open.get(caller)
-        self._grade(caller, trace, tool_id)
+        if trace is None or not trace.calls or started >= trace.calls[-1].ended:
+            self._grade(caller, trace, tool_id)  # a call that overlapped the previous one followed nothing
         if trace is None:
-            trace = self._open[caller] = _Trace(started=now if started is None else started, last=now)
+            trace = self._open[caller] = _Trace(started=started, last=now)
             self._wake.set()  # the idle watcher may be sleeping with no deadline
-        trace.calls.append(_Call(tool_id, success))
+        trace.calls.append(_Call(tool_id, success, started, now))
         trace.last = now
         if len(trace.calls) >= self.max_calls:
             # Recording is async and add() is not: the watcher records it on its next pass.
@@ -169,15 +176,35 @@ class TraceRecorder:
             await self._save(caller, trace)
 
     async def _save(self, caller: str, trace: _Trace) -> None:
-        execution = WorkflowExecution(
-            workflow_id=f"trace-{uuid.uuid4().hex[:12]}",
-            tasks=[TaskRun(id=f"t{i}", tool_id=call.tool_id, success=call.success) for i, call in enumerate(trace.calls)],
-            success=all(call.success for call in trace.calls),
-            execution_time_ms=round(max(0.0, trace.last - trace.started) * 1000, 3),
-        )
+        trace_id = f"trace-{uuid.uuid4().hex[:12]}"
+        segments = _sequences(trace.calls)
         try:
-            await self._record(execution)
+            for index, calls in enumerate(segments):
+                execution = WorkflowExecution(
+                    workflow_id=trace_id if index == 0 else f"{trace_id}-{index}",
+                    tasks=[TaskRun(id=f"t{i}", tool_id=call.tool_id, success=call.success) for i, call in enumerate(calls)],
+                    success=all(call.success for call in calls),
+                    execution_time_ms=round(max(0.0, calls[-1].ended - calls[0].started) * 1000, 3),
+                )
+                await self._record(execution)
+                logger.debug("trace of %s recorded: %s", caller, execution.tool_ids)
             self.recorded += 1
-            logger.debug("trace of %s recorded: %s", caller, execution.tool_ids)
         except Exception:  # learning must never break serving
             logger.exception("could not record the trace of %s", caller)
+
+
+def _sequences(calls: list[_Call]) -> list[list[_Call]]:
+    """The trace cut wherever a call started before the previous one ended.
+
+    Overlapping calls are not a sequence: they are parallel calls of one agent, or calls of two
+    callers that share one key (behind a proxy that pools connections, say) and cannot be told
+    apart. Either way no edge is learned across them; each run of truly consecutive calls is
+    recorded as its own execution.
+    """
+    segments: list[list[_Call]] = []
+    for call in calls:
+        if segments and call.started >= segments[-1][-1].ended:
+            segments[-1].append(call)
+        else:
+            segments.append([call])
+    return segments
