@@ -234,12 +234,17 @@ class GraphRAGEngine:
 
     def _add_node(self, tool_id: str, server: str | None) -> None:
         if tool_id not in self.graph:
-            self.graph.add_node(tool_id, server=server)
+            # in_observed / in_success: sums over the node's incoming edges (suggestions.reliability)
+            self.graph.add_node(tool_id, server=server, in_observed=0, in_success=0)
             self._arrays.node_index(tool_id)
 
     def _apply_edge(self, edge: EdgeState) -> None:
         self._add_node(edge.source, server_of(edge.source))
         self._add_node(edge.target, server_of(edge.target))
+        previous = self.graph.get_edge_data(edge.source, edge.target)
+        target = self.graph.nodes[edge.target]
+        target["in_observed"] += edge.observed_count - (previous["observed_count"] if previous else 0)
+        target["in_success"] += edge.success_count - (previous["success_count"] if previous else 0)
         self.graph.add_edge(
             edge.source,
             edge.target,

@@ -211,7 +211,7 @@ async def test_suggestions_report_the_probability_of_next_and_success() -> None:
     )
     b, c = engine.suggest_next(["a"])
     assert (b.tool_id, c.tool_id) == ("b", "c")
-    assert 0.55 < b.probability < 0.65  # about 6 of 10 transitions, all succeeded
+    assert 0.5 < b.probability < 0.65  # about 6 of 10 transitions, all succeeded
     assert 0.05 < c.probability < 0.15  # 1 of 10
     assert "6 of the 10 transitions out of a" in b.reason
 
@@ -233,4 +233,28 @@ async def test_second_order_evidence_refines_where_it_contradicts_the_last_tool(
     reloaded = GraphRAGEngine(store=store)
     await reloaded.sync_from_database()
     assert reloaded.suggest_next(["p", "x"])[0].tool_id == "z"
+    store.close()
+
+
+async def test_a_rare_transition_borrows_what_is_known_of_its_target(tmp_path) -> None:
+    from graphrag import SQLiteStore
+    from graphrag.suggestions import reliability
+
+    def step(source: str, target: str, ok: bool) -> WorkflowExecution:
+        return WorkflowExecution(tasks=[TaskRun(id="1", tool_id=source), TaskRun(id="2", tool_id=target, success=ok)])
+
+    store = SQLiteStore(tmp_path / "g.db")
+    engine = GraphRAGEngine(store=store)
+    # seen elsewhere: "flaky" mostly fails, "steady" always works
+    engine.record_many([step("z", "flaky", i == 0) for i in range(10)] + [step("z", "steady", True) for _ in range(10)])
+    # after "a", each seen twice and each worked both times: only the targets' record tells them apart
+    engine.record_many([step("a", "flaky", True), step("a", "flaky", True), step("a", "steady", True), step("a", "steady", True)])
+    steady, flaky = engine.suggest_next(["a"])
+    assert (steady.tool_id, flaky.tool_id) == ("steady", "flaky") and steady.probability > flaky.probability
+    # the per-node sums the estimate uses survive a reload
+    reloaded = GraphRAGEngine(store=store)
+    await reloaded.sync_from_database()
+    for tool in ("flaky", "steady", "a", "z"):
+        assert reliability(reloaded.graph, tool) == reliability(engine.graph, tool)
+    assert reliability(engine.graph, "flaky") == (1 + 2 + 1) / (12 + 2)
     store.close()
