@@ -15,9 +15,9 @@ incoming edges (S_c, N_c: their successes and observations; the engine keeps the
 attributes ``in_success`` / ``in_observed``), and the edge's own ratio is shrunk toward it with a
 prior of M observations. So a rarely seen transition borrows what is known of its target, and a
 tool that fails specifically after ``a`` still ranks low once that was seen a few times.
-Measured on simulated workflows over the TaskBench graphs (bench/engine.py table d): within 0.01
-of the simulation's true model from about 1,000 executions; the per-edge ratio alone needed
-3,000 (its 100-execution gap was twice as large).
+Measured on simulated workflows over the TaskBench graphs (bench/engine.py table d): within 0.005
+of the simulation's true model at 3,000 executions and 0.013 at 1,000; with the edge's own ratio
+alone it was 0.021 short at 1,000 and 0.04-0.07 at 100 executions (now 0.03-0.05).
 
 Second order: when the history holds two tools (p, a) and the engine has seen that pair followed
 by something (``m`` times in all), the estimate is refined with what followed that pair,
