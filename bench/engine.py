@@ -500,6 +500,8 @@ def bench_on_loop(sizes: Sequence[tuple[int, int]]) -> None:
                                   "confidence": c, "last_observed": now})
             for a, b, c in zip(src.tolist(), dst.tolist(), weight.tolist())
         )
+        for name, degree in engine.graph.in_degree():  # the sums the engine keeps per node (suggestions)
+            engine.graph.nodes[name].update(in_observed=3 * degree, in_success=2 * degree)
         engine._arrays = GraphArrays.from_edges(names, src, dst, weight)
         anyio.run(engine.refresh_metrics)
         engine._computer.close()
@@ -515,6 +517,14 @@ def bench_on_loop(sizes: Sequence[tuple[int, int]]) -> None:
         rows.append([label, "engine.snapshot_json() (GET /graph, uncached)", ms(median_time(fresh_snapshot_json, 1))])
         rows.append([label, "engine.get_top_pagerank(50)", ms(median_time(lambda: engine.get_top_pagerank(50), 3))])
         rows.append([label, "engine.suggest_next([tool], 5)", ms(median_time(lambda: engine.suggest_next([names[0]], 5), 3))])
+        hub = max(engine.graph.out_degree(), key=lambda item: item[1])
+
+        def grade_uncached() -> None:
+            engine._top3.clear()  # as on the first call after a learning step
+            engine.grade_next([names[1], hub[0]], names[2])
+
+        rows.append([label, f"engine.grade_next after a hub of {hub[1]} successors, first call after learning", ms(median_time(grade_uncached, 5))])
+        rows.append([label, "engine.grade_next, the same history again (cached until the graph changes)", ms(median_time(lambda: engine.grade_next([names[1], hub[0]], names[2]), 5))])
         rows.append([label, "gc.collect() (a full collection, wherever it happens)", ms(median_time(gc.collect, 3))])
         del engine, snapshot
         gc.collect()

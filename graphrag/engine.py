@@ -65,6 +65,8 @@ class GraphRAGEngine:
         self.metrics: GraphMetrics | None = None
         #: Live hit rates of suggestions and search (grading.py), for the metrics.
         self.grader = SuggestionGrader()
+        # Top 3 per history, for live grading on every proxied call; valid until the graph changes.
+        self._top3: dict[tuple[str, ...], list[str]] = {}
         self._arrays = GraphArrays()
         self._computer = metrics_computer or MetricsComputer()
         self._listeners: list[Listener] = []
@@ -111,6 +113,7 @@ class GraphRAGEngine:
         self.transitions = {}
         for transition in stored.transitions:
             self._apply_transition(transition)
+        self._top3.clear()
         self._last_event_id = stored.bounds.last_id
         payload = GraphSyncedData(
             node_count=self.graph.number_of_nodes(),
@@ -172,6 +175,7 @@ class GraphRAGEngine:
             self._apply_edge(edge)
         for transition in staged_paths.values():
             self._apply_transition(transition)
+        self._top3.clear()
         for events in stored:
             self._emit(events)
         return stored
@@ -316,7 +320,13 @@ class GraphRAGEngine:
 
     def grade_next(self, history: Sequence[str], actual: str) -> None:
         """Live grading: was ``actual``, used right after ``history``, in the top 1 / 3 suggested?"""
-        self.grader.next_tool.grade(rank_next(self.graph, history[-2:], 3, self.transitions), actual)
+        key = tuple(history[-2:])
+        ranked = self._top3.get(key)
+        if ranked is None:  # ranking a hub's successors costs milliseconds: once per graph change
+            if len(self._top3) >= 10_000:
+                self._top3.clear()
+            ranked = self._top3[key] = rank_next(self.graph, key, 3, self.transitions)
+        self.grader.next_tool.grade(ranked, actual)
 
     def snapshot_json(self) -> bytes:
         """The ``GET /graph`` document, built from plain dicts and cached until the next event.
