@@ -11,8 +11,10 @@ Prints markdown tables (pasted into bench/README.md, section "Engine"). Sections
 (b) metrics: recompute time (median of several runs, cold and warm) and peak memory on synthetic
     graphs, per part, against networkx's pagerank and Louvain on the same graph.
 (c) stalls: the longest event-loop lag (a 1 ms ticker) while a recompute runs in the background.
-(d) learning quality: how well learned confidence ranks next tools, against a bare success
-    counter and the plain ratio (s+1)/(n+2), on simulated workflows with known probabilities.
+(d) learning quality: how well suggest_next ranks next tools against the simulation's true model
+    (the oracle), a bare success counter, the plain ratio (s+1)/(n+2) and the edge confidence,
+    in a default, a harsh (many flaky tools) and a second-order scenario.
+(f) second-order: what counting three-tool paths costs the learning step.
 """
 
 from __future__ import annotations
@@ -499,6 +501,8 @@ def bench_on_loop(sizes: Sequence[tuple[int, int]]) -> None:
                                   "confidence": c, "last_observed": now})
             for a, b, c in zip(src.tolist(), dst.tolist(), weight.tolist())
         )
+        for name, degree in engine.graph.in_degree():  # the sums the engine keeps per node (suggestions)
+            engine.graph.nodes[name].update(in_observed=3 * degree, in_success=2 * degree)
         engine._arrays = GraphArrays.from_edges(names, src, dst, weight)
         anyio.run(engine.refresh_metrics)
         engine._computer.close()
@@ -514,6 +518,14 @@ def bench_on_loop(sizes: Sequence[tuple[int, int]]) -> None:
         rows.append([label, "engine.snapshot_json() (GET /graph, uncached)", ms(median_time(fresh_snapshot_json, 1))])
         rows.append([label, "engine.get_top_pagerank(50)", ms(median_time(lambda: engine.get_top_pagerank(50), 3))])
         rows.append([label, "engine.suggest_next([tool], 5)", ms(median_time(lambda: engine.suggest_next([names[0]], 5), 3))])
+        hub = max(engine.graph.out_degree(), key=lambda item: item[1])
+
+        def grade_uncached() -> None:
+            engine._top3.clear()  # as on the first call after a learning step
+            engine.grade_next([names[1], hub[0]], names[2])
+
+        rows.append([label, f"engine.grade_next after a hub of {hub[1]} successors, first call after learning", ms(median_time(grade_uncached, 5))])
+        rows.append([label, "engine.grade_next, the same history again (cached until the graph changes)", ms(median_time(lambda: engine.grade_next([names[1], hub[0]], names[2]), 5))])
         rows.append([label, "gc.collect() (a full collection, wherever it happens)", ms(median_time(gc.collect, 3))])
         del engine, snapshot
         gc.collect()
@@ -532,93 +544,189 @@ def bench_on_loop(sizes: Sequence[tuple[int, int]]) -> None:
 
 # -- (d) learning quality -----------------------------------------------------------------------
 @dataclass
+class Scenario:
+    name: str
+    flaky_share: float  # share of tools that fail often
+    flaky_failure: float  # how often they fail
+    second_order: bool = False  # the next tool depends on the previous two
+
+
+SCENARIOS = (
+    Scenario("default (25% of tools fail 50%)", 0.25, 0.5),
+    Scenario("harsh (40% of tools fail 80%)", 0.4, 0.8),
+    Scenario("second-order (next depends on the last two)", 0.25, 0.5, second_order=True),
+)
+
+
+@dataclass
 class TrueModel:
     graph: ToolGraph
     transition: dict[str, dict[str, float]]  # p(next | current) along the links
     failure: dict[str, float]
+    rng: random.Random
+    second_order: bool = False
+    pairs: dict[tuple[str, str], dict[str, float]] | None = None
 
-    def relevance(self, source: str) -> dict[str, float]:
+    def next_distribution(self, previous: str | None, current: str) -> dict[str, float]:
+        """p(next | previous, current): in a second-order world each pair has its own skew."""
+        base = self.transition[current]
+        if not self.second_order or previous is None or not base:
+            return base
+        assert self.pairs is not None
+        key = (previous, current)
+        if key not in self.pairs:
+            raw = {v: p * self.rng.gammavariate(0.3, 1.0) + 1e-12 for v, p in base.items()}
+            total = sum(raw.values())
+            self.pairs[key] = {v: r / total for v, r in raw.items()}
+        return self.pairs[key]
+
+    def relevance(self, previous: str | None, current: str) -> dict[str, float]:
         """What a perfect suggester ranks by: next is v, and v works."""
-        return {v: p * (1 - self.failure[v]) for v, p in self.transition[source].items()}
+        return {v: p * (1 - self.failure[v]) for v, p in self.next_distribution(previous, current).items()}
 
 
-def true_model(graph: ToolGraph, rng: random.Random) -> TrueModel:
+def true_model(graph: ToolGraph, scenario: Scenario, rng: random.Random) -> TrueModel:
     transition = {}
     for tool, options in graph.successors.items():
         raw = [rng.gammavariate(0.5, 1.0) + 1e-9 for _ in options]  # Dirichlet(0.5): a few dominate
         total = sum(raw)
         transition[tool] = {v: r / total for v, r in zip(options, raw)}
-    failure = {t: (0.5 if rng.random() < 0.25 else 0.05) for t in graph.tools}
-    return TrueModel(graph, transition, failure)
+    failure = {t: (scenario.flaky_failure if rng.random() < scenario.flaky_share else 0.05) for t in graph.tools}
+    return TrueModel(graph, transition, failure, random.Random(rng.random()), scenario.second_order, {})
+
+
+def simulate_paths(model: TrueModel, count: int, rng: random.Random) -> list[list[str]]:
+    tools = model.graph.tools
+    paths = []
+    for _ in range(count):
+        path = [rng.choice(tools)]
+        while len(path) < 5:
+            options = model.next_distribution(path[-2] if len(path) > 1 else None, path[-1])
+            path.append(rng.choices(list(options), weights=list(options.values()))[0] if options else rng.choice(tools))
+        paths.append(path)
+    return paths
 
 
 def simulate(model: TrueModel, count: int, rng: random.Random) -> list[WorkflowExecution]:
-    tools = model.graph.tools
     executions = []
-    for i in range(count):
-        current = rng.choice(tools)
-        path = [current]
-        while len(path) < 5:
-            options = model.transition[current]
-            if options:
-                current = rng.choices(list(options), weights=list(options.values()))[0]
-            else:
-                current = rng.choice(tools)
-            path.append(current)
+    for i, path in enumerate(simulate_paths(model, count, rng)):
         tasks = [{"id": f"t{j}", "tool_id": t, "success": rng.random() > model.failure[t]} for j, t in enumerate(path)]
         executions.append(WorkflowExecution.model_validate({"workflow_id": f"sim-{i}", "tasks": tasks}))
     return executions
 
 
-def ranking_scores(ranked: list[str], relevance: dict[str, float], k: int = 5) -> tuple[float, float, float]:
-    best = max(relevance, key=lambda v: relevance[v])
-    hit1 = float(bool(ranked) and ranked[0] == best)
-    hit3 = float(best in ranked[:3])
-    dcg = sum(relevance.get(v, 0.0) / math.log2(i + 2) for i, v in enumerate(ranked[:k]))
-    ideal = sum(g / math.log2(i + 2) for i, g in enumerate(sorted(relevance.values(), reverse=True)[:k]))
-    return hit1, hit3, dcg / ideal if ideal else 0.0
+def expected_hits(ranked: list[str], relevance: dict[str, float]) -> tuple[float, float]:
+    """P(the next tool is the top suggestion and works), and the same for the top 3."""
+    return sum(relevance.get(v, 0.0) for v in ranked[:1]), sum(relevance.get(v, 0.0) for v in ranked[:3])
 
 
-def bench_quality(budgets: Sequence[int], seeds: int) -> None:
-    rankers: dict[str, Callable[[dict], float]] = {
-        "learned confidence (suggest_next)": lambda a: a["confidence"],
+def bench_quality(budgets: Sequence[int], seeds: int, test_walks: int = 2_000) -> None:
+    counters: dict[str, Callable[[dict], float]] = {
+        "edge confidence (before)": lambda a: a["confidence"],
         "bare success counter s": lambda a: a["success_count"],
         "plain ratio (s+1)/(n+2)": lambda a: (a["success_count"] + 1) / (a["observed_count"] + 2),
-        "observations n": lambda a: a["observed_count"],
     }
+    names = ["oracle (true model)", "suggest_next, last tool", "suggest_next, last two tools", *counters]
     rows = []
-    for budget in budgets:
-        totals: dict[str, list[tuple[float, float, float]]] = {name: [] for name in rankers}
-        for seed in range(seeds):
-            for graph in taskbench_graphs():
-                rng = random.Random(seed * 1000 + len(graph.tools))
-                model = true_model(graph, rng)
-                engine = GraphRAGEngine()
-                # One batch learns exactly as one by one (tests/test_engine.py).
-                anyio.run(engine.update_from_executions, list(simulate(model, budget, rng)))
-                for source in graph.tools:
-                    relevance = model.relevance(source)
-                    if len(relevance) < 2 or source not in engine.graph:
-                        continue
-                    edges = engine.graph.succ[source]
-                    transitions = model.transition[source]
-                    for name, score in rankers.items():
-                        if name.startswith("learned"):
-                            ranked = [s.tool_id for s in engine.suggest_next([source], limit=len(edges))]
-                        else:
-                            ranked = sorted(edges, key=lambda v: (-score(edges[v]), v))
-                        totals[name].append(ranking_scores(ranked, relevance) + ranking_scores(ranked, transitions)[2:])
-        for name, values in totals.items():
-            arr = np.array(values)
-            rows.append([f"{budget:,}", name, *(f"{arr[:, i].mean():.3f}" for i in range(4))])
+    goal_rows = []
+    for scenario in SCENARIOS:
+        for budget in budgets:
+            totals: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+            per_graph: dict[str, dict[str, list[tuple[float, float]]]] = {}
+            for seed in range(seeds):
+                for graph in taskbench_graphs():
+                    rng = random.Random(seed * 1000 + len(graph.tools))
+                    model = true_model(graph, scenario, rng)
+                    engine = GraphRAGEngine()
+                    engine._record_batch(simulate(model, budget, rng))  # synchronous: a simulation, no event loop
+                    # Every step of fresh walks from the same model: (previous, current) -> how often.
+                    contexts: dict[tuple[str, str], int] = {}
+                    for path in simulate_paths(model, test_walks, rng):
+                        for previous, current in zip(path, path[1:-1]):
+                            if model.transition[current]:
+                                contexts[(previous, current)] = contexts.get((previous, current), 0) + 1
+                    sums = {name: [0.0, 0.0] for name in names}
+                    weight = sum(contexts.values())
+                    for (previous, current), count in contexts.items():
+                        relevance = model.relevance(previous, current)
+                        edges = engine.graph.succ[current] if current in engine.graph else {}
+                        rankings = {
+                            "oracle (true model)": sorted(relevance, key=lambda v: (-relevance[v], v)),
+                            "suggest_next, last tool": [s.tool_id for s in engine.suggest_next([current], 3)],
+                            "suggest_next, last two tools": [s.tool_id for s in engine.suggest_next([previous, current], 3)],
+                        }
+                        for name, score in counters.items():
+                            rankings[name] = sorted(edges, key=lambda v: (-score(edges[v]), v))
+                        for name, ranked in rankings.items():
+                            h1, h3 = expected_hits(ranked, relevance)
+                            sums[name][0] += count * h1
+                            sums[name][1] += count * h3
+                    for name in names:
+                        totals[name].append((sums[name][0] / weight, sums[name][1] / weight))
+                        per_graph.setdefault(graph.name, {}).setdefault(name, []).append(totals[name][-1])
+            for graph_name, results in per_graph.items():
+                truth = np.array(results["oracle (true model)"]).mean(axis=0)
+                ours = np.array(results["suggest_next, last tool"]).mean(axis=0)
+                two = np.array(results["suggest_next, last two tools"]).mean(axis=0)
+                goal_rows.append(
+                    [scenario.name, graph_name, f"{budget:,}", f"{truth[0]:.3f} / {truth[1]:.3f}",
+                     f"{ours[0] - truth[0]:+.3f} / {ours[1] - truth[1]:+.3f}", f"{two[0] - truth[0]:+.3f} / {two[1] - truth[1]:+.3f}"]
+                )
+            oracle = np.array(totals["oracle (true model)"]).mean(axis=0)
+            for name in names:
+                h1, h3 = np.array(totals[name]).mean(axis=0)
+                rows.append(
+                    [scenario.name, f"{budget:,}", name, f"{h1:.3f}", f"{h3:.3f}", f"{h1 - oracle[0]:+.3f}", f"{h3 - oracle[1]:+.3f}"]
+                )
     table(
-        "(d) Learning quality: ranking next tools against the true model (TaskBench graphs, simulated workflows)",
-        ["executions", "ranked by", "hit@1", "hit@3", "NDCG@5", "NDCG@5 vs p(next) alone"],
+        "(d) Learning quality: next-tool suggestions against the true model (TaskBench graphs, simulated workflows)",
+        ["scenario", "executions", "ranked by", "hit@1", "hit@3", "hit@1 vs oracle", "hit@3 vs oracle"],
         rows,
-        f"Workflows: 5-tool walks along TaskBench links, next tool drawn from a skewed (Dirichlet 0.5) "
-        f"distribution per tool; 25% of tools fail half the time, the others 5%. Truth: p(next) x p(next works). "
-        f"hit@k: the truly best next tool is in the top k. Averaged over both graphs (63 tools, 674 links), "
-        f"every tool with 2+ successors, {seeds} seeds. The last column ignores failures (truth = p(next)).",
+        f"Workflows: 5-tool walks along TaskBench links, next tool drawn from a skewed (Dirichlet 0.5) distribution "
+        f"per tool (second-order scenario: each (previous, current) pair re-skews it, Gamma(0.3)); flaky tools as "
+        f"named, the others fail 5%. hit@k = P(the tool that really comes next is in the top k AND succeeds), "
+        f"computed exactly from the true model over every step of {test_walks:,} fresh walks; the oracle ranks by the "
+        f"true p(next) x p(works), the most any ranking can get. Both graphs (63 tools, 674 links), {seeds} seeds.",
+    )
+    table(
+        "(d') The goal, per TaskBench graph: suggest_next against the oracle (hit@1 / hit@3)",
+        ["scenario", "graph", "executions", "oracle", "suggest_next, last tool", "suggest_next, last two tools"],
+        goal_rows,
+        "Goal: within 0.01 of the oracle's hit@1 and hit@3 in the default and harsh scenarios, on both graphs.",
+    )
+
+
+# -- (f) the cost of second-order counts ---------------------------------------------------------
+def bench_second_order_cost(count: int) -> None:
+    """Learning one by one into memory, with and without the second-order counts (best of 3)."""
+    import graphrag.engine as engine_module
+
+    graphs = taskbench_graphs()
+    rng = random.Random(1)
+    executions = [WorkflowExecution(tool_ids=walk(graphs[i % 2], rng)) for i in range(count)]
+
+    def rate() -> float:
+        best = math.inf
+        for _ in range(3):
+            engine = GraphRAGEngine()
+            started = time.perf_counter()
+            for execution in executions:
+                engine._record_batch([execution])
+            best = min(best, time.perf_counter() - started)
+        return count / best
+
+    with_counts = rate()
+    counted = engine_module.transitions
+    engine_module.transitions = lambda execution: []  # type: ignore[assignment]
+    try:
+        without = rate()
+    finally:
+        engine_module.transitions = counted
+    table(
+        f"(f) Cost of the second-order counts: {count:,} executions of 5 tools, MemoryStore, one by one",
+        ["learning", "executions/s"],
+        [["edges + second-order counts", f"{with_counts:,.0f}"], ["edges only (before)", f"{without:,.0f}"]],
+        f"{1 - with_counts / without:.1%} slower with the counts (3 three-tool paths per execution).",
     )
 
 
@@ -626,7 +734,9 @@ def bench_quality(budgets: Sequence[int], seeds: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a sanity run in seconds")
-    parser.add_argument("--only", default="ingest,metrics,stalls,on-loop,quality", help="comma list of sections")
+    parser.add_argument(
+        "--only", default="ingest,metrics,stalls,on-loop,quality,second-order", help="comma list of sections"
+    )
     args = parser.parse_args()
     sections = set(args.only.split(","))
     print(
@@ -647,6 +757,8 @@ def main() -> None:
         bench_on_loop([(10_000, 100_000)])
     if "quality" in sections:
         bench_quality([200, 1_000] if args.quick else [100, 300, 1_000, 3_000], seeds=2 if args.quick else 5)
+    if "second-order" in sections:
+        bench_second_order_cost(2_000 if args.quick else 20_000)
     print(f"\n(total {time.perf_counter() - started:.0f} s)")
 
 

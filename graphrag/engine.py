@@ -44,11 +44,12 @@ from .events import (
 )
 from .execution import WorkflowExecution
 from .graph_arrays import GraphArrays
-from .learning import EdgeState, learn, observations
+from .grading import SuggestionGrader
+from .learning import EdgeState, TransitionState, learn, learn_transition, observations, transitions
 from .metrics import GraphMetrics, MetricsComputer, top_k
 from .snapshot import GraphSnapshot
 from .store import ExecutionRecord, GraphStore, MemoryStore, ToolsRecord
-from .suggestions import Suggestion, suggest_next
+from .suggestions import Suggestion, rank_next, suggest_next
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,13 @@ class GraphRAGEngine:
     def __init__(self, store: GraphStore | None = None, *, metrics_computer: MetricsComputer | None = None) -> None:
         self.store: GraphStore = store if store is not None else MemoryStore()
         self.graph: nx.DiGraph = nx.DiGraph()
+        #: Second-order evidence (see learning.py): (first, second) -> third -> counts.
+        self.transitions: dict[tuple[str, str], dict[str, TransitionState]] = {}
         self.metrics: GraphMetrics | None = None
+        #: Live hit rates of suggestions and search (grading.py), for the metrics.
+        self.grader = SuggestionGrader()
+        # Top 3 per history, for live grading on every proxied call; valid until the graph changes.
+        self._top3: dict[tuple[str, ...], list[str]] = {}
         self._arrays = GraphArrays()
         self._computer = metrics_computer or MetricsComputer()
         self._listeners: list[Listener] = []
@@ -123,6 +130,10 @@ class GraphRAGEngine:
             self._add_node(tool_id, server)
         for edge in stored.edges:
             self._apply_edge(edge)
+        self.transitions = {}
+        for transition in stored.transitions:
+            self._apply_transition(transition)
+        self._top3.clear()
         self._last_event_id = stored.bounds.last_id
         payload = GraphSyncedData(
             node_count=self.graph.number_of_nodes(),
@@ -171,19 +182,35 @@ class GraphRAGEngine:
             return []
         now = utcnow()
         staged: dict[tuple[str, str], EdgeState] = {}  # edges changed earlier in this batch
-        records = [self._learn(execution, staged, now) for execution in executions]
+        staged_paths: dict[tuple[str, str, str], TransitionState] = {}
+        records = [self._learn(execution, staged, staged_paths, now) for execution in executions]
         stored = self.store.record_executions(records)  # the commit: nothing changes before it
         for record in records:
             for tool_id, server in record.nodes.items():
                 self._add_node(tool_id, server)
         for edge in staged.values():
             self._apply_edge(edge)
+        for transition in staged_paths.values():
+            self._apply_transition(transition)
+        self._top3.clear()
         for events in stored:
             self._emit(events)
         return stored
 
-    def _learn(self, execution: WorkflowExecution, staged: dict[tuple[str, str], EdgeState], now: datetime) -> ExecutionRecord:
+    def _learn(
+        self,
+        execution: WorkflowExecution,
+        staged: dict[tuple[str, str], EdgeState],
+        staged_paths: dict[tuple[str, str, str], TransitionState],
+        now: datetime,
+    ) -> ExecutionRecord:
         changes: list[EdgeState] = []
+        path_changes: list[TransitionState] = []
+        for path in transitions(execution):
+            key3 = path[:3]
+            previous_path = staged_paths.get(key3) or self.transitions.get(key3[:2], {}).get(key3[2])
+            path_changes.append(learn_transition(previous_path, path))
+            staged_paths[key3] = path_changes[-1]
         payloads: list[EventPayload] = []
         for observation in observations(execution):
             key = (observation.source, observation.target)
@@ -231,17 +258,22 @@ class GraphRAGEngine:
                 if server is None and self._resolver is not None:
                     server = self._resolver(task.tool_id)
                 nodes[task.tool_id] = server
-        return ExecutionRecord(execution, nodes, changes, payloads)
+        return ExecutionRecord(execution, nodes, changes, payloads, path_changes)
 
     def _add_node(self, tool_id: str, server: str | None) -> None:
         if tool_id not in self.graph:
-            self.graph.add_node(tool_id, server=server)
+            # in_observed / in_success: sums over the node's incoming edges (suggestions.reliability)
+            self.graph.add_node(tool_id, server=server, in_observed=0, in_success=0)
             self._arrays.node_index(tool_id)
 
     def _apply_edge(self, edge: EdgeState) -> None:
         # Nodes are added with their server before their edges; a store that lacks one still loads.
         self._add_node(edge.source, None)
         self._add_node(edge.target, None)
+        previous = self.graph.get_edge_data(edge.source, edge.target)
+        target = self.graph.nodes[edge.target]
+        target["in_observed"] += edge.observed_count - (previous["observed_count"] if previous else 0)
+        target["in_success"] += edge.success_count - (previous["success_count"] if previous else 0)
         self.graph.add_edge(
             edge.source,
             edge.target,
@@ -253,6 +285,9 @@ class GraphRAGEngine:
             last_observed=edge.last_observed,
         )
         self._arrays.set_edge(edge.source, edge.target, edge.confidence)
+
+    def _apply_transition(self, transition: TransitionState) -> None:
+        self.transitions.setdefault((transition.first, transition.second), {})[transition.third] = transition
 
     def _edge_state(self, source: str, target: str) -> EdgeState | None:
         attrs = self.graph.get_edge_data(source, target)
@@ -344,7 +379,18 @@ class GraphRAGEngine:
 
     # -- queries --------------------------------------------------------------------------
     def suggest_next(self, after: Sequence[str], limit: int = 5) -> list[Suggestion]:
-        return suggest_next(self.graph, after, limit)
+        """The most probable next tools (see suggestions.py), each with ``probability`` and why."""
+        return suggest_next(self.graph, after, limit, self.transitions)
+
+    def grade_next(self, history: Sequence[str], actual: str) -> None:
+        """Live grading: was ``actual``, used right after ``history``, in the top 1 / 3 suggested?"""
+        key = tuple(history[-2:])
+        ranked = self._top3.get(key)
+        if ranked is None:  # ranking a hub's successors costs milliseconds: once per graph change
+            if len(self._top3) >= 10_000:
+                self._top3.clear()
+            ranked = self._top3[key] = rank_next(self.graph, key, 3, self.transitions)
+        self.grader.next_tool.grade(ranked, actual)
 
     def snapshot_json(self) -> bytes:
         """The ``GET /graph`` document, built from plain dicts and cached until the next event.
@@ -353,7 +399,7 @@ class GraphRAGEngine:
         dicts serialised by pydantic-core ~2 µs; a dashboard refetching after each
         ``metrics_updated`` hits the cache.
         """
-        key = (id(self.graph), self._last_event_id)
+        key = (id(self.graph), self._last_event_id, self.grader.version)
         if self._snapshot_cache is not None and self._snapshot_cache[0] == key:
             return self._snapshot_cache[1]
         metrics = self.metrics
@@ -378,7 +424,7 @@ class GraphRAGEngine:
                 }
                 for source, target, attrs in self.graph.edges(data=True)
             ],
-            "metrics": metrics.model_dump(mode="json") if metrics else None,
+            "metrics": {**metrics.model_dump(mode="json"), "suggestions": self.grader.stats().model_dump()} if metrics else None,
         }
         body = to_json(document)  # pydantic-core: datetimes exactly as the models write them
         self._snapshot_cache = (key, body)

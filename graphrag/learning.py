@@ -5,6 +5,11 @@ The success ratio alone lets one lucky observation tie a transition seen a hundr
 evidence factor makes confidence grow with the amount of evidence too. Both factors rise with a
 success and the ratio falls with a failure, so success raises confidence and failure lowers it.
 The value is always in (0, 1].
+
+Second-order evidence: for every path of three tools an execution shows (three consecutive
+calls of a sequence, or grandparent -> parent -> task along ``depends_on``), the engine counts how
+often the third followed the first two and how often that step succeeded (``TransitionState``).
+Suggestions use it to refine the first-order estimate when the history holds two tools.
 """
 
 from __future__ import annotations
@@ -81,6 +86,49 @@ def observations(execution: WorkflowExecution) -> list[Observation]:
         key = (source, target)
         seen[key] = seen.get(key, True) and success
     return [Observation(s, t, edge_type, ok) for (s, t), ok in seen.items()]
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionState:
+    """Second-order evidence: ``third`` came right after ``first`` -> ``second`` this often."""
+
+    first: str
+    second: str
+    third: str
+    observed_count: int
+    success_count: int
+
+
+def transitions(execution: WorkflowExecution) -> list[tuple[str, str, str, bool]]:
+    """The three-tool paths an execution shows, each once: ``(first, second, third, success)``.
+
+    Success is that of the last step (both the second and the third task succeeded), the same
+    rule as an edge's. Paths with a repeated consecutive tool are skipped, as self edges are.
+    """
+    tasks = {task.id: task for task in execution.tasks}
+    found: dict[tuple[str, str, str], bool] = {}
+    if execution.has_dependencies:
+        chains = [
+            (tasks[grand], tasks[parent], task)
+            for task in execution.tasks
+            for parent in task.depends_on
+            for grand in tasks[parent].depends_on
+        ]
+    else:
+        chains = list(zip(execution.tasks, execution.tasks[1:], execution.tasks[2:]))
+    for a, b, c in chains:
+        if a.tool_id == b.tool_id or b.tool_id == c.tool_id:
+            continue
+        key = (a.tool_id, b.tool_id, c.tool_id)
+        found[key] = found.get(key, True) and b.success and c.success
+    return [(a, b, c, ok) for (a, b, c), ok in found.items()]
+
+
+def learn_transition(previous: TransitionState | None, path: tuple[str, str, str, bool]) -> TransitionState:
+    first, second, third, success = path
+    observed = (previous.observed_count if previous else 0) + 1
+    successes = (previous.success_count if previous else 0) + int(success)
+    return TransitionState(first, second, third, observed, successes)
 
 
 def learn(previous: EdgeState | None, observation: Observation, now: datetime) -> EdgeState:

@@ -34,6 +34,7 @@ from .communities import (
     resolve_backend,
 )
 from .events import PageRankEntry, utcnow
+from .grading import GradingStats
 from .graph_arrays import ArraysSnapshot
 
 __all__ = ["DAMPING", "LOUVAIN_SEED", "GraphMetrics", "MetricsComputer", "density", "top_k"]
@@ -61,6 +62,8 @@ class GraphMetrics(BaseModel):
     pagerank_top_10: list[PageRankEntry]
     communities_count: int
     computed_at: datetime = Field(default_factory=utcnow)
+    #: Live hit rates of suggestions (grading.py); filled in by the engine's /graph snapshot.
+    suggestions: GradingStats | None = None
     # Per-node results, for the /graph snapshot; not part of metrics_updated.
     pagerank: dict[str, float] = Field(default_factory=dict, exclude=True, repr=False)
     communities: dict[str, int] = Field(default_factory=dict, exclude=True, repr=False)

@@ -20,10 +20,10 @@ from datetime import datetime
 from pathlib import Path
 
 from .events import EventPayload, GraphEvent
-from .learning import EdgeState
+from .learning import EdgeState, TransitionState
 from .store import ExecutionRecord, LogBounds, StoredGraph, ToolsRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA_V1 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -51,6 +51,19 @@ CREATE TABLE events (
     type TEXT NOT NULL,
     data TEXT NOT NULL
 );
+"""
+
+#: Version 2: second-order evidence for suggestions (graphrag/learning.py ``TransitionState``),
+#: written in the same transaction as the execution and its edges.
+_SCHEMA_V2 = """
+CREATE TABLE transitions (
+    first_tool_id TEXT NOT NULL,
+    second_tool_id TEXT NOT NULL,
+    third_tool_id TEXT NOT NULL,
+    observed_count INTEGER NOT NULL,
+    success_count INTEGER NOT NULL,
+    PRIMARY KEY (first_tool_id, second_tool_id, third_tool_id)
+) WITHOUT ROWID;
 """
 
 
@@ -102,6 +115,7 @@ class SQLiteStore:
             db.executescript(
                 "BEGIN IMMEDIATE;"
                 + _SCHEMA_V1
+                + _SCHEMA_V2
                 + f"INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'), ('epoch', '{epoch}');"
                 + "COMMIT;"
             )
@@ -111,7 +125,11 @@ class SQLiteStore:
             raise StoreError(
                 f"db: {self.path} has schema version {version}; this pml-gateway knows up to {SCHEMA_VERSION}: upgrade it"
             )
-        # Future migrations go here, one `if version < N:` step each.
+        # One `if version < N:` step per migration.
+        if version < 2:
+            db.executescript(
+                "BEGIN IMMEDIATE;" + _SCHEMA_V2 + "UPDATE meta SET value = '2' WHERE key = 'schema_version';COMMIT;"
+            )
         return str(db.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()[0])
 
     # -- reads ----------------------------------------------------------------------------
@@ -134,7 +152,8 @@ class SQLiteStore:
                     " confidence, last_observed FROM edges"
                 )
             ]
-            return StoredGraph(nodes, edges, self._bounds())
+            paths = [TransitionState(*row) for row in self._db.execute("SELECT * FROM transitions")]
+            return StoredGraph(nodes, edges, self._bounds(), paths)
 
     def events_after(self, after_id: int, limit: int = 1000) -> list[GraphEvent]:
         with self._lock:
@@ -198,6 +217,10 @@ class SQLiteStore:
                         for r in records
                         for e in r.edges
                     ],
+                )
+                db.executemany(
+                    "INSERT OR REPLACE INTO transitions VALUES (?, ?, ?, ?, ?)",
+                    [(t.first, t.second, t.third, t.observed_count, t.success_count) for r in records for t in r.transitions],
                 )
                 events = self._insert_events([p for r in records for p in r.payloads])
                 db.execute("COMMIT")

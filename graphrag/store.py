@@ -28,7 +28,7 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 from .events import EventPayload, GraphEvent
 from .execution import WorkflowExecution
-from .learning import EdgeState
+from .learning import EdgeState, TransitionState
 
 
 class LogBounds(NamedTuple):
@@ -46,6 +46,7 @@ class StoredGraph:
     nodes: dict[str, str | None] = field(default_factory=dict)  # tool id -> server
     edges: list[EdgeState] = field(default_factory=list)
     bounds: LogBounds = LogBounds("", None, None)
+    transitions: list[TransitionState] = field(default_factory=list)  # second-order evidence
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,7 @@ class ExecutionRecord:
     nodes: dict[str, str | None]  # tool id -> server, inserted if new
     edges: Sequence[EdgeState]  # the edges' new states
     payloads: Sequence[EventPayload]  # its events, in order
+    transitions: Sequence[TransitionState] = ()  # second-order counts' new states, same transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +99,7 @@ class MemoryStore:
         self._epoch = uuid.uuid4().hex
         self._nodes: dict[str, str | None] = {}
         self._edges: dict[tuple[str, str], EdgeState] = {}
+        self._transitions: dict[tuple[str, str, str], TransitionState] = {}
         self._events: deque[GraphEvent] = deque(maxlen=max_events)
         self._available: dict[str, str] = {}  # tool id -> server
         self._next_id = 1
@@ -104,7 +107,9 @@ class MemoryStore:
 
     def load(self) -> StoredGraph:
         with self._lock:
-            return StoredGraph(dict(self._nodes), list(self._edges.values()), self._bounds())
+            return StoredGraph(
+                dict(self._nodes), list(self._edges.values()), self._bounds(), list(self._transitions.values())
+            )
 
     def record_executions(self, records: Sequence[ExecutionRecord]) -> list[list[GraphEvent]]:
         with self._lock:
@@ -114,6 +119,8 @@ class MemoryStore:
                     self._nodes.setdefault(tool_id, server)
                 for edge in record.edges:
                     self._edges[(edge.source, edge.target)] = edge
+                for t in record.transitions:
+                    self._transitions[(t.first, t.second, t.third)] = t
                 stored.append(self._append(record.payloads))
             return stored
 

@@ -94,6 +94,11 @@ class Settings(BaseSettings):
         description="Extra Host names the gateway answers to (a comma list), behind a real hostname.",
     )
     audit_log: Path | None = Field(default=None, description="File for the audit lines (default: the pml_gateway.audit logger).")
+    tool_exposure: Literal["all", "lean"] = Field(
+        default="all",
+        description="tools/list: every downstream tool (all), or only the pml_* tools (lean; find tools with "
+        "pml_search_tools and call them with pml_call_tool).",
+    )
 
     @field_validator("cors_origins", "auth_servers", "allowed_hosts", mode="before")
     @classmethod

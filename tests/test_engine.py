@@ -214,3 +214,59 @@ async def test_a_task_without_a_server_asks_the_resolver_the_application_gave() 
     tasks = [TaskRun(id="1", tool_id="x__read"), TaskRun(id="2", tool_id="y__write", server="y"), TaskRun(id="3", tool_id="z")]
     await engine.update_from_execution(WorkflowExecution(tasks=tasks))
     assert {n.id: n.server for n in engine.snapshot().nodes} == {"x__read": "x.files", "y__write": "y", "z": None}
+async def test_suggestions_report_the_probability_of_next_and_success() -> None:
+    engine = GraphRAGEngine()
+    # after "a": "b" 6 times (all succeed), "c" 4 times of which 3 fail
+    await engine.update_from_executions([WorkflowExecution(tool_ids=["a", "b"]) for _ in range(6)])
+    await engine.update_from_executions(
+        [WorkflowExecution(tasks=[TaskRun(id="1", tool_id="a"), TaskRun(id="2", tool_id="c", success=i == 0)]) for i in range(4)]
+    )
+    b, c = engine.suggest_next(["a"])
+    assert (b.tool_id, c.tool_id) == ("b", "c")
+    assert 0.5 < b.probability < 0.65  # about 6 of 10 transitions, all succeeded
+    assert 0.05 < c.probability < 0.15  # 1 of 10
+    assert "6 of the 10 transitions out of a" in b.reason
+
+
+async def test_second_order_evidence_refines_where_it_contradicts_the_last_tool(tmp_path) -> None:
+    from graphrag import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "g.db")
+    engine = GraphRAGEngine(store=store)
+    # after "x" alone, "y" is the usual next tool; but after "p" -> "x" it is always "z"
+    await engine.update_from_executions([WorkflowExecution(tool_ids=["q", "x", "y"]) for _ in range(30)])
+    await engine.update_from_executions([WorkflowExecution(tool_ids=["p", "x", "z"]) for _ in range(12)])
+    assert engine.suggest_next(["x"])[0].tool_id == "y"
+    assert engine.suggest_next(["q", "x"])[0].tool_id == "y"
+    top = engine.suggest_next(["p", "x"])[0]
+    assert top.tool_id == "z" and top.probability > 0.7
+    assert "after p -> x it came next and succeeded 12 of 12 times" in top.reason
+    # persisted with the edges: a new engine on the same file knows it too
+    reloaded = GraphRAGEngine(store=store)
+    await reloaded.sync_from_database()
+    assert reloaded.suggest_next(["p", "x"])[0].tool_id == "z"
+    store.close()
+
+
+async def test_a_rare_transition_borrows_what_is_known_of_its_target(tmp_path) -> None:
+    from graphrag import SQLiteStore
+    from graphrag.suggestions import reliability
+
+    def step(source: str, target: str, ok: bool) -> WorkflowExecution:
+        return WorkflowExecution(tasks=[TaskRun(id="1", tool_id=source), TaskRun(id="2", tool_id=target, success=ok)])
+
+    store = SQLiteStore(tmp_path / "g.db")
+    engine = GraphRAGEngine(store=store)
+    # seen elsewhere: "flaky" mostly fails, "steady" always works
+    await engine.update_from_executions([step("z", "flaky", i == 0) for i in range(10)] + [step("z", "steady", True) for _ in range(10)])
+    # after "a", each seen twice and each worked both times: only the targets' record tells them apart
+    await engine.update_from_executions([step("a", "flaky", True), step("a", "flaky", True), step("a", "steady", True), step("a", "steady", True)])
+    steady, flaky = engine.suggest_next(["a"])
+    assert (steady.tool_id, flaky.tool_id) == ("steady", "flaky") and steady.probability > flaky.probability
+    # the per-node sums the estimate uses survive a reload
+    reloaded = GraphRAGEngine(store=store)
+    await reloaded.sync_from_database()
+    for tool in ("flaky", "steady", "a", "z"):
+        assert reliability(reloaded.graph, tool) == reliability(engine.graph, tool)
+    assert reliability(engine.graph, "flaky") == (1 + 2 + 1) / (12 + 2)
+    store.close()

@@ -33,6 +33,7 @@ CONTRACT_DEFAULTS = {
     "allow_unauthenticated": False,
     "allowed_hosts": [],
     "audit_log": None,
+    "tool_exposure": "all",
 }
 
 
@@ -87,6 +88,7 @@ def test_env_vars_for_every_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PML_ALLOW_UNAUTHENTICATED", "true")
     monkeypatch.setenv("PML_ALLOWED_HOSTS", "gw.example.com,gw.internal")
     monkeypatch.setenv("PML_AUDIT_LOG", "audit.jsonl")
+    monkeypatch.setenv("PML_TOOL_EXPOSURE", "lean")
     settings = Settings()
     dumped = settings.model_dump()
     assert {key: dumped[key] for key in EXPECTED_FROM_ENV} == EXPECTED_FROM_ENV
@@ -118,6 +120,7 @@ EXPECTED_FROM_ENV = {
     "allow_unauthenticated": True,
     "allowed_hosts": ["gw.example.com", "gw.internal"],
     "audit_log": Path("audit.jsonl"),
+    "tool_exposure": "lean",
 }
 
 
@@ -125,6 +128,13 @@ def test_fast_path_keeps_its_old_env_var(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("PML_GATEWAY_FAST_PATH", "0")
     assert Settings().fast_path is False
     assert parse("--fast-path", "1").fast_path is True  # the flag wins
+
+
+def test_tool_exposure_flag_and_a_clear_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("PML_TOOL_EXPOSURE", "all")
+    assert parse("--tool-exposure", "lean").tool_exposure == "lean"  # the flag wins
+    assert main(["serve", "--tool-exposure", "some"]) == 2
+    assert "tool_exposure" in capsys.readouterr().err
 
 
 def test_flags_win_over_env_vars(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -137,3 +137,23 @@ async def test_failed_commit_changes_nothing(tmp_path: Path) -> None:
     assert {(u, v): dict(a) for u, v, a in engine.graph.edges(data=True)} == before
     assert heard == []
     assert store.execution_count() == 1
+
+
+async def test_a_version_1_database_gains_the_second_order_table_and_keeps_its_edges(tmp_path: Path) -> None:
+    from graphrag.sqlite_store import _SCHEMA_V1
+
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as db:  # a database as pml-gateway wrote it before second-order counts
+        db.executescript(_SCHEMA_V1 + "INSERT INTO meta VALUES ('schema_version', '1'), ('epoch', 'e1');")
+        db.execute(
+            "INSERT INTO edges VALUES ('a', 'b', 'sequence', 3, 3, 0, 0.2, '2026-11-21T12:00:00+00:00')"
+        )
+    store = SQLiteStore(path)
+    engine = GraphRAGEngine(store=store)
+    await engine.sync_from_database()
+    assert engine.graph.has_edge("a", "b")
+    await engine.update_from_execution(WorkflowExecution(tool_ids=["x", "a", "b"]))
+    store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION) == "2"
+        assert db.execute("SELECT * FROM transitions").fetchall() == [("x", "a", "b", 1, 1)]

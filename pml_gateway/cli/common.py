@@ -54,6 +54,7 @@ _METAVARS = {
     "jwt_secret": "SECRET",
     "auth_servers": "URLS",
     "audit_log": "FILE",
+    "tool_exposure": "all|lean",
 }
 #: Settings given as a bare flag (``--allow-unauthenticated``); the env var still takes a value.
 _SWITCHES = ("allow_unauthenticated",)

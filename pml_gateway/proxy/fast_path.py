@@ -185,6 +185,7 @@ class FastPath:
                 session_id=None,
                 client_host=client[0] if client else None,
                 client_name=client_params.client_info.name if client_params is not None else None,
+                client_port=client[1] if client else None,
             )
             reply_headers = _JSON_HEADERS
         try:

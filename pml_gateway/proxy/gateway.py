@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -40,6 +40,7 @@ from pml_gateway.proxy.tools import GatewayTools
 from pml_gateway.host_check import transport_settings
 from pml_gateway.settings import Settings
 from pml_gateway.proxy.registry import ToolRegistry
+from pml_gateway.proxy.search import ToolSearch
 from pml_gateway.proxy.traces import TraceRecorder
 from pml_gateway.proxy.server import MCP_SESSION_ID_HEADER, UpstreamServer
 
@@ -129,15 +130,32 @@ class Gateway:
             record_tool_call(caller.principal, caller.profile_name, name, (time.monotonic() - started) * 1000, outcome)
             return result
 
-        self.traces = TraceRecorder(record, idle_seconds=self.settings.trace_idle_seconds)
+        search = ToolSearch()
+
+        def search_label(query: str, ranked: Sequence[str], called: str) -> None:
+            engine.grader.search.grade(ranked, called)
+            search.feedback.learn(query, called)
+
+        self.traces = TraceRecorder(
+            record, idle_seconds=self.settings.trace_idle_seconds, grade_next=engine.grade_next, on_search_label=search_label
+        )
         tools = GatewayTools(
             engine,
             self.registry,
             call_task,
             record_workflow,
             missing=self.pool.missing,
+            traces=self.traces,
+            search=search,
         )
-        upstream = UpstreamServer(self.registry, self.pool, tools, self.traces, instrumentation=instrumentation)
+        upstream = UpstreamServer(
+            self.registry,
+            self.pool,
+            tools,
+            self.traces,
+            instrumentation=instrumentation,
+            tool_exposure=self.settings.tool_exposure,
+        )
         security = transport_settings(self.settings)  # the same Host/Origin lists as every other route
         manager = StreamableHTTPSessionManager(app=upstream.server, security_settings=security)
         tool_events = ToolEvents(engine, self.registry, self.pool.health)  # tool_added / tool_removed

@@ -79,6 +79,7 @@ def caller_key(ctx: ServerRequestContext[Any, Any]) -> str:
         client_host=client.host if client is not None else None,
         client_name=params.client_info.name if params is not None else None,
         principal=_caller(ctx).principal,
+        client_port=client.port if client is not None else None,
     )
 
 
@@ -96,8 +97,14 @@ def caller_key_of(
     client_host: str | None,
     client_name: str | None,
     principal: str | None = None,
+    client_port: int | None = None,
 ) -> str:
-    """``caller_key`` from its parts, for an HTTP request (shared with the fast path)."""
+    """``caller_key`` from its parts, for an HTTP request (shared with the fast path).
+
+    Without a session or an explicit trace id, the TCP connection (address and port) tells
+    callers apart: two agents on one machine with the same client name have two connections
+    (see traces.py, "honest traces").
+    """
     explicit = trace_key(meta)
     if explicit is not None:
         return explicit
@@ -105,7 +112,8 @@ def caller_key_of(
         return f"session:{session_id}"
     if principal is not None:  # [auth] an authenticated principal is who calls, wherever from
         return f"principal:{principal}:{client_name or 'client'}"
-    return f"caller:{client_host or 'local'}:{client_name or 'client'}"
+    connection = f"{client_host or 'local'}:{client_port}" if client_port else (client_host or "local")
+    return f"caller:{connection}:{client_name or 'client'}"
 
 
 class UpstreamServer:
@@ -121,8 +129,10 @@ class UpstreamServer:
         name: str = "pml-gateway",
         version: str = "0.1.0",
         instrumentation: Instrumentation | None = None,
+        tool_exposure: str = "all",
     ) -> None:
         self.registry = registry
+        self.tool_exposure = tool_exposure
         self.pool = pool
         self.tools = tools
         self.traces = traces
@@ -175,6 +185,8 @@ class UpstreamServer:
     async def _list_tools(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
+        if self.tool_exposure == "lean":  # only the pml_* tools: the rest is found by search, called by pml_call_tool
+            return types.ListToolsResult(tools=self.tools.lean_definitions())
         visible = self.tools.visibility(_caller(ctx).profile)  # [auth] a profile sees only its tools
         entries = [e for e in self.registry.tools() if visible(e.name)]
         return types.ListToolsResult(tools=[*self.tools.definitions(), *(e.tool for e in entries)])
@@ -221,6 +233,12 @@ class UpstreamServer:
         started = time.monotonic()
         outcome = "error"
         try:
+            if name == gateway_tools.CALL_TOOL:  # then exactly as if the tool had been called directly
+                target = self.tools.call_target(arguments)
+                if isinstance(target, dict):  # bad arguments: the tool error to answer with
+                    return self.shape_call_result(version, target)
+                name, arguments = target
+            # [auth] after the pml_call_tool rewrite: the profile limits the tool really called
             if who.profile is not None and not self.tools.visibility(who.profile)(name):
                 result = errors.tool_error(errors.not_allowed(name, who.profile.name))
                 outcome = "denied"
@@ -250,7 +268,7 @@ class UpstreamServer:
         profile: Profile | None,
     ) -> dict[str, Any]:
         if name in gateway_tools.NAMES:
-            return await self.tools.call(name, arguments, progress, profile=profile)
+            return await self.tools.call(name, arguments, progress, profile=profile, caller=caller)
         entry = self.registry.get(name)  # only calls of tools that exist join a trace
         started = time.monotonic()
         result = await self.pool.call(name, arguments, meta=meta)

@@ -1,15 +1,22 @@
-"""The gateway's own tools (DESIGN.md "MCP surface"): metrics, search, suggestions, workflows.
+"""The gateway's own tools (DESIGN.md "MCP surface"): metrics, search, suggestions, calls, workflows.
 
 Each tool has a pydantic input model (its ``inputSchema``, checked before it runs) and an output
 model (its ``outputSchema``). Results carry the output as ``structuredContent`` and the same JSON
 as text, in wire form like every result in the proxy. Bad arguments come back as a tool error
 naming the field.
+
+``pml_call_tool`` has no output model: it answers with the called tool's own result. The upstream
+server turns it into a direct call of that tool (``call_target``), so that it is the same call,
+with the same result, learning, trace and grading, on one code path.
+
+Lean exposure (``tool_exposure=lean``): ``tools/list`` holds only these tools, in lean form
+(``lean_definitions``: one-line descriptions, input schemas without titles and descriptions, no
+output schemas), so that a client with hundreds of downstream tools keeps its context small.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,11 +25,14 @@ import mcp.types as types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from graphrag import GraphRAGEngine
+from graphrag.grading import GradingStats
 
 from pml_gateway.proxy.downstream import errors
 from pml_gateway.auth.profiles import Profile
 from pml_gateway.proxy.registry import ToolRegistry
 from pml_gateway.proxy.workflows import ProgressReporter, Recorder, ToolCaller, WorkflowRequest, WorkflowResult, WorkflowRunner
+from pml_gateway.proxy.search import ToolDocument, ToolSearch
+from pml_gateway.proxy.traces import TraceRecorder
 
 __all__ = ["NAMES", "GatewayTools", "ProgressReporter", "definitions"]
 
@@ -30,7 +40,8 @@ GRAPH_METRICS = "pml_graph_metrics"
 SEARCH_TOOLS = "pml_search_tools"
 SUGGEST_NEXT_TOOLS = "pml_suggest_next_tools"
 EXECUTE_WORKFLOW = "pml_execute_workflow"
-NAMES = frozenset({GRAPH_METRICS, SEARCH_TOOLS, SUGGEST_NEXT_TOOLS, EXECUTE_WORKFLOW})
+CALL_TOOL = "pml_call_tool"
+NAMES = frozenset({GRAPH_METRICS, SEARCH_TOOLS, SUGGEST_NEXT_TOOLS, EXECUTE_WORKFLOW, CALL_TOOL})
 
 
 # -- inputs --------------------------------------------------------------------------------------
@@ -61,6 +72,11 @@ class SuggestNextInput(_Input):
     limit: int = Field(default=5, ge=1, le=50, description="How many suggestions to return.")
 
 
+class CallToolInput(_Input):
+    tool: str = Field(min_length=1, description="Exposed name of the tool to call, as pml_search_tools returns it.")
+    arguments: dict[str, Any] = Field(default_factory=dict, description="The tool's arguments.")
+
+
 # -- outputs -------------------------------------------------------------------------------------
 
 
@@ -77,15 +93,24 @@ class GraphMetricsOutput(BaseModel):
     communities_count: int
     computed_at: str = Field(description="When the metrics were computed (ISO 8601, UTC).")
     last_event_id: int | None = Field(description="Newest graph event: resume /events/stream from here.")
+    suggestions: GradingStats = Field(
+        description="Live grading: how often the tool really called next was the top 1 / in the top 3 suggested "
+        "(and the same for the first call after a search, under `search`)."
+    )
 
 
 class ToolMatch(BaseModel):
     tool_id: str
     server: str | None = Field(description="Downstream server, or null for the gateway's own tools.")
+    title: str | None = None
     description: str | None
-    score: float = Field(description="Text match plus graph boost; higher is better.")
-    text_score: float
-    graph_score: float = Field(description="Learned confidence of an edge from a context tool (0 if none).")
+    input_schema: dict[str, Any] = Field(description="The tool's input JSON schema, to call it (pml_call_tool).")
+    score: float = Field(description="text_score + feedback_score + 0.5 graph_score; higher is better.")
+    text_score: float = Field(description="BM25 over name, title, description and parameters, relative to the best match (1).")
+    feedback_score: float = Field(
+        default=0.0, description="BM25 of the words of earlier searches that led to this tool, on the text_score scale."
+    )
+    graph_score: float = Field(description="Probability that this tool follows the context tools (0 if none).")
     reason: str
 
 
@@ -96,6 +121,7 @@ class SearchToolsOutput(BaseModel):
 
 class NextToolSuggestion(BaseModel):
     tool_id: str
+    probability: float = Field(description="Estimated probability that this tool comes next and succeeds.")
     confidence: float
     reason: str
     available: bool = Field(description="Whether the tool can be called right now.")
@@ -104,6 +130,7 @@ class NextToolSuggestion(BaseModel):
 class SuggestNextOutput(BaseModel):
     after: list[str]
     suggestions: list[NextToolSuggestion]
+    note: str | None = Field(default=None, description="Why there are no suggestions, when there are none.")
 
 
 # -- the tools -----------------------------------------------------------------------------------
@@ -115,8 +142,9 @@ class _Spec:
     title: str
     description: str
     input_model: type[BaseModel]
-    output_model: type[BaseModel]
+    output_model: type[BaseModel] | None  # None: the result is another tool's (pml_call_tool)
     read_only: bool
+    lean_description: str  # the one line lean exposure lists
 
 
 def _schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -149,24 +177,38 @@ SPECS: tuple[_Spec, ...] = (
         GraphMetricsInput,
         GraphMetricsOutput,
         True,
+        "Graph metrics and live suggestion hit rates.",
     ),
     _Spec(
         SEARCH_TOOLS,
         "Search tools",
-        "Find tools by words in their names and descriptions. Tools that the graph learned to follow "
-        "`context_tools` rank higher.",
+        "Find tools for a request in plain words (BM25 over names, descriptions and parameters, plus what "
+        "earlier searches led to). Each result has its description and input schema. Tools that the graph "
+        "learned to follow `context_tools` rank higher.",
         SearchToolsInput,
         SearchToolsOutput,
         True,
+        "Find tools for a request in plain words; returns names and input schemas.",
     ),
     _Spec(
         SUGGEST_NEXT_TOOLS,
         "Suggest next tools",
-        "Tools that usually come next after the given ones, from the learned graph, each with its "
-        "confidence and the reason (edge type, counts).",
+        "Tools likely to come next after the given ones, from the learned graph, ranked by the estimated "
+        "probability that each follows and succeeds, with its confidence and the reason (edge type, counts).",
         SuggestNextInput,
         SuggestNextOutput,
         True,
+        "Tools likely to come next after the given ones.",
+    ),
+    _Spec(
+        CALL_TOOL,
+        "Call tool",
+        "Call any tool of the gateway by its name (as pml_search_tools returns it) with its arguments; the "
+        "result is that tool's own, exactly as calling it directly.",
+        CallToolInput,
+        None,
+        False,
+        "Call a tool found by search: {tool, arguments}.",
     ),
     _Spec(
         EXECUTE_WORKFLOW,
@@ -178,6 +220,7 @@ SPECS: tuple[_Spec, ...] = (
         WorkflowRequest,
         WorkflowResult,
         False,
+        "Run a DAG of tool calls: tasks [{id, tool, arguments, depends_on}].",
     ),
 )
 
@@ -189,11 +232,36 @@ def definitions() -> list[types.Tool]:
             title=spec.title,
             description=spec.description,
             input_schema=_schema(spec.input_model),
-            output_schema=_schema(spec.output_model),
+            output_schema=_schema(spec.output_model) if spec.output_model is not None else None,
             annotations=types.ToolAnnotations(read_only_hint=spec.read_only, open_world_hint=not spec.read_only),
         )
         for spec in SPECS
     ]
+
+
+def lean_definitions() -> list[types.Tool]:
+    """The pml_* tools as lean exposure lists them: one line each, bare input schemas, no output schemas."""
+    return [
+        types.Tool(name=spec.name, description=spec.lean_description, input_schema=_lean(_schema(spec.input_model)))
+        for spec in SPECS
+    ]
+
+
+def _lean(schema: Any) -> Any:
+    """A JSON schema without its prose (titles, descriptions) and limits a model does not need."""
+    if isinstance(schema, list):
+        return [_lean(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    lean = {}
+    for key, value in schema.items():
+        if key in ("title", "description", "maxLength", "minLength", "maxItems", "minItems", "additionalProperties"):
+            continue
+        if key == "properties" and isinstance(value, dict):
+            lean[key] = {name: _lean(prop) for name, prop in value.items()}  # names stay, even "title"
+        else:
+            lean[key] = _lean(value)
+    return lean
 
 
 def structured_result(output: BaseModel) -> dict[str, Any]:
@@ -215,16 +283,9 @@ def describe_validation(tool: str, exc: ValidationError) -> str:
     return errors.invalid_arguments(tool, "; ".join(parts))
 
 
-_WORD = re.compile(r"[a-z0-9]+")
-
-
 def _everything(name: str) -> bool:
     """The visibility of a caller without a profile."""
     return True
-
-
-def _words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
 
 
 class GatewayTools:
@@ -237,21 +298,39 @@ class GatewayTools:
         call_downstream: ToolCaller,
         record: Recorder,
         missing: Callable[[str], str] = errors.unknown_tool,
+        traces: TraceRecorder | None = None,
+        search: ToolSearch | None = None,
     ) -> None:
         self.engine = engine
+        self.traces = traces
+        self.search = search if search is not None else ToolSearch()
         self._missing = missing  # why a tool name is not callable (DownstreamPool.missing)
         self.registry = registry
         self.runner = WorkflowRunner(call_downstream, record, server_of=registry.owner, on_task=engine.emit_live)
         self._definitions = definitions()
+        self._lean_definitions = lean_definitions()
 
     def definitions(self) -> list[types.Tool]:
         return self._definitions
+
+    def lean_definitions(self) -> list[types.Tool]:
+        return self._lean_definitions
 
     def input_schema(self, name: str) -> dict[str, Any] | None:
         for tool in self._definitions:
             if tool.name == name:
                 return tool.input_schema
         return None
+
+    def call_target(self, arguments: dict[str, Any] | None) -> tuple[str, dict[str, Any]] | dict[str, Any]:
+        """What ``pml_call_tool`` calls: (tool name, its arguments), or the error to answer with."""
+        try:
+            params = CallToolInput.model_validate(arguments or {})
+        except ValidationError as exc:
+            return errors.tool_error(describe_validation(CALL_TOOL, exc))
+        if params.tool in NAMES:
+            return errors.tool_error(errors.invalid_arguments(CALL_TOOL, f"tool: {params.tool!r} is a gateway tool: call it directly"))
+        return params.tool, params.arguments
 
     async def call(
         self,
@@ -260,10 +339,12 @@ class GatewayTools:
         progress: ProgressReporter | None = None,
         *,
         profile: Profile | None = None,
+        caller: str | None = None,
     ) -> dict[str, Any]:
         """Run a pml_* tool; the result in wire form (bad arguments: a tool error naming the field).
 
-        With a ``profile`` (auth/profiles.py), only its tools appear or run.
+        With a ``profile`` (auth/profiles.py), only its tools appear or run; ``caller`` (a trace
+        key) lets a search be graded by the call that follows it.
         """
         spec = next(s for s in SPECS if s.name == name)
         try:
@@ -274,9 +355,21 @@ class GatewayTools:
         if isinstance(params, GraphMetricsInput):
             return structured_result(await self.graph_metrics(visible))
         if isinstance(params, SearchToolsInput):
-            return structured_result(self.search_tools(params, visible))
+            found = self.search_tools(params, visible)
+            if caller is not None and self.traces is not None:
+                self.traces.searched(caller, params.query, [match.tool_id for match in found.tools])
+            return structured_result(found)
         if isinstance(params, SuggestNextInput):
+            unknown = [
+                f"after.{i}: unknown tool {tool!r} (not a tool of this gateway, and never seen by the graph)"
+                for i, tool in enumerate(params.after)
+                if tool not in self.engine.graph and tool not in self.registry and tool not in NAMES
+            ]
+            if unknown:
+                return errors.tool_error(errors.invalid_arguments(name, "; ".join(unknown)))
             return structured_result(self.suggest_next(params, visible))
+        if isinstance(params, CallToolInput):  # the upstream server resolves it before it gets here
+            return errors.tool_error(f"{CALL_TOOL} is answered by the MCP server, not inside a workflow or script")
         assert isinstance(params, WorkflowRequest)
         problem = self._check_workflow_tools(params, visible)
         if problem:
@@ -322,45 +415,49 @@ class GatewayTools:
             communities_count=metrics.communities_count,
             computed_at=metrics.model_dump(mode="json")["computed_at"],
             last_event_id=engine.last_event_id,
+            suggestions=engine.grader.stats(),
         )
 
     # -- pml_search_tools --------------------------------------------------------------------
 
     def search_tools(self, params: SearchToolsInput, visible: Callable[[str], bool] = _everything) -> SearchToolsOutput:
-        query_words = list(dict.fromkeys(_words(params.query)))
-        boosts: dict[str, tuple[float, str]] = {}
+        # Downstream tools only: the pml_* tools are always listed, and "call", "tool", "search" in their
+        # descriptions matched half of all natural requests.
+        documents = [
+            ToolDocument(entry.name, entry.server, entry.tool.title, entry.tool.description, entry.tool.input_schema)
+            for entry in self.registry.tools()
+            if visible(entry.name)
+        ]
+        self.search.update(documents)  # a no-op unless the tools changed
+        boosts: dict[str, float] = {}
+        reasons: dict[str, str] = {}
         known_context = [t for t in params.context_tools if t in self.engine.graph]
         if known_context:
             for s in self.engine.suggest_next(known_context, limit=10_000):
-                boosts[s.tool_id] = (s.confidence, s.reason)
-        candidates: list[tuple[str, str | None, str | None]] = [
-            (entry.name, entry.server, entry.tool.description) for entry in self.registry.tools()
-        ]
-        candidates += [(tool.name, None, tool.description) for tool in self._definitions]
-        candidates = [candidate for candidate in candidates if visible(candidate[0])]
-        matches: list[ToolMatch] = []
-        for name, server, description in candidates:
-            text = _text_score(query_words, params.query, name, description or "")
-            if text <= 0:
-                continue
-            graph_score, graph_reason = boosts.get(name, (0.0, ""))
-            matched = [w for w in query_words if w in name.lower() or w in (description or "").lower()]
-            reason = f"matches {', '.join(matched)}" if matched else "matches the query"
-            if graph_score:
-                reason += f"; {graph_reason}"
+                boosts[s.tool_id], reasons[s.tool_id] = s.probability, s.reason
+        matches = []
+        for score, hit in self.search.search(params.query, params.limit, boosts):
+            doc = hit.document
+            parts = [f"matches {', '.join(hit.matched)}"] if hit.matched else []
+            if hit.feedback_score:
+                parts.append("earlier searches with these words led to it")
+            if doc.tool_id in reasons:
+                parts.append(reasons[doc.tool_id])
             matches.append(
                 ToolMatch(
-                    tool_id=name,
-                    server=server,
-                    description=description,
-                    score=round(text + graph_score, 6),
-                    text_score=round(text, 6),
-                    graph_score=round(graph_score, 6),
-                    reason=reason,
+                    tool_id=doc.tool_id,
+                    server=doc.server,
+                    title=doc.title,
+                    description=doc.description,
+                    input_schema=doc.input_schema,
+                    score=round(score, 6),
+                    text_score=round(hit.text_score, 6),
+                    feedback_score=round(hit.feedback_score, 6),
+                    graph_score=round(boosts.get(doc.tool_id, 0.0), 6),
+                    reason="; ".join(parts) or "matches the query",
                 )
             )
-        matches.sort(key=lambda m: (-m.score, m.tool_id))
-        return SearchToolsOutput(query=params.query, tools=matches[: params.limit])
+        return SearchToolsOutput(query=params.query, tools=matches)
 
     # -- pml_suggest_next_tools --------------------------------------------------------------
 
@@ -373,9 +470,11 @@ class GatewayTools:
             suggestions = [s for s in ranked if visible(s.tool_id)][: params.limit]
         return SuggestNextOutput(
             after=params.after,
+            note=None if suggestions else "no tool has been seen after these yet",
             suggestions=[
                 NextToolSuggestion(
                     tool_id=s.tool_id,
+                    probability=s.probability,
                     confidence=s.confidence,
                     reason=s.reason,
                     available=s.tool_id in self.registry,
@@ -395,26 +494,3 @@ class GatewayTools:
             if task.tool not in self.registry:
                 return f"tasks.{index}.tool: {self._missing(task.tool)}"
         return None
-
-
-def _text_score(query_words: list[str], query: str, name: str, description: str) -> float:
-    """In [0, ~1.5]: share of query words found, the name weighing twice the description."""
-    if not query_words:
-        return 0.0
-    name_words = set(_words(name))
-    name_lower = name.lower()
-    description_words = set(_words(description))
-    score = 0.0
-    for word in query_words:
-        if word in name_words:
-            score += 1.0
-        elif word in name_lower:
-            score += 0.75  # part of a word of the name: "note" in "notes__read_note"
-        elif word in description_words:
-            score += 0.5
-        elif any(d.startswith(word) for d in description_words):
-            score += 0.35
-    score /= len(query_words)
-    if query.strip().lower() in name_lower:
-        score += 0.5  # the whole query is in the name
-    return score

@@ -6,8 +6,25 @@ or at shutdown; it is then recorded as a ``WorkflowExecution`` whose tasks are t
 (so consecutive calls become ``sequence`` edges) and which succeeded when every call did.
 
 Who is "one caller" depends on the protocol era (SDK_NOTES §8): on 2025-11-25 and earlier the
-MCP session; on 2026-07-28, which has no sessions, what identifies the caller (a trace id the
-client sends in ``_meta``, else client address plus client name); over stdio, the process.
+MCP session; on 2026-07-28, which has no sessions, what identifies the caller: a trace id the
+client sends in ``_meta``, else the HTTP connection (client address AND port, plus client name);
+over stdio, the process. Keyed by address and name alone, two agents on one machine were merged
+into one trace and taught false edges (``files__read_text_file -> git__git_status`` between two
+agents running side by side). The SDK's client keeps one keep-alive connection per ``Client``
+(measured: every call of a client came over the same port, two clients over two), so the port
+separates them. A client whose connection is replaced (the server's keep-alive timeout, 5 s in
+uvicorn, after a long pause) starts a new trace: the one edge across the reconnect is not learned,
+because a new connection cannot be told apart from another caller's; a client that wants its
+calls joined across connections sends a trace id in ``_meta`` (``pml-gateway/trace_id``).
+Where one key still holds two callers (behind a proxy that pools connections), their calls
+overlap in time sooner or later: a trace is cut wherever a call started before the previous one
+ended, and no edge is learned across the cut (``_sequences``).
+
+Live grading (graphrag/grading.py) happens here too, where every proxied call passes (SDK path
+and fast path alike): each call is graded against the suggestions after the calls before it in
+its trace, and the first call after a ``pml_search_tools`` of the same caller against that
+search's results; that call is also the search's label (``on_search_label``: the search index
+learns that the query led to this tool).
 """
 
 from __future__ import annotations
@@ -16,7 +33,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +44,10 @@ from graphrag import TaskRun, WorkflowExecution
 logger = logging.getLogger(__name__)
 
 Recorder = Callable[[WorkflowExecution], Awaitable[Any]]
+#: (history of the trace, oldest first; the tool called now)
+GradeNext = Callable[[Sequence[str], str], None]
+#: (the search's query; its ranked tool ids; the tool called next)
+SearchLabel = Callable[[str, Sequence[str], str], None]
 
 
 @dataclass
@@ -34,6 +55,15 @@ class _Call:
     tool_id: str
     server: str | None
     success: bool
+    started: float  # monotonic
+    ended: float
+
+
+@dataclass
+class _Search:
+    query: str
+    ranked: list[str]
+    at: float  # monotonic
 
 
 @dataclass
@@ -53,6 +83,8 @@ class TraceRecorder:
         idle_seconds: float,
         max_calls: int = 100,
         clock: Callable[[], float] = time.monotonic,
+        grade_next: GradeNext | None = None,
+        on_search_label: SearchLabel | None = None,
     ) -> None:
         self._record = record
         self.idle_seconds = idle_seconds
@@ -60,6 +92,9 @@ class TraceRecorder:
         self._clock = clock
         self._open: dict[str, _Trace] = {}
         self._full: list[tuple[str, _Trace]] = []  # closed by max_calls, waiting to be recorded
+        self._grade_next = grade_next
+        self._on_search_label = on_search_label
+        self._searches: dict[str, _Search] = {}  # each caller's last search not yet followed by a call
         self._wake = anyio.Event()
         self.recorded = 0  #: traces recorded so far
 
@@ -72,20 +107,39 @@ class TraceRecorder:
     ) -> None:
         """One proxied call of ``server``'s tool finished. ``started``: its monotonic start (default: now)."""
         now = self._clock()
+        started = now if started is None else started
         trace = self._open.get(caller)
+        if trace is None or not trace.calls or started >= trace.calls[-1].ended:
+            self._grade(caller, trace, tool_id)  # a call that overlapped the previous one followed nothing
         if trace is None:
-            trace = self._open[caller] = _Trace(started=now if started is None else started, last=now)
+            trace = self._open[caller] = _Trace(started=started, last=now)
             self._wake.set()  # the idle watcher may be sleeping with no deadline
-        trace.calls.append(_Call(tool_id, server, success))
+        trace.calls.append(_Call(tool_id, server, success, started, now))
         trace.last = now
         if len(trace.calls) >= self.max_calls:
             # Recording is async and add() is not: the watcher records it on its next pass.
             self._full.append((caller, self._open.pop(caller)))
             self._wake.set()
 
+    def searched(self, caller: str, query: str, ranked: Sequence[str]) -> None:
+        """``caller`` ran ``pml_search_tools``: its next call tells which result it wanted."""
+        self._searches[caller] = _Search(query, list(ranked), self._clock())
+        self._wake.set()  # the idle watcher forgets searches nobody followed up
+
+    def _grade(self, caller: str, trace: _Trace | None, tool_id: str) -> None:
+        try:
+            if self._grade_next is not None and trace is not None and trace.calls:
+                self._grade_next([call.tool_id for call in trace.calls], tool_id)
+            search = self._searches.pop(caller, None)
+            if search is not None and self._on_search_label is not None:
+                self._on_search_label(search.query, search.ranked, tool_id)
+        except Exception:  # grading must never break serving
+            logger.exception("could not grade the call of %s to %s", caller, tool_id)
+
     async def end(self, caller: str) -> None:
         """The caller's session ended: record its trace now."""
         trace = self._open.pop(caller, None)
+        self._searches.pop(caller, None)
         if trace is not None:
             await self._save(caller, trace)
 
@@ -104,7 +158,14 @@ class TraceRecorder:
                 for caller, trace in list(self._open.items()):
                     if now - trace.last >= self.idle_seconds:
                         await self.end(caller)
-                deadline = min((t.last + self.idle_seconds for t in self._open.values()), default=math.inf)
+                for caller, search in list(self._searches.items()):
+                    if now - search.at >= self.idle_seconds:
+                        del self._searches[caller]
+                deadline = min(
+                    [t.last + self.idle_seconds for t in self._open.values()]
+                    + [s.at + self.idle_seconds for s in self._searches.values()],
+                    default=math.inf,
+                )
                 self._wake = anyio.Event()
                 with anyio.move_on_after(max(0.0, deadline - self._clock()) if deadline != math.inf else None):
                     await self._wake.wait()
@@ -118,18 +179,38 @@ class TraceRecorder:
             await self._save(caller, trace)
 
     async def _save(self, caller: str, trace: _Trace) -> None:
-        execution = WorkflowExecution(
-            workflow_id=f"trace-{uuid.uuid4().hex[:12]}",
-            tasks=[
-                TaskRun(id=f"t{i}", tool_id=call.tool_id, server=call.server, success=call.success)
-                for i, call in enumerate(trace.calls)
-            ],
-            success=all(call.success for call in trace.calls),
-            execution_time_ms=round(max(0.0, trace.last - trace.started) * 1000, 3),
-        )
+        trace_id = f"trace-{uuid.uuid4().hex[:12]}"
+        segments = _sequences(trace.calls)
         try:
-            await self._record(execution)
+            for index, calls in enumerate(segments):
+                execution = WorkflowExecution(
+                    workflow_id=trace_id if index == 0 else f"{trace_id}-{index}",
+                    tasks=[
+                        TaskRun(id=f"t{i}", tool_id=call.tool_id, server=call.server, success=call.success)
+                        for i, call in enumerate(calls)
+                    ],
+                    success=all(call.success for call in calls),
+                    execution_time_ms=round(max(0.0, calls[-1].ended - calls[0].started) * 1000, 3),
+                )
+                await self._record(execution)
+                logger.debug("trace of %s recorded: %s", caller, execution.tool_ids)
             self.recorded += 1
-            logger.debug("trace of %s recorded: %s", caller, execution.tool_ids)
         except Exception:  # learning must never break serving
             logger.exception("could not record the trace of %s", caller)
+
+
+def _sequences(calls: list[_Call]) -> list[list[_Call]]:
+    """The trace cut wherever a call started before the previous one ended.
+
+    Overlapping calls are not a sequence: they are parallel calls of one agent, or calls of two
+    callers that share one key (behind a proxy that pools connections, say) and cannot be told
+    apart. Either way no edge is learned across them; each run of truly consecutive calls is
+    recorded as its own execution.
+    """
+    segments: list[list[_Call]] = []
+    for call in calls:
+        if segments and call.started >= segments[-1][-1].ended:
+            segments[-1].append(call)
+        else:
+            segments.append([call])
+    return segments

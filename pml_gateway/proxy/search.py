@@ -1,0 +1,196 @@
+"""Tool search for ``pml_search_tools``: BM25 over what a tool says about itself, plus what the gateway saw.
+
+Substring matching ranked ``files__list_directory_with_sizes`` first for "what time is it in
+Tokyo" (it "matches is, it, in"). This is BM25 (``bm25s``) over each tool's name (split at
+``__``, ``_``, ``-`` and camelCase, counted twice), title, description and parameter names, plus
+its parameter descriptions as a second field at 0.3 weight (their example values, "Asia/Tokyo",
+must not decide), with English stop words removed and words reduced to their stem (Snowball,
+through PyStemmer when installed, so "branches" finds "branch").
+
+Words alone miss requests that share none with the tool ("forget everything you know about
+Bob" for ``memory__delete_entities``). The gateway sees the answer for free: the tool a client
+calls right after a search, in the same trace, is the one it was looking for. ``SearchFeedback``
+keeps those labels, in memory, as the words of the queries that led to each tool: a third field
+of the tool's document (document expansion from click logs), weighted by how many labels the
+tool has. bench/search.py measures each part; no offline embedding model ships in a PyPI package
+this project can trust (model2vec loads its models from a hub at run time), so there is none.
+
+The index is rebuilt lazily, at most once per change, not per query (``ToolSearch.update``):
+the tools' own fields when the tool set changes (about 20 ms for the 50 tools of the five real
+servers on the 2-core machine), the learned field alone when labels arrived (about 2 ms). A
+query costs about 0.3 ms.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import bm25s
+import numpy as np
+from bm25s.stopwords import STOPWORDS_EN
+
+try:  # optional: the Snowball stemmer (declared in pyproject); plain words without it
+    import Stemmer
+
+    _stem: Callable[[str], str] = Stemmer.Stemmer("english").stemWord
+except ImportError:  # pragma: no cover - depends on the environment
+    _stem = str
+
+#: Weight of the learned field (the words of past queries that led to the tool) against the main field.
+FEEDBACK_WEIGHT = 1.0
+#: Labels at which a tool's learned field counts half.
+LABEL_PRIOR = 2.0
+#: Weight of the parameter descriptions against the main field: "Asia/Tokyo" as an example value
+#: of ``time__convert_time``'s target must not outrank ``time__get_current_time`` for "time in Tokyo".
+PARAMETER_WEIGHT = 0.3
+#: Weight of the graph boost (the probability that a tool follows the context tools).
+GRAPH_WEIGHT = 0.5
+
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_WORD = re.compile(r"[a-z0-9]+")
+_STOPWORDS = frozenset(STOPWORDS_EN) | {"please", "me", "my", "i", "want", "need", "can", "could", "would", "let"}
+
+
+def terms(text: str) -> list[str]:
+    """Search terms of a text: words split at camelCase and punctuation, stop words out, stemmed."""
+    words = _WORD.findall(_CAMEL.sub(" ", text).lower())
+    return [_stem(w) for w in words if w not in _STOPWORDS]
+
+
+_SPECIFIC = re.compile(r"[0-9./\\:@_]")
+
+
+def generic_words(query: str) -> str:
+    """A query without what is particular to one request: names (capitalised words after the first),
+    numbers, file names and paths. "forget everything you know about Bob" teaches "forget", not "Bob"."""
+    words = query.split()
+    kept = [w for i, w in enumerate(words) if not _SPECIFIC.search(w) and not (i and w[:1].isupper())]
+    return " ".join(kept)
+
+
+@dataclass(frozen=True)
+class ToolDocument:
+    """What the index knows of one tool."""
+
+    tool_id: str
+    server: str | None
+    title: str | None
+    description: str | None
+    input_schema: dict[str, Any]
+
+    def text(self) -> str:
+        """The main field: name (twice), title, description, parameter names."""
+        name = self.tool_id.replace("__", " ").replace("_", " ").replace("-", " ")
+        properties = self.input_schema.get("properties")
+        params = [p.replace("_", " ") for p in properties] if isinstance(properties, dict) else []
+        return " ".join([name, name, self.title or "", self.description or "", *params])
+
+    def parameter_text(self) -> str:
+        """The minor field: parameter descriptions (their examples name places, formats, ...)."""
+        properties = self.input_schema.get("properties")
+        if not isinstance(properties, dict):
+            return ""
+        return " ".join(spec["description"] for spec in properties.values() if isinstance(spec, dict) and isinstance(spec.get("description"), str))
+
+
+@dataclass
+class SearchHit:
+    document: ToolDocument
+    text_score: float  #: BM25 of the tool's own texts, relative to the best match of the query (1)
+    feedback_score: float  #: BM25 of the words earlier searches that led to this tool used, on the same scale
+    matched: list[str]  #: query terms found in the tool's text
+
+
+@dataclass
+class SearchFeedback:
+    """Labels the gateway saw: a search, then a call of ``tool_id`` in the same trace.
+
+    Kept as the words of past queries per tool (the last ``per_tool`` of each), which the index
+    adds to the tool as one more field: document expansion from click logs. BM25 then weighs the
+    learned words as it weighs any other (a rare, telling word like "forget" much more than
+    "what"), and a tool is found by the words people used to ask for it.
+    """
+
+    per_tool: int = 50
+    queries: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    labels: int = 0  #: labels learned so far; also the version of ``queries``
+
+    def learn(self, query: str, tool_id: str) -> None:
+        learned = self.queries[tool_id]
+        learned.append(generic_words(query))
+        del learned[: -self.per_tool]
+        self.labels += 1
+
+    def text(self, tool_id: str) -> str:
+        return " ".join(self.queries.get(tool_id, ()))
+
+
+class ToolSearch:
+    """A BM25 index over the tools, rebuilt when they change, with feedback from the gateway's traces."""
+
+    def __init__(self, feedback: SearchFeedback | None = None) -> None:
+        self.feedback = feedback if feedback is not None else SearchFeedback()
+        self._key: tuple[Any, ...] | None = None
+        self._documents: list[ToolDocument] = []
+        self._doc_terms: list[frozenset[str]] = []
+        self._bm25: list[tuple[float, bm25s.BM25]] = []  # (weight, index) per field
+        self._label_evidence = np.zeros(0)
+        self._labels_indexed = -1
+
+    def update(self, documents: Iterable[ToolDocument]) -> None:
+        """Index these tools, unless they (and the labels learned) are the ones already indexed.
+
+        The tools' own fields are re-indexed only when the tools change; new labels re-index the
+        learned field alone.
+        """
+        documents = list(documents)
+        key = tuple((d.tool_id, d.title, d.description) for d in documents)
+        if key != self._key:
+            self._key, self._labels_indexed = key, -1
+            self._documents = documents
+            main = [terms(d.text()) for d in documents]
+            minor = [terms(d.parameter_text()) for d in documents]
+            self._doc_terms = [frozenset(a) | frozenset(b) for a, b in zip(main, minor)]
+            self._bm25 = [(1.0, _index(main)), (PARAMETER_WEIGHT, _index(minor))] if documents else []
+        if self._documents and self._labels_indexed != self.feedback.labels:
+            self._labels_indexed = self.feedback.labels
+            learned = [terms(self.feedback.text(d.tool_id)) for d in self._documents]
+            # One label is one person's wording: the learned field counts fully only once a tool has
+            # several (n / (n + LABEL_PRIOR)), so a single odd query cannot outrank the tool's own text.
+            counts = np.array([len(self.feedback.queries.get(d.tool_id, ())) for d in self._documents], dtype=float)
+            self._label_evidence = counts / (counts + LABEL_PRIOR)
+            self._bm25[2:] = [(FEEDBACK_WEIGHT, _index(learned))]
+
+    def search(self, query: str, limit: int, boosts: Mapping[str, float] | None = None) -> list[tuple[float, SearchHit]]:
+        """The best ``limit`` tools for ``query``: (score, hit), best first; only tools that match at all."""
+        if not self._bm25:
+            return []
+        query_terms = terms(query)
+        fields = np.zeros((len(self._bm25), len(self._documents)))
+        if query_terms:
+            for row, (weight, bm25) in enumerate(self._bm25):
+                fields[row] = weight * np.asarray(bm25.get_scores(query_terms), dtype=float)
+        best = float(fields.sum(axis=0).max()) if fields.size else 0.0
+        if best > 0:
+            fields /= best  # the best match scores 1
+        text, learned = fields[:2].sum(axis=0), fields[2] * self._label_evidence
+        boosts = boosts or {}
+        scored = []
+        for i, document in enumerate(self._documents):
+            if text[i] <= 0 and learned[i] <= 0:
+                continue  # the graph only reorders tools that match the query
+            score = float(text[i] + learned[i]) + GRAPH_WEIGHT * boosts.get(document.tool_id, 0.0)
+            matched = [t for t in dict.fromkeys(query_terms) if t in self._doc_terms[i]]
+            scored.append((score, SearchHit(document, float(text[i]), float(learned[i]), matched)))
+        scored.sort(key=lambda item: (-item[0], item[1].document.tool_id))
+        return scored[:limit]
+
+
+def _index(corpus: list[list[str]]) -> bm25s.BM25:
+    bm25 = bm25s.BM25()
+    bm25.index([doc or ["_"] for doc in corpus], show_progress=False)  # bm25s wants no empty document
+    return bm25
