@@ -66,6 +66,7 @@ from starlette.types import Receive, Scope, Send
 
 from pml_gateway.proxy.downstream.supervisor import DownstreamPool, error_wire
 from pml_gateway.proxy.registry import RegisteredTool, ToolRegistry
+from pml_gateway.proxy.relay import needs_sdk_path
 from pml_gateway.proxy.traces import TraceRecorder
 from pml_gateway.proxy.server import MCP_SESSION_ID_HEADER, UpstreamServer, caller_key_of
 
@@ -179,6 +180,8 @@ class FastPath:
             if server_session is None:
                 return None
             version = server_session.protocol_version
+            if needs_sdk_path(meta, server_session.client_capabilities):
+                return None  # issue 9: progress, logs and server-to-client requests are relayed by the SDK path
             caller = caller_key_of(meta, version, session_id=session_id, client_host=None, client_name=None)
             reply_headers = [*_JSON_HEADERS, (MCP_SESSION_ID_HEADER.encode(), session_id.encode("latin-1"))]
         else:
@@ -187,6 +190,8 @@ class FastPath:
             if verdict is None:
                 return None
             version = verdict.protocol_version
+            if needs_sdk_path(meta, None):
+                return None  # issue 9: progress and logs are relayed by the SDK path
             client_params = Connection.from_envelope(version, verdict.client_info, verdict.client_capabilities).client_params
             client = scope.get("client")
             caller = caller_key_of(

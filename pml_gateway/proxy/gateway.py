@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TextIO
 
+import anyio
 import mcp.types as types
 from mcp.server.stdio import stdio_server
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
@@ -32,12 +33,15 @@ from graphrag import GraphRAGEngine, WorkflowExecution
 from pml_gateway.proxy import tools as gateway_tools
 from pml_gateway.proxy.downstream.supervisor import DownstreamPool, SupervisionTiming, error_result
 from pml_gateway.proxy.downstream.config import HttpServerConfig, StdioServerConfig, load_config
+from pml_gateway.proxy.downstream.watch import watch_config
 from pml_gateway.proxy.fast_path import FastPath
 from pml_gateway.proxy.tools import GatewayTools
 from pml_gateway.settings import Settings
 from pml_gateway.proxy.registry import ToolRegistry
 from pml_gateway.proxy.traces import TraceRecorder
 from pml_gateway.proxy.server import MCP_SESSION_ID_HEADER, UpstreamServer
+from pml_gateway.proxy.resources import GraphResources
+from pml_gateway.proxy.surface import Surface
 
 if TYPE_CHECKING:
     from pml_gateway.state import AppState
@@ -81,7 +85,11 @@ class Gateway:
             servers = load_config(settings.config) if settings.config is not None else []
         self.servers = servers
         self.registry = ToolRegistry(reserved=gateway_tools.NAMES)
-        self.pool = DownstreamPool(servers, self.registry, timing, errlog=errlog, lean_http=fast_path)
+        # issue 9: prompts, resources and the relays, fed by every downstream's supervisor
+        self.surface = Surface(lambda name: self.pool.downstreams.get(name))
+        self.pool = DownstreamPool(
+            servers, self.registry, timing, errlog=errlog, lean_http=fast_path, surface=self.surface
+        )
         self.startup_timeout = startup_timeout
         self.upstream: UpstreamServer | None = None
         self.traces: TraceRecorder | None = None
@@ -125,10 +133,22 @@ class Gateway:
             record_workflow,
             unavailable_reason=self.pool.unavailable_reason,
         )
-        upstream = UpstreamServer(self.registry, self.pool, tools, self.traces)
+        upstream = UpstreamServer(self.registry, self.pool, tools, self.traces, surface=self.surface)
+
+        async def metrics_json() -> str:
+            return gateway_tools.output_json(await tools.graph_metrics())
+
+        self.surface.graph = GraphResources(engine, metrics_json, self.surface.notify_updated)
         security = security_settings(self.settings.host)
         manager = StreamableHTTPSessionManager(app=upstream.server, security_settings=security)
-        async with self.pool.running(startup_timeout=self.startup_timeout), upstream.running(), manager.run():
+        async with (
+            self.pool.running(startup_timeout=self.startup_timeout),
+            upstream.running(),
+            manager.run(),
+            anyio.create_task_group() as watcher,
+        ):
+            if self.settings.config is not None:  # issue 9: edits of the config file apply at once
+                watcher.start_soon(watch_config, self.settings.config, self.pool, name="config watcher")
             self.upstream, self.session_manager = upstream, manager
             self._http_app = StreamableHTTPASGIApp(manager)
             if self.fast_path_enabled:
@@ -136,6 +156,7 @@ class Gateway:
             try:
                 yield self
             finally:
+                watcher.cancel_scope.cancel()
                 self.upstream = self.session_manager = self._http_app = self.fast_path = None
 
     async def call_tool(self, name: str, arguments: dict[str, Any]) -> types.CallToolResult:

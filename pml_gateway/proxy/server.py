@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,7 +24,15 @@ from mcp.server import NotificationOptions, Server, ServerRequestContext
 from mcp.server.context import CallNext, HandlerResult
 from mcp.server.models import InitializationOptions
 from mcp.server.session import ServerSession
-from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
+from mcp.server.subscriptions import (
+    InMemorySubscriptionBus,
+    ListenHandler,
+    PromptsListChanged,
+    ResourcesListChanged,
+    ServerEvent,
+    ToolsListChanged,
+)
+from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp_types import SERVER_INFO_META_KEY
 from mcp_types import methods as _methods
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
@@ -32,6 +41,8 @@ from pml_gateway.proxy import tools as gateway_tools
 from pml_gateway.proxy.downstream.supervisor import DownstreamPool, error_result
 from pml_gateway.proxy.tools import GatewayTools
 from pml_gateway.proxy.registry import ToolRegistry
+from pml_gateway.proxy.relay import legacy_session_key, upstream_call
+from pml_gateway.proxy.surface import Surface
 from pml_gateway.proxy.traces import TraceRecorder
 
 logger = logging.getLogger(__name__)
@@ -44,7 +55,7 @@ SESSION_FORGET_SECONDS = 1800.0
 
 
 class UpstreamMCPServer(Server[Any]):
-    """A low-level server that advertises ``tools.listChanged`` on every transport."""
+    """A low-level server that advertises ``listChanged`` (tools, prompts, resources) on every transport."""
 
     def create_initialization_options(
         self,
@@ -54,7 +65,9 @@ class UpstreamMCPServer(Server[Any]):
     ) -> InitializationOptions:
         # The HTTP session manager calls this without arguments (SDK_NOTES §8).
         return super().create_initialization_options(
-            notification_options or NotificationOptions(tools_changed=True), experimental_capabilities, extensions
+            notification_options or NotificationOptions(tools_changed=True, prompts_changed=True, resources_changed=True),
+            experimental_capabilities,
+            extensions,
         )
 
 
@@ -107,6 +120,7 @@ class UpstreamServer:
         tools: GatewayTools,
         traces: TraceRecorder | None = None,
         *,
+        surface: Surface | None = None,
         name: str = "pml-gateway",
         version: str = "0.1.0",
     ) -> None:
@@ -116,23 +130,31 @@ class UpstreamServer:
         self.traces = traces
         self.bus = InMemorySubscriptionBus()
         self.listen = ListenHandler(self.bus)
-        self.server = UpstreamMCPServer(
-            name,
-            version=version,
-            instructions=(
-                "pml-gateway: the tools of several MCP servers as <server>__<tool>, plus pml_* tools that "
-                "search them, suggest what comes next from learned usage, and run workflows of them."
-            ),
-            on_list_tools=self._list_tools,
-            on_call_tool=self._call_tool,
-            on_subscriptions_listen=self.listen,
-            get_tool_input_schema=self._input_schema,
-        )
+        # issue 9: prompts, resources, completion, logging and subscriptions (surface.py)
+        self.surface = surface or Surface(lambda name: pool.downstreams.get(name))
+        with warnings.catch_warnings():  # logging and roots are deprecated in 2026-07-28, still served to 2025 sessions
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
+            self.server = UpstreamMCPServer(
+                name,
+                version=version,
+                instructions=(
+                    "pml-gateway: the tools of several MCP servers as <server>__<tool>, plus pml_* tools that "
+                    "search them, suggest what comes next from learned usage, and run workflows of them."
+                ),
+                on_list_tools=self._list_tools,
+                on_call_tool=self._call_tool,
+                get_tool_input_schema=self._input_schema,
+                **self.surface.handlers(),
+            )
         self.server.middleware.append(self._track_session)
         self._sessions: dict[str, tuple[ServerSession, float]] = {}
+        self.surface.attach(self.server, self.legacy_sessions, self.bus, self.listen)
         self._changed = anyio.Event()
+        self._pending: set[type[ServerEvent]] = set()
         self.list_changed_sent = 0  #: notifications sent (both eras), for tests and stats
-        registry.on_change(lambda: self._changed.set())
+        registry.on_change(lambda: self._flag(ToolsListChanged))
+        self.surface.prompts.on_change(lambda: self._flag(PromptsListChanged))
+        self.surface.resources.on_change(lambda: self._flag(ResourcesListChanged))
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -140,7 +162,9 @@ class UpstreamServer:
     async def running(self) -> AsyncIterator[UpstreamServer]:
         """Background work while serving: change notifications and closing idle traces."""
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._notify_changes, name="tools/list_changed notifier")
+            tg.start_soon(self._notify_changes, name="list_changed notifier")
+            if self.surface.graph is not None:
+                tg.start_soon(self.surface.graph.run, name="graph resources notifier")
             if self.traces is not None:
                 tg.start_soon(self.traces.run, name="trace closer")
             try:
@@ -152,6 +176,7 @@ class UpstreamServer:
     async def session_ended(self, session_id: str) -> None:
         """A 2025-era HTTP session was deleted: forget it and record its trace now."""
         self._sessions.pop(f"session:{session_id}", None)
+        await self.surface.session_ended(f"session:{session_id}")
         if self.traces is not None:
             await self.traces.end(f"session:{session_id}")
 
@@ -171,16 +196,23 @@ class UpstreamServer:
     async def _call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
-        name = params.name
+        name, arguments = params.name, params.arguments
         try:
+            if name == gateway_tools.CALL_TOOL:  # the same call as a direct one: same result, same learning
+                unwrapped = self.tools.unwrap_call(arguments)
+                if isinstance(unwrapped, types.CallToolResult):
+                    return unwrapped
+                name, arguments = unwrapped
             if name in gateway_tools.NAMES:
-                return await self.tools.call(name, params.arguments, _progress_reporter(ctx))
+                with upstream_call(ctx):
+                    return await self.tools.call(name, arguments, _progress_reporter(ctx))
             entry = self.registry.get(name)
             if entry is None:
                 why = self.pool.unavailable_reason(name)
                 return error_result(f"tool {name!r} is unavailable: {why}" if why else f"unknown tool {name!r}")
             started = time.monotonic()
-            result = await self.pool.call(entry, params.arguments)
+            with upstream_call(ctx):  # its progress, logs and server-to-client requests come back here
+                result = await self.pool.call(entry, arguments)
             if self.traces is not None:
                 self.traces.add(caller_key(ctx), entry.name, success=not result.is_error, started=started)
             return result
@@ -192,13 +224,14 @@ class UpstreamServer:
 
     async def _track_session(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         # Any message of a 2025-era session (notifications/initialized included) lets us reach it later.
-        if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
-            session_id = _session_id(ctx)
-            if session_id:
-                self._sessions[f"session:{session_id}"] = (ctx.session, time.monotonic())
-            elif ctx.request is None:
-                self._sessions["local"] = (ctx.session, time.monotonic())
+        key = legacy_session_key(ctx)
+        if key is not None:
+            self._sessions[key] = (ctx.session, time.monotonic())
         return await call_next(ctx)
+
+    def legacy_sessions(self) -> list[tuple[str, ServerSession]]:
+        """The live 2025-era sessions (key, session), for notifications that are not replies."""
+        return [(key, session) for key, (session, _seen) in self._sessions.items()]
 
     def legacy_session(self, session_id: str) -> ServerSession | None:
         """The live 2025-era session with this id, once it has sent anything after ``initialize``.
@@ -230,26 +263,38 @@ class UpstreamServer:
                 shaped["_meta"] = {**meta, SERVER_INFO_META_KEY: self.server.server_info_stamp}
         return shaped
 
+    def _flag(self, kind: type[ServerEvent]) -> None:
+        self._pending.add(kind)
+        self._changed.set()
+
     async def _notify_changes(self) -> None:
         while True:
             await self._changed.wait()
             self._changed = anyio.Event()
-            await self._send_list_changed()
+            kinds, self._pending = self._pending, set()
+            for kind in (ToolsListChanged, PromptsListChanged, ResourcesListChanged):
+                if kind in kinds:
+                    await self._send_list_changed(kind)
             await anyio.sleep(0.05)  # coalesce a burst (several servers coming up at once)
 
-    async def _send_list_changed(self) -> None:
+    async def _send_list_changed(self, kind: type[ServerEvent] = ToolsListChanged) -> None:
         now = time.monotonic()
         for key, (session, seen) in list(self._sessions.items()):
             if now - seen > SESSION_FORGET_SECONDS:
                 del self._sessions[key]
                 continue
             try:
-                await session.send_tool_list_changed()
+                if kind is PromptsListChanged:
+                    await session.send_prompt_list_changed()
+                elif kind is ResourcesListChanged:
+                    await session.send_resource_list_changed()
+                else:
+                    await session.send_tool_list_changed()
                 self.list_changed_sent += 1
             except Exception as exc:  # a closed session: drop it
                 logger.debug("session %s is gone (%s)", key, exc)
                 del self._sessions[key]
-        await self.bus.publish(ToolsListChanged())
+        await self.bus.publish(kind())
 
 
 def _session_id(ctx: ServerRequestContext[Any, Any]) -> str | None:

@@ -25,7 +25,8 @@ GRAPH_METRICS = "pml_graph_metrics"
 SEARCH_TOOLS = "pml_search_tools"
 SUGGEST_NEXT_TOOLS = "pml_suggest_next_tools"
 EXECUTE_WORKFLOW = "pml_execute_workflow"
-NAMES = frozenset({GRAPH_METRICS, SEARCH_TOOLS, SUGGEST_NEXT_TOOLS, EXECUTE_WORKFLOW})
+CALL_TOOL = "pml_call_tool"
+NAMES = frozenset({GRAPH_METRICS, SEARCH_TOOLS, SUGGEST_NEXT_TOOLS, EXECUTE_WORKFLOW, CALL_TOOL})
 
 
 # -- inputs --------------------------------------------------------------------------------------
@@ -54,6 +55,11 @@ class SuggestNextInput(_Input):
         min_length=1, max_length=50, description="Tool ids just used, oldest first; the last weighs most."
     )
     limit: int = Field(default=5, ge=1, le=50, description="How many suggestions to return.")
+
+
+class CallToolInput(_Input):
+    tool: str = Field(min_length=1, max_length=128, description="The exposed name of a downstream tool (<server>__<tool>).")
+    arguments: dict[str, Any] = Field(default_factory=dict, description="Its arguments, as its input schema says.")
 
 
 # -- outputs -------------------------------------------------------------------------------------
@@ -110,7 +116,7 @@ class _Spec:
     title: str
     description: str
     input_model: type[BaseModel]
-    output_model: type[BaseModel]
+    output_model: type[BaseModel] | None  #: None: the result is the called tool's own
     read_only: bool
 
 
@@ -174,6 +180,16 @@ SPECS: tuple[_Spec, ...] = (
         WorkflowResult,
         False,
     ),
+    _Spec(
+        CALL_TOOL,
+        "Call tool",
+        "Call any downstream tool by its exposed name (as pml_search_tools and pml_suggest_next_tools "
+        "return it) with its arguments. The result is the tool's own, exactly as a direct call returns "
+        "it, and the call is learned from like a direct one.",
+        CallToolInput,
+        None,
+        False,
+    ),
 )
 
 
@@ -184,17 +200,22 @@ def definitions() -> list[types.Tool]:
             title=spec.title,
             description=spec.description,
             input_schema=_schema(spec.input_model),
-            output_schema=_schema(spec.output_model),
+            output_schema=_schema(spec.output_model) if spec.output_model is not None else None,
             annotations=types.ToolAnnotations(read_only_hint=spec.read_only, open_world_hint=not spec.read_only),
         )
         for spec in SPECS
     ]
 
 
+def output_json(output: BaseModel) -> str:
+    """The text JSON of a tool's output (also what the graph://metrics resource reads)."""
+    return json.dumps(output.model_dump(mode="json"), separators=(",", ":"))
+
+
 def structured_result(output: BaseModel, *, is_error: bool = False) -> types.CallToolResult:
     data = output.model_dump(mode="json")
     return types.CallToolResult(
-        content=[types.TextContent(type="text", text=json.dumps(data, separators=(",", ":")))],
+        content=[types.TextContent(type="text", text=output_json(output))],
         structured_content=data,
         is_error=is_error,
     )
@@ -235,6 +256,7 @@ class GatewayTools:
         self._unavailable_reason = unavailable_reason
         self.registry = registry
         self.runner = WorkflowRunner(call_downstream, record)
+        self._call_downstream = call_downstream
         self._definitions = definitions()
 
     def definitions(self) -> list[types.Tool]:
@@ -260,6 +282,11 @@ class GatewayTools:
             return structured_result(self.search_tools(params))
         if isinstance(params, SuggestNextInput):
             return structured_result(self.suggest_next(params))
+        if isinstance(params, CallToolInput):  # reached from workflows and tests; upstream unwraps it first
+            unwrapped = self.unwrap_call(arguments)
+            if isinstance(unwrapped, types.CallToolResult):
+                return unwrapped
+            return await self._call_downstream(*unwrapped)
         assert isinstance(params, WorkflowRequest)
         problem = self._check_workflow_tools(params)
         if problem:
@@ -267,6 +294,16 @@ class GatewayTools:
         result = await self.runner.run(params, progress)
         # A workflow whose tasks failed still ran: the per-task results say what happened.
         return structured_result(result, is_error=False)
+
+    def unwrap_call(self, arguments: dict[str, Any] | None) -> tuple[str, dict[str, Any]] | types.CallToolResult:
+        """``pml_call_tool``'s (tool, arguments), or the tool error that says what is wrong with them."""
+        try:
+            params = CallToolInput.model_validate(arguments or {})
+        except ValidationError as exc:
+            return _error(describe_validation(CALL_TOOL, exc))
+        if params.tool in NAMES:
+            return _error(f"invalid arguments for {CALL_TOOL}: tool: {params.tool!r} is one of the gateway's own tools: call it directly")
+        return params.tool, params.arguments
 
     # -- pml_graph_metrics -------------------------------------------------------------------
 

@@ -24,12 +24,13 @@ import math
 import sys
 import time
 from collections.abc import AsyncIterator, Iterable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import anyio
+import anyio.abc
 import httpx2
 import mcp.types as types
 from mcp import Client, ClientSession, MCPError, StdioServerParameters, stdio_client
@@ -43,6 +44,13 @@ from pydantic import ValidationError
 from pml_gateway.proxy.downstream.config import HttpServerConfig, StdioServerConfig
 from pml_gateway.proxy.downstream.http_link import HttpLink, LinkError, Redirected, RemoteError, Unreachable, link_supported
 from pml_gateway.proxy.registry import RegisteredTool, ToolRegistry
+
+if TYPE_CHECKING:  # issue 9: the MCP surface beyond tools (prompts, resources, relays)
+    from pml_gateway.proxy.surface import Surface
+
+ResultT = TypeVar("ResultT", bound=types.Result)
+#: Notifications that mean "list again" (tools, and since issue 9 prompts and resources).
+_LIST_CHANGED = (types.ToolListChangedNotification, types.PromptListChangedNotification, types.ResourceListChangedNotification)
 
 logger = logging.getLogger(__name__)
 
@@ -127,8 +135,10 @@ class Downstream:
         *,
         errlog: TextIO | None = None,
         lean_http: bool = True,
+        surface: Surface | None = None,
     ) -> None:
         self.config = config
+        self.surface = surface  # issue 9: prompts, resources, logs, progress, server-to-client requests
         self.registry = registry
         self.timing = timing or SupervisionTiming()
         self.state = DownstreamState.CONNECTING
@@ -184,6 +194,8 @@ class Downstream:
                     scope.cancel()  # calls stuck on the dead connection return an error now
                 if self.registry.remove_server(self.name):
                     logger.info("downstream %r: its tools left the list", self.name)
+                if self.surface is not None:
+                    self.surface.disconnected(self.name)
             self.state = DownstreamState.FAILED
             self.first_attempt_done.set()
             if connected_at is not None and time.monotonic() - connected_at >= self.timing.stable_after:
@@ -208,9 +220,12 @@ class Downstream:
             read_timeout_seconds=self.timing.connect_timeout,
             message_handler=self._on_message,
             client_info=CLIENT_INFO,
+            **(self.surface.client_options(self.name) if self.surface is not None else {}),
         ) as client:
             tools = await self._list_tools(client.session)
             self._client = client
+            if self.surface is not None:
+                await self.surface.connected(self, client)
             self._link = self._lean_link(client)
             self.state = DownstreamState.CONNECTED
             self.last_error = None
@@ -278,6 +293,9 @@ class Downstream:
                         raise _ConnectionEnded(f"no answer within {self.timing.ping_timeout:g} s") from None
                     if self.registry.set_server_tools(self.name, tools):
                         logger.info("downstream %r: tool list changed (%d tools)", self.name, len(tools))
+                    if self.surface is not None:
+                        with anyio.fail_after(self.timing.ping_timeout):
+                            await self.surface.connected(self, client)
                     continue
                 try:
                     with anyio.fail_after(self.timing.ping_timeout):
@@ -288,7 +306,7 @@ class Downstream:
     async def _listen_for_changes(self, client: Client) -> None:
         """2026-07-28: change notifications come on a subscriptions/listen stream, when served."""
         try:
-            async with client.listen(tools_list_changed=True) as subscription:
+            async with client.listen(tools_list_changed=True, prompts_list_changed=True, resources_list_changed=True) as subscription:
                 async for _event in subscription:
                     self._relist = True
                     self._wake.set()
@@ -302,16 +320,19 @@ class Downstream:
         while True:
             params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
             page = await session.list_tools(params=params)
-            tools.extend(page.tools)
+            # Tools that require task augmentation are not listed: the gateway does not speak tasks.
+            tools.extend(t for t in page.tools if t.execution is None or t.execution.task_support != "required")
             cursor = page.next_cursor
             if not cursor:
                 return tools
 
     async def _on_message(self, message: IncomingMessage) -> None:
         # Runs in the session's receive loop: only flag work here, never await a request.
-        if isinstance(message, types.ToolListChangedNotification):
+        if isinstance(message, _LIST_CHANGED):
             self._relist = True
             self._wake.set()
+        elif self.surface is not None and isinstance(message, types.ServerNotification):
+            await self.surface.on_message(self.name, message)  # logs, resource updates: sent on, bounded
         elif isinstance(message, Exception):
             logger.debug("downstream %r transport error: %s", self.name, describe_error(message))
 
@@ -321,7 +342,7 @@ class Downstream:
         self, tool: str, arguments: dict[str, Any] | None, *, input_schema: Any = None
     ) -> types.CallToolResult:
         """Call one of this server's tools by its own name. Never raises (except cancellation)."""
-        if self._link is None:
+        if self._link is None or self._needs_sdk():
             return await self._call_sdk(tool, arguments)
         raw = await self.call_tool_raw(tool, arguments, input_schema=input_schema)
         try:
@@ -344,7 +365,7 @@ class Downstream:
         ``x-mcp-header`` arguments are mirrored into headers), ``meta`` extra ``_meta`` keys.
         """
         link = self._link
-        if link is None:
+        if link is None or self._needs_sdk():
             result = await self._call_sdk(tool, arguments)
             return result.model_dump(by_alias=True, mode="json", exclude_none=True)
         timeout = self.config.timeout
@@ -381,13 +402,14 @@ class Downstream:
         scope = anyio.CancelScope()
         self._inflight.add(scope)
         try:
-            with scope:
+            with scope, self._in_flight() as caller:
                 # The request itself, not Client.call_tool: a proxy passes results through and leaves
                 # checking them against the output schema to the client at the end of the chain.
                 result = await client.session.send_request(
                     types.CallToolRequest(params=types.CallToolRequestParams(name=tool, arguments=arguments)),
                     types.CallToolResult,
                     request_read_timeout_seconds=timeout,
+                    progress_callback=caller.report_progress if caller is not None else None,
                 )
                 if result.meta and SERVER_INFO_META_KEY in result.meta:  # as _without_server_info
                     rest = {key: value for key, value in result.meta.items() if key != SERVER_INFO_META_KEY}
@@ -410,6 +432,40 @@ class Downstream:
         return error_result(f"downstream server {self.name!r} disconnected during {tool!r}")
 
 
+    # -- issue 9: requests other than tools/call, and the calls the surface relays for ---------
+
+    @property
+    def server_capabilities(self) -> types.ServerCapabilities | None:
+        return self._client.server_capabilities if self._client is not None else None
+
+    @property
+    def modern(self) -> bool:
+        return self._client is not None and self._client.protocol_version in MODERN_PROTOCOL_VERSIONS
+
+    async def request(self, request: types.ClientRequest, result_type: type[ResultT]) -> ResultT:
+        """Any request but ``tools/call`` (prompts, resources, completion, logging) on the SDK client.
+
+        Raises ``MCPError``: the server's own error, or one saying the server is not connected.
+        """
+        client = self._client
+        if client is None:
+            reason = f": {self.last_error}" if self.last_error else ""
+            raise MCPError(types.INTERNAL_ERROR, f"downstream server {self.name!r} is {self.state.value}{reason}")
+        with self._in_flight():
+            return await client.session.send_request(request, result_type, request_read_timeout_seconds=self.config.timeout)
+
+    async def notify(self, notification: types.ClientNotification) -> None:
+        if self._client is not None:
+            await self._client.session.send_notification(notification)
+
+    def _in_flight(self) -> AbstractContextManager[Any]:
+        return self.surface.relay.in_flight(self.name) if self.surface is not None else nullcontext(None)
+
+    def _needs_sdk(self) -> bool:
+        # A caller that wants progress or logs: only the SDK's client relays them (relay.py).
+        return self.surface is not None and self.surface.relay.wants_sdk()
+
+
 @asynccontextmanager
 async def _streamable_http(url: str, headers: dict[str, str], connect_timeout: float) -> AsyncIterator[Any]:
     # Headers and timeouts go on an httpx2 client (SDK_NOTES §4); long reads for server streams.
@@ -430,21 +486,30 @@ class DownstreamPool:
         *,
         errlog: TextIO | None = None,
         lean_http: bool = True,
+        surface: Surface | None = None,
     ) -> None:
         self.registry = registry
         self.downstreams: dict[str, Downstream] = {}
+        self._options: dict[str, Any] = {"errlog": errlog, "lean_http": lean_http, "surface": surface}
+        self._timing = timing
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._running: dict[str, tuple[anyio.CancelScope, anyio.Event]] = {}
         for config in configs:
             if not config.enabled:
                 logger.info("downstream %r is disabled in the config", config.name)
                 continue
-            self.downstreams[config.name] = Downstream(config, registry, timing, errlog=errlog, lean_http=lean_http)
+            self.downstreams[config.name] = self._downstream(config)
+
+    def _downstream(self, config: ServerConfig) -> Downstream:
+        return Downstream(config, self.registry, self._timing, **self._options)
 
     @asynccontextmanager
     async def running(self, *, startup_timeout: float = 10.0) -> AsyncIterator[DownstreamPool]:
         """Supervise every downstream while inside; waits (bounded) for each one's first attempt."""
         async with anyio.create_task_group() as tg:
+            self._tg = tg
             for downstream in self.downstreams.values():
-                tg.start_soon(downstream.run, name=f"downstream {downstream.name}")
+                self._start(downstream)
             # Serving before the first attempts settle would show clients an empty tool list.
             with anyio.move_on_after(startup_timeout if math.isfinite(startup_timeout) else None):
                 for downstream in self.downstreams.values():
@@ -452,7 +517,48 @@ class DownstreamPool:
             try:
                 yield self
             finally:
+                self._tg = None
                 tg.cancel_scope.cancel()
+
+    # -- issue 9: the config file changed (downstream/watch.py) --------------------------------
+
+    async def apply(self, configs: Iterable[ServerConfig]) -> dict[str, list[str]]:
+        """Make the running set match ``configs``: start the added servers, stop the removed ones,
+        restart the changed ones. Returns the names per kind of change."""
+        wanted = {config.name: config for config in configs if config.enabled}
+        changes = {
+            "removed": [name for name in self.downstreams if name not in wanted],
+            "added": [name for name in wanted if name not in self.downstreams],
+            "changed": [name for name in wanted if name in self.downstreams and self.downstreams[name].config != wanted[name]],
+        }
+        for name in changes["removed"] + changes["changed"]:
+            await self._stop(name)
+        for name in changes["added"] + changes["changed"]:
+            downstream = self.downstreams[name] = self._downstream(wanted[name])
+            self._start(downstream)
+        return changes
+
+    def _start(self, downstream: Downstream) -> None:
+        assert self._tg is not None, "the pool is not running"
+        scope, done = anyio.CancelScope(), anyio.Event()
+        self._running[downstream.name] = (scope, done)
+
+        async def supervise() -> None:
+            try:
+                with scope:
+                    await downstream.run()
+            finally:
+                done.set()
+
+        self._tg.start_soon(supervise, name=f"downstream {downstream.name}")
+
+    async def _stop(self, name: str) -> None:
+        """Stop one supervisor and wait (bounded) until its tools have left the registry."""
+        self.downstreams.pop(name, None)
+        scope, done = self._running.pop(name)
+        scope.cancel()
+        with anyio.move_on_after(10):
+            await done.wait()
 
     def health(self) -> dict[str, dict[str, Any]]:
         return {name: downstream.health() for name, downstream in self.downstreams.items()}
