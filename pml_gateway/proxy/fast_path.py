@@ -66,7 +66,7 @@ from starlette.types import Receive, Scope, Send
 
 from pml_gateway.proxy.downstream.supervisor import DownstreamPool, error_wire
 from pml_gateway.proxy.registry import RegisteredTool, ToolRegistry
-from pml_gateway.proxy.relay import needs_sdk_path
+from pml_gateway.proxy.relay import fast_path_call, needs_sdk_path
 from pml_gateway.proxy.traces import TraceRecorder
 from pml_gateway.proxy.server import MCP_SESSION_ID_HEADER, UpstreamServer, caller_key_of
 
@@ -248,7 +248,8 @@ class FastPath:
         name = call.entry.name
         try:
             started = time.monotonic()
-            result = await self.pool.call_raw(call.entry, call.arguments, meta=call.trace_context)
+            with fast_path_call(call.version):  # issue 9: a downstream asking this caller is told why not
+                result = await self.pool.call_raw(call.entry, call.arguments, meta=call.trace_context)
             if self.traces is not None:
                 self.traces.add(call.caller, name, success=result.get("isError") is not True, started=started)
             try:

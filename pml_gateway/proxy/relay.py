@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, get_args
@@ -46,7 +46,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Relay", "UpstreamCall", "legacy_session_key", "needs_sdk_path", "quietly", "upstream_call"]
+__all__ = ["Relay", "UpstreamCall", "fast_path_call", "legacy_session_key", "needs_sdk_path", "quietly", "upstream_call"]
 
 MCP_SESSION_ID_HEADER = "mcp-session-id"
 _LEVELS: tuple[str, ...] = get_args(types.LoggingLevel)
@@ -59,7 +59,7 @@ SEND_TIMEOUT_SECONDS = 2.0
 class UpstreamCall:
     """An upstream request in flight: where its progress, logs and back-channel requests go."""
 
-    session: ServerSession  #: request-scoped: notifications ride the request's own stream
+    session: ServerSession | None  #: request-scoped (notifications ride its stream); None on the fast path
     request_id: types.RequestId | None
     protocol_version: str
     wants_relay: bool = False  #: a progress token or a log-level opt-in came with the request
@@ -69,6 +69,8 @@ class UpstreamCall:
         return self.protocol_version in MODERN_PROTOCOL_VERSIONS
 
     async def report_progress(self, progress: float, total: float | None, message: str | None) -> None:
+        if self.session is None:
+            return
         try:
             await self.session.report_progress(progress, total, message)
         except Exception as exc:  # the caller went away: the call goes on
@@ -78,7 +80,7 @@ class UpstreamCall:
         """Why this caller cannot be asked ``what``, or None when it can."""
         if self.modern:
             return f"the client speaks {self.protocol_version}, which does not allow server-to-client requests ({what})"
-        if not self.session.check_client_capability(capability):
+        if self.session is None or not self.session.check_client_capability(capability):
             return f"the client did not declare the {what} capability"
         if not self.session.can_send_request:
             return f"the client's connection cannot carry server-to-client requests ({what})"
@@ -88,10 +90,18 @@ class UpstreamCall:
 _current: ContextVar[UpstreamCall | None] = ContextVar("pml_upstream_call", default=None)
 
 
-@contextmanager
-def upstream_call(ctx: ServerRequestContext[Any, Any]) -> Iterator[UpstreamCall]:
+def upstream_call(ctx: ServerRequestContext[Any, Any]) -> AbstractContextManager[UpstreamCall]:
     """Mark the running upstream request as the cause of the downstream calls made inside."""
-    call = UpstreamCall(ctx.session, ctx.request_id, ctx.protocol_version, needs_sdk_path(ctx.meta, None))
+    return _calling(UpstreamCall(ctx.session, ctx.request_id, ctx.protocol_version, needs_sdk_path(ctx.meta, None)))
+
+
+def fast_path_call(protocol_version: str) -> AbstractContextManager[UpstreamCall]:
+    """``upstream_call`` for a call the fast path serves: no session (it needs none, ``needs_sdk_path``)."""
+    return _calling(UpstreamCall(None, None, protocol_version))
+
+
+@contextmanager
+def _calling(call: UpstreamCall) -> Iterator[UpstreamCall]:
     token = _current.set(call)
     try:
         yield call
@@ -206,6 +216,7 @@ class Relay:
         why = call.refusal(capability, what)
         if why is not None:
             return _refused(why)
+        assert call.session is not None  # refusal() said so
         try:
             result = await call.session.send_request(
                 request, result_type, metadata=ServerMessageMetadata(related_request_id=call.request_id)
@@ -236,7 +247,7 @@ class Relay:
                     continue
                 await quietly(session.send_log_message(params.level, params.data, logger=server))
             for call in list(self._in_flight.get(server, ())):
-                if call.modern:  # the SDK drops it unless this request opted in at that level
+                if call.modern and call.session is not None:  # the SDK drops it unless this request opted in at that level
                     await quietly(call.session.send_log_message(params.level, params.data, logger=server))
 
 
