@@ -296,3 +296,16 @@ async def test_pml_call_tool_is_a_direct_call(gateway: RunningGateway, mode: str
         return any((e["from_tool_id"], e["to_tool_id"]) == ("every__get-sum", "every__echo") for e in snapshot["edges"])
 
     assert await wait_for(learned, timeout=10)  # the wrapped echo joined the trace like a direct call
+
+
+async def test_a_2026_caller_that_opted_in_gets_the_logs_of_its_call(gateway: RunningGateway) -> None:
+    logs: list[types.LoggingMessageNotificationParams] = []
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        logs.append(params)
+
+    async with Client(gateway.mcp_url, log_level="debug", logging_callback=on_log) as client:
+        assert client.protocol_version == "2026-07-28"
+        await client.call_tool("every__toggle-simulated-logging", {})  # logs once while the call runs
+        await client.call_tool("every__toggle-simulated-logging", {})
+    assert logs and {log.logger for log in logs} == {"every"}

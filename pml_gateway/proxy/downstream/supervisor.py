@@ -531,8 +531,9 @@ class DownstreamPool:
             "added": [name for name in wanted if name not in self.downstreams],
             "changed": [name for name in wanted if name in self.downstreams and self.downstreams[name].config != wanted[name]],
         }
-        for name in changes["removed"] + changes["changed"]:
-            await self._stop(name)
+        async with anyio.create_task_group() as tg:  # each may take a process's grace period: at once
+            for name in changes["removed"] + changes["changed"]:
+                tg.start_soon(self._stop, name)
         for name in changes["added"] + changes["changed"]:
             downstream = self.downstreams[name] = self._downstream(wanted[name])
             self._start(downstream)
