@@ -222,7 +222,7 @@ class Relay:
                 request, result_type, metadata=ServerMessageMetadata(related_request_id=call.request_id)
             )
         except MCPError as exc:  # the client's own answer: passed on as it is
-            return types.ErrorData(code=exc.code, message=exc.message, data=exc.error.data)
+            return types.ErrorData(code=exc.code, message=exc.message, data=exc.data)
         except NoBackChannelError:
             return _refused(f"the client's connection cannot carry server-to-client requests ({what})")
         self.relayed_requests += 1
