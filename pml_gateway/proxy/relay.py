@@ -46,7 +46,17 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Relay", "UpstreamCall", "fast_path_call", "legacy_session_key", "needs_sdk_path", "quietly", "upstream_call"]
+__all__ = [
+    "MCP_SESSION_ID_HEADER",
+    "Relay",
+    "UpstreamCall",
+    "fast_path_call",
+    "http_session_id",
+    "legacy_session_key",
+    "needs_sdk_path",
+    "quietly",
+    "upstream_call",
+]
 
 MCP_SESSION_ID_HEADER = "mcp-session-id"
 _LEVELS: tuple[str, ...] = get_args(types.LoggingLevel)
@@ -63,13 +73,14 @@ class UpstreamCall:
     request_id: types.RequestId | None
     protocol_version: str
     wants_relay: bool = False  #: a progress token or a log-level opt-in came with the request
+    progress: bool = True  #: False when the call reports progress of its own (a workflow)
 
     @property
     def modern(self) -> bool:
         return self.protocol_version in MODERN_PROTOCOL_VERSIONS
 
     async def report_progress(self, progress: float, total: float | None, message: str | None) -> None:
-        if self.session is None:
+        if self.session is None or not self.progress:
             return
         try:
             await self.session.report_progress(progress, total, message)
@@ -90,9 +101,13 @@ class UpstreamCall:
 _current: ContextVar[UpstreamCall | None] = ContextVar("pml_upstream_call", default=None)
 
 
-def upstream_call(ctx: ServerRequestContext[Any, Any]) -> AbstractContextManager[UpstreamCall]:
-    """Mark the running upstream request as the cause of the downstream calls made inside."""
-    return _calling(UpstreamCall(ctx.session, ctx.request_id, ctx.protocol_version, needs_sdk_path(ctx.meta, None)))
+def upstream_call(ctx: ServerRequestContext[Any, Any], *, progress: bool = True) -> AbstractContextManager[UpstreamCall]:
+    """Mark the running upstream request as the cause of the downstream calls made inside.
+
+    ``progress=False``: the downstream calls' progress is not relayed (the request reports its own).
+    """
+    call = UpstreamCall(ctx.session, ctx.request_id, ctx.protocol_version, needs_sdk_path(ctx.meta, None), progress)
+    return _calling(call)
 
 
 def fast_path_call(protocol_version: str) -> AbstractContextManager[UpstreamCall]:
@@ -119,9 +134,14 @@ def legacy_session_key(ctx: ServerRequestContext[Any, Any]) -> str | None:
         return None
     if ctx.request is None:
         return "local"
-    headers = getattr(ctx.request, "headers", None)
-    session_id = headers.get(MCP_SESSION_ID_HEADER) if headers is not None else None
+    session_id = http_session_id(ctx)
     return f"session:{session_id}" if session_id else None
+
+
+def http_session_id(ctx: ServerRequestContext[Any, Any]) -> str | None:
+    """The ``Mcp-Session-Id`` the request came with, if any."""
+    headers = getattr(ctx.request, "headers", None)
+    return headers.get(MCP_SESSION_ID_HEADER) if headers is not None else None
 
 
 def needs_sdk_path(meta: Mapping[str, Any] | None, capabilities: types.ClientCapabilities | None) -> bool:

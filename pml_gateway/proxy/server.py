@@ -41,13 +41,12 @@ from pml_gateway.proxy import tools as gateway_tools
 from pml_gateway.proxy.downstream.supervisor import DownstreamPool, error_result
 from pml_gateway.proxy.tools import GatewayTools
 from pml_gateway.proxy.registry import ToolRegistry
-from pml_gateway.proxy.relay import legacy_session_key, upstream_call
+from pml_gateway.proxy.relay import MCP_SESSION_ID_HEADER, http_session_id, legacy_session_key, upstream_call
 from pml_gateway.proxy.surface import Surface
 from pml_gateway.proxy.traces import TraceRecorder
 
 logger = logging.getLogger(__name__)
 
-MCP_SESSION_ID_HEADER = "mcp-session-id"
 #: ``_meta`` key a client may send to group its calls into one trace explicitly.
 TRACE_ID_META_KEY = "pml-gateway/trace_id"
 #: Sessions not heard from for this long are forgotten (the SDK's own idle timeout is 30 min).
@@ -81,7 +80,7 @@ def caller_key(ctx: ServerRequestContext[Any, Any]) -> str:
     return caller_key_of(
         ctx.meta,
         ctx.protocol_version,
-        session_id=_session_id(ctx),
+        session_id=http_session_id(ctx),
         client_host=client.host if client is not None else None,
         client_name=params.client_info.name if params is not None else None,
     )
@@ -204,7 +203,7 @@ class UpstreamServer:
                     return unwrapped
                 name, arguments = unwrapped
             if name in gateway_tools.NAMES:
-                with upstream_call(ctx):
+                with upstream_call(ctx, progress=False):  # a workflow reports progress of its own
                     return await self.tools.call(name, arguments, _progress_reporter(ctx))
             entry = self.registry.get(name)
             if entry is None:
@@ -295,11 +294,6 @@ class UpstreamServer:
                 logger.debug("session %s is gone (%s)", key, exc)
                 del self._sessions[key]
         await self.bus.publish(kind())
-
-
-def _session_id(ctx: ServerRequestContext[Any, Any]) -> str | None:
-    headers = getattr(ctx.request, "headers", None)
-    return headers.get(MCP_SESSION_ID_HEADER) if headers is not None else None
 
 
 def _progress_reporter(ctx: ServerRequestContext[Any, Any]) -> Callable[[float, float, str], Awaitable[None]]:

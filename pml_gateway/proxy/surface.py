@@ -27,7 +27,7 @@ from mcp.server.subscriptions import ListenHandler, ResourceUpdated, Subscriptio
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from pml_gateway.proxy.prompts import PromptCatalog
-from pml_gateway.proxy.relay import Relay, legacy_session_key, quietly
+from pml_gateway.proxy.relay import SEND_TIMEOUT_SECONDS, Relay, legacy_session_key, quietly
 from pml_gateway.proxy.resources import GraphResources, ResourceCatalog, Subscriptions
 
 if TYPE_CHECKING:
@@ -104,10 +104,10 @@ class Surface:
         caps = client.server_capabilities
         modern = client.protocol_version in MODERN_PROTOCOL_VERSIONS
         if caps.prompts is not None:
-            self.prompts.set_server(name, await _all(client.session.list_prompts, "prompts"))
+            self.prompts.set_server(name, await _all(name, client.session.list_prompts, "prompts"))
         if caps.resources is not None:
-            resources = await _all(client.session.list_resources, "resources")
-            templates = await _all(client.session.list_resource_templates, "resource_templates")
+            resources = await _all(name, client.session.list_resources, "resources")
+            templates = await _all(name, client.session.list_resource_templates, "resource_templates")
             self.resources.set_server(name, resources, templates)
         if client.instructions and self._instructions.get(name) != client.instructions:
             self._instructions[name] = client.instructions
@@ -208,7 +208,7 @@ class Surface:
     async def notify_updated(self, uri: str) -> None:
         """``notifications/resources/updated`` to every subscriber of ``uri``, in both eras."""
         sessions = dict(self._sessions())
-        with anyio.move_on_after(2.0):
+        with anyio.move_on_after(SEND_TIMEOUT_SECONDS):
             for key in self.subscriptions.sessions(uri):
                 session = sessions.get(key)
                 if session is not None:
@@ -219,7 +219,7 @@ class Surface:
     async def _start_relaying(self, uri: str) -> None:
         server = self.resources.owner(uri)
         downstream = self._downstream(server) if server is not None else None
-        if downstream is not None and downstream.state.value == "connected":
+        if downstream is not None and downstream.server_capabilities is not None:  # connected
             await self._subscribe_downstream(downstream, uri)
 
     async def _subscribe_downstream(self, downstream: Downstream, uri: str) -> None:
@@ -302,12 +302,16 @@ def _set_level(level: types.LoggingLevel) -> types.SetLevelRequest:
     return types.SetLevelRequest(params=types.SetLevelRequestParams(level=level))
 
 
-async def _all(list_page: Callable[..., Awaitable[Any]], field: str) -> list[Any]:
-    """Every item of a paginated list request."""
+async def _all(server: str, list_page: Callable[..., Awaitable[Any]], field: str) -> list[Any]:
+    """Every item of a paginated list request; none (logged) when the server refuses it."""
     items: list[Any] = []
     cursor: str | None = None
     while True:
-        page = await list_page(params=types.PaginatedRequestParams(cursor=cursor) if cursor else None)
+        try:
+            page = await list_page(params=types.PaginatedRequestParams(cursor=cursor) if cursor else None)
+        except MCPError as exc:  # declared but broken: its tools still work
+            logger.warning("downstream %r: listing %s failed: %s", server, field.replace("_", " "), exc.message)
+            return items
         items.extend(getattr(page, field))
         cursor = page.next_cursor
         if not cursor:
