@@ -197,7 +197,7 @@ class Surface:
                 await self.subscriptions.add_listener(uri)
             return await self._listen(ctx, params)
         finally:
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True), anyio.move_on_after(SEND_TIMEOUT_SECONDS * 5):
                 for uri in uris:
                     await self.subscriptions.remove_listener(uri)
 
