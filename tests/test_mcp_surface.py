@@ -9,9 +9,7 @@ test_mcp_surface_reload.py.
 from __future__ import annotations
 
 import json
-import warnings
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio

@@ -260,7 +260,8 @@ class Relay:
     async def relay_log(self, server: str, params: types.LoggingMessageNotificationParams) -> None:
         """A downstream's log message, to every client that may receive it (``logger`` = the server)."""
         rank = _LEVELS.index(params.level) if params.level in _LEVELS else 0
-        with anyio.move_on_after(SEND_TIMEOUT_SECONDS):
+        with warnings.catch_warnings(), anyio.move_on_after(SEND_TIMEOUT_SECONDS):
+            warnings.simplefilter("ignore", MCPDeprecationWarning)  # logging: deprecated, still spoken
             for key, session in list(self._sessions()):
                 wanted = self._session_levels.get(key)
                 if wanted is not None and rank < _LEVELS.index(wanted):
@@ -279,9 +280,7 @@ def _refused(message: str) -> types.ErrorData:
 async def quietly(send: Awaitable[Any], what: str = "notification") -> bool:
     """Await ``send``; a failure is logged at debug level (a gone peer is no error of ours)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", MCPDeprecationWarning)  # logging and roots: deprecated, still spoken
-            await send
+        await send
         return True
     except Exception as exc:
         logger.debug("%s failed: %s", what, exc)

@@ -41,7 +41,8 @@ from pml_gateway.proxy import tools as gateway_tools
 from pml_gateway.proxy.downstream.supervisor import DownstreamPool, error_result
 from pml_gateway.proxy.tools import GatewayTools
 from pml_gateway.proxy.registry import ToolRegistry
-from pml_gateway.proxy.relay import MCP_SESSION_ID_HEADER, http_session_id, legacy_session_key, upstream_call
+from pml_gateway.proxy.relay import MCP_SESSION_ID_HEADER as MCP_SESSION_ID_HEADER  # imported from here by others
+from pml_gateway.proxy.relay import http_session_id, legacy_session_key, upstream_call
 from pml_gateway.proxy.surface import Surface
 from pml_gateway.proxy.traces import TraceRecorder
 
