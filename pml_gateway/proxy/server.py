@@ -6,7 +6,10 @@ Built on the low-level ``Server`` because it re-exposes downstream JSON schemas 
 
 Tool-list changes reach clients of both protocol eras (SDK_NOTES §8): 2025-era sessions get
 ``notifications/tools/list_changed`` on their standalone stream (the gateway keeps one
-``ServerSession`` per live session for that), 2026-era clients through ``subscriptions/listen``.
+``ServerSession`` per live session for that), 2026-era clients through ``subscriptions/listen``;
+prompt and resource list changes go the same way. Everything besides tools (prompts, resources,
+completion, logging, subscriptions, the relays of progress and server-to-client requests) is
+served by ``surface.py``: this module only registers its handlers.
 """
 
 from __future__ import annotations
