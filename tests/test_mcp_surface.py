@@ -209,6 +209,25 @@ async def test_a_2026_client_is_not_asked_and_the_downstream_is_told_why(gateway
     assert inbox.asked == []
 
 
+async def test_roots_are_asked_of_the_calling_client_and_again_when_they_change(gateway: RunningGateway) -> None:
+    roots = [types.Root(uri="file:///tmp/first", name="first")]
+
+    async def list_roots(context: Any) -> types.ListRootsResult:
+        return types.ListRootsResult(roots=roots)
+
+    async with Client(gateway.mcp_url, mode="legacy", list_roots_callback=list_roots) as client:
+        # server-everything asks for the roots during the call (it could not before: nobody to ask)
+        listed = await client.call_tool("every__get-roots-list", {})
+        assert "file:///tmp/first" in text(listed), text(listed)
+        roots = [types.Root(uri="file:///tmp/second", name="second")]
+        await client.send_roots_list_changed()  # forwarded; the downstream asks again, outside any call
+
+        async def updated() -> bool:
+            return "file:///tmp/second" in text(await client.call_tool("every__get-roots-list", {}))
+
+        assert await wait_for(updated, timeout=10, interval=0.2)
+
+
 # -- subscriptions -----------------------------------------------------------------------------------
 
 

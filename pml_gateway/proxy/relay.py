@@ -93,7 +93,7 @@ class UpstreamCall:
             return f"the client speaks {self.protocol_version}, which does not allow server-to-client requests ({what})"
         if self.session is None or not self.session.check_client_capability(capability):
             return f"the client did not declare the {what} capability"
-        if not self.session.can_send_request:
+        if self.request_id is not None and not self.session.can_send_request:  # request-scoped: its stream must allow it
             return f"the client's connection cannot carry server-to-client requests ({what})"
         return None
 
@@ -164,6 +164,7 @@ class Relay:
         self._in_flight: dict[str, list[UpstreamCall]] = {}
         self._sessions: Callable[[], Iterable[tuple[str, ServerSession]]] = lambda: ()
         self._session_levels: dict[str, str] = {}
+        self._roots_from: str | None = None  # the session whose roots/list_changed was passed on last
         self.relayed_requests = 0  #: server-to-client requests answered by an upstream client
 
     def attach(self, sessions: Callable[[], Iterable[tuple[str, ServerSession]]]) -> None:
@@ -231,6 +232,8 @@ class Relay:
         result_type: type[Any],
     ) -> Any:
         call = self.caller(server)
+        if call is None and isinstance(request, types.ListRootsRequest):
+            call = self._roots_caller()
         if call is None:
             return _refused(f"no client call to {server!r} is in flight through the gateway to answer {what}")
         why = call.refusal(capability, what)
@@ -247,6 +250,16 @@ class Relay:
             return _refused(f"the client's connection cannot carry server-to-client requests ({what})")
         self.relayed_requests += 1
         return result
+
+    def roots_changed(self, key: str | None) -> None:
+        """A session said its roots changed: the ``roots/list`` this causes downstream goes to it."""
+        self._roots_from = key
+
+    def _roots_caller(self) -> UpstreamCall | None:
+        session = dict(self._sessions()).get(self._roots_from) if self._roots_from else None
+        if session is None:
+            return None
+        return UpstreamCall(session, None, session.protocol_version)  # its standalone stream
 
     # -- logging -------------------------------------------------------------------------------
 

@@ -270,7 +270,8 @@ class Surface:
         return types.EmptyResult()
 
     async def roots_list_changed(self, ctx: ServerRequestContext[Any, Any], params: types.NotificationParams | None) -> None:
-        """A client's roots changed: every downstream that may ask for them hears of it."""
+        """A client's roots changed: every downstream that may ask for them hears of it (and asks that client)."""
+        self.relay.roots_changed(legacy_session_key(ctx))
         for name in sorted(self._connected):
             downstream = self._downstream(name)
             if downstream is not None and not downstream.modern:
