@@ -9,7 +9,10 @@ test_mcp_surface_reload.py.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -19,7 +22,7 @@ import pytest
 from mcp import Client, MCPError
 from mcp.shared.subscriptions import ResourceUpdated
 
-from gateway_support import ROOT, RunningGateway, run_gateway, text, wait_for
+from gateway_support import ROOT, RunningGateway, free_port, run_gateway, text, wait_for, wait_listening
 
 EVERYTHING = ROOT / ".tools" / "node_modules" / ".bin" / "mcp-server-everything"
 STATIC_DOC = "demo://resource/static/document/features.md"
@@ -326,3 +329,41 @@ async def test_a_2026_caller_that_opted_in_gets_the_logs_of_its_call(gateway: Ru
         await client.call_tool("every__toggle-simulated-logging", {})  # logs once while the call runs
         await client.call_tool("every__toggle-simulated-logging", {})
     assert logs and {log.logger for log in logs} == {"every"}
+
+
+async def test_the_relays_work_over_an_http_downstream_too(tmp_path: Path) -> None:
+    """server-everything over Streamable HTTP: its requests arrive on the SDK client's SSE streams."""
+    port = free_port()
+    process = subprocess.Popen(
+        [str(EVERYTHING), "streamableHttp"],
+        env={**os.environ, "PORT": str(port)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        await wait_listening(port)
+        servers = {"web": {"url": f"http://127.0.0.1:{port}/mcp"}}
+        async with run_gateway(tmp_path, servers) as gateway:
+            await wait_for(lambda: "web__echo" in gateway.gateway.registry)
+            inbox = Inbox()
+            progress: list[float] = []
+
+            async def on_progress(value: float, total: float | None, message: str | None) -> None:
+                progress.append(value)
+
+            async with inbox.client(gateway, "legacy") as client:
+                sampled = await client.call_tool("web__trigger-sampling-request", {"prompt": "over http", "maxTokens": 5})
+                assert "sampled: Resource trigger-sampling-request context: over http" in text(sampled)
+                await client.call_tool(
+                    "web__trigger-long-running-operation", {"duration": 0.2, "steps": 2}, progress_callback=on_progress
+                )
+                assert progress == [1.0, 2.0]
+                await client.subscribe_resource(STATIC_DOC)
+                await client.call_tool("web__toggle-subscriber-updates", {})
+                try:
+                    await wait_for(lambda: inbox.of(types.ResourceUpdatedNotification), timeout=15)
+                finally:
+                    await client.call_tool("web__toggle-subscriber-updates", {})
+    finally:
+        process.kill()
+        process.wait(timeout=10)
