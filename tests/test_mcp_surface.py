@@ -281,6 +281,17 @@ async def test_graph_resources_read_as_the_tool_and_the_route_and_notify_both_er
         )
         assert updated
 
+        # A burst of graph changes: the snapshot's subscribers hear of it at most once a second.
+        legacy_inbox.messages.clear()
+        started = anyio.current_time()
+        burst = [{"tool_ids": ["b__x", f"b__y{i}"], "success": True} for i in range(20)]
+        for execution in burst:
+            assert (await http.post("/executions", json=execution)).status_code == 202
+        await anyio.sleep(1.5)
+        snapshots = [n for n in legacy_inbox.of(types.ResourceUpdatedNotification) if n.params.uri == "graph://snapshot"]
+        seconds = anyio.current_time() - started
+        assert 1 <= len(snapshots) <= int(seconds) + 1, (len(snapshots), seconds)
+
 
 # -- tools -----------------------------------------------------------------------------------------
 
