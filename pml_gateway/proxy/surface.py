@@ -224,8 +224,8 @@ class Surface:
 
     async def _subscribe_downstream(self, downstream: Downstream, uri: str) -> None:
         caps = downstream.server_capabilities
-        if caps is None or caps.resources is None or not caps.resources.subscribe:
-            return
+        if caps is None or caps.resources is None or not caps.resources.subscribe or downstream.modern:
+            return  # 2026-07-28 downstreams have no resources/subscribe (see the docs' notes)
         request = types.SubscribeRequest(params=types.SubscribeRequestParams(uri=uri))
         if await quietly(downstream.request(request, types.EmptyResult), f"subscribe to {uri!r}"):
             self._subscribed.setdefault(downstream.name, set()).add(uri)
