@@ -68,6 +68,7 @@ from pml_gateway.auth import Caller, request_caller
 from pml_gateway.events.wire import MCP_SSE_HEADERS, PING, mcp_message
 from pml_gateway.observability import Instrumentation
 from pml_gateway.proxy.registry import RegisteredTool, ToolRegistry
+from pml_gateway.proxy.relay import fast_path_call, needs_sdk_path
 from pml_gateway.proxy.sdk_compat import SdkInternals
 from pml_gateway.proxy.server import MCP_SESSION_ID_HEADER, UpstreamServer, caller_key_of
 
@@ -169,6 +170,8 @@ class FastPath:
             if server_session is None:
                 return None
             version = server_session.protocol_version
+            if needs_sdk_path(meta, server_session.client_capabilities):
+                return None  # issue 9: progress, logs and server-to-client requests are relayed by the SDK path
             caller = caller_key_of(meta, version, session_id=session_id, client_host=None, client_name=None)
             reply_headers = [*_JSON_HEADERS, (MCP_SESSION_ID_HEADER.encode(), session_id.encode("latin-1"))]
         else:
@@ -177,6 +180,8 @@ class FastPath:
             if verdict is None:
                 return None
             version = verdict.protocol_version
+            if needs_sdk_path(meta, None):
+                return None  # issue 9: progress and logs are relayed by the SDK path
             client_params = Connection.from_envelope(version, verdict.client_info, verdict.client_capabilities).client_params
             client = scope.get("client")
             caller = caller_key_of(
@@ -224,7 +229,7 @@ class FastPath:
                 meta=call.trace_context,
                 session_id=call.session_id,
                 protocol_version=call.version,
-            ) as observed:
+            ) as observed, fast_path_call(call.version):  # issue 9: a downstream asking this caller is told why not
                 shaped = await self.upstream.call(
                     call.entry.name,
                     call.arguments,

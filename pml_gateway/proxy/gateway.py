@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TextIO
 
+import anyio
 from mcp.server.stdio import stdio_server
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from starlette.responses import JSONResponse
@@ -33,6 +34,7 @@ from pml_gateway.observability import Instrumentation
 from pml_gateway.proxy import tools as gateway_tools
 from pml_gateway.proxy.downstream.config import ServerConfig, load_config, load_profiles
 from pml_gateway.proxy.downstream.supervisor import DownstreamPool, SupervisionTiming
+from pml_gateway.proxy.downstream.watch import watch_config
 from pml_gateway.proxy.fast_path import FastPath
 from pml_gateway.proxy.tool_events import ToolEvents
 from pml_gateway.proxy.sdk_compat import SdkInternals
@@ -43,6 +45,8 @@ from pml_gateway.proxy.registry import ToolRegistry
 from pml_gateway.proxy.search import ToolSearch
 from pml_gateway.proxy.traces import TraceRecorder
 from pml_gateway.proxy.server import MCP_SESSION_ID_HEADER, UpstreamServer
+from pml_gateway.proxy.resources import GraphResources
+from pml_gateway.proxy.surface import Surface
 
 if TYPE_CHECKING:
     from pml_gateway.state import AppState
@@ -78,7 +82,11 @@ class Gateway:
         self.registry = ToolRegistry(reserved=gateway_tools.NAMES, servers=[s.name for s in servers if s.enabled])
         if timing is None:
             timing = SupervisionTiming(connect_timeout=settings.connect_timeout_seconds)
-        self.pool = DownstreamPool(servers, self.registry, timing, errlog=errlog, lean_http=fast_path)
+        # issue 9: prompts, resources and the relays, fed by every downstream's supervisor
+        self.surface = Surface(lambda name: self.pool.downstreams.get(name))
+        self.pool = DownstreamPool(
+            servers, self.registry, timing, errlog=errlog, lean_http=fast_path, surface=self.surface
+        )
         self.startup_timeout = settings.startup_timeout_seconds if startup_timeout is None else startup_timeout
         self.upstream: UpstreamServer | None = None
         self.traces: TraceRecorder | None = None
@@ -155,14 +163,27 @@ class Gateway:
             self.traces,
             instrumentation=instrumentation,
             tool_exposure=self.settings.tool_exposure,
+            surface=self.surface,
         )
+
+        async def metrics_json() -> str:
+            return gateway_tools.output_json(await tools.graph_metrics())
+
+        self.surface.graph = GraphResources(engine, metrics_json, self.surface.notify_updated)
         security = transport_settings(self.settings)  # the same Host/Origin lists as every other route
         manager = StreamableHTTPSessionManager(app=upstream.server, security_settings=security)
         tool_events = ToolEvents(engine, self.registry, self.pool.health)  # tool_added / tool_removed
         # Executions that name no server (POST /executions) get it from the registry, not from the name.
         engine.resolve_servers(self.registry.owner)
-        async with self.pool.running(startup_timeout=self.startup_timeout), upstream.running(), manager.run():
+        async with (
+            self.pool.running(startup_timeout=self.startup_timeout),
+            upstream.running(),
+            manager.run(),
+            anyio.create_task_group() as watcher,
+        ):
             tool_events.start()
+            if self.settings.config is not None:  # issue 9: edits of the config file apply at once
+                watcher.start_soon(watch_config, self.settings.config, self.pool, name="config watcher")
             self.upstream, self.session_manager = upstream, manager
             self._http_app = StreamableHTTPASGIApp(manager)
             if self.fast_path_enabled:
@@ -173,6 +194,7 @@ class Gateway:
                 yield self
             finally:
                 tool_events.stop()  # stopping the downstreams is not a change of their tools
+                watcher.cancel_scope.cancel()
                 self.upstream = self.session_manager = self._http_app = self.fast_path = None
                 engine.resolve_servers(None)
 

@@ -140,31 +140,22 @@ class ToolRegistry:
         return self._rebuild()
 
     def _rebuild(self) -> bool:
-        wanted: dict[str, list[tuple[str, types.Tool]]] = {}
-        for server in sorted(self._known):
-            for tool in sorted(self._known[server], key=lambda t: t.name):
-                wanted.setdefault(sanitize(server, tool.name), []).append((server, tool))
+        # Names are given over every tool ever seen, so that a server that goes down keeps its names.
+        names = expose_names(
+            ((server, tool.name) for server, tools in self._known.items() for tool in tools), self._reserved
+        )
+        owners = {final: server for (server, _), final in names.items()}
+        originals = {(server, tool.name): tool for server, tools in self._by_server.items() for tool in tools}
         by_name: dict[str, RegisteredTool] = {}
-        owners: dict[str, str] = {}
-        renamed: list[tuple[str, str, str]] = []
-        for name, claimants in sorted(wanted.items()):
-            keeper = self._keeper(name, claimants)
-            for index, (server, tool) in enumerate(claimants):
-                final = name
-                if index != keeper:
-                    final = _with_suffix(name, server, tool.name)
-                    attempt = 1
-                    while final in owners or final in wanted or final in self._reserved:
-                        attempt += 1  # a suffixed name that is taken too: astronomically rare
-                        final = _with_suffix(f"{name}{attempt}", server, tool.name)
-                owners[final] = server
-                if server not in self._by_server:
-                    continue  # down: its name stays reserved for it, but is not exposed
-                if final != f"{server}{SEPARATOR}{tool.name}":
-                    renamed.append((tool.name, server, final))
-                by_name[final] = RegisteredTool(
-                    name=final, server=server, original_name=tool.name, tool=tool.model_copy(update={"name": final})
-                )
+        for (server, original), final in names.items():
+            tool = originals.get((server, original))
+            if tool is None:
+                continue  # down: its name stays reserved for it, but is not exposed
+            by_name[final] = RegisteredTool(
+                name=final, server=server, original_name=original, tool=tool.model_copy(update={"name": final})
+            )
+        by_name = {name: by_name[name] for name in sorted(by_name)}
+        names = {key: final for key, final in names.items() if key in originals}  # renames of exposed tools
         changed = by_name.keys() != self._by_name.keys() or any(
             by_name[name].tool != self._by_name[name].tool for name in by_name
         )
@@ -172,19 +163,52 @@ class ToolRegistry:
         self._owners = owners
         if not changed:
             return False
-        for original, server, final in renamed:
-            logger.info("downstream tool %r of server %r is exposed as %r", original, server, final)
+        log_renames(names, "tool")
         for listener in list(self._listeners):
             listener()
         return True
 
-    def _keeper(self, name: str, claimants: list[tuple[str, types.Tool]]) -> int | None:
-        """Which claimant keeps the plain name: the only one, else the first that needed no change."""
-        if name in self._reserved:
-            return None
-        if len(claimants) == 1:
-            return 0
-        for index, (server, tool) in enumerate(claimants):
-            if f"{server}{SEPARATOR}{tool.name}" == name:
-                return index
+
+def expose_names(claims: Iterable[tuple[str, str]], reserved: frozenset[str] = frozenset()) -> dict[tuple[str, str], str]:
+    """The exposed name of every ``(server, name)`` pair: the one naming rule of tools and prompts.
+
+    ``sanitize`` first; when several pairs still share a name, the one that needed no change keeps
+    it and every other gets a hash suffix (see the module docstring). Reserved names are never given.
+    """
+    wanted: dict[str, list[tuple[str, str]]] = {}
+    for server, original in sorted(set(claims)):
+        wanted.setdefault(sanitize(server, original), []).append((server, original))
+    names: dict[tuple[str, str], str] = {}
+    taken: set[str] = set()
+    for name, claimants in sorted(wanted.items()):
+        keeper = _keeper(name, claimants, reserved)
+        for index, (server, original) in enumerate(claimants):
+            final = name
+            if index != keeper:
+                final = _with_suffix(name, server, original)
+                attempt = 1
+                while final in taken or final in wanted or final in reserved:
+                    attempt += 1  # a suffixed name that is taken too: astronomically rare
+                    final = _with_suffix(f"{name}{attempt}", server, original)
+            taken.add(final)
+            names[(server, original)] = final
+    return names
+
+
+def log_renames(names: dict[tuple[str, str], str], kind: str) -> None:
+    """One log line per item exposed under another name than ``<server>__<name>``."""
+    for (server, original), final in names.items():
+        if final != f"{server}{SEPARATOR}{original}":
+            logger.info("downstream %s %r of server %r is exposed as %r", kind, original, server, final)
+
+
+def _keeper(name: str, claimants: list[tuple[str, str]], reserved: frozenset[str]) -> int | None:
+    """Which claimant keeps the plain name: the only one, else the first that needed no change."""
+    if name in reserved:
         return None
+    if len(claimants) == 1:
+        return 0
+    for index, (server, original) in enumerate(claimants):
+        if f"{server}{SEPARATOR}{original}" == name:
+            return index
+    return None

@@ -10,13 +10,17 @@ to the client (the SDK's handlers may return them), shaped once for the client's
 
 Tool-list changes reach clients of both protocol eras (SDK_NOTES §8): 2025-era sessions get
 ``notifications/tools/list_changed`` on their standalone stream (the gateway keeps one
-``ServerSession`` per live session for that), 2026-era clients through ``subscriptions/listen``.
+``ServerSession`` per live session for that), 2026-era clients through ``subscriptions/listen``;
+prompt and resource list changes go the same way. Everything besides tools (prompts, resources,
+completion, logging, subscriptions, the relays of progress and server-to-client requests) is
+served by ``surface.py``: this module only registers its handlers.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -27,7 +31,15 @@ from mcp.server import NotificationOptions, Server, ServerRequestContext
 from mcp.server.context import CallNext, HandlerResult
 from mcp.server.models import InitializationOptions
 from mcp.server.session import ServerSession
-from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
+from mcp.server.subscriptions import (
+    InMemorySubscriptionBus,
+    ListenHandler,
+    PromptsListChanged,
+    ResourcesListChanged,
+    ServerEvent,
+    ToolsListChanged,
+)
+from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
@@ -37,13 +49,15 @@ from pml_gateway.proxy import tools as gateway_tools
 from pml_gateway.proxy.downstream import errors
 from pml_gateway.proxy.downstream.supervisor import DownstreamPool
 from pml_gateway.proxy.registry import ToolRegistry
+from pml_gateway.proxy.relay import MCP_SESSION_ID_HEADER as MCP_SESSION_ID_HEADER  # imported from here by others
+from pml_gateway.proxy.relay import http_session_id, legacy_session_key, upstream_call
 from pml_gateway.proxy.sdk_compat import serialize_tool_result
+from pml_gateway.proxy.surface import Surface
 from pml_gateway.proxy.tools import GatewayTools, ProgressReporter
 from pml_gateway.proxy.traces import TraceRecorder
 
 logger = logging.getLogger(__name__)
 
-MCP_SESSION_ID_HEADER = "mcp-session-id"
 #: ``_meta`` key a client may send to group its calls into one trace explicitly.
 TRACE_ID_META_KEY = "pml-gateway/trace_id"
 #: Sessions not heard from for this long are forgotten (the SDK's own idle timeout is 30 min).
@@ -51,7 +65,7 @@ SESSION_FORGET_SECONDS = 1800.0
 
 
 class UpstreamMCPServer(Server[Any]):
-    """A low-level server that advertises ``tools.listChanged`` on every transport."""
+    """A low-level server that advertises ``listChanged`` (tools, prompts, resources) on every transport."""
 
     def create_initialization_options(
         self,
@@ -61,7 +75,9 @@ class UpstreamMCPServer(Server[Any]):
     ) -> InitializationOptions:
         # The HTTP session manager calls this without arguments (SDK_NOTES §8).
         return super().create_initialization_options(
-            notification_options or NotificationOptions(tools_changed=True), experimental_capabilities, extensions
+            notification_options or NotificationOptions(tools_changed=True, prompts_changed=True, resources_changed=True),
+            experimental_capabilities,
+            extensions,
         )
 
 
@@ -75,7 +91,7 @@ def caller_key(ctx: ServerRequestContext[Any, Any]) -> str:
     return caller_key_of(
         ctx.meta,
         ctx.protocol_version,
-        session_id=_session_id(ctx),
+        session_id=http_session_id(ctx),
         client_host=client.host if client is not None else None,
         client_name=params.client_info.name if params is not None else None,
         principal=_caller(ctx).principal,
@@ -126,6 +142,7 @@ class UpstreamServer:
         tools: GatewayTools,
         traces: TraceRecorder | None = None,
         *,
+        surface: Surface | None = None,
         name: str = "pml-gateway",
         version: str = "0.1.0",
         instrumentation: Instrumentation | None = None,
@@ -138,26 +155,34 @@ class UpstreamServer:
         self.traces = traces
         self.bus = InMemorySubscriptionBus()
         self.listen = ListenHandler(self.bus)
-        self.server = UpstreamMCPServer(
-            name,
-            version=version,
-            instructions=(
-                "pml-gateway: the tools of several MCP servers as <server>__<tool>, plus pml_* tools that "
-                "search them, suggest what comes next from learned usage, and run workflows of them."
-            ),
-            on_list_tools=self._list_tools,
-            on_call_tool=self._call_tool,
-            on_subscriptions_listen=self.listen,
-            get_tool_input_schema=self._input_schema,
-        )
+        # issue 9: prompts, resources, completion, logging and subscriptions (surface.py)
+        self.surface = surface or Surface(lambda name: pool.downstreams.get(name))
+        with warnings.catch_warnings():  # logging and roots are deprecated in 2026-07-28, still served to 2025 sessions
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
+            self.server = UpstreamMCPServer(
+                name,
+                version=version,
+                instructions=(
+                    "pml-gateway: the tools of several MCP servers as <server>__<tool>, plus pml_* tools that "
+                    "search them, suggest what comes next from learned usage, and run workflows of them."
+                ),
+                on_list_tools=self._list_tools,
+                on_call_tool=self._call_tool,
+                get_tool_input_schema=self._input_schema,
+                **self.surface.handlers(),
+            )
         self.server.middleware.append(self._track_session)
         # observability: duration histogram and span attributes for every request (inside the SDK's span)
         observed = instrumentation or Instrumentation(metrics=False, tracing=False)
         self.server.middleware.append(observed.server_middleware(spec_method_label, self.tool_label))
         self._sessions: dict[str, tuple[ServerSession, float]] = {}
+        self.surface.attach(self.server, self.legacy_sessions, self.bus, self.listen)
         self._changed = anyio.Event()
+        self._pending: set[type[ServerEvent]] = set()
         self.list_changed_sent = 0  #: notifications sent (both eras), for tests and stats
-        registry.on_change(lambda: self._changed.set())
+        registry.on_change(lambda: self._flag(ToolsListChanged))
+        self.surface.prompts.on_change(lambda: self._flag(PromptsListChanged))
+        self.surface.resources.on_change(lambda: self._flag(ResourcesListChanged))
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -165,7 +190,9 @@ class UpstreamServer:
     async def running(self) -> AsyncIterator[UpstreamServer]:
         """Background work while serving: change notifications and closing idle traces."""
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._notify_changes, name="tools/list_changed notifier")
+            tg.start_soon(self._notify_changes, name="list_changed notifier")
+            if self.surface.graph is not None:
+                tg.start_soon(self.surface.graph.run, name="graph resources notifier")
             if self.traces is not None:
                 tg.start_soon(self.traces.run, name="trace closer")
             try:
@@ -177,6 +204,7 @@ class UpstreamServer:
     async def session_ended(self, session_id: str) -> None:
         """A 2025-era HTTP session was deleted: forget it and record its trace now."""
         self._sessions.pop(f"session:{session_id}", None)
+        await self.surface.session_ended(f"session:{session_id}")
         if self.traces is not None:
             await self.traces.end(f"session:{session_id}")
 
@@ -202,7 +230,14 @@ class UpstreamServer:
         return self.tools.input_schema(name)
 
     async def _call_tool(self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> Any:
-        # A wire dict, not a CallToolResult: the SDK's kernel takes either (HandlerResult).
+        # Progress, logs and server-to-client requests of the downstream call come back to this
+        # request (issue 9); a workflow reports progress of its own.
+        relayed = params.name not in gateway_tools.NAMES or params.name == gateway_tools.CALL_TOOL
+        with upstream_call(ctx, progress=relayed):
+            # A wire dict, not a CallToolResult: the SDK's kernel takes either (HandlerResult).
+            return await self._answer(ctx, params)
+
+    async def _answer(self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> Any:
         return await self.call(
             params.name,
             params.arguments,
@@ -281,13 +316,14 @@ class UpstreamServer:
 
     async def _track_session(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         # Any message of a 2025-era session (notifications/initialized included) lets us reach it later.
-        if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
-            session_id = _session_id(ctx)
-            if session_id:
-                self._sessions[f"session:{session_id}"] = (ctx.session, time.monotonic())
-            elif ctx.request is None:
-                self._sessions["local"] = (ctx.session, time.monotonic())
+        key = legacy_session_key(ctx)
+        if key is not None:
+            self._sessions[key] = (ctx.session, time.monotonic())
         return await call_next(ctx)
+
+    def legacy_sessions(self) -> list[tuple[str, ServerSession]]:
+        """The live 2025-era sessions (key, session), for notifications that are not replies."""
+        return [(key, session) for key, (session, _seen) in self._sessions.items()]
 
     def legacy_session(self, session_id: str) -> ServerSession | None:
         """The live 2025-era session with this id, once it has sent anything after ``initialize``.
@@ -308,26 +344,38 @@ class UpstreamServer:
         """
         return serialize_tool_result(self.server, protocol_version, result)
 
+    def _flag(self, kind: type[ServerEvent]) -> None:
+        self._pending.add(kind)
+        self._changed.set()
+
     async def _notify_changes(self) -> None:
         while True:
             await self._changed.wait()
             self._changed = anyio.Event()
-            await self._send_list_changed()
+            kinds, self._pending = self._pending, set()
+            for kind in (ToolsListChanged, PromptsListChanged, ResourcesListChanged):
+                if kind in kinds:
+                    await self._send_list_changed(kind)
             await anyio.sleep(0.05)  # coalesce a burst (several servers coming up at once)
 
-    async def _send_list_changed(self) -> None:
+    async def _send_list_changed(self, kind: type[ServerEvent] = ToolsListChanged) -> None:
         now = time.monotonic()
         for key, (session, seen) in list(self._sessions.items()):
             if now - seen > SESSION_FORGET_SECONDS:
                 del self._sessions[key]
                 continue
             try:
-                await session.send_tool_list_changed()
+                if kind is PromptsListChanged:
+                    await session.send_prompt_list_changed()
+                elif kind is ResourcesListChanged:
+                    await session.send_resource_list_changed()
+                else:
+                    await session.send_tool_list_changed()
                 self.list_changed_sent += 1
             except Exception as exc:  # a closed session: drop it
                 logger.debug("session %s is gone (%s)", key, exc)
                 del self._sessions[key]
-        await self.bus.publish(ToolsListChanged())
+        await self.bus.publish(kind())
 
 
 #: Who calls when nobody authenticated (stdio, a local gateway): unlimited.
@@ -337,11 +385,6 @@ ANONYMOUS = Caller(None, None)
 def _caller(ctx: ServerRequestContext[Any, Any]) -> Caller:
     """[auth] Who calls: the gate (auth/guard.py) put the principal and its profile in the request's scope."""
     return request_caller(getattr(ctx.request, "scope", None))
-
-
-def _session_id(ctx: ServerRequestContext[Any, Any]) -> str | None:
-    headers = getattr(ctx.request, "headers", None)
-    return headers.get(MCP_SESSION_ID_HEADER) if headers is not None else None
 
 
 def _progress_reporter(ctx: ServerRequestContext[Any, Any]) -> ProgressReporter:

@@ -73,7 +73,7 @@ class SuggestNextInput(_Input):
 
 
 class CallToolInput(_Input):
-    tool: str = Field(min_length=1, description="Exposed name of the tool to call, as pml_search_tools returns it.")
+    tool: str = Field(min_length=1, max_length=128, description="Exposed name of the tool to call, as pml_search_tools returns it.")
     arguments: dict[str, Any] = Field(default_factory=dict, description="The tool's arguments.")
 
 
@@ -203,8 +203,9 @@ SPECS: tuple[_Spec, ...] = (
     _Spec(
         CALL_TOOL,
         "Call tool",
-        "Call any tool of the gateway by its name (as pml_search_tools returns it) with its arguments; the "
-        "result is that tool's own, exactly as calling it directly.",
+        "Call any downstream tool by its exposed name (as pml_search_tools and pml_suggest_next_tools "
+        "return it) with its arguments. The result is the tool's own, exactly as a direct call returns "
+        "it, and the call is learned from like a direct one.",
         CallToolInput,
         None,
         False,
@@ -264,12 +265,16 @@ def _lean(schema: Any) -> Any:
     return lean
 
 
+def output_json(output: BaseModel) -> str:
+    """The text JSON of a tool's output (also what the graph://metrics resource reads)."""
+    return json.dumps(output.model_dump(mode="json"), separators=(",", ":"))
+
+
 def structured_result(output: BaseModel) -> dict[str, Any]:
     """The output as a tool result in wire form: ``structuredContent`` and the same JSON as text."""
-    data = output.model_dump(mode="json")
     return {
-        "content": [{"type": "text", "text": json.dumps(data, separators=(",", ":"))}],
-        "structuredContent": data,
+        "content": [{"type": "text", "text": output_json(output)}],
+        "structuredContent": output.model_dump(mode="json"),
         "isError": False,
         "resultType": "complete",
     }

@@ -28,7 +28,7 @@ import json
 import time
 import urllib.request
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx2
@@ -48,6 +48,9 @@ try:  # installed with uvicorn[standard]; without it, calls go through the SDK's
     import httptools
 except ImportError:  # pragma: no cover
     httptools = None  # type: ignore[assignment]
+
+if TYPE_CHECKING:
+    from mcp.shared.dispatcher import ProgressFnT
 
 __all__ = ["HttpLink", "LinkError", "Redirected", "RemoteError", "Unreachable", "link_supported"]
 
@@ -138,6 +141,7 @@ class HttpLink:
         input_schema: Any = None,
         meta: Mapping[str, Any] | None = None,
         timeout: float | None = None,
+        progress: ProgressFnT | None = None,
     ) -> dict[str, Any]:
         """Send ``tools/call``; return the JSON-RPC ``result`` object as sent by the server.
 

@@ -17,7 +17,10 @@ raises only the exceptions below (or ``TimeoutError``); anything else is a bug, 
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mcp.shared.dispatcher import ProgressFnT
 
 __all__ = ["DownstreamLink", "LinkError", "Redirected", "RemoteError", "Unreachable"]
 
@@ -63,12 +66,14 @@ class DownstreamLink(Protocol):
         input_schema: Any = None,
         meta: dict[str, Any] | None = None,
         timeout: float | None = None,
+        progress: ProgressFnT | None = None,
     ) -> dict[str, Any]:
         """Call the server's tool ``name``; return the result in wire form, as the server sent it.
 
         ``input_schema`` is the tool's (its ``x-mcp-header`` arguments become headers where the
-        wire has them), ``meta`` extra ``_meta`` keys (W3C trace context). Raises ``RemoteError``,
-        ``LinkError`` or ``TimeoutError``.
+        wire has them), ``meta`` extra ``_meta`` keys (W3C trace context), ``progress`` hears the
+        server's progress notifications for this call (the lean link carries none: calls that want
+        progress go over the SDK's). Raises ``RemoteError``, ``LinkError`` or ``TimeoutError``.
         """
         ...
 

@@ -3,13 +3,16 @@ SSE) and both protocol eras. See ``link.py``."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import mcp.types as types
 from mcp import Client, MCPError
 
 from pml_gateway.proxy.downstream.link import LinkError, RemoteError
+
+if TYPE_CHECKING:
+    from mcp.shared.dispatcher import ProgressFnT
 
 __all__ = ["SdkLink"]
 
@@ -29,6 +32,7 @@ class SdkLink:
         input_schema: Any = None,
         meta: dict[str, Any] | None = None,
         timeout: float | None = None,
+        progress: ProgressFnT | None = None,
     ) -> dict[str, Any]:
         params: dict[str, Any] = {"name": name, "arguments": arguments}
         if meta:
@@ -41,7 +45,7 @@ class SdkLink:
                 # The request itself, not Client.call_tool: a proxy passes results through and leaves
                 # checking them against the output schema to the client at the end of the chain.
                 result = await self._client.session.send_request(
-                    request, types.CallToolResult, request_read_timeout_seconds=timeout
+                    request, types.CallToolResult, request_read_timeout_seconds=timeout, progress_callback=progress
                 )
                 return result.model_dump(by_alias=True, mode="json", exclude_none=True)
         except MCPError as exc:

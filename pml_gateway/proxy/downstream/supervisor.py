@@ -24,15 +24,16 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Iterable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import anyio
+import anyio.abc
 import httpx2
 import mcp.types as types
-from mcp import Client, ClientSession, StdioServerParameters, stdio_client
+from mcp import Client, ClientSession, MCPError, StdioServerParameters, stdio_client
 from mcp.client.session import IncomingMessage
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
@@ -46,6 +47,13 @@ from pml_gateway.proxy.downstream.link import DownstreamLink, LinkError, Redirec
 from pml_gateway.proxy.downstream.sdk_link import SdkLink
 from pml_gateway.proxy.registry import ToolRegistry
 from pml_gateway.observability import Instrumentation, current_downstream, named_stderr
+
+if TYPE_CHECKING:  # issue 9: the MCP surface beyond tools (prompts, resources, relays)
+    from pml_gateway.proxy.surface import Surface
+
+ResultT = TypeVar("ResultT", bound=types.Result)
+#: Notifications that mean "list again" (tools, and since issue 9 prompts and resources).
+_LIST_CHANGED = (types.ToolListChangedNotification, types.PromptListChangedNotification, types.ResourceListChangedNotification)
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +113,10 @@ class Downstream:
         *,
         errlog: TextIO | None = None,
         lean_http: bool = True,
+        surface: Surface | None = None,
     ) -> None:
         self.config = config
+        self.surface = surface  # issue 9: prompts, resources, logs, progress, server-to-client requests
         self.registry = registry
         self.timing = timing or SupervisionTiming()
         self.state = DownstreamState.CONNECTING
@@ -115,6 +125,7 @@ class Downstream:
         self._errlog = errlog
         self._link: DownstreamLink | None = None  # how calls reach the server while connected
         self._fallback: DownstreamLink | None = None  # the SDK's link, when _link is the lean one
+        self._client: Client | None = None  # the SDK's client: requests other than tools/call (issue 9)
         self.lean_http = lean_http
         self._wake = anyio.Event()  # set when the connection died or the tools changed
         self._dead = False
@@ -168,8 +179,11 @@ class Downstream:
                     if link is not None:
                         link.close()  # calls stuck on the dead connection return an error now
                 self._link = self._fallback = None
+                self._client = None
                 if self.registry.remove_server(self.name):
                     logger.info("downstream %r: its tools left the list", self.name)
+                if self.surface is not None:
+                    self.surface.disconnected(self.name)
             self.state = DownstreamState.FAILED
             self.first_attempt_done.set()
             if connected_at is not None and time.monotonic() - connected_at >= self.timing.stable_after:
@@ -194,8 +208,12 @@ class Downstream:
             read_timeout_seconds=self.timing.connect_timeout,
             message_handler=self._on_message,
             client_info=CLIENT_INFO,
+            **(self.surface.client_options(self.name) if self.surface is not None else {}),
         ) as client:
             tools = await self._list_tools(client.session)
+            self._client = client
+            if self.surface is not None:
+                await self.surface.connected(self, client)
             self._fallback = SdkLink(client)
             self._link = self._lean_link(client) or self._fallback
             self.state = DownstreamState.CONNECTED
@@ -264,6 +282,9 @@ class Downstream:
                         raise _ConnectionEnded(f"no answer within {self.timing.ping_timeout:g} s") from None
                     if self.registry.set_server_tools(self.name, tools):
                         logger.info("downstream %r: tool list changed (%d tools)", self.name, len(tools))
+                    if self.surface is not None:
+                        with anyio.fail_after(self.timing.ping_timeout):
+                            await self.surface.connected(self, client)
                     continue
                 try:
                     with anyio.fail_after(self.timing.ping_timeout):
@@ -274,7 +295,7 @@ class Downstream:
     async def _listen_for_changes(self, client: Client) -> None:
         """2026-07-28: change notifications come on a subscriptions/listen stream, when served."""
         try:
-            async with client.listen(tools_list_changed=True) as subscription:
+            async with client.listen(tools_list_changed=True, prompts_list_changed=True, resources_list_changed=True) as subscription:
                 async for _event in subscription:
                     self._relist = True
                     self._wake.set()
@@ -288,16 +309,19 @@ class Downstream:
         while True:
             params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
             page = await session.list_tools(params=params)
-            tools.extend(page.tools)
+            # Tools that require task augmentation are not listed: the gateway does not speak tasks.
+            tools.extend(t for t in page.tools if t.execution is None or t.execution.task_support != "required")
             cursor = page.next_cursor
             if not cursor:
                 return tools
 
     async def _on_message(self, message: IncomingMessage) -> None:
         # Runs in the session's receive loop: only flag work here, never await a request.
-        if isinstance(message, types.ToolListChangedNotification):
+        if isinstance(message, _LIST_CHANGED):
             self._relist = True
             self._wake.set()
+        elif self.surface is not None and isinstance(message, types.ServerNotification):
+            await self.surface.on_message(self.name, message)  # logs, resource updates: sent on, bounded
         elif isinstance(message, Exception):
             logger.debug("downstream %r transport error: %s", self.name, errors.describe_error(message))
 
@@ -319,9 +343,15 @@ class Downstream:
         link = self._link
         if link is None:
             return errors.tool_error(errors.server_down(self.name, self.state.value, self.last_error))
+        if self._needs_sdk():  # a caller that wants progress or logs: only the SDK's client relays them
+            link = self._fallback or link
         timeout = self.config.timeout
         try:
-            result = await link.call_tool(tool, arguments, input_schema=input_schema, meta=meta, timeout=timeout)
+            with self._in_flight() as caller:  # issue 9: server-to-client requests and progress reach this caller
+                progress = caller.report_progress if caller is not None else None
+                result = await link.call_tool(
+                    tool, arguments, input_schema=input_schema, meta=meta, timeout=timeout, progress=progress
+                )
         except RemoteError as exc:
             return errors.tool_error(errors.refused(self.name, tool, exc.message or f"MCP error {exc.code}"))
         except TimeoutError:
@@ -336,7 +366,7 @@ class Downstream:
             link.close()
             return await self.call_tool(tool, arguments, input_schema=input_schema, meta=meta)
         except LinkError as exc:
-            if self._link is link:  # not a stale call on an earlier connection: the supervisor checks now
+            if link in (self._link, self._fallback):  # not a stale call on an earlier connection: the supervisor checks now
                 if exc.dead:
                     self._dead = True
                 else:
@@ -348,6 +378,40 @@ class Downstream:
         except Exception as exc:
             return errors.tool_error(errors.call_failed(self.name, tool, errors.describe_error(exc)))
         return _without_server_info(result)
+
+
+    # -- issue 9: requests other than tools/call, and the calls the surface relays for ---------
+
+    @property
+    def server_capabilities(self) -> types.ServerCapabilities | None:
+        return self._client.server_capabilities if self._client is not None else None
+
+    @property
+    def modern(self) -> bool:
+        return self._client is not None and self._client.protocol_version in MODERN_PROTOCOL_VERSIONS
+
+    async def request(self, request: types.ClientRequest, result_type: type[ResultT]) -> ResultT:
+        """Any request but ``tools/call`` (prompts, resources, completion, logging) on the SDK client.
+
+        Raises ``MCPError``: the server's own error, or one saying the server is not connected.
+        """
+        client = self._client
+        if client is None:
+            reason = f": {self.last_error}" if self.last_error else ""
+            raise MCPError(types.INTERNAL_ERROR, f"downstream server {self.name!r} is {self.state.value}{reason}")
+        with self._in_flight():
+            return await client.session.send_request(request, result_type, request_read_timeout_seconds=self.config.timeout)
+
+    async def notify(self, notification: types.ClientNotification) -> None:
+        if self._client is not None:
+            await self._client.session.send_notification(notification)
+
+    def _in_flight(self) -> AbstractContextManager[Any]:
+        return self.surface.relay.in_flight(self.name) if self.surface is not None else nullcontext(None)
+
+    def _needs_sdk(self) -> bool:
+        # A caller that wants progress or logs: only the SDK's client relays them (relay.py).
+        return self.surface is not None and self.surface.relay.wants_sdk()
 
 
 @asynccontextmanager
@@ -378,22 +442,31 @@ class DownstreamPool:
         *,
         errlog: TextIO | None = None,
         lean_http: bool = True,
+        surface: Surface | None = None,
     ) -> None:
         self.registry = registry
         self.instrumentation = Instrumentation(metrics=False, tracing=False)  # the gateway's, once running
         self.downstreams: dict[str, Downstream] = {}
+        self._options: dict[str, Any] = {"errlog": errlog, "lean_http": lean_http, "surface": surface}
+        self._timing = timing
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._running: dict[str, tuple[anyio.CancelScope, anyio.Event]] = {}
         for config in configs:
             if not config.enabled:
                 logger.info("downstream %r is disabled in the config", config.name)
                 continue
-            self.downstreams[config.name] = Downstream(config, registry, timing, errlog=errlog, lean_http=lean_http)
+            self.downstreams[config.name] = self._downstream(config)
+
+    def _downstream(self, config: ServerConfig) -> Downstream:
+        return Downstream(config, self.registry, self._timing, **self._options)
 
     @asynccontextmanager
     async def running(self, *, startup_timeout: float = 10.0) -> AsyncIterator[DownstreamPool]:
         """Supervise every downstream while inside; waits (bounded) for each one's first attempt."""
         async with anyio.create_task_group() as tg:
+            self._tg = tg
             for downstream in self.downstreams.values():
-                tg.start_soon(downstream.run, name=f"downstream {downstream.name}")
+                self._start(downstream)
             # Serving before the first attempts settle would show clients an empty tool list.
             with anyio.move_on_after(startup_timeout if math.isfinite(startup_timeout) else None):
                 for downstream in self.downstreams.values():
@@ -401,7 +474,50 @@ class DownstreamPool:
             try:
                 yield self
             finally:
+                self._tg = None
                 tg.cancel_scope.cancel()
+
+    # -- issue 9: the config file changed (downstream/watch.py) --------------------------------
+
+    async def apply(self, configs: Iterable[ServerConfig]) -> dict[str, list[str]]:
+        """Make the running set match ``configs``: start the added servers, stop the removed ones,
+        restart the changed ones. Returns the names per kind of change."""
+        wanted = {config.name: config for config in configs if config.enabled}
+        changes = {
+            "removed": [name for name in self.downstreams if name not in wanted],
+            "added": [name for name in wanted if name not in self.downstreams],
+            "changed": [name for name in wanted if name in self.downstreams and self.downstreams[name].config != wanted[name]],
+        }
+        async with anyio.create_task_group() as tg:  # each may take a process's grace period: at once
+            for name in changes["removed"] + changes["changed"]:
+                tg.start_soon(self._stop, name)
+        for name in changes["added"] + changes["changed"]:
+            downstream = self.downstreams[name] = self._downstream(wanted[name])
+            self._start(downstream)
+        self.registry.set_servers(wanted)  # names of removed servers are freed; new ones are known
+        return changes
+
+    def _start(self, downstream: Downstream) -> None:
+        assert self._tg is not None, "the pool is not running"
+        scope, done = anyio.CancelScope(), anyio.Event()
+        self._running[downstream.name] = (scope, done)
+
+        async def supervise() -> None:
+            try:
+                with scope:
+                    await downstream.run()
+            finally:
+                done.set()
+
+        self._tg.start_soon(supervise, name=f"downstream {downstream.name}")
+
+    async def _stop(self, name: str) -> None:
+        """Stop one supervisor and wait (bounded) until its tools have left the registry."""
+        self.downstreams.pop(name, None)
+        scope, done = self._running.pop(name)
+        scope.cancel()
+        with anyio.move_on_after(10):
+            await done.wait()
 
     def health(self) -> dict[str, dict[str, Any]]:
         return {name: downstream.health() for name, downstream in self.downstreams.items()}

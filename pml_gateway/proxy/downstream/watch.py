@@ -1,0 +1,47 @@
+"""The config file, watched: added, removed and changed servers take effect without a restart.
+
+``watchfiles`` (inotify on Linux, polling elsewhere) watches the file's directory rather than
+the file, because editors save by writing a new file and renaming it over the old one, which
+ends a watch on the file itself. Changes are debounced by watchfiles (a burst of writes is one
+change). Each change is loaded as at start-up (``load_config``); a file that does not validate
+is refused with one log line naming the server and the field, and the running set is kept.
+A file that validates is applied with ``DownstreamPool.apply``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import watchfiles
+
+from pml_gateway.proxy.downstream.config import ConfigError, load_config
+from pml_gateway.proxy.downstream.supervisor import DownstreamPool
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["watch_config"]
+
+
+async def watch_config(path: Path, pool: DownstreamPool, *, debounce_ms: int = 200) -> None:
+    """Apply every valid edit of ``path`` to ``pool`` until cancelled."""
+    path = Path(path).resolve()
+
+    def is_config(change: watchfiles.Change, changed: str) -> bool:
+        return Path(changed) == path
+
+    async for _changes in watchfiles.awatch(path.parent, watch_filter=is_config, debounce=debounce_ms, recursive=False):
+        await reload(path, pool)
+
+
+async def reload(path: Path, pool: DownstreamPool) -> dict[str, list[str]] | None:
+    """Load ``path`` and apply it; None (and one log line) when it does not validate."""
+    try:
+        servers = load_config(path)
+    except ConfigError as exc:
+        logger.error("config change refused, the running servers are kept: %s", exc)
+        return None
+    changes = await pool.apply(servers)
+    summary = ", ".join(f"{kind} {', '.join(names)}" for kind, names in changes.items() if names)
+    logger.info("config %s reloaded: %s", path, summary or "no server changed")
+    return changes
