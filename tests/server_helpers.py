@@ -11,6 +11,8 @@ shutdown are the product's own (tests/gateway_support.py's ``run_gateway`` build
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -193,3 +195,13 @@ async def drain_until_closed(stream: anyio.abc.ByteStream, timeout: float = 30.0
         except (anyio.EndOfStream, anyio.BrokenResourceError):
             pass
     await stream.aclose()
+
+
+def interrupt(process: "subprocess.Popen[Any]", timeout: float = 20) -> None:
+    """Stop a gateway process as Ctrl+C does; killed if it has not ended within ``timeout``."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)

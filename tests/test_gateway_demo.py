@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -12,6 +11,8 @@ import threading
 import anyio
 import httpx
 import pytest
+
+from server_helpers import interrupt
 from httpx_sse import aconnect_sse
 
 pytestmark = pytest.mark.anyio
@@ -57,10 +58,5 @@ async def test_the_demo_learns_from_its_workload_at_once(tmp_path) -> None:
         tools = seen["workflow_executed"]["tool_ids"]
         assert all(t.split("__")[0] in ("notes", "text", "math") for t in tools)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        interrupt(proc)
     assert proc.returncode in (0, 130)  # 130: uvicorn re-raises the Ctrl+C once it has shut down cleanly

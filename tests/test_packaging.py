@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import sysconfig
@@ -23,6 +22,8 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+
+from server_helpers import interrupt
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
 from gateway_support import ROOT, free_port, wait_for, wait_listening
@@ -122,12 +123,7 @@ async def test_demo_runs_from_the_wheel(installed: Path, tmp_path: Path) -> None
             metrics = (await http.get(f"{base}/metrics")).text
             assert 'pml_downstream_up{server="notes"} 1.0' in metrics
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        interrupt(process, timeout=15)
 
 
 def readme_json_blocks() -> list[Any]:
