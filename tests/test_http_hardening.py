@@ -164,3 +164,31 @@ async def _read_until_closed(stream: anyio.abc.ByteStream) -> bytes:
             received += await stream.receive()
     except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionResetError):
         return received
+
+
+@pytest.mark.parametrize("value", ["%C2%B2", "%D9%A3", "1" * 5000, "-1", "1e3"])
+async def test_odd_event_ids_are_a_400_not_a_traceback(value: str) -> None:
+    async with running_app(make_settings()) as base_url, httpx.AsyncClient(base_url=base_url) as client:
+        answer = await client.get(f"/events/stream?last_event_id={value}")
+        assert answer.status_code == 400
+        assert answer.json()["parameter"] == "last_event_id"
+
+
+async def test_a_stored_event_that_no_longer_reads_gives_a_reset_not_a_dead_stream(tmp_path) -> None:
+    import sqlite3
+
+    db = tmp_path / "graph.db"
+    settings = make_settings(db=str(db), replay_buffer=1)
+    async with running_app(settings) as base_url, httpx.AsyncClient(base_url=base_url) as client:
+        await post(client, _json({"tool_ids": ["a", "b", "c"]}))
+    with sqlite3.connect(db) as conn:  # what an old bug or a hand edit leaves behind
+        conn.execute("UPDATE events SET data = '{\"workflow_id\": null}' WHERE type = 'workflow_executed'")
+    async with running_app(settings) as base_url, httpx.AsyncClient(base_url=base_url) as client:
+        async with client.stream("GET", "/events/stream?last_event_id=0") as stream:
+            with anyio.fail_after(10):
+                seen = ""
+                async for chunk in stream.aiter_text():
+                    seen += chunk
+                    if "event: reset" in seen and "\n\n" in seen.split("event: reset", 1)[1]:
+                        break
+        assert '"reason":"unreadable_log"' in seen

@@ -135,12 +135,17 @@ def parse_types(values: Iterable[str]) -> frozenset[str] | None:
     return frozenset(selected & FILTERABLE_EVENT_TYPES)
 
 
+MAX_EVENT_ID_DIGITS = 19
+
+
 def parse_event_id(value: str, source: str) -> int | None:
     value = value.strip()
     if not value:
         return None  # an empty Last-Event-ID means "none" (EventSource before its first id)
-    if not value.isdigit():
-        raise _bad(source, f"{source} must be a non-negative integer event id, got {value!r}")
+    # ASCII digits only ("²" and Arabic-Indic digits pass str.isdigit), and at most 19 of them
+    # (ids are below 2**63): a 5,000-digit id is refused, not converted.
+    if not (value.isascii() and value.isdigit()) or len(value) > MAX_EVENT_ID_DIGITS:
+        raise _bad(source, f"{source} must be a non-negative integer event id, got {value[:40]!r}")
     return int(value)
 
 

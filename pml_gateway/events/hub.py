@@ -295,7 +295,12 @@ class _Subscriber(Subscription):
             return
         cursor = requested
         while cursor < seam:
-            events = await anyio.to_thread.run_sync(hub._log.events_after, cursor, LOG_PAGE)
+            try:
+                events = await anyio.to_thread.run_sync(hub._log.events_after, cursor, LOG_PAGE)
+            except Exception as exc:  # a stored event that no longer reads: never a dead stream
+                log.warning("replay after event %s failed (%s): the client gets a reset", cursor, exc)
+                yield [await hub._reset_frame("unreadable_log", requested)]
+                return
             if not events:
                 break
             cursor = events[-1].id or cursor
