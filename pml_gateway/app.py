@@ -30,7 +30,7 @@ from pml_gateway.host_check import HostCheckMiddleware
 from pml_gateway.events.hub import InProcessEventHub
 from pml_gateway.events.stream import SERVER_SEND, EventsStreamManager
 from pml_gateway.http_api import http_routes, json_http_error
-from pml_gateway.observability import EventCounter, Instrumentation, metrics_route, scraped
+from pml_gateway.observability import EventCounter, Instrumentation, metrics_route, scraped, suggestion_stats
 from pml_gateway.settings import Settings
 from pml_gateway.state import AppExtension, AppState
 
@@ -102,6 +102,7 @@ def create_app(
             engine.on(hub.publish)
             events = EventCounter()  # observability: events per type, for /metrics
             engine.on(events)
+            instrumentation.suggestion_stats = lambda: suggestion_stats(engine.grader.next_tool.stats())
             scheduler = MetricsScheduler(engine, interval_seconds=settings.metrics_interval_seconds)
             await engine.sync_from_database()
             stream.bind(hub, started_at=started_at)

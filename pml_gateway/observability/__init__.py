@@ -10,7 +10,7 @@ What the rest of the process may use:
 
 from pml_gateway.observability.instrumentation import Instrumentation, spec_method_label
 from pml_gateway.observability.logs import configure_logging, current_downstream, named_stderr
-from pml_gateway.observability.metrics import EventCounter, SuggestionStats, metrics_route, scraped
+from pml_gateway.observability.metrics import EventCounter, SuggestionStats, metrics_route, scraped, suggestion_stats
 from pml_gateway.observability.tracing import configure_tracing
 
 __all__ = [
@@ -24,4 +24,5 @@ __all__ = [
     "named_stderr",
     "scraped",
     "spec_method_label",
+    "suggestion_stats",
 ]

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -36,7 +36,15 @@ from pml_gateway.state import app_state
 if TYPE_CHECKING:
     from pml_gateway.state import AppState
 
-__all__ = ["EventCounter", "StateCollector", "SuggestionStats", "metrics_route", "no_suggestion_stats", "scraped"]
+__all__ = [
+    "EventCounter",
+    "StateCollector",
+    "SuggestionStats",
+    "metrics_route",
+    "no_suggestion_stats",
+    "scraped",
+    "suggestion_stats",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +57,11 @@ class SuggestionStats:
 
 def no_suggestion_stats() -> SuggestionStats:
     return SuggestionStats()
+
+
+def suggestion_stats(ranking: Any) -> SuggestionStats:
+    """The engine's live grading (``graphrag`` ``RankingStats``) as the metrics expose it."""
+    return SuggestionStats(evaluations=ranking.evaluations, hits={1: ranking.hits_at_1, 3: ranking.hits_at_3})
 
 
 class EventCounter:
