@@ -9,6 +9,13 @@ A crash before 2 loses nothing anyone saw; after 2 everything is on disk.
 
 The engine is driven from one asyncio event loop; each learning step runs without awaiting, so
 steps never interleave. Metrics are computed in a worker thread from an array snapshot.
+
+Several processes on one store (replicas): step 2 first applies what the others committed since
+this engine's last event (the store reads it under its write lock, ``GraphStore.commit``), so
+step 1 learns from the committed graph and their events go out before ours, in id order.
+``follow`` applies the others' events between writes (``graphrag.replication`` calls it). Only
+the replica with ``emits_metrics`` logs ``metrics_updated``; the others compute the same metrics
+for themselves and relay the leader's event from the log.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from .graph_arrays import GraphArrays
 from .learning import EdgeState, learn, observations
 from .metrics import GraphMetrics, MetricsComputer
 from .snapshot import GraphSnapshot
-from .store import ExecutionRecord, GraphStore, MemoryStore
+from .store import CatchUp, ExecutionRecord, GraphStore, MemoryStore
 from .suggestions import Suggestion, suggest_next
 
 log = logging.getLogger(__name__)
@@ -67,6 +74,8 @@ class GraphRAGEngine:
         self._metrics_lock: anyio.Lock | None = None
         self._snapshot_cache: tuple[tuple[int, int | None], bytes] | None = None
         self._group: list[tuple[WorkflowExecution, asyncio.Future[list[GraphEvent]]]] = []
+        #: False on a replica that is not the metrics leader: it computes, the leader logs the event.
+        self.emits_metrics = True
 
     def close(self) -> None:
         """Stop the metrics worker process, if one was started (the store is closed by its owner)."""
@@ -154,16 +163,37 @@ class GraphRAGEngine:
             return []
         now = utcnow()
         staged: dict[tuple[str, str], EdgeState] = {}  # edges changed earlier in this batch
-        records = [self._learn(execution, staged, now) for execution in executions]
-        stored = self.store.record_executions(records)  # the commit: nothing changes before it
+        records: list[ExecutionRecord] = []
+        kept: list[bool] = []
+
+        def plan(caught: CatchUp, fresh: Sequence[bool]) -> list[ExecutionRecord]:
+            self._apply_caught_up(caught)  # learn from the graph as committed, others' changes included
+            kept.extend(fresh)
+            records.extend(self._learn(e, staged, now) for e, new in zip(executions, fresh) if new)
+            return records
+
+        caught, stored = self.store.commit(executions, plan, after_id=self._last_event_id or 0)  # the commit
         for record in records:
             for tool_id, server in record.nodes.items():
                 self._add_node(tool_id, server)
         for edge in staged.values():
             self._apply_edge(edge)
+        self._emit(caught.events)
         for events in stored:
             self._emit(events)
-        return stored
+        results = iter(stored)
+        return [next(results) if new else [] for new in kept]  # a retried execution: nothing new
+
+    def follow(self, caught: CatchUp) -> None:
+        """Apply and emit what other processes committed (their events, with their ids)."""
+        self._apply_caught_up(caught)
+        self._emit(caught.events)
+
+    def _apply_caught_up(self, caught: CatchUp) -> None:
+        for tool_id, server in caught.nodes.items():
+            self._add_node(tool_id, server)
+        for edge in caught.edges:
+            self._apply_edge(edge)
 
     def _learn(self, execution: WorkflowExecution, staged: dict[tuple[str, str], EdgeState], now: datetime) -> ExecutionRecord:
         changes: list[EdgeState] = []
@@ -236,7 +266,12 @@ class GraphRAGEngine:
         return EdgeState(source=source, target=target, **attrs)
 
     def _store_and_emit(self, payloads: Sequence[EventPayload]) -> list[GraphEvent]:
-        stored = self.store.append_events(payloads)
+        def plan(caught: CatchUp, _fresh: Sequence[bool]) -> list[ExecutionRecord]:
+            self._apply_caught_up(caught)
+            return [ExecutionRecord(None, {}, (), payloads)]
+
+        caught, (stored,) = self.store.commit([], plan, after_id=self._last_event_id or 0)
+        self._emit(caught.events)
         self._emit(stored)
         return stored
 
@@ -249,6 +284,8 @@ class GraphRAGEngine:
             snapshot = self._arrays.snapshot()
             metrics = await anyio.to_thread.run_sync(self._computer.compute, snapshot)
             self.metrics = metrics
+            if not self.emits_metrics:
+                return metrics  # another replica leads: its event reaches us through the log
             self._store_and_emit(
                 [
                     MetricsUpdatedData(

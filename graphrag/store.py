@@ -9,6 +9,11 @@ PostgreSQL can all sit behind it:
   order and only grow. (A batch shares one commit: the cost of ingesting lists.)
 - ``append_events(...)``: payloads of events that change no edge (``graph_synced``, ``metrics_updated``).
 - ``events_after(id, limit)`` and ``bounds()``: replay for stream clients.
+- ``commit(executions, plan, after_id=...)``: the one write path the engine uses. Inside the write
+  transaction (the store's write lock held), the store first reads what OTHER processes committed
+  after ``after_id`` (a ``CatchUp``), then calls ``plan`` to compute the records from a graph that
+  includes it, then writes them. Several processes on one store therefore never learn from a
+  stale graph and never take ids out of commit order (see ``graphrag.replication``).
 
 The log carries an ``epoch``: a Last-Event-ID from another history (a replaced database) is
 recognised by comparing ids with the bounds and answered with a reset.
@@ -19,7 +24,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol, runtime_checkable
 
@@ -45,19 +50,77 @@ class StoredGraph:
     bounds: LogBounds = LogBounds("", None, None)
 
 
+class StoreUnavailable(RuntimeError):
+    """The store cannot be reached right now (a database server down or restarting): retry later."""
+
+
 @dataclass(frozen=True, slots=True)
 class ExecutionRecord:
-    """One execution and what learning it changes, ready to be committed."""
+    """One execution and what learning it changes, ready to be committed.
 
-    execution: WorkflowExecution
+    ``execution`` is None for events that record no execution (``graph_synced``, ``metrics_updated``).
+    """
+
+    execution: WorkflowExecution | None
     nodes: dict[str, str | None]  # tool id -> server, inserted if new
     edges: Sequence[EdgeState]  # the edges' new states
     payloads: Sequence[EventPayload]  # its events, in order
 
 
+@dataclass(frozen=True, slots=True)
+class CatchUp:
+    """What other processes committed after a given id: their events in id order, and the
+    CURRENT state of every node and edge those events touched (states are absolute, so applying
+    them twice is harmless). ``full``: the log no longer holds every event after the id (pruned,
+    or a new log), so ``nodes`` and ``edges`` are the whole graph."""
+
+    events: Sequence[GraphEvent] = ()
+    nodes: Mapping[str, str | None] = field(default_factory=dict)
+    edges: Sequence[EdgeState] = ()
+    full: bool = False
+
+
+#: ``plan(catch_up, fresh)``: the records to commit, computed once the catch-up is applied.
+#: ``fresh[i]`` is False when execution i was recorded before (same ``workflow_id``, on a store
+#: that ingests idempotently): it gets no record.
+Plan = Callable[[CatchUp, Sequence[bool]], Sequence[ExecutionRecord]]
+
+
+def split_events(records: Sequence[ExecutionRecord], events: Sequence[GraphEvent]) -> list[list[GraphEvent]]:
+    """The events of one commit, cut back into one list per record."""
+    stored, start = [], 0
+    for record in records:
+        stored.append(list(events[start : start + len(record.payloads)]))
+        start += len(record.payloads)
+    return stored
+
+
+def touched(events: Sequence[GraphEvent]) -> tuple[list[str], list[tuple[str, str]]]:
+    """The tools and the edges a run of events names (what a follower must re-read)."""
+    tools: dict[str, None] = {}
+    keys: dict[tuple[str, str], None] = {}
+    for event in events:
+        data = event.data
+        if event.type in ("edge_created", "edge_updated"):
+            keys[(data.from_tool_id, data.to_tool_id)] = None  # type: ignore[attr-defined]
+            tools[data.from_tool_id] = None  # type: ignore[attr-defined]
+            tools[data.to_tool_id] = None  # type: ignore[attr-defined]
+        elif event.type == "workflow_executed":
+            for tool_id in data.tool_ids:  # type: ignore[attr-defined]
+                tools[tool_id] = None
+    return list(tools), sorted(keys)
+
+
 @runtime_checkable
 class GraphStore(Protocol):
     def load(self) -> StoredGraph: ...
+
+    def commit(
+        self, executions: Sequence[WorkflowExecution], plan: Plan, *, after_id: int | None = None
+    ) -> tuple[CatchUp, list[list[GraphEvent]]]:
+        """Catch up after ``after_id`` (None: do not), plan, write; one transaction. Returns the
+        catch-up and, per planned record, its stored events."""
+        ...
 
     def record_executions(self, records: Sequence[ExecutionRecord]) -> list[list[GraphEvent]]: ...
 
@@ -89,7 +152,12 @@ class MemoryStore:
         with self._lock:
             return StoredGraph(dict(self._nodes), list(self._edges.values()), self._bounds())
 
-    def record_executions(self, records: Sequence[ExecutionRecord]) -> list[list[GraphEvent]]:
+    def commit(
+        self, executions: Sequence[WorkflowExecution], plan: Plan, *, after_id: int | None = None
+    ) -> tuple[CatchUp, list[list[GraphEvent]]]:
+        # One process owns it: nothing to catch up with, every execution is fresh.
+        caught = CatchUp()
+        records = plan(caught, [True] * len(executions))
         with self._lock:
             stored = []
             for record in records:
@@ -98,12 +166,14 @@ class MemoryStore:
                 for edge in record.edges:
                     self._edges[(edge.source, edge.target)] = edge
                 stored.append(self._append(record.payloads))
-            self.executions_recorded += len(records)
-            return stored
+            self.executions_recorded += sum(1 for record in records if record.execution is not None)
+            return caught, stored
+
+    def record_executions(self, records: Sequence[ExecutionRecord]) -> list[list[GraphEvent]]:
+        return record_executions(self, records)
 
     def append_events(self, payloads: Sequence[EventPayload]) -> list[GraphEvent]:
-        with self._lock:
-            return self._append(payloads)
+        return append_events(self, payloads)
 
     def _append(self, payloads: Sequence[EventPayload]) -> list[GraphEvent]:
         stored = [GraphEvent.stored(payload, self._next_id + offset) for offset, payload in enumerate(payloads)]
@@ -129,3 +199,14 @@ class MemoryStore:
 
     def close(self) -> None:
         pass
+
+
+def record_executions(store: GraphStore, records: Sequence[ExecutionRecord]) -> list[list[GraphEvent]]:
+    """Commit ready-made records, without catching up (scripts, tests, benchmarks)."""
+    executions = [record.execution for record in records if record.execution is not None]
+    return store.commit(executions, lambda _caught, _fresh: records)[1]
+
+
+def append_events(store: GraphStore, payloads: Sequence[EventPayload]) -> list[GraphEvent]:
+    """Log events that record no execution, without catching up."""
+    return store.commit([], lambda _caught, _fresh: [ExecutionRecord(None, {}, (), payloads)])[1][0]
