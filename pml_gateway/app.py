@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from graphrag import GraphRAGEngine, GraphStore, MemoryStore, MetricsScheduler, SQLiteStore
+from graphrag import GraphRAGEngine, GraphStore, MemoryStore, MetricsScheduler, Replica, SharedStore, SQLiteStore, StoreError
 
 from pml_gateway.cors import cors_middleware
 from pml_gateway.events.hub import InProcessEventHub
@@ -33,9 +33,16 @@ log = logging.getLogger(__name__)
 
 
 def open_store(settings: Settings) -> GraphStore:
-    """``:memory:`` -> a MemoryStore; anything else is a SQLite file (its directory is created)."""
+    """``:memory:`` -> a MemoryStore; ``postgresql://...`` -> PostgreSQL shared by replicas;
+    anything else is a SQLite file (its directory is created)."""
     if settings.in_memory:
         return MemoryStore()
+    if settings.db.startswith(("postgresql://", "postgres://")):
+        try:
+            from graphrag.postgres_store import PostgresStore
+        except ImportError as exc:
+            raise StoreError(f"db: a PostgreSQL URL needs the extra: pip install 'pml-gateway[postgres]' ({exc})") from exc
+        return PostgresStore(settings.db)
     return SQLiteStore(Path(settings.db).expanduser())
 
 
@@ -93,6 +100,8 @@ def create_app(settings: Settings, *, extensions: Sequence[AppExtension] = ()) -
             )
             app.state.pml = state
             async with anyio.create_task_group() as tasks:
+                if isinstance(store, SharedStore):  # other processes may write it: follow them
+                    await tasks.start(Replica(engine, store).run)
                 tasks.start_soon(scheduler.run)
                 tasks.start_soon(stream.run_heartbeat)
                 tasks.start_soon(stream.watch_exit_signal)

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from graphrag import WorkflowExecution
+from graphrag import StoreUnavailable, WorkflowExecution
 
 from pml_gateway.state import app_state
 
@@ -106,7 +106,12 @@ async def post_executions(request: Request) -> Response:
         return error_response(422, f"Invalid body: {exc}", errors=[{"field": "", "loc": [], "message": str(exc), "type": "body"}])
     engine = app_state(request).engine
     # All validated before any is learned: a bad item refuses the whole request. One commit.
-    await engine.update_from_executions(executions)
+    try:
+        await engine.update_from_executions(executions)
+    except StoreUnavailable as exc:  # PostgreSQL restarting: nothing was recorded, retry
+        response = error_response(503, f"Store unavailable, nothing recorded; retry: {exc}")
+        response.headers["Retry-After"] = "1"
+        return response
     return JSONResponse({"workflow_ids": [e.workflow_id for e in executions]}, status_code=202)
 
 
