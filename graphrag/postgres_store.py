@@ -265,11 +265,12 @@ class PostgresStore:
             return self._bounds(conn)
 
     def _bounds(self, conn: psycopg.Connection[Any]) -> LogBounds:
-        oldest, last, first_id, next_id = conn.execute(
-            "SELECT (SELECT min(id) FROM pml_events), (SELECT max(id) FROM pml_events), first_id, next_id FROM pml_log_head"
+        oldest, last, next_id = conn.execute(
+            "SELECT (SELECT min(id) FROM pml_events), (SELECT max(id) FROM pml_events), next_id FROM pml_log_head"
         ).fetchone()  # type: ignore[misc]
-        if last is None:  # empty log: ids still continue after what was taken
-            return LogBounds(self._epoch, None, next_id - 1 if next_id > first_id else None)
+        if last is None:  # empty log: ids continue after what was taken, or after the epoch's start
+            # (never None: a hub must know that ids below the epoch were never in this log)
+            return LogBounds(self._epoch, None, next_id - 1)
         return LogBounds(self._epoch, oldest, last)
 
     def execution_count(self) -> int:
