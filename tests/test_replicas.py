@@ -16,45 +16,10 @@ import anyio
 import httpx
 import pytest
 
-from gateway_support import wait_for
-from replica_support import edges_of, execution, replicas
-from server_helpers import WireEvent, WireReader, open_stream, post_executions
+from replica_support import converged, edges_of, execution, read_for, read_until_workflows, replicas
+from server_helpers import open_stream, post_executions
 
 pytestmark = pytest.mark.anyio
-
-
-async def read_until_workflows(reader: WireReader, count: int, timeout: float = 15) -> list[WireEvent]:
-    """Graph events (with ids) up to the ``count``-th ``workflow_executed``."""
-    seen = 0
-
-    def enough(event: WireEvent) -> bool:
-        nonlocal seen
-        seen += event.event == "workflow_executed"
-        return seen >= count
-
-    return [e for e in await reader.until(enough, timeout=timeout) if e.id is not None]
-
-
-async def read_for(reader: WireReader, seconds: float) -> list[WireEvent]:
-    """Every event within ``seconds`` (the reader is done after this)."""
-    events: list[WireEvent] = []
-    with anyio.move_on_after(seconds):
-        while (event := await reader.next()) is not None:
-            events.append(event)
-    return events
-
-
-async def converged(clients: list[httpx.AsyncClient], timeout: float = 10) -> dict[str, Any]:
-    """Wait until every replica's /graph shows the same edges and last id; returns one of them."""
-
-    async def same() -> dict[str, Any] | None:
-        graphs = [(await c.get("/graph")).json() for c in clients]
-        first = graphs[0]
-        if all(edges_of(g) == edges_of(first) and g["last_event_id"] == first["last_event_id"] for g in graphs):
-            return first
-        return None
-
-    return await wait_for(same, timeout=timeout)  # type: ignore[no-any-return]
 
 
 async def test_every_replica_serves_every_event_with_the_same_ids(pg_url: str, tmp_path: Path) -> None:
