@@ -1,0 +1,55 @@
+"""Two gateway processes on ONE SQLite file follow one log instead of diverging.
+
+As when Claude Desktop and Cursor each launch ``pml-gateway stdio`` on the default database: both
+learn from every execution either records, serve the same events with the same ids, agree on
+``/graph``, and only one emits ``metrics_updated`` per window.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from graphrag import SQLiteStore
+from replica_support import converged, edges_of, execution, read_for, read_until_workflows, replicas
+from server_helpers import open_stream, post_executions
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_two_processes_on_one_sqlite_file_share_the_log(tmp_path: Path) -> None:
+    db = str(tmp_path / "shared.db")
+    async with replicas(db, tmp_path, 2) as nodes, AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(httpx.AsyncClient(base_url=r.url, timeout=10)) for r in nodes]
+        readers = [await stack.enter_async_context(open_stream(c)) for c in clients]
+        for reader in readers:
+            assert (await reader.next()).event == "connected"  # type: ignore[union-attr]
+
+        async with anyio.create_task_group() as tasks:  # both write at once: one hot edge, exact count
+            for i in range(40):
+                tasks.start_soon(post_executions, clients[i % 2], [execution(f"s{i}", success=i % 4 != 0)])
+
+        streams = [await read_until_workflows(reader, 40) for reader in readers]
+        assert [(e.id, e.event, e.data) for e in streams[0]] == [(e.id, e.event, e.data) for e in streams[1]]
+        ids = [e.id for e in streams[0]]
+        assert ids == list(range(ids[0], ids[0] + len(ids)))  # commit order across processes: no gap
+
+        graph = await converged(clients)
+        assert edges_of(graph)[("hot__a", "hot__b")] == (40, 30, 10, "sequence")
+
+        await anyio.sleep(0.5)  # one window across both processes: one metrics_updated
+        await post_executions(clients[0], [execution("one-more")])
+        windows = [await read_for(reader, 1.2) for reader in readers]
+        after = [events[[e.event for e in events].index("workflow_executed") :] for events in windows]
+        metrics = [[e.id for e in events if e.event == "metrics_updated"] for events in after]
+        assert len(metrics[0]) == 1 and metrics[0] == metrics[1]
+
+    store = SQLiteStore(db)  # and the file holds each execution once
+    try:
+        assert store.execution_count() == 41
+    finally:
+        store.close()
