@@ -10,9 +10,11 @@ storage side of that. What makes it correct, each point measured here (SDK_NOTES
   readable. Ids come from a counter row (``pml_log_head``) updated under that lock: a rolled-back
   transaction leaves no gap, a killed one leaves at most a gap, never a reordering.
 - **Learning from the committed graph.** Under the same lock, ``commit`` reads what other replicas
-  committed after this one's last event (a ``CatchUp``: their events and the current state of what
-  they touched) and hands it to the engine's plan, so two replicas never compute an edge from the
-  same stale count. Execution, nodes, edges and events go in ONE transaction.
+  committed after this one's last event (a ``CatchUp``) and hands it to the engine's plan, so two
+  replicas never compute an edge from the same stale count. Each log row carries the state a
+  follower needs (an edge event's full edge state, an execution's new nodes), so catching up is
+  one indexed query. Execution, nodes, edges and events go in ONE transaction, pipelined: the
+  lock is held for two round trips plus the plan.
 - **Idempotent ingest.** ``pml_executions.workflow_id`` is unique; a retried execution (same
   ``workflow_id``) inserts nothing and is planned as not fresh, so it is not counted twice.
 - **No deadlocks.** Edges are upserted in sorted key order (unsorted upserts deadlocked once in
@@ -39,7 +41,7 @@ import json
 import logging
 import time
 import uuid
-from datetime import timezone
+from datetime import datetime, timezone
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -103,7 +105,9 @@ _SCHEMA = [
         execution_time_ms double precision NOT NULL,
         body text NOT NULL,
         recorded_at timestamptz NOT NULL DEFAULT now())""",
-    "CREATE TABLE IF NOT EXISTS pml_events (id bigint PRIMARY KEY, type text NOT NULL, data text NOT NULL)",
+    # ``state``: what a follower needs to apply the event without reading other tables: an edge
+    # event's full edge state after it, a workflow_executed's new nodes (JSON; NULL otherwise).
+    "CREATE TABLE IF NOT EXISTS pml_events (id bigint PRIMARY KEY, type text NOT NULL, data text NOT NULL, state text)",
     """CREATE TABLE IF NOT EXISTS pml_log_head (
         only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
         epoch text NOT NULL,
@@ -115,27 +119,18 @@ _EDGE_COLUMNS = (
     "from_tool_id, to_tool_id, edge_type, observed_count, success_count, failure_count, confidence, last_observed"
 )
 
-# All writes of one commit in one statement (one round trip): sub-statements share the snapshot
-# taken after the log lock was granted. ``first`` is the first id; NOTIFY carries the last.
-_WRITE = f"""
-WITH n AS (
-    INSERT INTO pml_nodes (tool_id, server) SELECT * FROM unnest(%(node_ids)s::text[], %(servers)s::text[])
-    ON CONFLICT DO NOTHING
-), e AS (
-    INSERT INTO pml_edges ({_EDGE_COLUMNS})
-    SELECT * FROM unnest(%(sources)s::text[], %(targets)s::text[], %(types)s::text[], %(observed)s::int[],
-                         %(successes)s::int[], %(failures)s::int[], %(confidences)s::float8[], %(observed_at)s::timestamptz[])
-    ON CONFLICT (from_tool_id, to_tool_id) DO UPDATE SET
-        edge_type = EXCLUDED.edge_type, observed_count = EXCLUDED.observed_count,
-        success_count = EXCLUDED.success_count, failure_count = EXCLUDED.failure_count,
-        confidence = EXCLUDED.confidence, last_observed = EXCLUDED.last_observed
-), h AS (
-    UPDATE pml_log_head SET next_id = next_id + %(count)s RETURNING next_id - %(count)s AS first
-), v AS (
-    INSERT INTO pml_events (id, type, data)
-    SELECT h.first + t.ord - 1, t.type, t.data FROM h, unnest(%(event_types)s::text[], %(datas)s::text[]) WITH ORDINALITY AS t(type, data, ord)
+_INSERT_EXECUTIONS = (
+    "INSERT INTO pml_executions (workflow_id, success, execution_time_ms, body)"
+    " SELECT * FROM unnest(%s::text[], %s::bool[], %s::float8[], %s::text[])"
+    " ON CONFLICT (workflow_id) DO NOTHING RETURNING workflow_id"
 )
-SELECT h.first, pg_notify('{CHANNEL}', (h.first + %(count)s - 1)::text) FROM h
+_UPSERT_EDGES = f"""
+INSERT INTO pml_edges ({_EDGE_COLUMNS})
+SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::int[], %s::int[], %s::float8[], %s::timestamptz[])
+ON CONFLICT (from_tool_id, to_tool_id) DO UPDATE SET
+    edge_type = EXCLUDED.edge_type, observed_count = EXCLUDED.observed_count,
+    success_count = EXCLUDED.success_count, failure_count = EXCLUDED.failure_count,
+    confidence = EXCLUDED.confidence, last_observed = EXCLUDED.last_observed
 """
 
 
@@ -154,6 +149,34 @@ def _edge(row: Sequence[Any]) -> EdgeState:
 
 def _event(row: Sequence[Any]) -> GraphEvent:
     return GraphEvent.model_validate({"id": row[0], "type": row[1], "data": json.loads(row[2])})
+
+
+def _fresh(executions: Sequence[WorkflowExecution], inserted: set[str]) -> list[bool]:
+    """True for the first occurrence of each execution this commit inserted (the rest: retries)."""
+    fresh = []
+    for execution in executions:
+        fresh.append(execution.workflow_id in inserted)
+        inserted.discard(execution.workflow_id)  # the same id twice in one batch counts once
+    return fresh
+
+
+def _state(record: ExecutionRecord, index: int) -> str | None:
+    """The follower's view of payload ``index`` of ``record`` (see ``pml_events.state``)."""
+    if index < len(record.edges):  # edge events come first, one per edge state, in order
+        edge = record.edges[index]
+        return json.dumps(
+            {
+                "edge_type": edge.edge_type,
+                "observed_count": edge.observed_count,
+                "success_count": edge.success_count,
+                "failure_count": edge.failure_count,
+                "confidence": edge.confidence,
+                "last_observed": edge.last_observed.isoformat(),
+            }
+        )
+    if record.execution is not None and index == len(record.payloads) - 1:  # its workflow_executed
+        return json.dumps({"nodes": dict(record.nodes)})
+    return None
 
 
 def _reason(exc: BaseException) -> str:
@@ -285,62 +308,69 @@ class PostgresStore:
     def commit(
         self, executions: Sequence[WorkflowExecution], plan: Plan, *, after_id: int | None = None
     ) -> tuple[CatchUp, list[list[GraphEvent]]]:
-        with self._session() as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOG_LOCK,))  # every later statement sees all earlier commits
-            fresh = self._insert_executions(conn, executions)
-            caught = self._catch_up(conn, after_id) if after_id is not None else CatchUp()
+        # Pipelined: the statements before the plan go in one round trip, the writes and COMMIT in
+        # another, so the log lock is held for two round trips plus the plan. Each statement
+        # takes its snapshot when it starts, i.e. after the lock was granted.
+        with self._session() as conn, conn.pipeline(), conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOG_LOCK,))
+            head = conn.execute("SELECT next_id FROM pml_log_head")
+            inserted = conn.execute(
+                _INSERT_EXECUTIONS,
+                (
+                    [e.workflow_id for e in executions],
+                    [e.success for e in executions],
+                    [e.execution_time_ms for e in executions],
+                    [e.model_dump_json() for e in executions],
+                ),
+            )
+            newer = None
+            if after_id is not None:
+                newer = conn.execute("SELECT id, type, data, state FROM pml_events WHERE id > %s ORDER BY id", (after_id,))
+            first = int(head.fetchone()[0])  # type: ignore[index]
+            fresh = _fresh(executions, {row[0] for row in inserted.fetchall()})
+            caught = self._caught_up(conn, newer.fetchall(), after_id) if newer is not None and after_id is not None else CatchUp()
             records = plan(caught, fresh)
-            payloads = [payload for record in records for payload in record.payloads]
-            events = self._write(conn, records, payloads) if payloads else []
+            events = self._write(conn, records, first)
         return caught, split_events(records, events)
 
-    def _insert_executions(self, conn: psycopg.Connection[Any], executions: Sequence[WorkflowExecution]) -> list[bool]:
-        """Insert the executions not recorded before; True for the first occurrence of each new one."""
-        if not executions:
-            return []
-        rows = conn.execute(
-            "INSERT INTO pml_executions (workflow_id, success, execution_time_ms, body)"
-            " SELECT * FROM unnest(%s::text[], %s::bool[], %s::float8[], %s::text[])"
-            " ON CONFLICT (workflow_id) DO NOTHING RETURNING workflow_id",
-            (
-                [e.workflow_id for e in executions],
-                [e.success for e in executions],
-                [e.execution_time_ms for e in executions],
-                [e.model_dump_json() for e in executions],
-            ),
-        ).fetchall()
-        new = {row[0] for row in rows}
-        fresh = []
-        for execution in executions:
-            fresh.append(execution.workflow_id in new)
-            new.discard(execution.workflow_id)  # the same id twice in one batch counts once
-        return fresh
-
-    def _write(
-        self, conn: psycopg.Connection[Any], records: Sequence[ExecutionRecord], payloads: Sequence[EventPayload]
-    ) -> list[GraphEvent]:
+    def _write(self, conn: psycopg.Connection[Any], records: Sequence[ExecutionRecord], first: int) -> list[GraphEvent]:
+        """Queue the writes (no result awaited): nodes, edges in key order, the log, NOTIFY."""
         nodes = sorted({tool_id: server for r in records for tool_id, server in r.nodes.items()}.items())
+        if nodes:
+            conn.execute(
+                "INSERT INTO pml_nodes (tool_id, server) SELECT * FROM unnest(%s::text[], %s::text[]) ON CONFLICT DO NOTHING",
+                ([n for n, _ in nodes], [server for _, server in nodes]),
+            )
         # The last state of each edge in the batch, in key order: a fixed lock order, no deadlock.
         edges = sorted({(e.source, e.target): e for r in records for e in r.edges}.items())
-        first = conn.execute(
-            _WRITE,
-            {
-                "node_ids": [n for n, _ in nodes],
-                "servers": [s for _, s in nodes],
-                "sources": [k[0] for k, _ in edges],
-                "targets": [k[1] for k, _ in edges],
-                "types": [e.edge_type for _, e in edges],
-                "observed": [e.observed_count for _, e in edges],
-                "successes": [e.success_count for _, e in edges],
-                "failures": [e.failure_count for _, e in edges],
-                "confidences": [e.confidence for _, e in edges],
-                "observed_at": [e.last_observed for _, e in edges],
-                "count": len(payloads),
-                "event_types": [p.event_type for p in payloads],
-                "datas": [p.model_dump_json() for p in payloads],
-            },
-        ).fetchone()[0]  # type: ignore[index]
-        return [GraphEvent.stored(payload, first + offset) for offset, payload in enumerate(payloads)]
+        if edges:
+            conn.execute(
+                _UPSERT_EDGES,
+                (
+                    [k[0] for k, _ in edges],
+                    [k[1] for k, _ in edges],
+                    [e.edge_type for _, e in edges],
+                    [e.observed_count for _, e in edges],
+                    [e.success_count for _, e in edges],
+                    [e.failure_count for _, e in edges],
+                    [e.confidence for _, e in edges],
+                    [e.last_observed for _, e in edges],
+                ),
+            )
+        stored: list[GraphEvent] = []
+        states: list[str | None] = []
+        for record in records:
+            for index, payload in enumerate(record.payloads):
+                stored.append(GraphEvent.stored(payload, first + len(stored)))
+                states.append(_state(record, index))
+        if stored:
+            conn.execute("UPDATE pml_log_head SET next_id = %s", (first + len(stored),))
+            conn.execute(
+                "INSERT INTO pml_events (id, type, data, state) SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[])",
+                ([e.id for e in stored], [e.type for e in stored], [e.data_json() for e in stored], states),
+            )
+            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(stored[-1].id)))  # delivered at commit
+        return stored
 
     def record_executions(self, records: Sequence[ExecutionRecord]) -> list[list[GraphEvent]]:
         return record_executions(self, records)
@@ -350,31 +380,36 @@ class PostgresStore:
 
     # -- following the other replicas -----------------------------------------------------
     def catch_up(self, after_id: int) -> CatchUp:
-        """What other replicas committed after ``after_id``, read in one snapshot."""
-        with self._session() as conn, conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            return self._catch_up(conn, after_id)
+        """What other replicas committed after ``after_id``: one query (the log carries the states)."""
+        with self._session() as conn:
+            rows = conn.execute(
+                "SELECT id, type, data, state FROM pml_events WHERE id > %s ORDER BY id", (after_id,)
+            ).fetchall()
+            return self._caught_up(conn, rows, after_id)
 
-    def _catch_up(self, conn: psycopg.Connection[Any], after_id: int) -> CatchUp:
-        rows = conn.execute("SELECT id, type, data FROM pml_events WHERE id > %s ORDER BY id", (after_id,)).fetchall()
+    def _caught_up(self, conn: psycopg.Connection[Any], rows: Sequence[Sequence[Any]], after_id: int) -> CatchUp:
         if not rows:
             return CatchUp()
         events = [_event(row) for row in rows]
         if events[0].id != after_id + 1:  # a new log (the epoch) or ids it never saw: take the whole graph
-            nodes = dict(conn.execute("SELECT tool_id, server FROM pml_nodes").fetchall())
-            edges = [_edge(row) for row in conn.execute(f"SELECT {_EDGE_COLUMNS} FROM pml_edges")]
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                nodes = dict(conn.execute("SELECT tool_id, server FROM pml_nodes").fetchall())
+                edges = [_edge(row) for row in conn.execute(f"SELECT {_EDGE_COLUMNS} FROM pml_edges")]
             return CatchUp(events, nodes, edges, full=True)
-        tools, keys = touched(events)
-        nodes = dict(conn.execute("SELECT tool_id, server FROM pml_nodes WHERE tool_id = ANY(%s)", (tools,)).fetchall())
-        edges = [
-            _edge(row)
-            for row in conn.execute(
-                f"SELECT {_EDGE_COLUMNS} FROM pml_edges WHERE (from_tool_id, to_tool_id) IN"
-                " (SELECT * FROM unnest(%s::text[], %s::text[]))",
-                ([k[0] for k in keys], [k[1] for k in keys]),
-            )
-        ]
-        return CatchUp(events, nodes, edges)
+        nodes: dict[str, str | None] = {}
+        changed: dict[tuple[str, str], EdgeState] = {}
+        for event, row in zip(events, rows):
+            if row[3] is None:
+                continue
+            state = json.loads(row[3])
+            if event.type == "workflow_executed":
+                nodes.update(state["nodes"])
+            else:
+                state["last_observed"] = datetime.fromisoformat(state["last_observed"])
+                edge = EdgeState(source=event.data.from_tool_id, target=event.data.to_tool_id, **state)  # type: ignore[attr-defined]
+                changed[(edge.source, edge.target)] = edge
+        return CatchUp(events, nodes, list(changed.values()))
 
     async def watch(self, wake: Callable[[int | None], None], lead: Callable[[bool], None]) -> None:
         """Follow the other replicas until cancelled; reconnects by itself.

@@ -59,6 +59,8 @@ class ExecutionRecord:
     """One execution and what learning it changes, ready to be committed.
 
     ``execution`` is None for events that record no execution (``graph_synced``, ``metrics_updated``).
+    Otherwise ``payloads`` are one edge event per entry of ``edges`` (``edges[i]`` is the state
+    after ``payloads[i]``), then its ``workflow_executed``.
     """
 
     execution: WorkflowExecution | None
