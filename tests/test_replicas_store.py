@@ -1,0 +1,146 @@
+"""The shared stores themselves, in one process: commit order, epoch, idempotent ingest, catch-up, leader lock."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import anyio
+import psycopg
+import pytest
+
+from graphrag import GraphRAGEngine, PostgresStore, Replica, SQLiteStore, WorkflowExecution
+from graphrag.events import WorkflowExecutedData
+from graphrag.postgres_store import LEADER_LOCK
+from graphrag.store import ExecutionRecord
+
+pytestmark = pytest.mark.anyio
+
+
+def edge_counts(engine: GraphRAGEngine) -> dict[tuple[str, str], tuple[int, int, int]]:
+    return {
+        key: (attrs["observed_count"], attrs["success_count"], attrs["failure_count"])
+        for key, attrs in engine.graph.edges.items()
+    }
+
+
+def test_ids_follow_commit_order_under_concurrent_writers(pg_url: str) -> None:
+    """A reader polling "after the last id it saw" misses nothing while 4 processes' worth of stores write."""
+    writers = [PostgresStore(pg_url) for _ in range(4)]
+    reader = PostgresStore(pg_url)
+    start = reader.bounds().last_id
+    assert start is not None and start > time.time_ns() // 1000 - 600_000_000  # a new log starts at now, in µs
+    done = threading.Event()
+    seen: list[int] = []
+
+    def write(store: PostgresStore, n: int) -> None:
+        for i in range(60):
+            payload = WorkflowExecutedData(workflow_id=f"w{n}-{i}", tool_ids=["a"], success=True, execution_time_ms=1)
+            store.record_executions([ExecutionRecord(WorkflowExecution.from_tool_ids(["a"], workflow_id=f"w{n}-{i}"), {}, (), [payload])])
+
+    def read() -> None:
+        last = start
+        while True:
+            finished = done.is_set()
+            events = reader.events_after(last, 10_000)
+            seen.extend(e.id for e in events)  # type: ignore[misc]
+            last = events[-1].id if events else last
+            if finished and not events:
+                return
+
+    threads = [threading.Thread(target=write, args=(store, n)) for n, store in enumerate(writers)]
+    poller = threading.Thread(target=read)
+    poller.start()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    done.set()
+    poller.join(timeout=60)
+    assert seen == list(range(start + 1, start + 1 + 240))  # every event, once, in order: none skipped
+    for store in (*writers, reader):
+        store.close()
+
+
+async def test_engines_on_one_database_learn_from_each_other_and_ignore_retries(pg_url: str) -> None:
+    a, b = GraphRAGEngine(store=PostgresStore(pg_url)), GraphRAGEngine(store=PostgresStore(pg_url))
+    await a.sync_from_database()
+    await b.sync_from_database()
+    await a.update_from_execution(WorkflowExecution.from_tool_ids(["x__a", "x__b"], workflow_id="w1"))
+    # B has not followed yet: its commit catches up first, so it learns from the committed graph.
+    events = await b.update_from_execution(WorkflowExecution.from_tool_ids(["x__a", "x__b"], workflow_id="w2", success=False))
+    assert [e.type for e in events] == ["edge_updated", "workflow_executed"]
+    assert edge_counts(b) == {("x__a", "x__b"): (2, 1, 1)}
+    assert await b.update_from_execution(WorkflowExecution.from_tool_ids(["x__a", "x__b"], workflow_id="w1")) == []  # a retry
+    a.follow(a.store.catch_up(a.last_event_id or 0))  # type: ignore[attr-defined]
+    assert edge_counts(a) == edge_counts(b) == {("x__a", "x__b"): (2, 1, 1)}
+    assert a.last_event_id == b.last_event_id
+    assert a.store.execution_count() == 2  # type: ignore[attr-defined]
+    a.store.close()
+    b.store.close()
+
+
+async def test_the_leader_lock_moves_when_its_connection_dies(pg_url: str) -> None:
+    stores = [PostgresStore(pg_url), PostgresStore(pg_url)]
+    replicas = []
+    for store in stores:
+        engine = GraphRAGEngine(store=store)
+        await engine.sync_from_database()
+        replicas.append(Replica(engine, store))
+
+    def leaders() -> list[Replica]:
+        return [r for r in replicas if r.leader]
+
+    with anyio.fail_after(15):
+        async with anyio.create_task_group() as tasks:
+            scopes = []
+            for replica in replicas:
+                scope = anyio.CancelScope()
+                scopes.append(scope)
+
+                async def run(replica: Replica = replica, scope: anyio.CancelScope = scope, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+                    with scope:
+                        await replica.run(task_status=task_status)
+
+                await tasks.start(run)
+            (leader,) = leaders()
+            assert leader.engine.emits_metrics and sum(r.engine.emits_metrics for r in replicas) == 1
+
+            # The server drops the leader's connection: the lock is free, one replica takes it again.
+            with psycopg.connect(pg_url, autocommit=True) as conn:
+                killed = conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                    " AND ((classid::bigint << 32) | objid::bigint) = %s",
+                    (LEADER_LOCK,),
+                ).fetchall()
+            assert killed == [(True,)]
+            await anyio.sleep(1.5)
+            assert len(leaders()) == 1
+
+            # The leading process goes away (its connection with it): the other one takes over.
+            (leader,) = leaders()
+            scopes[replicas.index(leader)].cancel()
+            other = next(r for r in replicas if r is not leader)
+            while not other.leader:
+                await anyio.sleep(0.05)
+            tasks.cancel_scope.cancel()
+    for store in stores:
+        store.close()
+
+
+async def test_two_stores_on_one_sqlite_file_follow_each_other(tmp_path: Path) -> None:
+    db = tmp_path / "shared.db"
+    a, b = GraphRAGEngine(store=SQLiteStore(db)), GraphRAGEngine(store=SQLiteStore(db))
+    await a.sync_from_database()
+    await b.sync_from_database()
+    first = await a.update_from_execution(WorkflowExecution.from_tool_ids(["x__a", "x__b"], workflow_id="w1"))
+    second = await b.update_from_execution(WorkflowExecution.from_tool_ids(["x__a", "x__b"], workflow_id="w2"))
+    assert second[0].type == "edge_updated" and second[0].id == first[-1].id + 1  # commit order across connections
+    a.follow(a.store.catch_up(a.last_event_id or 0))  # type: ignore[attr-defined]
+    assert edge_counts(a) == edge_counts(b) == {("x__a", "x__b"): (2, 2, 0)}
+    # One leader per file; it is released when its store closes.
+    assert a.store.try_lead() and not b.store.try_lead()  # type: ignore[attr-defined]
+    a.store.close()
+    assert b.store.try_lead()  # type: ignore[attr-defined]
+    b.store.close()
