@@ -13,8 +13,8 @@ storage side of that. What makes it correct, each point measured here (SDK_NOTES
   committed after this one's last event (a ``CatchUp``) and hands it to the engine's plan, so two
   replicas never compute an edge from the same stale count. Each log row carries the state a
   follower needs (an edge event's full edge state, an execution's new nodes), so catching up is
-  one indexed query. Execution, nodes, edges and events go in ONE transaction, pipelined: the
-  lock is held for two round trips plus the plan.
+  one indexed query. Execution, nodes, edges and events go in ONE transaction; arrays are sent
+  in binary (``%b``: no text escaping of JSON).
 - **Idempotent ingest.** ``pml_executions.workflow_id`` is unique; a retried execution (same
   ``workflow_id``) inserts nothing and is planned as not fresh, so it is not counted twice.
 - **No deadlocks.** Edges are upserted in sorted key order (unsorted upserts deadlocked once in
@@ -45,6 +45,7 @@ from datetime import datetime, timezone
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import psycopg
@@ -62,6 +63,7 @@ from .store import (
     StoredGraph,
     StoreUnavailable,
     append_events,
+    is_postgres_url,
     record_executions,
     split_events,
     touched,
@@ -121,12 +123,12 @@ _EDGE_COLUMNS = (
 
 _INSERT_EXECUTIONS = (
     "INSERT INTO pml_executions (workflow_id, success, execution_time_ms, body)"
-    " SELECT * FROM unnest(%s::text[], %s::bool[], %s::float8[], %s::text[])"
+    " SELECT * FROM unnest(%b::text[], %b::bool[], %b::float8[], %b::text[])"
     " ON CONFLICT (workflow_id) DO NOTHING RETURNING workflow_id"
 )
 _UPSERT_EDGES = f"""
 INSERT INTO pml_edges ({_EDGE_COLUMNS})
-SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::int[], %s::int[], %s::float8[], %s::timestamptz[])
+SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::int4[], %b::int4[], %b::int4[], %b::float8[], %b::timestamptz[])
 ON CONFLICT (from_tool_id, to_tool_id) DO UPDATE SET
     edge_type = EXCLUDED.edge_type, observed_count = EXCLUDED.observed_count,
     success_count = EXCLUDED.success_count, failure_count = EXCLUDED.failure_count,
@@ -181,10 +183,6 @@ def _state(record: ExecutionRecord, index: int) -> str | None:
 
 def _reason(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-def is_postgres_url(db: str) -> bool:
-    return db.startswith(("postgresql://", "postgres://"))
 
 
 class PostgresStore:
@@ -308,10 +306,9 @@ class PostgresStore:
     def commit(
         self, executions: Sequence[WorkflowExecution], plan: Plan, *, after_id: int | None = None
     ) -> tuple[CatchUp, list[list[GraphEvent]]]:
-        # Pipelined: the statements before the plan go in one round trip, the writes and COMMIT in
-        # another, so the log lock is held for two round trips plus the plan. Each statement
-        # takes its snapshot when it starts, i.e. after the lock was granted.
-        with self._session() as conn, conn.pipeline(), conn.transaction():
+        # Every statement takes its snapshot when it starts, i.e. after the lock was granted.
+        # (psycopg's pipeline mode, tried here to save round trips under the lock, was slower.)
+        with self._session() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOG_LOCK,))
             head = conn.execute("SELECT next_id FROM pml_log_head")
             inserted = conn.execute(
@@ -338,7 +335,7 @@ class PostgresStore:
         nodes = sorted({tool_id: server for r in records for tool_id, server in r.nodes.items()}.items())
         if nodes:
             conn.execute(
-                "INSERT INTO pml_nodes (tool_id, server) SELECT * FROM unnest(%s::text[], %s::text[]) ON CONFLICT DO NOTHING",
+                "INSERT INTO pml_nodes (tool_id, server) SELECT * FROM unnest(%b::text[], %b::text[]) ON CONFLICT DO NOTHING",
                 ([n for n, _ in nodes], [server for _, server in nodes]),
             )
         # The last state of each edge in the batch, in key order: a fixed lock order, no deadlock.
@@ -366,7 +363,7 @@ class PostgresStore:
         if stored:
             conn.execute("UPDATE pml_log_head SET next_id = %s", (first + len(stored),))
             conn.execute(
-                "INSERT INTO pml_events (id, type, data, state) SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[])",
+                "INSERT INTO pml_events (id, type, data, state) SELECT * FROM unnest(%b::int8[], %b::text[], %b::text[], %b::text[])",
                 ([e.id for e in stored], [e.type for e in stored], [e.data_json() for e in stored], states),
             )
             conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(stored[-1].id)))  # delivered at commit
@@ -452,14 +449,9 @@ class PostgresStore:
 
 
 def redact(conninfo: str) -> str:
-    """The URL without its password (for messages and the banner)."""
-    try:
-        from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-        params = conninfo_to_dict(conninfo)
-    except psycopg.Error:
-        return "postgresql://..."
-    if "password" in params:
-        params["password"] = "***"
-        return make_conninfo(**params)  # type: ignore[arg-type]
-    return conninfo
+    """The URL without its password (for messages)."""
+    parts = urlsplit(conninfo)
+    if parts.password is None:
+        return conninfo
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -88,6 +88,11 @@ class CatchUp:
 Plan = Callable[[CatchUp, Sequence[bool]], Sequence[ExecutionRecord]]
 
 
+def is_postgres_url(db: str) -> bool:
+    """Does this ``db`` setting name a PostgreSQL database (rather than a SQLite file)?"""
+    return db.startswith(("postgresql://", "postgres://"))
+
+
 def split_events(records: Sequence[ExecutionRecord], events: Sequence[GraphEvent]) -> list[list[GraphEvent]]:
     """The events of one commit, cut back into one list per record."""
     stored, start = [], 0

@@ -21,6 +21,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from graphrag import GraphRAGEngine, GraphStore, MemoryStore, MetricsScheduler, Replica, SharedStore, SQLiteStore, StoreError
+from graphrag.store import is_postgres_url
 
 from pml_gateway.cors import cors_middleware
 from pml_gateway.events.hub import InProcessEventHub
@@ -37,7 +38,7 @@ def open_store(settings: Settings) -> GraphStore:
     anything else is a SQLite file (its directory is created)."""
     if settings.in_memory:
         return MemoryStore()
-    if settings.db.startswith(("postgresql://", "postgres://")):
+    if is_postgres_url(settings.db):
         try:
             from graphrag.postgres_store import PostgresStore
         except ImportError as exc:
