@@ -7,13 +7,16 @@ learn from every execution either records, serve the same events with the same i
 
 from __future__ import annotations
 
+import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
 
 import anyio
 import httpx
 import pytest
+from mcp import Client, StdioServerParameters
 
+from gateway_support import ROOT, stdio_entry, write_config
 from graphrag import SQLiteStore
 from replica_support import converged, edges_of, execution, read_for, read_until_workflows, replicas
 from server_helpers import open_stream, post_executions
@@ -53,3 +56,39 @@ async def test_two_processes_on_one_sqlite_file_share_the_log(tmp_path: Path) ->
         assert store.execution_count() == 41
     finally:
         store.close()
+
+
+async def test_two_stdio_gateways_on_the_same_database_learn_from_each_other(tmp_path: Path) -> None:
+    """Claude Desktop (a 2025-11-25 session) and Cursor (2026-07-28) each launch ``pml-gateway stdio``."""
+    config = write_config(tmp_path, {"local": stdio_entry()})
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "pml_gateway", "stdio", "--config", str(config), "--db", str(tmp_path / "graph.db")],
+        env={"PYTHONPATH": str(ROOT), "PML_METRICS_INTERVAL_SECONDS": "0.2"},
+        cwd=str(tmp_path),
+    )
+    workflow = {
+        "workflow_id": "from-desktop",
+        "tasks": [
+            {"id": "a", "tool": "local__echo", "arguments": {"text": "hi"}},
+            {"id": "b", "tool": "local__pid", "arguments": {}, "depends_on": ["a"]},
+        ],
+    }
+    with anyio.fail_after(60):
+        async with Client(params, mode="legacy") as desktop, Client(params) as cursor:
+            assert not (await desktop.call_tool("pml_execute_workflow", workflow)).is_error
+            while True:  # the other process follows the file within ~50 ms
+                suggested = (await cursor.call_tool("pml_suggest_next_tools", {"after": ["local__echo"]})).structured_content
+                if suggested and suggested["suggestions"]:
+                    break
+                await anyio.sleep(0.05)
+            assert suggested["suggestions"][0]["tool_id"] == "local__pid"
+            assert "dependency" in suggested["suggestions"][0]["reason"]
+            # and back: what Cursor runs, Desktop knows
+            workflow = {**workflow, "workflow_id": "from-cursor", "tasks": [{**workflow["tasks"][0]}, {"id": "c", "tool": "local__pick", "arguments": {"count": 1}, "depends_on": ["a"]}]}
+            assert not (await cursor.call_tool("pml_execute_workflow", workflow)).is_error
+            while True:
+                metrics = (await desktop.call_tool("pml_graph_metrics", {})).structured_content
+                if metrics and metrics["edge_count"] == 2:
+                    break
+                await anyio.sleep(0.05)
