@@ -41,9 +41,9 @@ import json
 import logging
 import time
 import uuid
-from datetime import datetime, timezone
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -56,6 +56,7 @@ from .execution import WorkflowExecution
 from .learning import EdgeState
 from .sqlite_store import StoreError
 from .store import (
+    EDGE_COLUMNS,
     CatchUp,
     ExecutionRecord,
     LogBounds,
@@ -63,6 +64,7 @@ from .store import (
     StoredGraph,
     StoreUnavailable,
     append_events,
+    edge_from_row,
     is_postgres_url,
     record_executions,
     split_events,
@@ -117,36 +119,19 @@ _SCHEMA = [
         next_id bigint NOT NULL)""",
 ]
 
-_EDGE_COLUMNS = (
-    "from_tool_id, to_tool_id, edge_type, observed_count, success_count, failure_count, confidence, last_observed"
-)
-
 _INSERT_EXECUTIONS = (
     "INSERT INTO pml_executions (workflow_id, success, execution_time_ms, body)"
     " SELECT * FROM unnest(%b::text[], %b::bool[], %b::float8[], %b::text[])"
     " ON CONFLICT (workflow_id) DO NOTHING RETURNING workflow_id"
 )
 _UPSERT_EDGES = f"""
-INSERT INTO pml_edges ({_EDGE_COLUMNS})
+INSERT INTO pml_edges ({EDGE_COLUMNS})
 SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::int4[], %b::int4[], %b::int4[], %b::float8[], %b::timestamptz[])
 ON CONFLICT (from_tool_id, to_tool_id) DO UPDATE SET
     edge_type = EXCLUDED.edge_type, observed_count = EXCLUDED.observed_count,
     success_count = EXCLUDED.success_count, failure_count = EXCLUDED.failure_count,
     confidence = EXCLUDED.confidence, last_observed = EXCLUDED.last_observed
 """
-
-
-def _edge(row: Sequence[Any]) -> EdgeState:
-    return EdgeState(
-        source=row[0],
-        target=row[1],
-        edge_type=row[2],
-        observed_count=row[3],
-        success_count=row[4],
-        failure_count=row[5],
-        confidence=row[6],
-        last_observed=row[7].astimezone(timezone.utc),  # the server's zone never leaks into /graph
-    )
 
 
 def _event(row: Sequence[Any]) -> GraphEvent:
@@ -271,7 +256,7 @@ class PostgresStore:
         with self._pooled() as conn, conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")  # one snapshot
             nodes = dict(conn.execute("SELECT tool_id, server FROM pml_nodes").fetchall())
-            edges = [_edge(row) for row in conn.execute(f"SELECT {_EDGE_COLUMNS} FROM pml_edges")]
+            edges = [edge_from_row(row) for row in conn.execute(f"SELECT {EDGE_COLUMNS} FROM pml_edges")]
             return StoredGraph(nodes, edges, self._bounds(conn))
 
     def events_after(self, after_id: int, limit: int = 1000) -> list[GraphEvent]:
@@ -392,7 +377,7 @@ class PostgresStore:
             with conn.transaction():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 nodes = dict(conn.execute("SELECT tool_id, server FROM pml_nodes").fetchall())
-                edges = [_edge(row) for row in conn.execute(f"SELECT {_EDGE_COLUMNS} FROM pml_edges")]
+                edges = [edge_from_row(row) for row in conn.execute(f"SELECT {EDGE_COLUMNS} FROM pml_edges")]
             return CatchUp(events, nodes, edges, full=True)
         nodes: dict[str, str | None] = {}
         changed: dict[tuple[str, str], EdgeState] = {}

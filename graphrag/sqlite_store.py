@@ -26,7 +26,6 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +33,15 @@ import anyio
 
 from .events import EventPayload, GraphEvent
 from .execution import WorkflowExecution
-from .learning import EdgeState
 from .store import (
+    EDGE_COLUMNS,
     CatchUp,
     ExecutionRecord,
     LogBounds,
     Plan,
     StoredGraph,
     append_events,
+    edge_from_row,
     record_executions,
     split_events,
     touched,
@@ -82,23 +82,6 @@ CREATE TABLE IF NOT EXISTS events (
 );
 """
 
-
-_EDGE_COLUMNS = (
-    "from_tool_id, to_tool_id, edge_type, observed_count, success_count, failure_count, confidence, last_observed"
-)
-
-
-def _edge(row: Sequence[Any]) -> EdgeState:
-    return EdgeState(
-        source=row[0],
-        target=row[1],
-        edge_type=row[2],
-        observed_count=row[3],
-        success_count=row[4],
-        failure_count=row[5],
-        confidence=row[6],
-        last_observed=datetime.fromisoformat(row[7]),
-    )
 
 
 def _event(row: Sequence[Any]) -> GraphEvent:
@@ -166,7 +149,7 @@ class SQLiteStore:
             self._db.execute("BEGIN")  # one snapshot: another process may be committing meanwhile
             try:
                 nodes = dict(self._db.execute("SELECT tool_id, server FROM nodes").fetchall())
-                edges = [_edge(row) for row in self._db.execute(f"SELECT {_EDGE_COLUMNS} FROM edges")]
+                edges = [edge_from_row(row) for row in self._db.execute(f"SELECT {EDGE_COLUMNS} FROM edges")]
                 return StoredGraph(nodes, edges, self._bounds())
             finally:
                 self._db.execute("COMMIT")
@@ -278,7 +261,7 @@ class SQLiteStore:
             return CatchUp()
         if events[0].id != after_id + 1:  # pruned past it: take the whole graph
             nodes = dict(db.execute("SELECT tool_id, server FROM nodes").fetchall())
-            edges = [_edge(row) for row in db.execute(f"SELECT {_EDGE_COLUMNS} FROM edges")]
+            edges = [edge_from_row(row) for row in db.execute(f"SELECT {EDGE_COLUMNS} FROM edges")]
             return CatchUp(events, nodes, edges, full=True)
         tools, keys = touched(events)
         nodes = {}
@@ -289,10 +272,10 @@ class SQLiteStore:
         edges = []
         for source, target in keys:
             row = db.execute(
-                f"SELECT {_EDGE_COLUMNS} FROM edges WHERE from_tool_id = ? AND to_tool_id = ?", (source, target)
+                f"SELECT {EDGE_COLUMNS} FROM edges WHERE from_tool_id = ? AND to_tool_id = ?", (source, target)
             ).fetchone()
             if row is not None:
-                edges.append(_edge(row))
+                edges.append(edge_from_row(row))
         return CatchUp(events, nodes, edges)
 
     def _changed(self) -> bool:

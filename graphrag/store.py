@@ -26,7 +26,8 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol, runtime_checkable
+from datetime import datetime, timezone
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from .events import EventPayload, GraphEvent
 from .execution import WorkflowExecution
@@ -86,6 +87,27 @@ class CatchUp:
 #: ``fresh[i]`` is False when execution i was recorded before (same ``workflow_id``, on a store
 #: that ingests idempotently): it gets no record.
 Plan = Callable[[CatchUp, Sequence[bool]], Sequence[ExecutionRecord]]
+
+
+#: The columns of an edge row, in ``edge_from_row``'s order (both stores' ``edges`` tables).
+EDGE_COLUMNS = (
+    "from_tool_id, to_tool_id, edge_type, observed_count, success_count, failure_count, confidence, last_observed"
+)
+
+
+def edge_from_row(row: Sequence[Any]) -> EdgeState:
+    """An edge row (``EDGE_COLUMNS``); ``last_observed`` as ISO text (SQLite) or a datetime (PostgreSQL)."""
+    observed = row[7] if isinstance(row[7], datetime) else datetime.fromisoformat(row[7])
+    return EdgeState(
+        source=row[0],
+        target=row[1],
+        edge_type=row[2],
+        observed_count=row[3],
+        success_count=row[4],
+        failure_count=row[5],
+        confidence=row[6],
+        last_observed=observed.astimezone(timezone.utc),  # the server's zone never leaks into /graph
+    )
 
 
 def is_postgres_url(db: str) -> bool:

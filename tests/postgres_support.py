@@ -58,34 +58,27 @@ class Cluster:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@/{database}?host={self.root}"
 
-    def init(self) -> None:
+    def _run(self, program: str, *args: str, check: bool = True) -> None:
+        """A PostgreSQL program of this cluster, as the ``postgres`` user when we are root."""
         subprocess.run(
-            _as_postgres(str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-N"),
-            check=True,
+            _as_postgres(str(self.bindir / program), "-D", str(self.data), *args),
+            check=check,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=None if check else subprocess.DEVNULL,
             timeout=60,
         )
+
+    def init(self) -> None:
+        self._run("initdb", "-U", "postgres", "--auth=trust", "-N")
 
     def start(self) -> None:
         options = f"-c listen_addresses='' -k {self.root} -c max_connections=200"
         if not self.fsync:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        subprocess.run(
-            _as_postgres(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "pg.log"), "-w", "-t", "30", "start", "-o", options),
-            check=True,
-            stdout=subprocess.DEVNULL,
-            timeout=60,
-        )
+        self._run("pg_ctl", "-l", str(self.root / "pg.log"), "-w", "-t", "30", "start", "-o", options)
 
     def stop(self, mode: str = "immediate") -> None:
-        subprocess.run(
-            _as_postgres(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-w", "-t", "30", "stop", "-m", mode),
-            check=False,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=60,
-        )
+        self._run("pg_ctl", "-w", "-t", "30", "stop", "-m", mode, check=False)
 
     def create_database(self) -> str:
         """A fresh database for one test; returns its URL."""

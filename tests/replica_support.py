@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,13 @@ class ReplicaProcess:
     def log_tail(self) -> str:
         path = self.workdir / f"replica-{self.port}.log"
         return path.read_text(errors="replace")[-2000:] if path.exists() else ""
+
+
+@asynccontextmanager
+async def clients_of(nodes: list[ReplicaProcess], timeout: float = 10) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """One HTTP client per replica, closed at the end."""
+    async with AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(httpx.AsyncClient(base_url=r.url, timeout=timeout)) for r in nodes]
 
 
 def replica_env(**settings: Any) -> dict[str, str]:

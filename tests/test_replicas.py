@@ -16,15 +16,14 @@ import anyio
 import httpx
 import pytest
 
-from replica_support import converged, edges_of, execution, read_for, read_until_workflows, replicas
+from replica_support import clients_of, converged, edges_of, execution, read_for, read_until_workflows, replicas
 from server_helpers import open_stream, post_executions
 
 pytestmark = pytest.mark.anyio
 
 
 async def test_every_replica_serves_every_event_with_the_same_ids(pg_url: str, tmp_path: Path) -> None:
-    async with replicas(pg_url, tmp_path, 3) as nodes, AsyncExitStack() as stack:
-        clients = [await stack.enter_async_context(httpx.AsyncClient(base_url=r.url, timeout=10)) for r in nodes]
+    async with replicas(pg_url, tmp_path, 3) as nodes, clients_of(nodes) as clients, AsyncExitStack() as stack:
         readers = [await stack.enter_async_context(open_stream(c)) for c in clients]
         for reader in readers:
             assert (await reader.next()).event == "connected"  # type: ignore[union-attr]
@@ -56,8 +55,7 @@ async def test_every_replica_serves_every_event_with_the_same_ids(pg_url: str, t
 
 
 async def test_resume_on_another_replica_has_no_gap_and_no_duplicate(pg_url: str, tmp_path: Path) -> None:
-    async with replicas(pg_url, tmp_path, 2) as nodes, AsyncExitStack() as stack:
-        a, b = [await stack.enter_async_context(httpx.AsyncClient(base_url=r.url, timeout=10)) for r in nodes]
+    async with replicas(pg_url, tmp_path, 2) as nodes, clients_of(nodes) as (a, b):
         start = (await a.get("/graph")).json()["last_event_id"]
 
         async def ingest(first: int, count: int) -> None:
@@ -85,8 +83,7 @@ async def test_resume_on_another_replica_has_no_gap_and_no_duplicate(pg_url: str
 
 
 async def test_a_hot_edge_written_from_every_replica_counts_exactly(pg_url: str, tmp_path: Path) -> None:
-    async with replicas(pg_url, tmp_path, 3) as nodes, AsyncExitStack() as stack:
-        clients = [await stack.enter_async_context(httpx.AsyncClient(base_url=r.url, timeout=20)) for r in nodes]
+    async with replicas(pg_url, tmp_path, 3) as nodes, clients_of(nodes, timeout=20) as clients:
         statuses: list[int] = []
 
         async def post(client: httpx.AsyncClient, body: list[dict[str, Any]]) -> None:

@@ -8,7 +8,6 @@ JSON error and the replicas reconnect by themselves once it is back. Every wait 
 from __future__ import annotations
 
 import time
-from contextlib import AsyncExitStack
 from pathlib import Path
 
 import anyio
@@ -17,7 +16,7 @@ import psycopg
 import pytest
 
 from postgres_support import new_cluster
-from replica_support import converged, edges_of, execution, replicas
+from replica_support import clients_of, converged, edges_of, execution, replicas
 
 pytestmark = pytest.mark.anyio
 
@@ -29,6 +28,10 @@ class Ingest:
         self.acked: set[str] = set()
         self.refusals: list[tuple[int, dict[str, object]]] = []
         self.stopped = anyio.Event()
+
+    def start(self, tasks: anyio.abc.TaskGroup, clients: list[httpx.AsyncClient], prefix: str) -> None:
+        for n, client in enumerate(clients):
+            tasks.start_soon(self.loop, client, f"{prefix}{n}")
 
     async def loop(self, client: httpx.AsyncClient, prefix: str) -> None:
         i = 0
@@ -52,12 +55,10 @@ def recorded_workflows(url: str) -> set[str]:
 
 
 async def test_a_replica_killed_mid_ingest_loses_nothing_and_catches_up(pg_url: str, tmp_path: Path) -> None:
-    async with replicas(pg_url, tmp_path, 3) as nodes, AsyncExitStack() as stack:
-        clients = [await stack.enter_async_context(httpx.AsyncClient(base_url=r.url, timeout=10)) for r in nodes]
+    async with replicas(pg_url, tmp_path, 3) as nodes, clients_of(nodes) as clients:
         ingest = Ingest()
         async with anyio.create_task_group() as tasks:
-            for n, client in enumerate(clients):
-                tasks.start_soon(ingest.loop, client, f"k{n}")
+            ingest.start(tasks, clients, "k")
             await anyio.sleep(1.0)
             nodes[2].kill()  # mid-ingest: requests in flight on it
             killed_at = len(ingest.acked)
@@ -81,12 +82,10 @@ async def test_postgres_stopped_mid_ingest(tmp_path: Path) -> None:
     cluster = new_cluster(fsync=True)  # durability is the point here
     try:
         url = cluster.create_database()
-        async with replicas(url, tmp_path, 2) as nodes, AsyncExitStack() as stack:
-            clients = [await stack.enter_async_context(httpx.AsyncClient(base_url=r.url, timeout=20)) for r in nodes]
+        async with replicas(url, tmp_path, 2) as nodes, clients_of(nodes, timeout=20) as clients:
             ingest = Ingest()
             async with anyio.create_task_group() as tasks:
-                for n, client in enumerate(clients):
-                    tasks.start_soon(ingest.loop, client, f"p{n}")
+                ingest.start(tasks, clients, "p")
                 await anyio.sleep(0.8)
                 cluster.stop("immediate")  # a crash of the database server, mid-commit
                 before_restart = len(ingest.acked)

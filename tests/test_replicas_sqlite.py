@@ -12,13 +12,12 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import anyio
-import httpx
 import pytest
 from mcp import Client, StdioServerParameters
 
 from gateway_support import ROOT, stdio_entry, write_config
 from graphrag import SQLiteStore
-from replica_support import converged, edges_of, execution, read_for, read_until_workflows, replicas
+from replica_support import clients_of, converged, edges_of, execution, read_for, read_until_workflows, replicas
 from server_helpers import open_stream, post_executions
 
 pytestmark = pytest.mark.anyio
@@ -26,8 +25,7 @@ pytestmark = pytest.mark.anyio
 
 async def test_two_processes_on_one_sqlite_file_share_the_log(tmp_path: Path) -> None:
     db = str(tmp_path / "shared.db")
-    async with replicas(db, tmp_path, 2) as nodes, AsyncExitStack() as stack:
-        clients = [await stack.enter_async_context(httpx.AsyncClient(base_url=r.url, timeout=10)) for r in nodes]
+    async with replicas(db, tmp_path, 2) as nodes, clients_of(nodes) as clients, AsyncExitStack() as stack:
         readers = [await stack.enter_async_context(open_stream(c)) for c in clients]
         for reader in readers:
             assert (await reader.next()).event == "connected"  # type: ignore[union-attr]
