@@ -10,7 +10,8 @@ about the gateway, not the disk) and real ``pml-gateway serve`` processes on it,
 1. executions/s with 1, 2 and 3 replicas: ``--concurrency`` HTTP clients per replica posting
    batches of 1 and of 10 executions to ``POST /executions`` for ``--seconds``;
 2. delivery latency from a write on replica A (just before the POST is sent) to an SSE client of
-   replica B receiving its ``workflow_executed`` (and, for reference, to a client of A itself);
+   replica B receiving its ``workflow_executed``; for reference, to a client of A itself, and the
+   difference per sample (what replication adds: NOTIFY, B's catch-up query, B's fan-out);
 3. a replica SIGKILLed during ingest and restarted: time to serve again, and until its ``/graph``
    equals the others'.
 
@@ -157,7 +158,10 @@ async def delivery(cluster: Cluster, samples: int = 300, rate: float = 100.0) ->
                         sent[wid] = time.perf_counter()
                         tasks.start_soon(lambda w=wid: ca.post("/executions", json=[execution(w, ("s__x", f"s__y{int(w[1:]) % 5}"))]))
                         await anyio.sleep(1 / rate)
-    return {path: [(times[w] - sent[w]) * 1000 for w in sent] for path, times in seen.items()}
+    on_b, on_a = seen["A -> client of B"], seen["A -> client of A"]
+    latencies = {path: [(times[w] - sent[w]) * 1000 for w in sent] for path, times in seen.items()}
+    latencies["replication alone (B's client minus A's)"] = [(on_b[w] - on_a[w]) * 1000 for w in sent]
+    return latencies
 
 
 async def catch_up_after_kill(cluster: Cluster, seconds_down: float = 2.0) -> tuple[float, float, int]:
@@ -216,7 +220,7 @@ async def main(seconds: float, concurrency: int) -> None:
         print("| path | samples | p50 ms | p99 ms | max ms |")
         print("|---|---:|---:|---:|---:|")
         for path, values in (await delivery(cluster)).items():
-            print(f"| {path} | {len(values)} | {percentile(values, 0.5):.1f} | {percentile(values, 0.99):.1f} | {max(values):.1f} |")
+            print(f"| {path} | {len(values)} | {percentile(values, 0.5):.1f} | {percentile(values, 0.99):.1f} | {max(values):.1f} |", flush=True)
 
         ready, in_step, missed = await catch_up_after_kill(cluster)
         print("\n## A replica SIGKILLed during ingest, restarted\n")
