@@ -108,8 +108,8 @@ async def post_executions(request: Request) -> Response:
     # All validated before any is learned: a bad item refuses the whole request. One commit.
     try:
         await engine.update_from_executions(executions)
-    except StoreUnavailable as exc:  # PostgreSQL restarting: nothing was recorded, retry
-        response = error_response(503, f"Store unavailable, nothing recorded; retry: {exc}")
+    except StoreUnavailable as exc:  # PostgreSQL restarting: retry (ingest is idempotent by workflow_id)
+        response = error_response(503, f"Store unavailable, retry later: {exc}")
         response.headers["Retry-After"] = "1"
         return response
     return JSONResponse({"workflow_ids": [e.workflow_id for e in executions]}, status_code=202)

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from postgres_support import Cluster
 
 # Test modules import their helpers as plain modules (``from server_helpers import ...``).
 sys.path.insert(0, str(Path(__file__).parent))
@@ -17,8 +22,9 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(scope="session")
-def pg_cluster():
-    """One throwaway PostgreSQL cluster for the session (fsync off), stopped at the end."""
+def pg_cluster() -> Iterator[Cluster]:
+    """One throwaway PostgreSQL cluster for the session (fsync off), stopped at the end; started
+    only when a test asks for it. Skipped without PostgreSQL, except in CI (``$CI``): there it fails."""
     from postgres_support import new_cluster
 
     cluster = new_cluster()
@@ -30,6 +36,6 @@ def pg_cluster():
 
 
 @pytest.fixture
-def pg_url(pg_cluster) -> str:
+def pg_url(pg_cluster: Cluster) -> str:
     """A fresh, empty database on the session's cluster."""
     return pg_cluster.create_database()
