@@ -51,3 +51,11 @@ def test_the_503_body_is_the_one_the_api_sends() -> None:
 
     prefix = re.search(r'f"(Store unavailable[^{]*)\{', inspect.getsource(http_api.post_executions)).group(1)  # type: ignore[union-attr]
     assert f'{{"error": "{prefix}db: PostgreSQL unavailable: ' in replicas_section()
+
+
+def test_the_python_example_runs(pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code = re.search(r"### From Python.*?```python\n(.*?)```", replicas_section(), flags=re.DOTALL)
+    assert code, "no Python example in the Replicas section"
+    exec(code.group(1).replace("postgresql://pml@db.internal/pml", pg_url), {"__name__": "__main__"})  # noqa: S102
+    printed = [line.split()[1] for line in capsys.readouterr().out.splitlines()]
+    assert printed == ["graph_synced", "edge_created", "workflow_executed"]
