@@ -133,13 +133,19 @@ async def read_until_workflows(reader: WireReader, count: int, timeout: float = 
     return [e for e in await reader.until(enough, timeout=timeout) if e.id is not None]
 
 
-async def read_for(reader: WireReader, seconds: float) -> list[WireEvent]:
-    """Every event within ``seconds`` (the reader is done after this)."""
-    events: list[WireEvent] = []
-    with anyio.move_on_after(seconds):
-        while (event := await reader.next()) is not None:
-            events.append(event)
-    return events
+async def read_for(readers: list[WireReader], seconds: float) -> list[list[WireEvent]]:
+    """Every event each reader gets within the same ``seconds`` (the readers are done after this)."""
+    received: list[list[WireEvent]] = [[] for _ in readers]
+
+    async def read(reader: WireReader, events: list[WireEvent]) -> None:
+        with anyio.move_on_after(seconds):
+            while (event := await reader.next()) is not None:
+                events.append(event)
+
+    async with anyio.create_task_group() as tasks:
+        for reader, events in zip(readers, received):
+            tasks.start_soon(read, reader, events)
+    return received
 
 
 async def converged(clients: list[httpx.AsyncClient], timeout: float = 10) -> dict[str, Any]:

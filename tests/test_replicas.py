@@ -47,7 +47,7 @@ async def test_every_replica_serves_every_event_with_the_same_ids(pg_url: str, t
         # more execution (on a replica that may or may not lead) gives ONE event on every stream.
         await anyio.sleep(0.5)
         await post_executions(clients[1], [execution("one-more", ("svc__t0", "svc__x"))])
-        windows = [await read_for(reader, 1.2) for reader in readers]
+        windows = await read_for(readers, 1.2)
         after = [events[[e.event for e in events].index("workflow_executed") :] for events in windows]
         metrics = [[e.id for e in events if e.event == "metrics_updated"] for events in after]
         assert len(metrics[0]) == 1, [[e.event for e in events] for events in windows]

@@ -44,7 +44,7 @@ async def test_two_processes_on_one_sqlite_file_share_the_log(tmp_path: Path) ->
 
         await anyio.sleep(0.5)  # one window across both processes: one metrics_updated
         await post_executions(clients[0], [execution("one-more")])
-        windows = [await read_for(reader, 1.2) for reader in readers]
+        windows = await read_for(readers, 1.2)
         after = [events[[e.event for e in events].index("workflow_executed") :] for events in windows]
         metrics = [[e.id for e in events if e.event == "metrics_updated"] for events in after]
         assert len(metrics[0]) == 1 and metrics[0] == metrics[1]
