@@ -171,10 +171,17 @@ def _reason(exc: BaseException) -> str:
 
 
 class PostgresStore:
-    """Nodes, edges, executions and the event log in PostgreSQL, shared by every replica."""
+    """Nodes, edges, executions and the event log in PostgreSQL, shared by every replica.
 
-    def __init__(self, conninfo: str, *, pool_size: int = 4) -> None:
+    ``max_events`` bounds the log, as for SQLite: older events are deleted in batches; a stream
+    client asking for an older id gets a reset, a replica that fell further behind reloads the
+    graph (``CatchUp.full``).
+    """
+
+    def __init__(self, conninfo: str, *, pool_size: int = 4, max_events: int = 1_000_000) -> None:
         self.conninfo = conninfo
+        self._max_events = max_events
+        self._appended_since_prune = 0
         self._connect_args: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT, "options": SESSION_OPTIONS}
         self._conn: psycopg.Connection[Any] | None = None
         self._retry_at = 0.0
@@ -352,6 +359,10 @@ class PostgresStore:
                 ([e.id for e in stored], [e.type for e in stored], [e.data_json() for e in stored], states),
             )
             conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(stored[-1].id)))  # delivered at commit
+            self._appended_since_prune += len(stored)
+            if self._appended_since_prune >= max(1000, self._max_events // 100):  # in batches, as SQLite does
+                self._appended_since_prune = 0
+                conn.execute("DELETE FROM pml_events WHERE id <= %s", (stored[-1].id - self._max_events,))
         return stored
 
     def record_executions(self, records: Sequence[ExecutionRecord]) -> list[list[GraphEvent]]:

@@ -144,3 +144,21 @@ async def test_two_stores_on_one_sqlite_file_follow_each_other(tmp_path: Path) -
     a.store.close()
     assert b.store.try_lead()  # type: ignore[attr-defined]
     b.store.close()
+
+
+async def test_a_replica_behind_the_pruned_log_reloads_the_graph(pg_url: str) -> None:
+    a = GraphRAGEngine(store=PostgresStore(pg_url, max_events=100))
+    b = GraphRAGEngine(store=PostgresStore(pg_url, max_events=100))
+    await a.sync_from_database()
+    await b.sync_from_database()
+    await a.update_from_executions(
+        [WorkflowExecution.from_tool_ids(["x__a", f"x__t{i % 7}"], workflow_id=f"w{i}") for i in range(600)]
+    )
+    bounds = a.store.bounds()
+    assert bounds.oldest_id is not None and bounds.oldest_id > (b.last_event_id or 0) + 1  # B's next id is gone
+    caught = b.store.catch_up(b.last_event_id or 0)  # type: ignore[attr-defined]
+    assert caught.full
+    b.follow(caught)
+    assert edge_counts(b) == edge_counts(a) and b.last_event_id == a.last_event_id
+    a.store.close()
+    b.store.close()
