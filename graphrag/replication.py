@@ -69,6 +69,9 @@ class Replica:
         except StoreUnavailable as exc:
             log.debug("replica: catch-up deferred: %s", exc)  # the watch reconnects, then wakes us
             return
+        except Exception:  # keep serving; the next wake-up (at most WATCH_TICK away) retries
+            log.exception("replica: catch-up after event %s failed", applied)
+            return
         if caught.events:
             self.caught_up += 1
             self.engine.follow(caught)
