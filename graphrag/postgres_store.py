@@ -434,6 +434,8 @@ class PostgresStore:
                     conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True, **self._connect_args)
                 async with conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
+                    if not self._reachable:
+                        log.warning("replica: PostgreSQL reachable again; following the log")
                     self._reachable, self._down_reason = True, ""
                     delay = 0.1
                     while True:
