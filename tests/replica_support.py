@@ -159,3 +159,22 @@ async def converged(clients: list[httpx.AsyncClient], timeout: float = 10) -> di
         return None
 
     return await wait_for(same, timeout=timeout)  # type: ignore[no-any-return]
+
+
+async def quiet(client: httpx.AsyncClient, seconds: float = 0.6, timeout: float = 15) -> None:
+    """Wait until the log stops growing for ``seconds`` (every pending metrics window has closed)."""
+    with anyio.fail_after(timeout):
+        last, since = None, anyio.current_time()
+        while anyio.current_time() - since < seconds:
+            current = (await client.get("/graph")).json()["last_event_id"]
+            if current != last:
+                last, since = current, anyio.current_time()
+            await anyio.sleep(0.05)
+
+
+async def common_start(clients: list[httpx.AsyncClient]) -> dict[str, str]:
+    """Headers that make every client's stream start after the same id: replicas that just
+    started are still logging (graph_synced, first metrics), and a stream without Last-Event-ID
+    starts wherever its replica is at that moment."""
+    await quiet(clients[0])
+    return {"Last-Event-ID": str((await converged(clients))["last_event_id"])}

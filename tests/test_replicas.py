@@ -16,7 +16,7 @@ import anyio
 import httpx
 import pytest
 
-from replica_support import clients_of, converged, edges_of, execution, read_for, read_until_workflows, replicas
+from replica_support import clients_of, common_start, quiet, converged, edges_of, execution, read_for, read_until_workflows, replicas
 from server_helpers import open_stream, post_executions
 
 pytestmark = pytest.mark.anyio
@@ -24,7 +24,8 @@ pytestmark = pytest.mark.anyio
 
 async def test_every_replica_serves_every_event_with_the_same_ids(pg_url: str, tmp_path: Path) -> None:
     async with replicas(pg_url, tmp_path, 3) as nodes, clients_of(nodes) as clients, AsyncExitStack() as stack:
-        readers = [await stack.enter_async_context(open_stream(c)) for c in clients]
+        start = await common_start(clients)
+        readers = [await stack.enter_async_context(open_stream(c, headers=start)) for c in clients]
         for reader in readers:
             assert (await reader.next()).event == "connected"  # type: ignore[union-attr]
 
@@ -45,10 +46,10 @@ async def test_every_replica_serves_every_event_with_the_same_ids(pg_url: str, t
 
         # Exactly one metrics_updated per window across the replicas: after a quiet moment, one
         # more execution (on a replica that may or may not lead) gives ONE event on every stream.
-        await anyio.sleep(0.5)
+        await quiet(clients[0])
         await post_executions(clients[1], [execution("one-more", ("svc__t0", "svc__x"))])
-        windows = await read_for(readers, 1.2)
-        after = [events[[e.event for e in events].index("workflow_executed") :] for events in windows]
+        windows = await read_for(readers, 2.0)
+        after = [events[[(e.data or {}).get("workflow_id") for e in events].index("one-more") :] for events in windows]
         metrics = [[e.id for e in events if e.event == "metrics_updated"] for events in after]
         assert len(metrics[0]) == 1, [[e.event for e in events] for events in windows]
         assert metrics[0] == metrics[1] == metrics[2]

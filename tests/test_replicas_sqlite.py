@@ -17,7 +17,7 @@ from mcp import Client, StdioServerParameters
 
 from gateway_support import ROOT, stdio_entry, write_config
 from graphrag import SQLiteStore
-from replica_support import clients_of, converged, edges_of, execution, read_for, read_until_workflows, replicas
+from replica_support import clients_of, common_start, quiet, converged, edges_of, execution, read_for, read_until_workflows, replicas
 from server_helpers import open_stream, post_executions
 
 pytestmark = pytest.mark.anyio
@@ -26,7 +26,8 @@ pytestmark = pytest.mark.anyio
 async def test_two_processes_on_one_sqlite_file_share_the_log(tmp_path: Path) -> None:
     db = str(tmp_path / "shared.db")
     async with replicas(db, tmp_path, 2) as nodes, clients_of(nodes) as clients, AsyncExitStack() as stack:
-        readers = [await stack.enter_async_context(open_stream(c)) for c in clients]
+        start = await common_start(clients)
+        readers = [await stack.enter_async_context(open_stream(c, headers=start)) for c in clients]
         for reader in readers:
             assert (await reader.next()).event == "connected"  # type: ignore[union-attr]
 
@@ -42,10 +43,10 @@ async def test_two_processes_on_one_sqlite_file_share_the_log(tmp_path: Path) ->
         graph = await converged(clients)
         assert edges_of(graph)[("hot__a", "hot__b")] == (40, 30, 10, "sequence")
 
-        await anyio.sleep(0.5)  # one window across both processes: one metrics_updated
+        await quiet(clients[0])  # one window across both processes: one metrics_updated
         await post_executions(clients[0], [execution("one-more")])
-        windows = await read_for(readers, 1.2)
-        after = [events[[e.event for e in events].index("workflow_executed") :] for events in windows]
+        windows = await read_for(readers, 2.0)
+        after = [events[[(e.data or {}).get("workflow_id") for e in events].index("one-more") :] for events in windows]
         metrics = [[e.id for e in events if e.event == "metrics_updated"] for events in after]
         assert len(metrics[0]) == 1 and metrics[0] == metrics[1]
 
