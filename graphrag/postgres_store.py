@@ -43,13 +43,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import psycopg
 from psycopg_pool import ConnectionPool
+from pydantic import BaseModel
 
 from .events import EventPayload, GraphEvent
 from .execution import WorkflowExecution
@@ -147,23 +147,20 @@ def _fresh(executions: Sequence[WorkflowExecution], inserted: set[str]) -> list[
     return fresh
 
 
-def _state(record: ExecutionRecord, index: int) -> str | None:
-    """The follower's view of payload ``index`` of ``record`` (see ``pml_events.state``)."""
-    if index < len(record.edges):  # edge events come first, one per edge state, in order
-        edge = record.edges[index]
-        return json.dumps(
-            {
-                "edge_type": edge.edge_type,
-                "observed_count": edge.observed_count,
-                "success_count": edge.success_count,
-                "failure_count": edge.failure_count,
-                "confidence": edge.confidence,
-                "last_observed": edge.last_observed.isoformat(),
-            }
-        )
-    if record.execution is not None and index == len(record.payloads) - 1:  # its workflow_executed
-        return json.dumps({"nodes": dict(record.nodes)})
-    return None
+class LoggedState(BaseModel):
+    """``pml_events.state``: what a follower needs to apply one event without reading other tables."""
+
+    edge: EdgeState | None = None  # an edge event: the edge's state after it
+    nodes: dict[str, str | None] | None = None  # a workflow_executed: the nodes it introduced
+
+    @classmethod
+    def of(cls, record: ExecutionRecord, index: int) -> str | None:
+        """The state of payload ``index`` of ``record``, as JSON (None for other events)."""
+        if index < len(record.edges):  # edge events come first, one per edge state, in order
+            return cls(edge=record.edges[index]).model_dump_json(exclude_none=True)
+        if record.execution is not None and index == len(record.payloads) - 1:  # its workflow_executed
+            return cls(nodes=dict(record.nodes)).model_dump_json(exclude_none=True)
+        return None
 
 
 def _reason(exc: BaseException) -> str:
@@ -365,7 +362,7 @@ class PostgresStore:
         for record in records:
             for index, payload in enumerate(record.payloads):
                 stored.append(GraphEvent.stored(payload, first + len(stored)))
-                states.append(_state(record, index))
+                states.append(LoggedState.of(record, index))
         if stored:
             conn.execute("UPDATE pml_log_head SET next_id = %s", (first + len(stored),))
             conn.execute(
@@ -409,13 +406,11 @@ class PostgresStore:
         for event, row in zip(events, rows):
             if row[3] is None:
                 continue
-            state = json.loads(row[3])
-            if event.type == "workflow_executed":
-                nodes.update(state["nodes"])
-            else:
-                state["last_observed"] = datetime.fromisoformat(state["last_observed"])
-                edge = EdgeState(source=event.data.from_tool_id, target=event.data.to_tool_id, **state)  # type: ignore[attr-defined]
-                changed[(edge.source, edge.target)] = edge
+            state = LoggedState.model_validate_json(row[3])
+            if state.nodes is not None:
+                nodes.update(state.nodes)
+            if state.edge is not None:
+                changed[(state.edge.source, state.edge.target)] = state.edge
         return CatchUp(events, nodes, list(changed.values()))
 
     async def watch(self, wake: Callable[[int | None], None], lead: Callable[[bool], None]) -> None:

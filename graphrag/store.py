@@ -98,6 +98,7 @@ EDGE_COLUMNS = (
 def edge_from_row(row: Sequence[Any]) -> EdgeState:
     """An edge row (``EDGE_COLUMNS``); ``last_observed`` as ISO text (SQLite) or a datetime (PostgreSQL)."""
     observed = row[7] if isinstance(row[7], datetime) else datetime.fromisoformat(row[7])
+    observed = observed.replace(tzinfo=timezone.utc) if observed.tzinfo is None else observed
     return EdgeState(
         source=row[0],
         target=row[1],
