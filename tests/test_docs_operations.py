@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from graphrag import postgres_store, sqlite_store
+from graphrag.store import is_postgres_url
 
 DOC = Path(__file__).parent.parent / "docs" / "api" / "operations.md"
 
@@ -41,7 +42,7 @@ def test_channel_bounds_and_intervals_match_the_code() -> None:
 @pytest.mark.parametrize("example", ["postgresql://user@host/dbname", "postgresql://postgres@/pml?host=/var/run/postgresql"])
 def test_documented_urls_select_postgres(example: str) -> None:
     assert example in replicas_section()
-    assert postgres_store.is_postgres_url(example)
+    assert is_postgres_url(example)
 
 
 def test_the_503_body_is_the_one_the_api_sends() -> None:
