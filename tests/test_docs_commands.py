@@ -36,6 +36,18 @@ NOT_RUN: dict[str, str] = {
     r"make (install|servers|postgres|browser)\b": "installs into the checkout: run by `make test` itself",
     r"pipx install": "installs into the user's environment: tests/test_packaging.py installs the wheel instead",
     r"npx ": "downloads from npm at run time: the tests use the servers `make servers` installed",
+    r"pip install 'pml-gateway\[postgres\]'": "installs into the user's environment: the test venv has the extra",
+    r"export PML_DB='postgresql://": "the reader's PostgreSQL server: tests/test_replicas.py runs replicas on a "
+    "throwaway cluster (tests/postgres_support.py)",
+    r"pml-gateway serve --host 0\.0\.0\.0 --port 800\d &": "a replica on the reader's PostgreSQL (the export above): "
+    "tests/test_replicas.py starts real `serve` replicas",
+    r"pml-gateway keys revoke ": "revokes the key created lines above: tests/test_auth.py creates, lists and revokes keys",
+    r"KEY=\$\(": "a shell variable for the line below, on a gateway with auth on: tests/test_auth_http.py",
+    r"\$ curl ": "a session on a gateway with JWT auth on (a ```sh block with its answer): tests/test_auth_http.py "
+    "checks these answers",
+    r"\{\"|\"(scopes_supported|bearer_methods_supported)\"": "the answer shown under the command above",
+    r"pml-gateway serve --host 0\.0\.0\.0 --allowed-hosts \S+ --jwt-issuer \.\.\.": "the reader's JWT issuer (`...`): "
+    "tests/test_auth_http.py runs JWT auth against a test issuer",
 }
 
 
