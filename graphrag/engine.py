@@ -14,6 +14,16 @@ Tool ids are opaque here: the server a tool belongs to comes with its task (``Ta
 or, for a task that names none, from the resolver the application gave ``resolve_servers`` (the
 gateway's name registry); it is stored with the node the first time the tool is seen and never
 parsed out of the id.
+
+Several processes on one store (replicas): step 2 first applies what the others committed since
+this engine's last event (the store reads it under its write lock, ``GraphStore.commit``), so
+step 1 learns from the committed graph and their events go out before ours, in id order.
+``follow`` applies the others' events between writes (``graphrag.replication`` calls it). Only
+the replica with ``emits_metrics`` logs ``metrics_updated``; the others compute the same metrics
+for themselves and relay the leader's event from the log. Everything a replica learns goes
+through that one path: executions with their edges and second-order transitions, and the
+available tools with their ``tool_added``/``tool_removed`` events, which a follower applies to
+its own map of available tools.
 """
 
 from __future__ import annotations
@@ -48,7 +58,7 @@ from .grading import SuggestionGrader
 from .learning import EdgeState, TransitionState, learn, learn_transition, observations, transitions
 from .metrics import GraphMetrics, MetricsComputer, top_k
 from .snapshot import GraphSnapshot
-from .store import ExecutionRecord, GraphStore, MemoryStore, ToolsRecord
+from .store import CatchUp, ExecutionRecord, GraphStore, MemoryStore, ToolsRecord, apply_tool_event
 from .suggestions import Suggestion, rank_next, suggest_next
 
 log = logging.getLogger(__name__)
@@ -75,6 +85,8 @@ class GraphRAGEngine:
         self._metrics_lock: anyio.Lock | None = None
         self._snapshot_cache: tuple[tuple[int, int | None], bytes] | None = None
         self._group: list[tuple[WorkflowExecution, asyncio.Future[list[GraphEvent]]]] = []
+        #: False on a replica that is not the metrics leader: it computes, the leader logs the event.
+        self.emits_metrics = True
         #: The tools the downstream servers offer now (tool id -> server), as last committed.
         self._available: dict[str, str] = self.store.available_tools()
         self._resolver: ServerResolver | None = None
@@ -183,8 +195,16 @@ class GraphRAGEngine:
         now = utcnow()
         staged: dict[tuple[str, str], EdgeState] = {}  # edges changed earlier in this batch
         staged_paths: dict[tuple[str, str, str], TransitionState] = {}
-        records = [self._learn(execution, staged, staged_paths, now) for execution in executions]
-        stored = self.store.record_executions(records)  # the commit: nothing changes before it
+        records: list[ExecutionRecord] = []
+        kept: list[bool] = []
+
+        def plan(caught: CatchUp, fresh: Sequence[bool]) -> list[ExecutionRecord]:
+            self._apply_caught_up(caught)  # learn from the graph as committed, others' changes included
+            kept.extend(fresh)
+            records.extend(self._learn(e, staged, staged_paths, now) for e, new in zip(executions, fresh) if new)
+            return records
+
+        caught, stored = self.store.commit(executions, plan, after_id=self._last_event_id or 0)  # the commit
         for record in records:
             for tool_id, server in record.nodes.items():
                 self._add_node(tool_id, server)
@@ -193,9 +213,31 @@ class GraphRAGEngine:
         for transition in staged_paths.values():
             self._apply_transition(transition)
         self._top3.clear()
+        self._emit(caught.events)
         for events in stored:
             self._emit(events)
-        return stored
+        results = iter(stored)
+        return [next(results) if new else [] for new in kept]  # a retried execution: nothing new
+
+    def follow(self, caught: CatchUp) -> None:
+        """Apply and emit what other processes committed (their events, with their ids)."""
+        self._apply_caught_up(caught)
+        self._emit(caught.events)
+
+    def _apply_caught_up(self, caught: CatchUp) -> None:
+        for tool_id, server in caught.nodes.items():
+            self._add_node(tool_id, server)
+        for edge in caught.edges:
+            self._apply_edge(edge)
+        for transition in caught.transitions:
+            self._apply_transition(transition)
+        if caught.available is not None:  # the whole table (the log no longer holds every change)
+            self._available = dict(caught.available)
+        else:
+            for event in caught.events:  # others' tool changes, in id order
+                apply_tool_event(self._available, event)
+        if caught.events or caught.edges or caught.transitions:
+            self._top3.clear()
 
     def _learn(
         self,
@@ -296,7 +338,12 @@ class GraphRAGEngine:
         return EdgeState(source=source, target=target, **attrs)
 
     def _store_and_emit(self, payloads: Sequence[EventPayload]) -> list[GraphEvent]:
-        stored = self.store.append_events(payloads)
+        def plan(caught: CatchUp, _fresh: Sequence[bool]) -> list[ExecutionRecord]:
+            self._apply_caught_up(caught)
+            return [ExecutionRecord(None, {}, (), payloads)]
+
+        caught, (stored,) = self.store.commit([], plan, after_id=self._last_event_id or 0)
+        self._emit(caught.events)
         self._emit(stored)
         return stored
 
@@ -324,21 +371,32 @@ class GraphRAGEngine:
         compute, commit, apply, emit. The server is the caller's word, never parsed from a name.
         """
         wanted = set(tool_ids)
-        current = {tool_id for tool_id, owner in self._available.items() if owner == server}
-        added, removed = sorted(wanted - current), sorted(current - wanted)
-        if not added and not removed:
-            return []
-        now = utcnow()
-        payloads: list[EventPayload] = [
-            ToolRemovedData(tool_id=tool_id, server=server, reason=reason, timestamp=now) for tool_id in removed
-        ]
-        payloads += [ToolAddedData(tool_id=tool_id, server=server, timestamp=now) for tool_id in added]
-        stored = self.store.record_tools(ToolsRecord(server, added, removed, payloads))
-        for tool_id in removed:
-            del self._available[tool_id]
-        self._available.update(dict.fromkeys(added, server))
-        self._emit(stored)
-        return stored
+        records: list[ExecutionRecord] = []
+
+        def plan(caught: CatchUp, _fresh: Sequence[bool]) -> list[ExecutionRecord]:
+            self._apply_caught_up(caught)  # the set as committed, other replicas' changes included
+            current = {tool_id for tool_id, owner in self._available.items() if owner == server}
+            added, removed = sorted(wanted - current), sorted(current - wanted)
+            if added or removed:
+                now = utcnow()
+                payloads: list[EventPayload] = [
+                    ToolRemovedData(tool_id=tool_id, server=server, reason=reason, timestamp=now) for tool_id in removed
+                ]
+                payloads += [ToolAddedData(tool_id=tool_id, server=server, timestamp=now) for tool_id in added]
+                records.append(ExecutionRecord(None, {}, (), payloads, tools=ToolsRecord(server, added, removed, payloads)))
+            return records
+
+        # Always through the write path: another replica may have changed the set meanwhile.
+        caught, stored = self.store.commit([], plan, after_id=self._last_event_id or 0)
+        for record in records:
+            assert record.tools is not None
+            for tool_id in record.tools.removed:
+                del self._available[tool_id]
+            self._available.update(dict.fromkeys(record.tools.added, server))
+        self._emit(caught.events)
+        events = [event for batch in stored for event in batch]
+        self._emit(events)
+        return events
 
     # -- metrics --------------------------------------------------------------------------
     async def refresh_metrics(self) -> GraphMetrics:
@@ -349,6 +407,8 @@ class GraphRAGEngine:
             snapshot = self._arrays.snapshot()
             metrics = await anyio.to_thread.run_sync(self._computer.compute, snapshot)
             self.metrics = metrics
+            if not self.emits_metrics:
+                return metrics  # another replica leads: its event reaches us through the log
             self._store_and_emit(
                 [
                     MetricsUpdatedData(

@@ -6,29 +6,61 @@ half of one. The engine emits an execution's events only after ``record_executio
 
 Ids: the log's ``INTEGER PRIMARY KEY AUTOINCREMENT`` never reuses an id, even after pruning, and
 SQLite has one writer at a time, so ids are assigned in commit order.
+
+Several processes on one file (two ``serve``, or Claude Desktop and Cursor each running
+``pml-gateway stdio`` on the default database) are replicas of one another, not rivals: every
+write takes SQLite's write lock first (``BEGIN IMMEDIATE``), reads what the others committed since
+this process last looked (``commit``'s catch-up), learns from the graph including it, and numbers
+its events inside that transaction, so ids stay in commit order across processes. ``watch`` polls
+``PRAGMA data_version`` (a counter that moves only when ANOTHER connection commits; microseconds
+to read) so a follower applies the others' events within ~50 ms, and a lock on a side file
+(``<db>-leader``, released by the OS when its process dies) elects the one process that emits
+``metrics_updated``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from datetime import datetime
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
+
+import anyio
 
 from .events import EventPayload, GraphEvent
-from .learning import EdgeState, TransitionState
-from .store import ExecutionRecord, LogBounds, StoredGraph, ToolsRecord
+from .execution import WorkflowExecution
+from .learning import TransitionState
+from .store import (
+    EDGE_COLUMNS,
+    CatchUp,
+    ExecutionRecord,
+    LogBounds,
+    Plan,
+    StoredGraph,
+    ToolsRecord,
+    append_events,
+    edge_from_row,
+    record_executions,
+    record_tools,
+    split_events,
+    touched,
+)
 
 SCHEMA_VERSION = 2
 
+#: How often ``watch`` looks for other processes' commits, and how often it retries leadership.
+POLL_SECONDS = 0.05
+LEAD_RETRY_SECONDS = 0.5
+
+# IF NOT EXISTS: two processes creating the same new file at once both succeed.
 _SCHEMA_V1 = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE nodes (tool_id TEXT PRIMARY KEY, server TEXT) WITHOUT ROWID;
-CREATE TABLE edges (
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (tool_id TEXT PRIMARY KEY, server TEXT) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS edges (
     from_tool_id TEXT NOT NULL,
     to_tool_id TEXT NOT NULL,
     edge_type TEXT NOT NULL CHECK (edge_type IN ('dependency', 'sequence')),
@@ -39,14 +71,14 @@ CREATE TABLE edges (
     last_observed TEXT NOT NULL,
     PRIMARY KEY (from_tool_id, to_tool_id)
 ) WITHOUT ROWID;
-CREATE TABLE executions (
+CREATE TABLE IF NOT EXISTS executions (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     workflow_id TEXT NOT NULL,
     success INTEGER NOT NULL,
     execution_time_ms REAL NOT NULL,
     body TEXT NOT NULL
 );
-CREATE TABLE events (
+CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     type TEXT NOT NULL,
     data TEXT NOT NULL
@@ -56,7 +88,7 @@ CREATE TABLE events (
 #: Version 2: second-order evidence for suggestions (graphrag/learning.py ``TransitionState``),
 #: written in the same transaction as the execution and its edges.
 _SCHEMA_V2 = """
-CREATE TABLE transitions (
+CREATE TABLE IF NOT EXISTS transitions (
     first_tool_id TEXT NOT NULL,
     second_tool_id TEXT NOT NULL,
     third_tool_id TEXT NOT NULL,
@@ -70,6 +102,11 @@ CREATE TABLE transitions (
 #: The tools the downstream servers offer (``record_tools``). Created where missing rather than
 #: by a schema version: an older pml-gateway opening the file simply ignores it.
 _AVAILABLE_TOOLS = "CREATE TABLE IF NOT EXISTS available_tools (tool_id TEXT PRIMARY KEY, server TEXT NOT NULL) WITHOUT ROWID"
+
+
+
+def _event(row: Sequence[Any]) -> GraphEvent:
+    return GraphEvent.model_validate({"id": row[0], "type": row[1], "data": json.loads(row[2])})
 
 
 class StoreError(RuntimeError):
@@ -102,6 +139,8 @@ class SQLiteStore:
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"db: {self.path} is not a usable SQLite database ({exc})") from exc
         self._appended_since_prune = 0
+        self._data_version: int | None = None
+        self._leader_file: Any = None  # the open side file whose lock makes this process the leader
 
     # -- schema ---------------------------------------------------------------------------
     def _migrate(self) -> str:
@@ -116,10 +155,9 @@ class SQLiteStore:
                 "BEGIN IMMEDIATE;"
                 + _SCHEMA_V1
                 + _SCHEMA_V2
-                + f"INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'), ('epoch', '{epoch}');"
+                + f"INSERT OR IGNORE INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'), ('epoch', '{epoch}');"
                 + "COMMIT;"
             )
-            return epoch
         version = int(db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
         if version > SCHEMA_VERSION:
             raise StoreError(
@@ -135,32 +173,29 @@ class SQLiteStore:
     # -- reads ----------------------------------------------------------------------------
     def load(self) -> StoredGraph:
         with self._lock:
-            nodes = dict(self._db.execute("SELECT tool_id, server FROM nodes").fetchall())
-            edges = [
-                EdgeState(
-                    source=row[0],
-                    target=row[1],
-                    edge_type=row[2],
-                    observed_count=row[3],
-                    success_count=row[4],
-                    failure_count=row[5],
-                    confidence=row[6],
-                    last_observed=datetime.fromisoformat(row[7]),
-                )
-                for row in self._db.execute(
-                    "SELECT from_tool_id, to_tool_id, edge_type, observed_count, success_count, failure_count,"
-                    " confidence, last_observed FROM edges"
-                )
-            ]
-            paths = [TransitionState(*row) for row in self._db.execute("SELECT * FROM transitions")]
-            return StoredGraph(nodes, edges, self._bounds(), paths)
+            self._db.execute("BEGIN")  # one snapshot: another process may be committing meanwhile
+            try:
+                nodes = dict(self._db.execute("SELECT tool_id, server FROM nodes").fetchall())
+                edges = [edge_from_row(row) for row in self._db.execute(f"SELECT {EDGE_COLUMNS} FROM edges")]
+                return StoredGraph(nodes, edges, self._bounds(), self._transitions())
+            finally:
+                self._db.execute("COMMIT")
+
+    def _transitions(self, where: str = "", args: Sequence[Any] = ()) -> list[TransitionState]:
+        return [
+            TransitionState(*row)
+            for row in self._db.execute(
+                "SELECT first_tool_id, second_tool_id, third_tool_id, observed_count, success_count FROM transitions" + where,
+                args,
+            )
+        ]
 
     def events_after(self, after_id: int, limit: int = 1000) -> list[GraphEvent]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, type, data FROM events WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
             ).fetchall()
-        return [GraphEvent.model_validate({"id": i, "type": t, "data": json.loads(d)}) for i, t, d in rows]
+        return [_event(row) for row in rows]
 
     def bounds(self) -> LogBounds:
         with self._lock:
@@ -186,18 +221,21 @@ class SQLiteStore:
             return [row[0] for row in self._db.execute("SELECT workflow_id FROM executions ORDER BY seq")]
 
     # -- writes ---------------------------------------------------------------------------
-    def record_executions(self, records: Sequence[ExecutionRecord]) -> list[list[GraphEvent]]:
+    def commit(
+        self, executions: Sequence[WorkflowExecution], plan: Plan, *, after_id: int | None = None
+    ) -> tuple[CatchUp, list[list[GraphEvent]]]:
         with self._lock:
             db = self._db
-            db.execute("BEGIN IMMEDIATE")
+            db.execute("BEGIN IMMEDIATE")  # SQLite's write lock, across processes: ids in commit order
             try:
-                db.executemany(
-                    "INSERT INTO executions (workflow_id, success, execution_time_ms, body) VALUES (?, ?, ?, ?)",
-                    [
-                        (r.execution.workflow_id, int(r.execution.success), r.execution.execution_time_ms, r.execution.model_dump_json())
-                        for r in records
-                    ],
-                )
+                caught = self._catch_up(after_id) if after_id is not None else CatchUp()
+                records = plan(caught, [True] * len(executions))
+                done = [r.execution for r in records if r.execution is not None]
+                if done:
+                    db.executemany(
+                        "INSERT INTO executions (workflow_id, success, execution_time_ms, body) VALUES (?, ?, ?, ?)",
+                        [(e.workflow_id, int(e.success), e.execution_time_ms, e.model_dump_json()) for e in done],
+                    )
                 new_nodes = [item for r in records for item in r.nodes.items()]
                 if new_nodes:
                     db.executemany("INSERT OR IGNORE INTO nodes (tool_id, server) VALUES (?, ?)", new_nodes)
@@ -222,44 +260,30 @@ class SQLiteStore:
                     "INSERT OR REPLACE INTO transitions VALUES (?, ?, ?, ?, ?)",
                     [(t.first, t.second, t.third, t.observed_count, t.success_count) for r in records for t in r.transitions],
                 )
+                for tools in [r.tools for r in records if r.tools is not None]:
+                    db.executemany(
+                        "DELETE FROM available_tools WHERE tool_id = ? AND server = ?",
+                        [(tool_id, tools.server) for tool_id in tools.removed],
+                    )
+                    db.executemany(
+                        "INSERT OR REPLACE INTO available_tools (tool_id, server) VALUES (?, ?)",
+                        [(tool_id, tools.server) for tool_id in tools.added],
+                    )
                 events = self._insert_events([p for r in records for p in r.payloads])
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-        stored, start = [], 0
-        for r in records:
-            stored.append(events[start : start + len(r.payloads)])
-            start += len(r.payloads)
-        return stored
+        return caught, split_events(records, events)
+
+    def record_executions(self, records: Sequence[ExecutionRecord]) -> list[list[GraphEvent]]:
+        return record_executions(self, records)
 
     def append_events(self, payloads: Sequence[EventPayload]) -> list[GraphEvent]:
-        with self._transaction():
-            return self._insert_events(payloads)
+        return append_events(self, payloads)
 
     def record_tools(self, record: ToolsRecord) -> list[GraphEvent]:
-        with self._transaction() as db:
-            db.executemany(
-                "DELETE FROM available_tools WHERE tool_id = ? AND server = ?",
-                [(tool_id, record.server) for tool_id in record.removed],
-            )
-            db.executemany(
-                "INSERT OR REPLACE INTO available_tools (tool_id, server) VALUES (?, ?)",
-                [(tool_id, record.server) for tool_id in record.added],
-            )
-            return self._insert_events(record.payloads)
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction under the lock: committed on exit, rolled back on any error."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        return record_tools(self, record)
 
     def _insert_events(self, payloads: Sequence[EventPayload]) -> list[GraphEvent]:
         # Inside the write transaction: nobody else can take ids, so number them here and insert
@@ -276,6 +300,110 @@ class SQLiteStore:
             self._db.execute("DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?", (self._max_events,))
         return stored
 
+    # -- other processes on the same file ----------------------------------------------------
+    def catch_up(self, after_id: int) -> CatchUp:
+        """What other processes committed after ``after_id``, read in one snapshot."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                return self._catch_up(after_id)
+            finally:
+                self._db.execute("COMMIT")
+
+    def _catch_up(self, after_id: int) -> CatchUp:
+        db = self._db
+        events = [_event(row) for row in db.execute("SELECT id, type, data FROM events WHERE id > ? ORDER BY id", (after_id,))]
+        if not events:  # pruning keeps the newest events: none after it means nothing new
+            return CatchUp()
+        if events[0].id != after_id + 1:  # pruned past it: take the whole graph
+            nodes = dict(db.execute("SELECT tool_id, server FROM nodes").fetchall())
+            edges = [edge_from_row(row) for row in db.execute(f"SELECT {EDGE_COLUMNS} FROM edges")]
+            available = dict(db.execute("SELECT tool_id, server FROM available_tools").fetchall())
+            return CatchUp(events, nodes, edges, full=True, transitions=self._transitions(), available=available)
+        tools, keys = touched(events)
+        nodes = {}
+        for tool_id in tools:
+            row = db.execute("SELECT server FROM nodes WHERE tool_id = ?", (tool_id,)).fetchone()
+            if row is not None:
+                nodes[tool_id] = row[0]
+        edges = []
+        for source, target in keys:
+            row = db.execute(
+                f"SELECT {EDGE_COLUMNS} FROM edges WHERE from_tool_id = ? AND to_tool_id = ?", (source, target)
+            ).fetchone()
+            if row is not None:
+                edges.append(edge_from_row(row))
+        # Second-order counts: an execution's paths run through its own tools only, so the
+        # transitions starting at one of them and staying within them cover every one it changed
+        # (states are absolute: re-reading an unchanged one is harmless).
+        transitions: dict[tuple[str, str, str], TransitionState] = {}
+        for event in events:
+            if event.type != "workflow_executed":
+                continue
+            ids = set(event.data.tool_ids)  # type: ignore[attr-defined]
+            for first in ids:
+                for t in self._transitions(" WHERE first_tool_id = ?", (first,)):
+                    if t.second in ids and t.third in ids:
+                        transitions[(t.first, t.second, t.third)] = t
+        return CatchUp(events, nodes, edges, transitions=list(transitions.values()))
+
+    def _changed(self) -> bool:
+        """Did another connection commit since the last look? (``PRAGMA data_version``)"""
+        with self._lock:
+            version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        changed = version != self._data_version
+        self._data_version = version
+        return changed
+
+    def try_lead(self) -> bool:
+        """Take the leader lock on ``<db>-leader`` if free; kept until ``close`` or process exit."""
+        if self._leader_file is not None:
+            return True
+        if self.path == ":memory:":
+            return True
+        handle = open(f"{Path(self.path).expanduser()}-leader", "a+b")  # noqa: SIM115  # kept open while leading
+        if not _try_lock_file(handle):
+            handle.close()
+            return False
+        self._leader_file = handle
+        return True
+
+    async def watch(self, wake: Callable[[int | None], None], lead: Callable[[bool], None]) -> None:
+        """Follow other processes on this file until cancelled: ``wake(None)`` after they commit,
+        ``lead(True)`` once this process holds the leader lock."""
+        leader = self.try_lead()
+        lead(leader)
+        self._changed()
+        next_try = anyio.current_time() + LEAD_RETRY_SECONDS
+        while True:
+            await anyio.sleep(POLL_SECONDS)
+            if self._changed():
+                wake(None)
+            if not leader and anyio.current_time() >= next_try:
+                next_try = anyio.current_time() + LEAD_RETRY_SECONDS
+                leader = self.try_lead()
+                if leader:
+                    lead(True)
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        if self._leader_file is not None:
+            self._leader_file.close()  # releases the lock: another process takes over
+            self._leader_file = None
+
+
+def _try_lock_file(handle: Any) -> bool:
+    """A non-blocking exclusive lock that the OS drops when the process dies."""
+    try:
+        if os.name == "nt":
+            import msvcrt
+
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True

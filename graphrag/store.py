@@ -11,7 +11,13 @@ PostgreSQL can all sit behind it:
 - ``events_after(id, limit)`` and ``bounds()``: replay for stream clients.
 - ``available_tools()`` and ``record_tools(record)``: which tools the downstream servers offer
   (tool id -> server), changed together with their ``tool_added``/``tool_removed`` events, so
-  that a restart with the same tools reports nothing new.
+  that a restart with the same tools reports nothing new (a record's ``tools``, committed
+  through ``commit`` like everything else).
+- ``commit(executions, plan, after_id=...)``: the one write path the engine uses. Inside the write
+  transaction (the store's write lock held), the store first reads what OTHER processes committed
+  after ``after_id`` (a ``CatchUp``), then calls ``plan`` to compute the records from a graph that
+  includes it, then writes them. Several processes on one store therefore never learn from a
+  stale graph and never take ids out of commit order (see ``graphrag.replication``).
 
 The log carries an ``epoch``: a Last-Event-ID from another history (a replaced database) is
 recognised by comparing ids with the bounds and answered with a reset.
@@ -22,9 +28,10 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol, runtime_checkable
+from datetime import datetime, timezone
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from .events import EventPayload, GraphEvent
 from .execution import WorkflowExecution
@@ -49,15 +56,25 @@ class StoredGraph:
     transitions: list[TransitionState] = field(default_factory=list)  # second-order evidence
 
 
+class StoreUnavailable(RuntimeError):
+    """The store cannot be reached right now (a database server down or restarting): retry later."""
+
+
 @dataclass(frozen=True, slots=True)
 class ExecutionRecord:
-    """One execution and what learning it changes, ready to be committed."""
+    """One execution and what learning it changes, ready to be committed.
 
-    execution: WorkflowExecution
+    ``execution`` is None for events that record no execution (``graph_synced``, ``metrics_updated``).
+    Otherwise ``payloads`` are one edge event per entry of ``edges`` (``edges[i]`` is the state
+    after ``payloads[i]``), then its ``workflow_executed``.
+    """
+
+    execution: WorkflowExecution | None
     nodes: dict[str, str | None]  # tool id -> server, inserted if new
     edges: Sequence[EdgeState]  # the edges' new states
     payloads: Sequence[EventPayload]  # its events, in order
     transitions: Sequence[TransitionState] = ()  # second-order counts' new states, same transaction
+    tools: ToolsRecord | None = None  # a change of the available tools (then ``payloads`` are its events)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +87,92 @@ class ToolsRecord:
     payloads: Sequence[EventPayload]  # their tool_added / tool_removed events, in order
 
 
+@dataclass(frozen=True, slots=True)
+class CatchUp:
+    """What other processes committed after a given id: their events in id order, and the
+    CURRENT state of every node and edge those events touched (states are absolute, so applying
+    them twice is harmless). ``full``: the log no longer holds every event after the id (pruned,
+    or a new log), so ``nodes`` and ``edges`` are the whole graph."""
+
+    events: Sequence[GraphEvent] = ()
+    nodes: Mapping[str, str | None] = field(default_factory=dict)
+    edges: Sequence[EdgeState] = ()
+    full: bool = False
+    #: The current counts of the second-order transitions those events touched (all when ``full``).
+    transitions: Sequence[TransitionState] = ()
+    #: ``full`` only: the whole ``available_tools`` table (otherwise the engine applies the
+    #: ``tool_added``/``tool_removed`` events themselves, in id order).
+    available: Mapping[str, str] | None = None
+
+
+#: ``plan(catch_up, fresh)``: the records to commit, computed once the catch-up is applied.
+#: ``fresh[i]`` is False when execution i was recorded before (same ``workflow_id``, on a store
+#: that ingests idempotently): it gets no record.
+Plan = Callable[[CatchUp, Sequence[bool]], Sequence[ExecutionRecord]]
+
+
+#: The columns of an edge row, in ``edge_from_row``'s order (both stores' ``edges`` tables).
+EDGE_COLUMNS = (
+    "from_tool_id, to_tool_id, edge_type, observed_count, success_count, failure_count, confidence, last_observed"
+)
+
+
+def edge_from_row(row: Sequence[Any]) -> EdgeState:
+    """An edge row (``EDGE_COLUMNS``); ``last_observed`` as ISO text (SQLite) or a datetime (PostgreSQL)."""
+    observed = row[7] if isinstance(row[7], datetime) else datetime.fromisoformat(row[7])
+    observed = observed.replace(tzinfo=timezone.utc) if observed.tzinfo is None else observed
+    return EdgeState(
+        source=row[0],
+        target=row[1],
+        edge_type=row[2],
+        observed_count=row[3],
+        success_count=row[4],
+        failure_count=row[5],
+        confidence=row[6],
+        last_observed=observed.astimezone(timezone.utc),  # the server's zone never leaks into /graph
+    )
+
+
+def is_postgres_url(db: str) -> bool:
+    """Does this ``db`` setting name a PostgreSQL database (rather than a SQLite file)?"""
+    return db.startswith(("postgresql://", "postgres://"))
+
+
+def split_events(records: Sequence[ExecutionRecord], events: Sequence[GraphEvent]) -> list[list[GraphEvent]]:
+    """The events of one commit, cut back into one list per record."""
+    stored, start = [], 0
+    for record in records:
+        stored.append(list(events[start : start + len(record.payloads)]))
+        start += len(record.payloads)
+    return stored
+
+
+def touched(events: Sequence[GraphEvent]) -> tuple[list[str], list[tuple[str, str]]]:
+    """The tools and the edges a run of events names (what a follower must re-read)."""
+    tools: dict[str, None] = {}
+    keys: dict[tuple[str, str], None] = {}
+    for event in events:
+        data = event.data
+        if event.type in ("edge_created", "edge_updated"):
+            keys[(data.from_tool_id, data.to_tool_id)] = None  # type: ignore[attr-defined]
+            tools[data.from_tool_id] = None  # type: ignore[attr-defined]
+            tools[data.to_tool_id] = None  # type: ignore[attr-defined]
+        elif event.type == "workflow_executed":
+            for tool_id in data.tool_ids:  # type: ignore[attr-defined]
+                tools[tool_id] = None
+    return list(tools), sorted(keys)
+
+
 @runtime_checkable
 class GraphStore(Protocol):
     def load(self) -> StoredGraph: ...
+
+    def commit(
+        self, executions: Sequence[WorkflowExecution], plan: Plan, *, after_id: int | None = None
+    ) -> tuple[CatchUp, list[list[GraphEvent]]]:
+        """Catch up after ``after_id`` (None: do not), plan, write; one transaction. Returns the
+        catch-up and, per planned record, its stored events."""
+        ...
 
     def record_executions(self, records: Sequence[ExecutionRecord]) -> list[list[GraphEvent]]: ...
 
@@ -111,7 +211,12 @@ class MemoryStore:
                 dict(self._nodes), list(self._edges.values()), self._bounds(), list(self._transitions.values())
             )
 
-    def record_executions(self, records: Sequence[ExecutionRecord]) -> list[list[GraphEvent]]:
+    def commit(
+        self, executions: Sequence[WorkflowExecution], plan: Plan, *, after_id: int | None = None
+    ) -> tuple[CatchUp, list[list[GraphEvent]]]:
+        # One process owns it: nothing to catch up with, every execution is fresh.
+        caught = CatchUp()
+        records = plan(caught, [True] * len(executions))
         with self._lock:
             stored = []
             for record in records:
@@ -121,24 +226,29 @@ class MemoryStore:
                     self._edges[(edge.source, edge.target)] = edge
                 for t in record.transitions:
                     self._transitions[(t.first, t.second, t.third)] = t
+                if record.tools is not None:
+                    self._apply_tools(record.tools)
                 stored.append(self._append(record.payloads))
-            return stored
+            return caught, stored
+
+    def record_executions(self, records: Sequence[ExecutionRecord]) -> list[list[GraphEvent]]:
+        return record_executions(self, records)
 
     def append_events(self, payloads: Sequence[EventPayload]) -> list[GraphEvent]:
-        with self._lock:
-            return self._append(payloads)
+        return append_events(self, payloads)
 
     def available_tools(self) -> dict[str, str]:
         with self._lock:
             return dict(self._available)
 
     def record_tools(self, record: ToolsRecord) -> list[GraphEvent]:
-        with self._lock:
-            for tool_id in record.removed:
-                if self._available.get(tool_id) == record.server:
-                    del self._available[tool_id]
-            self._available.update(dict.fromkeys(record.added, record.server))
-            return self._append(record.payloads)
+        return record_tools(self, record)
+
+    def _apply_tools(self, record: ToolsRecord) -> None:
+        for tool_id in record.removed:
+            if self._available.get(tool_id) == record.server:
+                del self._available[tool_id]
+        self._available.update(dict.fromkeys(record.added, record.server))
 
     def _append(self, payloads: Sequence[EventPayload]) -> list[GraphEvent]:
         stored = [GraphEvent.stored(payload, self._next_id + offset) for offset, payload in enumerate(payloads)]
@@ -164,3 +274,32 @@ class MemoryStore:
 
     def close(self) -> None:
         pass
+
+
+def record_executions(store: GraphStore, records: Sequence[ExecutionRecord]) -> list[list[GraphEvent]]:
+    """Commit ready-made records, without catching up (scripts, tests, benchmarks)."""
+    executions = [record.execution for record in records if record.execution is not None]
+    return store.commit(executions, lambda _caught, _fresh: records)[1]
+
+
+def append_events(store: GraphStore, payloads: Sequence[EventPayload]) -> list[GraphEvent]:
+    """Log events that record no execution, without catching up."""
+    return store.commit([], lambda _caught, _fresh: [ExecutionRecord(None, {}, (), payloads)])[1][0]
+
+
+def record_tools(store: GraphStore, record: ToolsRecord) -> list[GraphEvent]:
+    """Commit a change of the available tools with its events, without catching up."""
+    return store.commit([], lambda _caught, _fresh: [ExecutionRecord(None, {}, (), record.payloads, tools=record)])[1][0]
+
+
+def apply_tool_event(available: dict[str, str], event: GraphEvent) -> bool:
+    """Apply a ``tool_added``/``tool_removed`` event to a tool id -> server map (what a follower
+    does with another replica's tool changes). Returns whether it was one."""
+    if event.type == "tool_added":
+        available[event.data.tool_id] = event.data.server  # type: ignore[attr-defined]
+        return True
+    if event.type == "tool_removed":
+        if available.get(event.data.tool_id) == event.data.server:  # type: ignore[attr-defined]
+            del available[event.data.tool_id]  # type: ignore[attr-defined]
+        return True
+    return False

@@ -22,7 +22,8 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from graphrag import GraphRAGEngine, GraphStore, MemoryStore, MetricsScheduler, SQLiteStore
+from graphrag import GraphRAGEngine, GraphStore, MemoryStore, MetricsScheduler, Replica, SharedStore, SQLiteStore, StoreError
+from graphrag.store import is_postgres_url
 
 from pml_gateway.auth import AuthPolicy, Profile, configure_audit
 from pml_gateway.cors import cors_middleware
@@ -38,9 +39,16 @@ log = logging.getLogger(__name__)
 
 
 def open_store(settings: Settings) -> GraphStore:
-    """``:memory:`` -> a MemoryStore; anything else is a SQLite file (its directory is created)."""
+    """``:memory:`` -> a MemoryStore; ``postgresql://...`` -> PostgreSQL shared by replicas;
+    anything else is a SQLite file (its directory is created)."""
     if settings.in_memory:
         return MemoryStore()
+    if is_postgres_url(settings.db):
+        try:
+            from graphrag.postgres_store import PostgresStore
+        except ImportError as exc:
+            raise StoreError(f"db: a PostgreSQL URL needs the extra: pip install 'pml-gateway[postgres]' ({exc})") from exc
+        return PostgresStore(settings.db)
     return SQLiteStore(Path(settings.db).expanduser())
 
 
@@ -119,6 +127,8 @@ def create_app(
             app.state.pml = state
             configure_audit(settings.audit_log)
             async with anyio.create_task_group() as tasks:
+                if isinstance(store, SharedStore):  # other processes may write it: follow them
+                    await tasks.start(Replica(engine, store).run)
                 tasks.start_soon(scheduler.run)
                 tasks.start_soon(stream.run_heartbeat)
                 tasks.start_soon(_initial_metrics, engine)

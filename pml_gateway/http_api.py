@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from graphrag import WorkflowExecution
+from graphrag import StoreUnavailable, WorkflowExecution
 
 from pml_gateway.settings import Settings
 from pml_gateway.auth import PROFILE_SCOPE_KEY, shows_details
@@ -190,10 +190,15 @@ async def post_executions(request: Request) -> Response:
         return error_response(exc.status, str(exc), errors=[problem])
     # All validated before any is learned: a bad item refuses the whole request. Large lists are
     # learned in chunks, each its own commit, so that other requests are served in between.
-    for start in range(0, len(executions), LEARN_CHUNK):
-        await state.engine.update_from_executions(executions[start : start + LEARN_CHUNK])
-        if start + LEARN_CHUNK < len(executions):
-            await anyio.sleep(0)
+    try:
+        for start in range(0, len(executions), LEARN_CHUNK):
+            await state.engine.update_from_executions(executions[start : start + LEARN_CHUNK])
+            if start + LEARN_CHUNK < len(executions):
+                await anyio.sleep(0)
+    except StoreUnavailable as exc:  # PostgreSQL restarting: retry (ingest is idempotent by workflow_id)
+        response = error_response(503, f"Store unavailable, retry later: {exc}")
+        response.headers["Retry-After"] = "1"
+        return response
     return JSONResponse({"workflow_ids": [e.workflow_id for e in executions]}, status_code=202)
 
 

@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", min_length=1, description="Interface to listen on.")
     port: int = Field(default=8000, ge=0, le=65535, description="TCP port (0: any free port).")
     config: Path | None = Field(default_factory=default_config, description="Downstream servers (mcp.json).")
-    db: str = Field(default_factory=default_db, min_length=1, description='SQLite file, or ":memory:".')
+    db: str = Field(default_factory=default_db, min_length=1, description='SQLite file, ":memory:", or a postgresql:// URL (replicas).')
     heartbeat_seconds: float = Field(default=30.0, gt=0, description="Interval of the stream's heartbeat event.")
     max_clients: int = Field(default=100, ge=1, description="Open event streams allowed at once.")
     cors_origins: Annotated[list[str], NoDecode] = Field(

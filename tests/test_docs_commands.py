@@ -36,6 +36,11 @@ NOT_RUN: dict[str, str] = {
     r"make (install|servers|postgres|browser)\b": "installs into the checkout: run by `make test` itself",
     r"pipx install": "installs into the user's environment: tests/test_packaging.py installs the wheel instead",
     r"npx ": "downloads from npm at run time: the tests use the servers `make servers` installed",
+    r"pip install 'pml-gateway\[postgres\]'": "installs into the user's environment: the test venv has the extra",
+    r"export PML_DB='postgresql://": "the reader's PostgreSQL server: tests/test_replicas.py runs replicas on a "
+    "throwaway cluster (tests/postgres_support.py)",
+    r"pml-gateway serve --host 0\.0\.0\.0 --port 800\d &": "a replica on the reader's PostgreSQL (the export above): "
+    "tests/test_replicas.py starts real `serve` replicas",
 }
 
 

@@ -163,9 +163,9 @@ async def test_concurrent_executions_share_one_commit() -> None:
     class CountingStore(MemoryStore):
         commits = 0
 
-        def record_executions(self, records):
+        def commit(self, executions, plan, *, after_id=None):
             self.commits += 1
-            return super().record_executions(records)
+            return super().commit(executions, plan, after_id=after_id)
 
     store = CountingStore()
     engine = GraphRAGEngine(store=store)

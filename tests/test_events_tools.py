@@ -4,13 +4,15 @@ with the server as given; live events are never stored."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from graphrag import GraphEvent, GraphRAGEngine, SQLiteStore
+from graphrag import GraphEvent, GraphRAGEngine, SQLiteStore, WorkflowExecution
 from graphrag.events import GraphSyncedData, WorkflowProgressData
-from graphrag.store import MemoryStore, ToolsRecord
+from graphrag.store import CatchUp, MemoryStore, Plan
 
 
 def summary(events: list[GraphEvent]) -> list[tuple[int | None, str, str, str | None]]:
@@ -46,7 +48,10 @@ def test_only_differences_are_reported_and_survive_a_reopen(tmp_path: Path, dura
 
 
 class RefusingStore(MemoryStore):
-    def record_tools(self, record: ToolsRecord) -> list[GraphEvent]:
+    """Plans the write (the engine computes its events), then the transaction fails."""
+
+    def commit(self, executions: Sequence[WorkflowExecution], plan: Plan, *, after_id: int | None = None) -> Any:
+        plan(CatchUp(), [True] * len(executions))
         raise OSError("disk full")
 
 
