@@ -46,8 +46,6 @@ from graphrag.graph_arrays import GraphArrays
 from graphrag.metrics import DAMPING, LOUVAIN_SEED, MetricsComputer
 
 TASKBENCH = Path(os.environ.get("PML_TASKBENCH", Path(__file__).resolve().parents[2] / "shared" / "data" / "taskbench"))
-if not TASKBENCH.is_dir():
-    TASKBENCH = Path("/work/shared/data/taskbench")
 
 
 # -- output -------------------------------------------------------------------------------------
