@@ -19,6 +19,7 @@ import httpx2
 from mcp import MCPError
 
 __all__ = [
+    "ConnectionEnded",
     "call_failed",
     "connection_lost",
     "describe_error",
@@ -108,10 +109,21 @@ def internal_error(name: str, exc: BaseException) -> str:
     return f"internal error in pml-gateway while calling {name!r}: {type(exc).__name__}: {exc}"
 
 
+class ConnectionEnded(Exception):
+    """The supervisor saw a downstream's connection end; the message says how, for people."""
+
+
 def describe_error(exc: BaseException) -> str:
-    """A one-line reason, from the innermost cause of an ``ExceptionGroup``."""
+    """A one-line reason, from the innermost cause of an ``ExceptionGroup``.
+
+    Never a private class name or a bare errno: a missing command names the command.
+    """
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
+    if isinstance(exc, ConnectionEnded):
+        return str(exc)
+    if isinstance(exc, (FileNotFoundError, PermissionError, NotADirectoryError)) and exc.filename:
+        return f"cannot start {exc.filename!r}: {exc.strerror or type(exc).__name__}"
     if isinstance(exc, MCPError):
         return exc.message or f"MCP error {exc.code}"
     if isinstance(exc, TimeoutError):

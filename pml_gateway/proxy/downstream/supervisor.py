@@ -98,10 +98,6 @@ def _without_server_info(result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-class _ConnectionEnded(Exception):
-    """The watch loop saw the connection die."""
-
-
 class Downstream:
     """One downstream server: its supervisor loop, its state, and calls to its tools."""
 
@@ -270,7 +266,7 @@ class Downstream:
                 with anyio.move_on_after(self.timing.ping_interval):
                     await self._wake.wait()
                 if self._dead:
-                    raise _ConnectionEnded("connection closed")
+                    raise errors.ConnectionEnded("Connection closed")
                 if self._relist or modern:
                     # 2026-07-28 has no ping: listing the tools is the liveness check, and catches changes.
                     self._wake = anyio.Event()
@@ -279,7 +275,9 @@ class Downstream:
                         with anyio.fail_after(self.timing.ping_timeout):
                             tools = await self._list_tools(client.session)
                     except TimeoutError:
-                        raise _ConnectionEnded(f"no answer within {self.timing.ping_timeout:g} s") from None
+                        raise errors.ConnectionEnded(
+                            f"the server stopped answering (no answer within {self.timing.ping_timeout:g} s)"
+                        ) from None
                     if self.registry.set_server_tools(self.name, tools):
                         logger.info("downstream %r: tool list changed (%d tools)", self.name, len(tools))
                     if self.surface is not None:
@@ -290,7 +288,9 @@ class Downstream:
                     with anyio.fail_after(self.timing.ping_timeout):
                         await client.session.send_ping()
                 except TimeoutError:
-                    raise _ConnectionEnded(f"no answer to ping within {self.timing.ping_timeout:g} s") from None
+                    raise errors.ConnectionEnded(
+                        f"the server stopped answering (no answer to ping within {self.timing.ping_timeout:g} s)"
+                    ) from None
 
     async def _listen_for_changes(self, client: Client) -> None:
         """2026-07-28: change notifications come on a subscriptions/listen stream, when served."""
