@@ -255,7 +255,8 @@ async def test_dashboard_shows_the_graph_learning_live(tmp_path: Path) -> None:
             # Learn: nodes and edges appear, the metric cards follow metrics_updated.
             await post_executions(client, FIRST)
             await browser.until("() => window.__pmlDashboard.edgeCount === 2 && window.__pmlDashboard.nodeCount === 3")
-            assert await page.get_attribute("#graph", "data-edges") == "2"
+            # The canvas' attributes follow on the next drawn frame (drawing is once per frame).
+            await browser.until("() => document.querySelector('#graph').dataset.edges === '2'")
             assert await page.get_attribute("#graph", "data-nodes") == "3"
             assert not await page.is_visible("#empty")
             # Tools: every tool the page knows (here only learned ones: no gateway, no tool list).
