@@ -65,6 +65,8 @@ def main_demo(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     configure_logging(settings)
     logging.getLogger("mcp").setLevel(logging.WARNING)  # one line per session would drown the demo
+    if settings.audit_log is None:  # one audit line per call too (an audit_log file still gets them)
+        logging.getLogger("pml_gateway.audit").setLevel(logging.WARNING)
     check_store(settings)
     extensions = build_extensions(settings)
     auth = build_auth(settings, extensions)
