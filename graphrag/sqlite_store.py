@@ -129,7 +129,11 @@ class SQLiteStore:
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            # FULL: a commit is on disk before the engine emits its events, so what a client saw
+            # survives an OS crash too, not only a process crash (NORMAL lost 100 of 100 acknowledged
+            # writes on a forced read-only remount). The group commit pays one fsync per event-loop
+            # turn: 16 concurrent producers 7,139 -> 6,512 executions/s (bench/README.md, "Durability").
+            self._db.execute("PRAGMA synchronous=FULL")
             # Checkpoint (the only fsync in WAL mode) every ~40 MB of log rather than every ~4 MB:
             # the commit that triggers it runs on the event loop and pays for it.
             self._db.execute("PRAGMA wal_autocheckpoint=10000")

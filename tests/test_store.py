@@ -157,3 +157,13 @@ async def test_a_version_1_database_gains_the_second_order_table_and_keeps_its_e
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION) == "2"
         assert db.execute("SELECT * FROM transitions").fetchall() == [("x", "a", "b", 1, 1)]
+
+
+def test_a_commit_is_on_disk_before_it_is_acknowledged(tmp_path: Path) -> None:
+    """WAL with synchronous=FULL: an acknowledged execution survives an OS crash, not only a process crash."""
+    store = SQLiteStore(tmp_path / "g.db")
+    try:
+        assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    finally:
+        store.close()
