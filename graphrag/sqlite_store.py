@@ -44,6 +44,7 @@ from .store import (
     ToolsRecord,
     append_events,
     edge_from_row,
+    fresh_executions,
     record_executions,
     record_tools,
     split_events,
@@ -101,6 +102,8 @@ CREATE TABLE IF NOT EXISTS transitions (
 
 #: The tools the downstream servers offer (``record_tools``). Created where missing rather than
 #: by a schema version: an older pml-gateway opening the file simply ignores it.
+#: Idempotent ingest looks executions up by workflow_id inside every write transaction.
+_WORKFLOW_INDEX = "CREATE INDEX IF NOT EXISTS executions_by_workflow_id ON executions (workflow_id)"
 _AVAILABLE_TOOLS = "CREATE TABLE IF NOT EXISTS available_tools (tool_id TEXT PRIMARY KEY, server TEXT NOT NULL) WITHOUT ROWID"
 
 
@@ -140,6 +143,7 @@ class SQLiteStore:
             self._db.execute("PRAGMA foreign_keys=ON")
             self._epoch = self._migrate()
             self._db.execute(_AVAILABLE_TOOLS)
+            self._db.execute(_WORKFLOW_INDEX)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"db: {self.path} is not a usable SQLite database ({exc})") from exc
         self._appended_since_prune = 0
@@ -220,6 +224,15 @@ class SQLiteStore:
         with self._lock:
             return int(self._db.execute("SELECT count(*) FROM executions").fetchone()[0])
 
+    def _recorded(self, workflow_ids: list[str]) -> set[str]:
+        """Which of these executions are already recorded (inside the write transaction)."""
+        found: set[str] = set()
+        for start in range(0, len(workflow_ids), 500):  # SQLite's bound-parameter limit
+            chunk = workflow_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(row[0] for row in self._db.execute(f"SELECT workflow_id FROM executions WHERE workflow_id IN ({marks})", chunk))
+        return found
+
     def workflow_ids(self) -> list[str]:
         with self._lock:
             return [row[0] for row in self._db.execute("SELECT workflow_id FROM executions ORDER BY seq")]
@@ -233,7 +246,7 @@ class SQLiteStore:
             db.execute("BEGIN IMMEDIATE")  # SQLite's write lock, across processes: ids in commit order
             try:
                 caught = self._catch_up(after_id) if after_id is not None else CatchUp()
-                records = plan(caught, [True] * len(executions))
+                records = plan(caught, fresh_executions(executions, self._recorded))
                 done = [r.execution for r in records if r.execution is not None]
                 if done:
                     db.executemany(

@@ -111,6 +111,18 @@ class CatchUp:
 Plan = Callable[[CatchUp, Sequence[bool]], Sequence[ExecutionRecord]]
 
 
+def fresh_executions(executions: Sequence[WorkflowExecution], known: Callable[[list[str]], set[str]]) -> list[bool]:
+    """Idempotent ingest: False for an execution whose ``workflow_id`` is already recorded (``known``
+    answers which of some ids are), or that came earlier in the same batch. A retried POST after a
+    lost answer is not counted twice."""
+    seen = known(list(dict.fromkeys(e.workflow_id for e in executions)))
+    fresh = []
+    for execution in executions:
+        fresh.append(execution.workflow_id not in seen)
+        seen.add(execution.workflow_id)
+    return fresh
+
+
 #: The columns of an edge row, in ``edge_from_row``'s order (both stores' ``edges`` tables).
 EDGE_COLUMNS = (
     "from_tool_id, to_tool_id, edge_type, observed_count, success_count, failure_count, confidence, last_observed"
@@ -203,6 +215,7 @@ class MemoryStore:
         self._events: deque[GraphEvent] = deque(maxlen=max_events)
         self._available: dict[str, str] = {}  # tool id -> server
         self._next_id = 1
+        self._workflow_ids: set[str] = set()  # recorded executions: a retry is not counted twice
         self._lock = threading.Lock()  # events_after may be called from a worker thread
 
     def load(self) -> StoredGraph:
@@ -214,10 +227,11 @@ class MemoryStore:
     def commit(
         self, executions: Sequence[WorkflowExecution], plan: Plan, *, after_id: int | None = None
     ) -> tuple[CatchUp, list[list[GraphEvent]]]:
-        # One process owns it: nothing to catch up with, every execution is fresh.
+        # One process owns it: nothing to catch up with.
         caught = CatchUp()
-        records = plan(caught, [True] * len(executions))
+        records = plan(caught, fresh_executions(executions, self._workflow_ids.intersection))
         with self._lock:
+            self._workflow_ids.update(r.execution.workflow_id for r in records if r.execution is not None)
             stored = []
             for record in records:
                 for tool_id, server in record.nodes.items():

@@ -192,3 +192,18 @@ async def test_a_stored_event_that_no_longer_reads_gives_a_reset_not_a_dead_stre
                     if "event: reset" in seen and "\n\n" in seen.split("event: reset", 1)[1]:
                         break
         assert '"reason":"unreadable_log"' in seen
+
+
+async def test_a_retried_execution_is_not_counted_twice(tmp_path) -> None:
+    settings = make_settings(db=str(tmp_path / "graph.db"))
+    body = _json({"workflow_id": "wf-retry", "tool_ids": ["a", "b"]})
+    async with running_app(settings) as base_url, httpx.AsyncClient(base_url=base_url) as client:
+        for _ in range(2):  # the answer to the first was lost: the client posts again
+            answer = await post(client, body)
+            assert answer.status_code == 202 and answer.json() == {"workflow_ids": ["wf-retry"]}
+        (edge,) = (await client.get("/graph")).json()["edges"]
+        assert edge["observed_count"] == 1
+    async with running_app(settings) as base_url, httpx.AsyncClient(base_url=base_url) as client:
+        await post(client, body)  # after a restart too
+        (edge,) = (await client.get("/graph")).json()["edges"]
+        assert edge["observed_count"] == 1
