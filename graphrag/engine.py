@@ -58,7 +58,7 @@ from .grading import SuggestionGrader
 from .learning import EdgeState, TransitionState, learn, learn_transition, observations, transitions
 from .metrics import GraphMetrics, MetricsComputer, top_k
 from .snapshot import GraphSnapshot
-from .store import CatchUp, ExecutionRecord, GraphStore, MemoryStore, ToolsRecord, apply_tool_event
+from .store import CatchUp, ExecutionRecord, GraphStore, MemoryStore, StoreUnavailable, ToolsRecord, apply_tool_event
 from .suggestions import Suggestion, rank_next, suggest_next
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,8 @@ class GraphRAGEngine:
         #: The tools the downstream servers offer now (tool id -> server), as last committed.
         self._available: dict[str, str] = self.store.available_tools()
         self._resolver: ServerResolver | None = None
+        #: Why the last write failed (disk full, read-only, the database server away), until one succeeds.
+        self.store_error: str | None = None
 
     def resolve_servers(self, resolver: ServerResolver | None) -> None:
         """Ask ``resolver`` for the server of a new tool whose task names none (``None``: stop asking)."""
@@ -204,7 +206,12 @@ class GraphRAGEngine:
             records.extend(self._learn(e, staged, staged_paths, now) for e, new in zip(executions, fresh) if new)
             return records
 
-        caught, stored = self.store.commit(executions, plan, after_id=self._last_event_id or 0)  # the commit
+        try:
+            caught, stored = self.store.commit(executions, plan, after_id=self._last_event_id or 0)  # the commit
+        except StoreUnavailable as exc:
+            self.store_error = str(exc)  # nothing was applied; said by /health until a commit works again
+            raise
+        self.store_error = None
         for record in records:
             for tool_id, server in record.nodes.items():
                 self._add_node(tool_id, server)

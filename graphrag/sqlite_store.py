@@ -25,7 +25,8 @@ import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from .store import (
     LogBounds,
     Plan,
     StoredGraph,
+    StoreUnavailable,
     ToolsRecord,
     append_events,
     edge_from_row,
@@ -106,6 +108,16 @@ CREATE TABLE IF NOT EXISTS transitions (
 _WORKFLOW_INDEX = "CREATE INDEX IF NOT EXISTS executions_by_workflow_id ON executions (workflow_id)"
 _AVAILABLE_TOOLS = "CREATE TABLE IF NOT EXISTS available_tools (tool_id TEXT PRIMARY KEY, server TEXT NOT NULL) WITHOUT ROWID"
 
+
+
+@contextmanager
+def _unavailable_on_storage_errors(path: str) -> Iterator[None]:
+    """Disk full, a read-only or failing filesystem, damaged pages: ``StoreUnavailable`` naming the
+    cause (the gateway answers 503 and says so in /health), never a bare ``sqlite3`` error."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:  # OperationalError (full, read-only, I/O) and corruption
+        raise StoreUnavailable(f"{path}: {exc}") from exc
 
 
 def _event(row: Sequence[Any]) -> GraphEvent:
@@ -241,7 +253,7 @@ class SQLiteStore:
     def commit(
         self, executions: Sequence[WorkflowExecution], plan: Plan, *, after_id: int | None = None
     ) -> tuple[CatchUp, list[list[GraphEvent]]]:
-        with self._lock:
+        with self._lock, _unavailable_on_storage_errors(self.path):
             db = self._db
             db.execute("BEGIN IMMEDIATE")  # SQLite's write lock, across processes: ids in commit order
             try:
@@ -289,7 +301,8 @@ class SQLiteStore:
                 events = self._insert_events([p for r in records for p in r.payloads])
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # a failed COMMIT may have ended it already: never mask the cause
+                    db.execute("ROLLBACK")
                 raise
         return caught, split_events(records, events)
 

@@ -204,13 +204,19 @@ async def post_executions(request: Request) -> Response:
 
 # -- GET /health ------------------------------------------------------------------------------
 async def health(request: Request) -> Response:
-    if not shows_details(request.scope):  # auth on and no valid credential: the status only
-        return JSONResponse({"status": "ok"})
     state = app_state(request)
+    # "degraded": the store refused the last write (disk full, read-only, its server away); it says
+    # "ok" again by itself once a write succeeds.
+    status = "degraded" if state.engine.store_error is not None else "ok"
+    if not shows_details(request.scope):  # auth on and no valid credential: the status only
+        return JSONResponse({"status": status})
     downstreams: dict[str, Any] = {}
     for extension in state.extensions:
         downstreams.update(extension.health())
-    return JSONResponse({"status": "ok", "downstreams": downstreams})
+    body: dict[str, Any] = {"status": status, "downstreams": downstreams}
+    if state.engine.store_error is not None:
+        body["store_error"] = state.engine.store_error
+    return JSONResponse(body)
 
 
 def http_routes() -> list[BaseRoute]:

@@ -15,7 +15,7 @@ import anyio
 import httpx
 import pytest
 
-from server_helpers import make_settings, running_app
+from server_helpers import make_settings, running_app, running_server
 
 pytestmark = pytest.mark.anyio
 
@@ -207,3 +207,22 @@ async def test_a_retried_execution_is_not_counted_twice(tmp_path) -> None:
         await post(client, body)  # after a restart too
         (edge,) = (await client.get("/graph")).json()["edges"]
         assert edge["observed_count"] == 1
+
+
+async def test_a_full_disk_is_a_503_naming_the_cause_and_health_recovers_by_itself(tmp_path) -> None:
+    settings = make_settings(db=str(tmp_path / "graph.db"))
+    async with running_server(settings) as running, httpx.AsyncClient(base_url=running.base_url) as client:
+        assert (await post(client, _json({"tool_ids": ["a", "b"]}))).status_code == 202
+        assert (await client.get("/health")).json()["status"] == "ok"
+        store = running.state.engine.store
+        pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+        store._db.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full from now on
+        big = [{"tool_ids": [f"tool-{i}-{j}" for j in range(50)]} for i in range(40)]
+        answer = await post(client, _json(big))
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+        assert "database or disk is full" in answer.json()["error"]
+        health = (await client.get("/health")).json()
+        assert health["status"] == "degraded" and "database or disk is full" in health["store_error"]
+        store._db.execute("PRAGMA max_page_count = 1073741823")  # space is back
+        assert (await post(client, _json(big))).status_code == 202
+        assert (await client.get("/health")).json()["status"] == "ok"

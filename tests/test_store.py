@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from executions import sequence
-from graphrag import GraphRAGEngine, MemoryStore, SQLiteStore, StoreError, WorkflowExecution
+from graphrag import GraphRAGEngine, MemoryStore, SQLiteStore, StoreError, StoreUnavailable, WorkflowExecution
 from graphrag.sqlite_store import SCHEMA_VERSION
 
 pytestmark = pytest.mark.anyio
@@ -132,8 +132,10 @@ async def test_failed_commit_changes_nothing(tmp_path: Path) -> None:
     engine.on(heard.append)
     before = {(u, v): dict(a) for u, v, a in engine.graph.edges(data=True)}
     store._db.execute("CREATE TRIGGER boom BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
-    with pytest.raises(sqlite3.DatabaseError, match="disk says no"):
+    with pytest.raises(StoreUnavailable, match="disk says no") as refused:  # the cause, named
         await engine.update_from_execution(sequence(["a", "b", "c"]))
+    assert isinstance(refused.value.__cause__, sqlite3.DatabaseError)
+    assert engine.store_error is not None and "disk says no" in engine.store_error
     assert {(u, v): dict(a) for u, v, a in engine.graph.edges(data=True)} == before
     assert heard == []
     assert store.execution_count() == 1
