@@ -47,3 +47,13 @@ async def test_health_says_which_command_is_missing_and_that_a_killed_server_clo
                     await anyio.sleep(0.1)
         assert "_ConnectionEnded" not in str(error) and "Errno" not in str(error)
         assert error == "Connection closed"
+
+
+def test_the_restart_backoff_stays_short_enough_to_recover_within_ten_seconds() -> None:
+    from pml_gateway.proxy.downstream import SupervisionTiming
+
+    timing = SupervisionTiming()
+    delays = [timing.backoff(n) for n in range(1, 12)]
+    assert delays[:4] == [1.0, 2.0, 4.0, 8.0]
+    assert max(delays) <= 8.0  # after a long hang clears, the next attempt is at most 8 s away
+    assert timing.stable_after <= 10.0
