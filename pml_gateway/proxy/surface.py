@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -27,7 +28,7 @@ from mcp.server.subscriptions import ListenHandler, ResourceUpdated, Subscriptio
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from pml_gateway.proxy.prompts import PromptCatalog
-from pml_gateway.proxy.relay import SEND_TIMEOUT_SECONDS, Relay, legacy_session_key, quietly
+from pml_gateway.proxy.relay import SEND_TIMEOUT_SECONDS, Relay, UpstreamCall, legacy_session_key, quietly
 from pml_gateway.proxy.resources import GraphResources, ResourceCatalog, Subscriptions
 
 if TYPE_CHECKING:
@@ -95,6 +96,14 @@ class Surface:
     def client_options(self, server: str) -> dict[str, Any]:
         """``Client`` keyword arguments for ``server``: the relays of server-to-client requests."""
         return self.relay.client_options(server)
+
+    def in_flight(self, server: str) -> AbstractContextManager[UpstreamCall | None]:
+        """File the current upstream call under ``server`` while a request to it runs (``Relay``)."""
+        return self.relay.in_flight(server)
+
+    def wants_sdk(self) -> bool:
+        """Whether the current upstream call needs the SDK's client downstream (progress, logs)."""
+        return self.relay.wants_sdk()
 
     async def connected(self, downstream: Downstream, client: Client) -> None:
         """List a (re)connected server's prompts and resources; give it the level and subscriptions."""

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any, TextIO, TypeVar
+from typing import Any, Protocol, TextIO, TypeVar
 
 import anyio
 import anyio.abc
@@ -48,10 +48,22 @@ from pml_gateway.proxy.downstream.sdk_link import SdkLink
 from pml_gateway.proxy.registry import ToolRegistry
 from pml_gateway.observability import Instrumentation, current_downstream, named_stderr
 
-if TYPE_CHECKING:  # issue 9: the MCP surface beyond tools (prompts, resources, relays)
-    from pml_gateway.proxy.surface import Surface
-
 ResultT = TypeVar("ResultT", bound=types.Result)
+
+
+class DownstreamHooks(Protocol):
+    """What a supervisor tells the layer above it and asks of it: the MCP surface beyond tools
+    (prompts, resources, logs, progress, server-to-client requests; ``proxy/surface.py``).
+
+    A protocol here, so that downstreams never import the layer that uses them.
+    """
+
+    def client_options(self, server: str) -> dict[str, Any]: ...
+    async def connected(self, downstream: Downstream, client: Client) -> None: ...
+    def disconnected(self, server: str) -> None: ...
+    async def on_message(self, server: str, message: Any) -> None: ...
+    def in_flight(self, server: str) -> AbstractContextManager[Any]: ...
+    def wants_sdk(self) -> bool: ...
 #: Notifications that mean "list again" (tools, and since issue 9 prompts and resources).
 _LIST_CHANGED = (types.ToolListChangedNotification, types.PromptListChangedNotification, types.ResourceListChangedNotification)
 
@@ -112,7 +124,7 @@ class Downstream:
         *,
         errlog: TextIO | None = None,
         lean_http: bool = True,
-        surface: Surface | None = None,
+        surface: DownstreamHooks | None = None,
     ) -> None:
         self.config = config
         self.surface = surface  # issue 9: prompts, resources, logs, progress, server-to-client requests
@@ -410,11 +422,11 @@ class Downstream:
             await self._client.session.send_notification(notification)
 
     def _in_flight(self) -> AbstractContextManager[Any]:
-        return self.surface.relay.in_flight(self.name) if self.surface is not None else nullcontext(None)
+        return self.surface.in_flight(self.name) if self.surface is not None else nullcontext(None)
 
     def _needs_sdk(self) -> bool:
         # A caller that wants progress or logs: only the SDK's client relays them (relay.py).
-        return self.surface is not None and self.surface.relay.wants_sdk()
+        return self.surface is not None and self.surface.wants_sdk()
 
 
 @asynccontextmanager
@@ -445,7 +457,7 @@ class DownstreamPool:
         *,
         errlog: TextIO | None = None,
         lean_http: bool = True,
-        surface: Surface | None = None,
+        surface: DownstreamHooks | None = None,
     ) -> None:
         self.registry = registry
         self.instrumentation = Instrumentation(metrics=False, tracing=False)  # the gateway's, once running
