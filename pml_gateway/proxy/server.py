@@ -235,17 +235,14 @@ class UpstreamServer:
         relayed = params.name not in gateway_tools.NAMES or params.name == gateway_tools.CALL_TOOL
         with upstream_call(ctx, progress=relayed):
             # A wire dict, not a CallToolResult: the SDK's kernel takes either (HandlerResult).
-            return await self._answer(ctx, params)
-
-    async def _answer(self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> Any:
-        return await self.call(
-            params.name,
-            params.arguments,
-            version=ctx.protocol_version,
-            caller=caller_key(ctx),
-            progress=_progress_reporter(ctx),
-            who=_caller(ctx),
-        )
+            return await self.call(
+                params.name,
+                params.arguments,
+                version=ctx.protocol_version,
+                caller=caller_key(ctx),
+                progress=_progress_reporter(ctx),
+                who=_caller(ctx),
+            )
 
     async def call(
         self,
