@@ -31,7 +31,7 @@ from pml_gateway.host_check import HostCheckMiddleware
 from pml_gateway.events.hub import InProcessEventHub
 from pml_gateway.events.stream import SERVER_SEND, EventsStreamManager
 from pml_gateway.http_api import http_routes, json_http_error
-from pml_gateway.observability import EventCounter, Instrumentation, metrics_route, scraped, suggestion_stats
+from pml_gateway.observability import EventCounter, Instrumentation, scraped, suggestion_stats
 from pml_gateway.settings import Settings
 from pml_gateway.state import AppExtension, AppState
 
@@ -151,7 +151,6 @@ def create_app(
     routes.append(Route("/events/stream", stream, methods=["GET"]))
     routes.append(WebSocketRoute("/events/ws", stream.websocket_app))
     routes.extend(http_routes())
-    routes.append(metrics_route())  # GET /metrics
     middleware = [
         Middleware(HostCheckMiddleware.from_settings, settings=settings),
         cors_middleware(settings.cors_origins),

@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 import anyio
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
@@ -219,6 +220,12 @@ async def health(request: Request) -> Response:
     return JSONResponse(body)
 
 
+async def metrics(request: Request) -> Response:
+    """Prometheus text format: the app's registry (observability/metrics.py says what is in it)."""
+    registry = app_state(request).instrumentation.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
 def http_routes() -> list[BaseRoute]:
     return [
         Route("/events/stats", events_stats, methods=["GET"]),
@@ -226,4 +233,5 @@ def http_routes() -> list[BaseRoute]:
         Route("/executions", post_executions, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
         tools_route(),  # GET /tools: the exposed tools, for the dashboard
+        Route("/metrics", metrics, methods=["GET"]),
     ]

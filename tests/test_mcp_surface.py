@@ -27,6 +27,7 @@ from gateway_support import ROOT, RunningGateway, free_port, run_gateway, text, 
 EVERYTHING = ROOT / ".tools" / "node_modules" / ".bin" / "mcp-server-everything"
 STATIC_DOC = "demo://resource/static/document/features.md"
 MODES = ["legacy", "auto"]
+PROFILES = {"reader": {"tools": ["every__echo"], "prompts": ["every__simple-prompt"], "resources": ["demo://resource/static/*"]}}
 
 pytestmark = [
     pytest.mark.anyio,
@@ -44,7 +45,10 @@ def anyio_backend() -> str:
 @pytest.fixture(scope="module")
 async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningGateway]:
     tmp = tmp_path_factory.mktemp("surface")
-    async with run_gateway(tmp, {"every": {"command": str(EVERYTHING), "args": ["stdio"]}}) as running:
+    servers = {"every": {"command": str(EVERYTHING), "args": ["stdio"]}}
+    config = tmp / "with-profiles.json"  # /mcp stays unlimited; /profiles/reader/mcp is limited
+    config.write_text(json.dumps({"mcpServers": servers, "profiles": PROFILES}))
+    async with run_gateway(tmp, servers, config=config) as running:
         await wait_for(lambda: "every__echo" in running.gateway.registry)
         yield running
 
@@ -157,6 +161,37 @@ async def test_completion_is_routed_by_reference(gateway: RunningGateway, mode: 
         assert all(value.startswith("1") for value in done.completion.values)
         with pytest.raises(MCPError, match="unknown prompt"):
             await client.complete(types.PromptReference(type="ref/prompt", name="nope"), {"name": "x", "value": ""})
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_profile_limits_prompts_and_resources_too(gateway: RunningGateway, mode: str) -> None:
+    async with Client(f"{gateway.url}/profiles/reader/mcp", mode=mode) as client:
+        assert {p.name for p in (await client.list_prompts()).prompts} == {"every__simple-prompt"}
+        assert (await client.get_prompt("every__simple-prompt")).messages
+        with pytest.raises(MCPError, match="prompt 'every__args-prompt' is not allowed for profile 'reader'"):
+            await client.get_prompt("every__args-prompt", {"city": "Paris"})
+        with pytest.raises(MCPError, match="not allowed for profile 'reader'"):
+            await client.complete(
+                types.PromptReference(type="ref/prompt", name="every__completable-prompt"), {"name": "department", "value": "E"}
+            )
+
+        uris = [r.uri for r in (await client.list_resources()).resources]
+        assert uris[:2] == ["graph://metrics", "graph://snapshot"] and STATIC_DOC in uris
+        assert all(uri.startswith("demo://resource/static/") for uri in uris[2:])
+        assert (await client.list_resource_templates()).resource_templates == []
+        assert "Everything Server" in (await client.read_resource(STATIC_DOC)).contents[0].text  # type: ignore[union-attr]
+        with pytest.raises(MCPError) as refused:
+            await client.read_resource("demo://resource/dynamic/text/3")
+        assert refused.value.code == -32002 and "not allowed for profile 'reader'" in refused.value.message
+
+        # The gateway's own resources answer as GET /graph and pml_graph_metrics do for the profile.
+        async with httpx.AsyncClient(base_url=gateway.url) as http:
+            response = await http.post("/executions", json={"tool_ids": ["every__echo", "every__add"], "success": True})
+            assert response.status_code == 202
+        snapshot = json.loads((await client.read_resource("graph://snapshot")).contents[0].text)  # type: ignore[union-attr]
+        assert {node["id"] for node in snapshot["nodes"]} <= {"every__echo"}
+        metrics = json.loads((await client.read_resource("graph://metrics")).contents[0].text)  # type: ignore[union-attr]
+        assert all(entry["tool_id"] == "every__echo" for entry in metrics["pagerank_top_10"])
 
 
 # -- progress, logs -------------------------------------------------------------------------------

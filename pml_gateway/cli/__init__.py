@@ -21,13 +21,9 @@ __all__ = ["build_parser", "main", "version"]
 
 def version() -> str:
     """The installed distribution's version (its metadata); a bare checkout says so."""
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as installed_version
+    from pml_gateway.version import VERSION
 
-    try:
-        return installed_version("pml-gateway")
-    except PackageNotFoundError:
-        return "unknown (not installed: pip install .)"
+    return VERSION if VERSION != "0+unknown" else "unknown (not installed: pip install .)"
 
 
 class _Version(argparse.Action):

@@ -3,14 +3,14 @@
 What the rest of the process may use:
 
 - ``Instrumentation``: the one seam the proxy calls (histograms, spans), one per app;
-- ``EventCounter``, ``scraped``, ``metrics_route``: the app's ``/metrics``;
+- ``EventCounter``, ``scraped``: what the app's ``/metrics`` serves;
 - ``configure_logging``, ``named_stderr``, ``current_downstream``: logs (logs.py);
 - ``configure_tracing``: the OTLP exporter when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set.
 """
 
 from pml_gateway.observability.instrumentation import Instrumentation, spec_method_label
 from pml_gateway.observability.logs import configure_logging, current_downstream, named_stderr
-from pml_gateway.observability.metrics import EventCounter, SuggestionStats, metrics_route, scraped, suggestion_stats
+from pml_gateway.observability.metrics import EventCounter, SuggestionStats, scraped, suggestion_stats
 from pml_gateway.observability.tracing import configure_tracing
 
 __all__ = [
@@ -20,7 +20,6 @@ __all__ = [
     "configure_logging",
     "configure_tracing",
     "current_downstream",
-    "metrics_route",
     "named_stderr",
     "scraped",
     "spec_method_label",

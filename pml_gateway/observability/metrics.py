@@ -1,4 +1,6 @@
-"""``GET /metrics``: Prometheus text format from one ``CollectorRegistry`` per app.
+"""What ``GET /metrics`` serves: Prometheus text format from one ``CollectorRegistry`` per app.
+
+The route itself is in ``http_api.py`` beside the other routes.
 
 Two kinds of metric live here:
 
@@ -17,30 +19,25 @@ returns zeros.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
-from graphrag import GraphEvent
-
-from pml_gateway.state import app_state
+from graphrag import GraphEvent, GraphRAGEngine
 
 if TYPE_CHECKING:
-    from pml_gateway.state import AppState
+    from pml_gateway.events.hub import EventHub
+    from pml_gateway.observability.instrumentation import Instrumentation
 
 __all__ = [
     "EventCounter",
+    "ScrapedState",
     "StateCollector",
     "SuggestionStats",
-    "metrics_route",
     "no_suggestion_stats",
     "scraped",
     "suggestion_stats",
@@ -76,10 +73,27 @@ class EventCounter:
         self.counts[event.type] = self.counts.get(event.type, 0) + 1
 
 
-class StateCollector(Collector):
-    """The process's gauges and counters, read from ``AppState`` at scrape time."""
+class ScrapedState(Protocol):
+    """What a scrape reads of the running process (``pml_gateway.state.AppState`` has it).
 
-    def __init__(self, state: AppState, events: EventCounter) -> None:
+    A protocol rather than ``AppState`` itself, so that observability never imports the app's
+    state module (which names ``Instrumentation``): no import cycle, not even for types.
+    """
+
+    @property
+    def engine(self) -> GraphRAGEngine: ...
+    @property
+    def hub(self) -> EventHub: ...
+    @property
+    def instrumentation(self) -> Instrumentation: ...
+    @property
+    def extensions(self) -> Sequence[Any]: ...  # AppExtension: their ``health()``
+
+
+class StateCollector(Collector):
+    """The process's gauges and counters, read from the running process at scrape time."""
+
+    def __init__(self, state: ScrapedState, events: EventCounter) -> None:
         self.state = state
         self.events = events
 
@@ -136,7 +150,7 @@ class StateCollector(Collector):
 
 
 @contextmanager
-def scraped(state: AppState, events: EventCounter) -> Iterator[StateCollector]:
+def scraped(state: ScrapedState, events: EventCounter) -> Iterator[StateCollector]:
     """While inside, the app's registry also serves ``state``'s gauges and counters."""
     collector = StateCollector(state, events)
     registry = state.instrumentation.registry
@@ -145,12 +159,3 @@ def scraped(state: AppState, events: EventCounter) -> Iterator[StateCollector]:
         yield collector
     finally:
         registry.unregister(collector)
-
-
-async def metrics(request: Request) -> Response:
-    registry = app_state(request).instrumentation.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-
-def metrics_route() -> Route:
-    return Route("/metrics", metrics, methods=["GET"])

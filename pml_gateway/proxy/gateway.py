@@ -29,7 +29,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from graphrag import GraphRAGEngine, WorkflowExecution
 
-from pml_gateway.auth import caller_in_context, record_tool_call
+from pml_gateway.auth import Profile, caller_in_context, record_tool_call
 from pml_gateway.observability import Instrumentation
 from pml_gateway.proxy import tools as gateway_tools
 from pml_gateway.proxy.downstream.config import ServerConfig, load_config, load_profiles
@@ -166,8 +166,8 @@ class Gateway:
             surface=self.surface,
         )
 
-        async def metrics_json() -> str:
-            return gateway_tools.output_json(await tools.graph_metrics())
+        async def metrics_json(profile: Profile | None) -> str:
+            return gateway_tools.output_json(await tools.graph_metrics(tools.visibility(profile)))
 
         self.surface.graph = GraphResources(engine, metrics_json, self.surface.notify_updated)
         security = transport_settings(self.settings)  # the same Host/Origin lists as every other route

@@ -18,6 +18,7 @@ once, when the first client wants a URI, and unsubscribed when the last one stop
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ import mcp.types as types
 from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 
 from graphrag import GraphEvent, GraphRAGEngine
+
+from pml_gateway.auth import Profile
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +196,7 @@ class GraphResources:
     def __init__(
         self,
         engine: GraphRAGEngine,
-        metrics_json: Callable[[], Awaitable[str]],
+        metrics_json: Callable[[Profile | None], Awaitable[str]],
         notify: Callable[[str], Awaitable[None]],
     ) -> None:
         self.engine = engine
@@ -226,8 +229,14 @@ class GraphResources:
     def owns(self, uri: str) -> bool:
         return uri in (GRAPH_METRICS_URI, GRAPH_SNAPSHOT_URI)
 
-    async def read(self, uri: str) -> types.ReadResourceResult:
-        text = await self._metrics_json() if uri == GRAPH_METRICS_URI else self.engine.snapshot_json().decode()
+    async def read(self, uri: str, profile: Profile | None = None) -> types.ReadResourceResult:
+        """The JSON as ``profile`` may see it: its tools only, as ``GET /graph`` and pml_graph_metrics answer."""
+        if uri == GRAPH_METRICS_URI:
+            text = await self._metrics_json(profile)
+        elif profile is None:
+            text = self.engine.snapshot_json().decode()
+        else:
+            text = json.dumps(profile.filter_snapshot(json.loads(self.engine.snapshot_json())), separators=(",", ":"))
         return types.ReadResourceResult(
             contents=[types.TextResourceContents(uri=uri, mime_type="application/json", text=text)]
         )

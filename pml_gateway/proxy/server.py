@@ -55,6 +55,7 @@ from pml_gateway.proxy.sdk_compat import serialize_tool_result
 from pml_gateway.proxy.surface import Surface
 from pml_gateway.proxy.tools import GatewayTools, ProgressReporter
 from pml_gateway.proxy.traces import TraceRecorder
+from pml_gateway.version import VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ class UpstreamServer:
         *,
         surface: Surface | None = None,
         name: str = "pml-gateway",
-        version: str = "0.1.0",
+        version: str = VERSION,
         instrumentation: Instrumentation | None = None,
         tool_exposure: str = "all",
     ) -> None:

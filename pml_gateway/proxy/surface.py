@@ -27,7 +27,8 @@ from mcp.server.session import ServerSession
 from mcp.server.subscriptions import ListenHandler, ResourceUpdated, SubscriptionBus
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from pml_gateway.proxy.prompts import PromptCatalog
+from pml_gateway.auth import Profile, request_caller
+from pml_gateway.proxy.prompts import PromptCatalog, RegisteredPrompt
 from pml_gateway.proxy.relay import SEND_TIMEOUT_SECONDS, Relay, UpstreamCall, legacy_session_key, quietly
 from pml_gateway.proxy.resources import GraphResources, ResourceCatalog, Subscriptions
 
@@ -148,12 +149,14 @@ class Surface:
     async def list_prompts(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListPromptsResult:
-        return types.ListPromptsResult(prompts=[entry.prompt for entry in self.prompts.prompts()])
+        profile = _profile(ctx)
+        entries = self.prompts.prompts()
+        if profile is not None:  # [auth] a profile sees only its prompts
+            entries = [entry for entry in entries if profile.allows_prompt(entry.name, entry.server)]
+        return types.ListPromptsResult(prompts=[entry.prompt for entry in entries])
 
     async def get_prompt(self, ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams) -> types.GetPromptResult:
-        entry = self.prompts.get(params.name)
-        if entry is None:
-            raise MCPError(types.INVALID_PARAMS, f"unknown prompt {params.name!r}")
+        entry = self._prompt(ctx, params.name)
         request = types.GetPromptRequest(params=params.model_copy(update={"name": entry.original_name}))
         return await self._send(entry.server, request, types.GetPromptResult)
 
@@ -162,20 +165,30 @@ class Surface:
     async def list_resources(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListResourcesResult:
-        own = self.graph.definitions() if self.graph is not None else []
-        return types.ListResourcesResult(resources=[*own, *self.resources.resources()])
+        own = self.graph.definitions() if self.graph is not None else []  # read filtered per profile
+        downstream = self.resources.resources()
+        profile = _profile(ctx)
+        if profile is not None:  # [auth] a profile sees only its resources
+            downstream = [r for r in downstream if profile.allows_resource(str(r.uri), self.resources.owner(str(r.uri)))]
+        return types.ListResourcesResult(resources=[*own, *downstream])
 
     async def list_resource_templates(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListResourceTemplatesResult:
-        return types.ListResourceTemplatesResult(resource_templates=self.resources.templates())
+        templates = self.resources.templates()
+        profile = _profile(ctx)
+        if profile is not None:  # [auth] globs match the template text, `servers` its owner
+            templates = [
+                t for t in templates if profile.allows_resource(t.uri_template, self.resources.template_owner(t.uri_template))
+            ]
+        return types.ListResourceTemplatesResult(resource_templates=templates)
 
     async def read_resource(
         self, ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
     ) -> types.ReadResourceResult:
         if self.graph is not None and self.graph.owns(params.uri):
-            return await self.graph.read(params.uri)
-        server = self._owner(params.uri)
+            return await self.graph.read(params.uri, _profile(ctx))
+        server = self._resource_owner(ctx, params.uri)
         return await self._send(server, types.ReadResourceRequest(params=params), types.ReadResourceResult)
 
     async def subscribe(self, ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams) -> types.EmptyResult:
@@ -183,7 +196,7 @@ class Surface:
         if key is None:
             raise MCPError(types.INVALID_REQUEST, "resources/subscribe needs a session (use subscriptions/listen)")
         if not (self.graph is not None and self.graph.owns(params.uri)):
-            self._owner(params.uri)  # an unknown URI is an error now, not silence later
+            self._resource_owner(ctx, params.uri)  # an unknown URI is an error now, not silence later
         await self.subscriptions.add_session(key, params.uri)
         return types.EmptyResult()
 
@@ -253,14 +266,15 @@ class Surface:
     async def complete(self, ctx: ServerRequestContext[Any, Any], params: types.CompleteRequestParams) -> types.CompleteResult:
         ref = params.ref
         if isinstance(ref, types.PromptReference):
-            entry = self.prompts.get(ref.name)
-            if entry is None:
-                raise MCPError(types.INVALID_PARAMS, f"unknown prompt {ref.name!r}")
+            entry = self._prompt(ctx, ref.name)
             server, ref = entry.server, ref.model_copy(update={"name": entry.original_name})
         else:
             if self.graph is not None and self.graph.owns(ref.uri):
                 return types.CompleteResult(completion=types.Completion(values=[]))
             server = self.resources.template_owner(ref.uri) or self._owner(ref.uri)
+            profile = _profile(ctx)
+            if profile is not None and not profile.allows_resource(ref.uri, server):
+                raise MCPError(RESOURCE_NOT_FOUND, f"resource {ref.uri!r} is not allowed for profile {profile.name!r}")
         request = types.CompleteRequest(params=params.model_copy(update={"ref": ref}))
         return await self._send(server, request, types.CompleteResult)
 
@@ -288,6 +302,24 @@ class Surface:
 
     # -- helpers -------------------------------------------------------------------------------
 
+    def _prompt(self, ctx: ServerRequestContext[Any, Any], name: str) -> RegisteredPrompt:
+        """The prompt ``name`` as this caller may use it: unknown and outside its profile are errors."""
+        entry = self.prompts.get(name)
+        if entry is None:
+            raise MCPError(types.INVALID_PARAMS, f"unknown prompt {name!r}")
+        profile = _profile(ctx)
+        if profile is not None and not profile.allows_prompt(entry.name, entry.server):
+            raise MCPError(types.INVALID_PARAMS, f"prompt {name!r} is not allowed for profile {profile.name!r}")
+        return entry
+
+    def _resource_owner(self, ctx: ServerRequestContext[Any, Any], uri: str) -> str:
+        """The server of ``uri`` as this caller may use it: unknown and outside its profile are errors."""
+        server = self._owner(uri)
+        profile = _profile(ctx)
+        if profile is not None and not profile.allows_resource(uri, server):
+            raise MCPError(RESOURCE_NOT_FOUND, f"resource {uri!r} is not allowed for profile {profile.name!r}")
+        return server
+
     def _owner(self, uri: str) -> str:
         server = self.resources.owner(uri)
         if server is None:
@@ -306,6 +338,11 @@ class Surface:
         parts = [self._base_instructions] if self._base_instructions else []
         parts += [f"## {name}\n\n{text.strip()}" for name, text in sorted(self._instructions.items())]
         self._server.instructions = "\n\n".join(parts) or None
+
+
+def _profile(ctx: ServerRequestContext[Any, Any]) -> Profile | None:
+    """[auth] The caller's profile, put in the request's scope by the gate (None: unlimited)."""
+    return request_caller(getattr(ctx.request, "scope", None)).profile
 
 
 def _set_level(level: types.LoggingLevel) -> types.SetLevelRequest:

@@ -43,6 +43,7 @@ from mcp.shared.inbound import (
 from mcp_types import CLIENT_CAPABILITIES_META_KEY, CLIENT_INFO_META_KEY, PROTOCOL_VERSION_META_KEY
 
 from pml_gateway.proxy.downstream.link import LinkError, Redirected, RemoteError, Unreachable
+from pml_gateway.version import VERSION
 
 try:  # installed with uvicorn[standard]; without it, calls go through the SDK's client
     import httptools
@@ -63,7 +64,7 @@ MAX_IDLE = 32
 MAX_CONNECTIONS = 100
 #: An SSE event or a JSON body larger than this is refused (the SDK's own SSE event cap is 1 MiB).
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
-USER_AGENT = "pml-gateway/0.1.0"
+USER_AGENT = f"pml-gateway/{VERSION}"
 
 
 def link_supported(url: str, headers: Mapping[str, str]) -> bool:

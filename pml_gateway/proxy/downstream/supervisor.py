@@ -47,6 +47,7 @@ from pml_gateway.proxy.downstream.link import DownstreamLink, LinkError, Redirec
 from pml_gateway.proxy.downstream.sdk_link import SdkLink
 from pml_gateway.proxy.registry import ToolRegistry
 from pml_gateway.observability import Instrumentation, current_downstream, named_stderr
+from pml_gateway.version import VERSION
 
 ResultT = TypeVar("ResultT", bound=types.Result)
 
@@ -70,7 +71,7 @@ _LIST_CHANGED = (types.ToolListChangedNotification, types.PromptListChangedNotif
 logger = logging.getLogger(__name__)
 
 #: Who the gateway is to its downstreams.
-CLIENT_INFO = types.Implementation(name="pml-gateway", version="0.1.0")
+CLIENT_INFO = types.Implementation(name="pml-gateway", version=VERSION)
 
 
 class DownstreamState(str, Enum):
