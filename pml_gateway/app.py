@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections import ChainMap
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
@@ -60,9 +61,13 @@ async def _initial_metrics(engine: GraphRAGEngine) -> None:
         log.exception("initial metrics computation failed")
 
 
-def profiles_of(extensions: Sequence[AppExtension]) -> dict[str, Profile]:
-    """The profiles the extensions define (the MCP gateway reads them from its config)."""
-    return {name: profile for ext in extensions for name, profile in getattr(ext, "profiles", {}).items()}
+def profiles_of(extensions: Sequence[AppExtension]) -> Mapping[str, Profile]:
+    """The profiles the extensions define (the MCP gateway reads them from its config).
+
+    A live view (``ChainMap``), not a copy: a config edit that changes them (proxy/downstream/
+    watch.py) takes effect at the next request.
+    """
+    return ChainMap(*(getattr(ext, "profiles", {}) for ext in extensions))
 
 
 class GatewayApp(Starlette):

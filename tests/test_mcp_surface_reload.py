@@ -86,3 +86,32 @@ async def test_servers_added_changed_and_removed_while_clients_are_connected(
                 assert "one__a_echo" not in names and "one__b_echo" in names
                 await wait_for(lambda: any(isinstance(m, types.ToolListChangedNotification) for m in seen), timeout=10)
         assert set(gateway.gateway.pool.downstreams) == {"one"}
+
+
+async def test_a_profile_edit_applies_to_the_next_request(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="pml_gateway.proxy.downstream.watch")
+    one = stdio_entry("--prefix", "a_")
+    config = tmp_path / "profiled.json"
+
+    def write_profiles(tools: list[str]) -> None:
+        config.write_text(json.dumps({"mcpServers": {"one": one}, "profiles": {"p": {"tools": tools}}}))
+
+    write_profiles(["one__a_echo"])
+    async with run_gateway(tmp_path, {"one": one}, config=config) as gateway:
+        await wait_for(lambda: "one__a_echo" in gateway.gateway.registry)
+        async with Client(f"{gateway.url}/profiles/p/mcp", mode="legacy") as client:
+
+            async def visible() -> set[str]:
+                return {t.name for t in (await client.list_tools()).tools if not t.name.startswith("pml_")}
+
+            assert await visible() == {"one__a_echo"}
+            write_profiles(["one__a_pick"])
+            with anyio.fail_after(10):
+                while await visible() != {"one__a_pick"}:
+                    await anyio.sleep(0.1)
+            refused = await client.call_tool("one__a_echo", {"message": "x"})
+            assert refused.is_error
+            # A bad edit keeps the running profiles.
+            config.write_text(json.dumps({"mcpServers": {"one": one}, "profiles": {"p": {"tools": "nope"}}}))
+            await wait_for(lambda: any("config change refused" in r.getMessage() for r in caplog.records), timeout=10)
+            assert await visible() == {"one__a_pick"}

@@ -104,7 +104,7 @@ class AuthPolicy:
         self.enabled = self.key_count > 0 or self.jwt is not None
         self.verifier = CredentialVerifier(self.keys, self.jwt)
         self.stream_tokens = StreamTokens()
-        self.profiles: dict[str, Profile] = dict(profiles or {})
+        self.profiles: Mapping[str, Profile] = profiles if profiles is not None else {}  # live: reloads show
         servers = settings.auth_servers or ([settings.jwt_issuer] if settings.jwt_issuer else [])
         self.auth_servers = [AnyHttpUrl(server) for server in servers]
 

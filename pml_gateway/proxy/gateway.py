@@ -183,7 +183,7 @@ class Gateway:
         ):
             tool_events.start()
             if self.settings.config is not None:  # issue 9: edits of the config file apply at once
-                watcher.start_soon(watch_config, self.settings.config, self.pool, name="config watcher")
+                watcher.start_soon(watch_config, self.settings.config, self.pool, self.profiles, name="config watcher")
             self.upstream, self.session_manager = upstream, manager
             self._http_app = StreamableHTTPASGIApp(manager)
             if self.fast_path_enabled:
