@@ -21,7 +21,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pml_gateway.auth.audit import configure_audit, record_tool_call
+    from pml_gateway.auth.audit import configure_audit, outcome_of, record_tool_call
     from pml_gateway.auth.guard import AuthPolicy, is_loopback, shows_details
     from pml_gateway.auth.keys import KeysFileError, KeyStore
     from pml_gateway.auth.principal import (
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 _HOMES = {
     "configure_audit": "audit",
     "record_tool_call": "audit",
+    "outcome_of": "audit",
     "AuthPolicy": "guard",
     "shows_details": "guard",
     "is_loopback": "guard",

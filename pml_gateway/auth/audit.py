@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
+
+from pml_gateway.auth.principal import Caller
 
 LOGGER_NAME = "pml_gateway.audit"
 logger = logging.getLogger(LOGGER_NAME)
@@ -33,15 +37,21 @@ class AuditRecord(BaseModel):
     outcome: Outcome
 
 
-def record_tool_call(principal: str | None, profile: str | None, tool: str, duration_ms: float, outcome: Outcome) -> None:
+def outcome_of(result: Mapping[str, Any]) -> Outcome:
+    """A tool result's outcome (wire form): a tool error is ``error``, anything else ``ok``."""
+    return "error" if result.get("isError") is True else "ok"
+
+
+def record_tool_call(caller: Caller, tool: str, started: float, outcome: Outcome) -> None:
+    """One line for a call of ``tool`` by ``caller`` that began at ``started`` (``time.monotonic()``)."""
     if not logger.isEnabledFor(logging.INFO):
         return
     line = AuditRecord(
         time=datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        principal=principal,
-        profile=profile,
+        principal=caller.principal,
+        profile=caller.profile_name,
         tool=tool,
-        duration_ms=round(duration_ms, 3),
+        duration_ms=round((time.monotonic() - started) * 1000, 3),
         outcome=outcome,
     )
     logger.info(json.dumps(line.model_dump(), separators=(",", ":")))

@@ -29,7 +29,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from graphrag import GraphRAGEngine, WorkflowExecution
 
-from pml_gateway.auth import Profile, caller_in_context, record_tool_call
+from pml_gateway.auth import Profile, caller_in_context, outcome_of, record_tool_call
 from pml_gateway.observability import Instrumentation
 from pml_gateway.proxy import tools as gateway_tools
 from pml_gateway.proxy.downstream.config import ServerConfig, load_config, load_profiles
@@ -133,9 +133,8 @@ class Gateway:
             started = time.monotonic()
             with instrumentation.task_span(name):
                 result = await self.pool.call(name, arguments)
-            caller = caller_in_context()  # [auth] audited as the caller who ran the workflow
-            outcome = "error" if result.get("isError") is True else "ok"
-            record_tool_call(caller.principal, caller.profile_name, name, (time.monotonic() - started) * 1000, outcome)
+            # [auth] audited as the caller who ran the workflow
+            record_tool_call(caller_in_context(), name, started, outcome_of(result))
             return result
 
         search = ToolSearch()

@@ -43,7 +43,7 @@ from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
-from pml_gateway.auth import Caller, Profile, calling_as, record_tool_call, request_caller
+from pml_gateway.auth import Caller, Profile, calling_as, outcome_of, record_tool_call, request_caller
 from pml_gateway.observability import Instrumentation, spec_method_label
 from pml_gateway.proxy import tools as gateway_tools
 from pml_gateway.proxy.downstream import errors
@@ -278,7 +278,7 @@ class UpstreamServer:
             else:
                 with calling_as(who):  # a workflow's tasks are audited as this caller's
                     result = await self._dispatch(name, arguments, caller, meta, progress, who.profile)
-                outcome = "error" if result.get("isError") is True else "ok"
+                outcome = outcome_of(result)
             try:
                 return self.shape_call_result(version, result)
             except ValidationError as exc:
@@ -288,7 +288,7 @@ class UpstreamServer:
             logger.exception("tool %r failed inside the gateway", name)
             message = errors.internal_error(name, exc)
         finally:
-            record_tool_call(who.principal, who.profile_name, name, (time.monotonic() - started) * 1000, outcome)
+            record_tool_call(who, name, started, outcome)
         return self.shape_call_result(version, errors.tool_error(message))
 
     async def _dispatch(
