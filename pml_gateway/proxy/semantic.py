@@ -10,9 +10,10 @@ text's vector is the mean of its tokens' vectors, so there is no network, no tor
 ``disable_download=True`` makes a missing file an error instead of a download, so the gateway never
 reaches a hub (checked with ``HF_HUB_OFFLINE=1`` in a network namespace without any interface).
 
-Measured on the 2-core machine (load average about 0.6): import 0.18 s and load 0.14 s (0.42 s
-of CPU), once, at the first search; resident memory +70 MB (the 32,000 x 256 float32 matrix and
-the tokenizer); the 50 tools of the five real servers embed in about 3 ms, a query in 0.03 ms.
+Measured on the 2-core machine: import 0.18 s and load 0.14 s (0.42 s of CPU in a fresh
+interpreter, load average 0.6), once, at the first search; resident memory +55 MB (the 32,000 x
+256 float32 matrix and the tokenizer); the 50 tools of the five real servers embed in about 5 ms,
+a query in 0.03 ms (bench/search.py).
 The extra costs about 70 MB on disk (wordllama 33 MB, tokenizers 12 MB and the huggingface_hub,
 hf-xet, fsspec it pulls in), which is why it is an extra and not a default: without it search is
 BM25 alone (bench/README.md has both).
