@@ -40,7 +40,7 @@ import anyio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pml_gateway.proxy.search import SearchFeedback, ToolDocument, ToolSearch, terms  # noqa: E402
+from pml_gateway.proxy.search import ToolDocument, ToolSearch, terms  # noqa: E402
 from pml_gateway.proxy.semantic import Embedder, load_embedder  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
