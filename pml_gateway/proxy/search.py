@@ -155,7 +155,8 @@ class SearchFeedback:
 
 
 class ToolSearch:
-    """A BM25 index over the tools, rebuilt when they change, with feedback from the gateway's traces."""
+    """A BM25 index over the tools (and their embeddings, with the ``semantic`` extra), rebuilt when
+    they change, with feedback from the gateway's traces."""
 
     def __init__(
         self,
@@ -236,7 +237,6 @@ class ToolSearch:
             scored.append((score, SearchHit(document, float(text[i]), float(learned[i]), matched, float(meaning[i]))))
         scored.sort(key=lambda item: (-item[0], item[1].document.tool_id))
         return scored[:limit]
-
 
     def _meaning(self, query: str) -> np.ndarray:
         """Cosine of the query to each tool, moved toward its mean cosine to the past queries that led
