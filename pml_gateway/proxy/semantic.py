@@ -56,8 +56,9 @@ class WordLlamaEmbedder:
     def __call__(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self._model.embedding.shape[1]), dtype=np.float32)
-        vectors: np.ndarray = self._model.embed(texts, norm=True)
-        return np.nan_to_num(vectors)  # a text of no token at all has no direction: 0, not NaN
+        vectors: np.ndarray = self._model.embed(texts)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors / np.where(norms > 0, norms, 1.0)  # a text of no token at all has no direction: 0
 
 
 @functools.cache
