@@ -12,7 +12,7 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,fast]'
+	$(PY) -m pip install --quiet -e '.[dev,fast,semantic]'
 	touch $(STAMP)
 
 # Real MCP servers none of us wrote, for the end-to-end tests: npm's reference servers in

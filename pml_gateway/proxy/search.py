@@ -8,17 +8,24 @@ must not decide), with English stop words removed and words reduced to their ste
 through PyStemmer when installed, so "branches" finds "branch").
 
 Words alone miss requests that share none with the tool ("forget everything you know about
-Bob" for ``memory__delete_entities``). The gateway sees the answer for free: the tool a client
-calls right after a search, in the same trace, is the one it was looking for. ``SearchFeedback``
-keeps those labels, in memory, as the words of the queries that led to each tool: a third field
-of the tool's document (document expansion from click logs), weighted by how many labels the
-tool has. bench/search.py measures each part; no offline embedding model ships in a PyPI package
-this project can trust (model2vec loads its models from a hub at run time), so there is none.
+Bob" for ``memory__delete_entities``). Two things close that gap. Meaning: with the ``semantic``
+extra installed (``proxy/semantic.py``: wordllama, a static embedding model inside its wheel,
+offline), each tool's name, description and parameter names are embedded once per tool-set
+change and the query's cosine to them, scaled per query so the best tool scores 1 and the
+average 0, is blended with BM25: ``LEXICAL_WEIGHT`` (0.2) words, the rest meaning. And what the
+gateway saw: the tool a client calls right after a search, in the same trace, is the one it was
+looking for. ``SearchFeedback`` keeps those labels, in memory, as the words of the queries that
+led to each tool: a third BM25 field of the tool's document (document expansion from click
+logs), and, with the model, the embedded past queries themselves: a tool's cosine moves toward
+its mean cosine to them as its labels grow (n / (n + 2)). bench/search.py measures each part;
+the weights were chosen on one half of the labelled queries and the other half is reported
+apart (bench/README.md).
 
 The index is rebuilt lazily, at most once per change, not per query (``ToolSearch.update``):
-the tools' own fields when the tool set changes (about 20 ms for the 50 tools of the five real
-servers on the 2-core machine), the learned field alone when labels arrived (about 2 ms). A
-query costs about 0.3 ms.
+the tools' own fields when the tool set changes (for the 50 tools of the five real servers on the
+2-core machine, 6 ms of CPU by words, 11 ms with the embeddings), the learned fields alone when
+labels arrived (about 2 ms, plus embedding the past queries). A query costs 0.05 ms of CPU by
+words alone, 0.15 ms fused (bench/search.py measures both).
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ from typing import Any
 import bm25s
 import numpy as np
 from bm25s.stopwords import STOPWORDS_EN
+
+from pml_gateway.proxy.semantic import Embedder, load_embedder
 
 try:  # optional: the Snowball stemmer (declared in pyproject); plain words without it
     import Stemmer
@@ -47,6 +56,10 @@ LABEL_PRIOR = 2.0
 #: Weight of the parameter descriptions against the main field: "Asia/Tokyo" as an example value
 #: of ``time__convert_time``'s target must not outrank ``time__get_current_time`` for "time in Tokyo".
 PARAMETER_WEIGHT = 0.3
+#: Share of the words (BM25 with its learned field) in the fused score when the embedding model is
+#: installed; the rest is meaning. Chosen on the even half of bench/data/search_queries.json
+#: (best there with the learned history, tied with 0.1 without; 0.5 and up lose); the odd half is reported apart.
+LEXICAL_WEIGHT = 0.2
 #: Weight of the graph boost (the probability that a tool follows the context tools).
 GRAPH_WEIGHT = 0.5
 
@@ -89,6 +102,17 @@ class ToolDocument:
         params = [p.replace("_", " ") for p in properties] if isinstance(properties, dict) else []
         return " ".join([name, name, self.title or "", self.description or "", *params])
 
+    def meaning_text(self) -> str:
+        """What the embedding model reads: server, name, title, description, parameter names.
+
+        The name once (an average of token vectors: repeating it would drown the description).
+        """
+        server, _, name = self.tool_id.rpartition("__")
+        properties = self.input_schema.get("properties")
+        params = [p.replace("_", " ") for p in properties] if isinstance(properties, dict) else []
+        name = name.replace("_", " ").replace("-", " ")
+        return " ".join([server, f"{name}.", self.title or "", self.description or "", *params])
+
     def parameter_text(self) -> str:
         """The minor field: parameter descriptions (their examples name places, formats, ...)."""
         properties = self.input_schema.get("properties")
@@ -103,6 +127,7 @@ class SearchHit:
     text_score: float  #: BM25 of the tool's own texts, relative to the best match of the query (1)
     feedback_score: float  #: BM25 of the words earlier searches that led to this tool used, on the same scale
     matched: list[str]  #: query terms found in the tool's text
+    semantic_score: float = 0.0  #: closeness in meaning, per query: 1 the closest tool, 0 the average (can be < 0)
 
 
 @dataclass
@@ -130,10 +155,22 @@ class SearchFeedback:
 
 
 class ToolSearch:
-    """A BM25 index over the tools, rebuilt when they change, with feedback from the gateway's traces."""
+    """A BM25 index over the tools (and their embeddings, with the ``semantic`` extra), rebuilt when
+    they change, with feedback from the gateway's traces."""
 
-    def __init__(self, feedback: SearchFeedback | None = None) -> None:
+    def __init__(
+        self,
+        feedback: SearchFeedback | None = None,
+        embedder: Callable[[], Embedder | None] = load_embedder,
+        lexical_weight: float = LEXICAL_WEIGHT,
+    ) -> None:
         self.feedback = feedback if feedback is not None else SearchFeedback()
+        self._load_embedder = embedder  # called at the first update: the model loads at the first search
+        self._embed: Embedder | None = None
+        self.lexical_weight = lexical_weight
+        self._vectors: np.ndarray | None = None  # one unit row per tool; None: words alone
+        self._learned_vectors = np.zeros((0, 0))  # one row per past query ...
+        self._learned_owner = np.zeros(0, dtype=int)  # ... and the index of the tool it led to
         self._key: tuple[Any, ...] | None = None
         self._documents: list[ToolDocument] = []
         self._doc_terms: list[frozenset[str]] = []
@@ -148,6 +185,8 @@ class ToolSearch:
         learned field alone.
         """
         documents = list(documents)
+        if self._key is None and self._embed is None:
+            self._embed = self._load_embedder()
         key = tuple((d.tool_id, d.title, d.description) for d in documents)
         if key != self._key:
             self._key, self._labels_indexed = key, -1
@@ -156,6 +195,7 @@ class ToolSearch:
             minor = [terms(d.parameter_text()) for d in documents]
             self._doc_terms = [frozenset(a) | frozenset(b) for a, b in zip(main, minor)]
             self._bm25 = [(1.0, _index(main)), (PARAMETER_WEIGHT, _index(minor))] if documents else []
+            self._vectors = self._embed([d.meaning_text() for d in documents]) if self._embed else None
         if self._documents and self._labels_indexed != self.feedback.labels:
             self._labels_indexed = self.feedback.labels
             learned = [terms(self.feedback.text(d.tool_id)) for d in self._documents]
@@ -164,6 +204,10 @@ class ToolSearch:
             counts = np.array([len(self.feedback.queries.get(d.tool_id, ())) for d in self._documents], dtype=float)
             self._label_evidence = counts / (counts + LABEL_PRIOR)
             self._bm25[2:] = [(FEEDBACK_WEIGHT, _index(learned))]
+            if self._embed is not None:
+                past = [(i, q) for i, d in enumerate(self._documents) for q in self.feedback.queries.get(d.tool_id, ())]
+                self._learned_owner = np.array([i for i, _ in past], dtype=int)
+                self._learned_vectors = self._embed([q for _, q in past]) if past else np.zeros((0, 0))
 
     def search(self, query: str, limit: int, boosts: Mapping[str, float] | None = None) -> list[tuple[float, SearchHit]]:
         """The best ``limit`` tools for ``query``: (score, hit), best first; only tools that match at all."""
@@ -178,16 +222,36 @@ class ToolSearch:
         if best > 0:
             fields /= best  # the best match scores 1
         text, learned = fields[:2].sum(axis=0), fields[2] * self._label_evidence
+        if self._vectors is not None:
+            meaning = self._meaning(query)
+            fused = self.lexical_weight * (text + learned) + (1 - self.lexical_weight) * meaning
+        else:
+            meaning, fused = np.zeros(len(self._documents)), text + learned
         boosts = boosts or {}
         scored = []
         for i, document in enumerate(self._documents):
-            if text[i] <= 0 and learned[i] <= 0:
-                continue  # the graph only reorders tools that match the query
-            score = float(text[i] + learned[i]) + GRAPH_WEIGHT * boosts.get(document.tool_id, 0.0)
+            if text[i] <= 0 and learned[i] <= 0 and meaning[i] <= 0:
+                continue  # the graph only reorders tools that match the query, by words or closer than average in meaning
+            score = float(fused[i]) + GRAPH_WEIGHT * boosts.get(document.tool_id, 0.0)
             matched = [t for t in dict.fromkeys(query_terms) if t in self._doc_terms[i]]
-            scored.append((score, SearchHit(document, float(text[i]), float(learned[i]), matched)))
+            scored.append((score, SearchHit(document, float(text[i]), float(learned[i]), matched, float(meaning[i]))))
         scored.sort(key=lambda item: (-item[0], item[1].document.tool_id))
         return scored[:limit]
+
+    def _meaning(self, query: str) -> np.ndarray:
+        """Cosine of the query to each tool, moved toward its mean cosine to the past queries that led
+        to the tool by the tool's label evidence, then scaled for this query: 1 the closest tool, 0 the average."""
+        assert self._embed is not None and self._vectors is not None
+        vector = self._embed([query])[0]
+        cosine = self._vectors @ vector
+        if len(self._learned_owner):
+            n = len(self._documents)
+            total = np.bincount(self._learned_owner, weights=self._learned_vectors @ vector, minlength=n)
+            past = total / np.maximum(np.bincount(self._learned_owner, minlength=n), 1)
+            # only ever upward: a tool's own text is not made worse by the labels (tools without any have 0 evidence)
+            cosine = cosine + self._label_evidence * np.clip(past - cosine, 0.0, None)
+        spread = float(cosine.max() - cosine.mean())
+        return (cosine - cosine.mean()) / spread if spread > 0 else np.zeros(len(cosine))
 
 
 def _index(corpus: list[list[str]]) -> bm25s.BM25:

@@ -105,12 +105,19 @@ class ToolMatch(BaseModel):
     title: str | None = None
     description: str | None
     input_schema: dict[str, Any] = Field(description="The tool's input JSON schema, to call it (pml_call_tool).")
-    score: float = Field(description="text_score + feedback_score + 0.5 graph_score; higher is better.")
+    score: float = Field(
+        description="text_score + feedback_score + 0.5 graph_score; with the semantic extra, "
+        "0.2 (text_score + feedback_score) + 0.8 semantic_score + 0.5 graph_score. Higher is better."
+    )
     text_score: float = Field(description="BM25 over name, title, description and parameters, relative to the best match (1).")
     feedback_score: float = Field(
         default=0.0, description="BM25 of the words of earlier searches that led to this tool, on the text_score scale."
     )
     graph_score: float = Field(description="Probability that this tool follows the context tools (0 if none).")
+    semantic_score: float = Field(
+        default=0.0,
+        description="Closeness in meaning (semantic extra; 0 without it): 1 the closest tool, 0 the average.",
+    )
     reason: str
 
 
@@ -446,6 +453,8 @@ class GatewayTools:
             parts = [f"matches {', '.join(hit.matched)}"] if hit.matched else []
             if hit.feedback_score:
                 parts.append("earlier searches with these words led to it")
+            if hit.semantic_score > 0:  # closer than the average tool
+                parts.append("close in meaning")
             if doc.tool_id in reasons:
                 parts.append(reasons[doc.tool_id])
             matches.append(
@@ -459,6 +468,7 @@ class GatewayTools:
                     text_score=round(hit.text_score, 6),
                     feedback_score=round(hit.feedback_score, 6),
                     graph_score=round(boosts.get(doc.tool_id, 0.0), 6),
+                    semantic_score=round(hit.semantic_score, 6),
                     reason="; ".join(parts) or "matches the query",
                 )
             )
