@@ -82,9 +82,9 @@ async def test_natural_requests_find_tools_of_real_servers_by_meaning(tmp_path: 
 
 @pytest.fixture
 def fresh_loader() -> Iterator[None]:
-    semantic.load_embedder.cache_clear()
+    semantic._load.cache_clear()
     yield
-    semantic.load_embedder.cache_clear()
+    semantic._load.cache_clear()
 
 
 def test_search_without_the_model_is_bm25_alone(monkeypatch: pytest.MonkeyPatch, fresh_loader: None) -> None:

@@ -46,6 +46,7 @@ from pml_gateway.proxy.search import ToolSearch
 from pml_gateway.proxy.traces import TraceRecorder
 from pml_gateway.proxy.server import MCP_SESSION_ID_HEADER, UpstreamServer
 from pml_gateway.proxy.resources import GraphResources
+from pml_gateway.proxy.semantic import load_embedder
 from pml_gateway.proxy.surface import Surface
 
 if TYPE_CHECKING:
@@ -181,6 +182,9 @@ class Gateway:
             anyio.create_task_group() as watcher,
         ):
             tool_events.start()
+            # The search model (semantic extra) loads in a worker thread now, not at the first search
+            # on the event loop (0.2-0.5 s); a search before it is ready waits for the same load.
+            watcher.start_soon(anyio.to_thread.run_sync, load_embedder, name="search model")
             if self.settings.config is not None:  # issue 9: edits of the config file apply at once
                 watcher.start_soon(watch_config, self.settings.config, self.pool, self.profiles, name="config watcher")
             self.upstream, self.session_manager = upstream, manager

@@ -165,7 +165,7 @@ class ToolSearch:
         lexical_weight: float = LEXICAL_WEIGHT,
     ) -> None:
         self.feedback = feedback if feedback is not None else SearchFeedback()
-        self._load_embedder = embedder  # called at the first update: the model loads at the first search
+        self._load_embedder = embedder  # called at the first update (the gateway has loaded it at start-up)
         self._embed: Embedder | None = None
         self.lexical_weight = lexical_weight
         self._vectors: np.ndarray | None = None  # one unit row per tool; None: words alone

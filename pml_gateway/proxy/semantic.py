@@ -11,7 +11,7 @@ text's vector is the mean of its tokens' vectors, so there is no network, no tor
 reaches a hub (checked with ``HF_HUB_OFFLINE=1`` in a network namespace without any interface).
 
 Measured on the 2-core machine: import 0.18 s and load 0.14 s (0.42 s of CPU in a fresh
-interpreter, load average 0.6), once, at the first search; resident memory +55 MB (the 32,000 x
+interpreter, load average 0.6), once, in a worker thread at start-up; resident memory +55 MB (the 32,000 x
 256 float32 matrix and the tokenizer); the 50 tools of the five real servers embed in about 5 ms,
 a query in 0.03 ms (bench/search.py).
 The extra costs about 70 MB on disk (wordllama 33 MB, tokenizers 12 MB and the huggingface_hub,
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from pathlib import Path
 from typing import Protocol
 
@@ -61,9 +62,11 @@ class WordLlamaEmbedder:
         return vectors / np.where(norms > 0, norms, 1.0)  # a text of no token at all has no direction: 0
 
 
+_load_lock = threading.Lock()
+
+
 @functools.cache
-def load_embedder() -> Embedder | None:
-    """The bundled model, loaded once, at the first search; None without the ``semantic`` extra."""
+def _load() -> Embedder | None:
     try:
         return WordLlamaEmbedder()
     except ImportError:
@@ -71,3 +74,13 @@ def load_embedder() -> Embedder | None:
     except (OSError, ValueError) as exc:  # installed but damaged: search still works, by words
         log.warning("tool search without embeddings: wordllama's bundled model did not load (%s)", exc)
         return None
+
+
+def load_embedder() -> Embedder | None:
+    """The bundled model, loaded once; None without the ``semantic`` extra.
+
+    The gateway calls it in a worker thread at start-up; the lock makes a search that comes
+    before the load is done wait for that one load rather than start a second.
+    """
+    with _load_lock:
+        return _load()
