@@ -204,6 +204,7 @@ class UpstreamServer:
     async def session_ended(self, session_id: str) -> None:
         """A 2025-era HTTP session was deleted: forget it and record its trace now."""
         self._sessions.pop(f"session:{session_id}", None)
+        self.pool.session_ended(f"session:{session_id}")  # issue 16: its own downstream sessions close
         await self.surface.session_ended(f"session:{session_id}")
         if self.traces is not None:
             await self.traces.end(f"session:{session_id}")
