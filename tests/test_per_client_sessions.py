@@ -170,3 +170,34 @@ async def test_an_idle_session_is_closed_and_reopened_on_the_next_request(gatewa
         await wait_for(lambda: sessions_are(gateway, "brief", 0), timeout=10)  # idle 0.4 s
         assert await toggle(a, "brief") == "Started"  # a new session
         assert await toggle(a, "brief") == "Stopped"
+
+
+async def test_a_subscription_is_made_and_heard_on_the_subscribers_own_session(gateway: RunningGateway) -> None:
+    # 'brief' (first by name) serves the static documents: subscriptions go to the caller's own session there
+    doc = "demo://resource/static/document/features.md"
+    updated_a: list[str] = []
+    updated_b: list[str] = []
+
+    def inbox(seen: list[str]) -> Any:
+        async def handler(message: Any) -> None:
+            if isinstance(message, types.ResourceUpdatedNotification):
+                seen.append(message.params.uri)
+
+        return handler
+
+    async with (
+        Client(gateway.mcp_url, mode="legacy", message_handler=inbox(updated_a)) as a,
+        Client(gateway.mcp_url, mode="legacy", message_handler=inbox(updated_b)) as b,
+    ):
+        await a.subscribe_resource(doc)
+        await b.call_tool("brief__toggle-subscriber-updates", {})  # b's own session: b subscribed to nothing
+        await a.call_tool("brief__toggle-subscriber-updates", {})  # a's: one update at once, then every 5 s
+        try:
+            await wait_for(lambda: updated_a, timeout=10)
+            await anyio.sleep(1.0)  # idle 0.4 s: b's session closed, a's holds a subscription and stays open
+            assert await sessions(gateway, "brief") == 1 and updated_b == []
+        finally:
+            await a.call_tool("brief__toggle-subscriber-updates", {})
+        assert set(updated_a) == {doc}
+        await a.unsubscribe_resource(doc)
+        await wait_for(lambda: sessions_are(gateway, "brief", 0), timeout=10)  # now idle closes it too

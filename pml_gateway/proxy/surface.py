@@ -279,9 +279,9 @@ class Surface:
         keys = [key for key in self.subscriptions.sessions(uri) if hears(key, session, per_client)]
         with anyio.move_on_after(SEND_TIMEOUT_SECONDS):
             for key in keys:
-                session = sessions.get(key)
-                if session is not None:
-                    await quietly(session.send_resource_updated(uri), f"resources/updated to {key}")
+                upstream = sessions.get(key)
+                if upstream is not None:
+                    await quietly(upstream.send_resource_updated(uri), f"resources/updated to {key}")
         if self._bus is not None and session is None:
             await self._bus.publish(ResourceUpdated(uri=uri))
 
