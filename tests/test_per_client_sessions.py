@@ -201,3 +201,28 @@ async def test_a_subscription_is_made_and_heard_on_the_subscribers_own_session(g
         assert set(updated_a) == {doc}
         await a.unsubscribe_resource(doc)
         await wait_for(lambda: sessions_are(gateway, "brief", 0), timeout=10)  # now idle closes it too
+
+
+async def test_a_reopened_session_gets_its_clients_subscriptions_again(gateway: RunningGateway) -> None:
+    doc = "demo://resource/static/document/features.md"  # served by 'brief'
+    updated: list[str] = []
+
+    async def handler(message: Any) -> None:
+        if isinstance(message, types.ResourceUpdatedNotification):
+            updated.append(message.params.uri)
+
+    pool = gateway.gateway.pool.downstreams["brief"].sessions
+    assert pool is not None
+    async with Client(gateway.mcp_url, mode="legacy", message_handler=handler) as a:
+        await a.subscribe_resource(doc)
+        assert await sessions(gateway, "brief") == 1
+        (key,) = pool._sessions  # a's upstream session
+        pool.close(key)  # as a restart of the server's connection would
+        await wait_for(lambda: sessions_are(gateway, "brief", 0), timeout=10)
+        await a.call_tool("brief__toggle-subscriber-updates", {})  # reopens it: subscribed again, so updated at once
+        try:
+            await wait_for(lambda: updated, timeout=10)
+        finally:
+            await a.call_tool("brief__toggle-subscriber-updates", {})
+        assert pool.get(key) is not None and pool.get(key).subscriptions == {doc}  # type: ignore[union-attr]
+        await a.unsubscribe_resource(doc)

@@ -361,6 +361,7 @@ class UpstreamServer:
         for key, (session, seen) in list(self._sessions.items()):
             if now - seen > SESSION_FORGET_SECONDS:
                 del self._sessions[key]
+                self.pool.session_ended(key)  # issue 16: and its own downstream sessions
                 continue
             try:
                 if kind is PromptsListChanged:

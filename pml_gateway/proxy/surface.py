@@ -122,12 +122,23 @@ class Surface:
         """The upstream session of the call running now (its own downstream sessions: issue 16)."""
         return current_session()
 
-    async def session_opened(self, downstream: Downstream, session: str, client: Client) -> None:
-        """An upstream session's own downstream session opened: it gets the level that session set."""
-        level = self.relay.session_level(session)
+    async def session_opened(self, downstream: Downstream, session: str, client: Client) -> set[str]:
+        """An upstream session's own downstream session opened: it gets the level that session set
+        and its subscriptions to this server's resources. Returns the URIs subscribed to."""
         caps = client.server_capabilities
-        if level is not None and caps.logging is not None and client.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+        if client.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            return set()  # no setLevel, no resources/subscribe in that era
+        level = self.relay.session_level(session)
+        if level is not None and caps.logging is not None:
             await quietly(client.session.send_request(_set_level(level), types.EmptyResult), f"logging level of {downstream.name!r}")
+        subscribed: set[str] = set()
+        if caps.resources is not None and caps.resources.subscribe:
+            for uri in sorted(self.subscriptions.uris()):
+                if session in self.subscriptions.sessions(uri) and self.resources.owner(uri) == downstream.name:
+                    request = types.SubscribeRequest(params=types.SubscribeRequestParams(uri=uri))
+                    if await quietly(client.session.send_request(request, types.EmptyResult), f"subscribe to {uri!r}"):
+                        subscribed.add(uri)
+        return subscribed
 
     def wants_sdk(self) -> bool:
         """Whether the current upstream call needs the SDK's client downstream (progress, logs)."""

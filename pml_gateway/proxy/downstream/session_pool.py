@@ -14,7 +14,8 @@ anyway; ``POST /executions``) use it.
 The pool:
 
 - opens a session lazily, on the upstream session's first request to that server, and gives it
-  the caller's logging level (the ``opened`` hook) before the request goes;
+  the caller's logging level and resource subscriptions there (the ``opened`` hook) before the
+  request goes, so a session reopened (after idleness, eviction, a restart) has them again;
 - keeps at most ``max_sessions``; at the bound the least recently used session that has no
   request in flight is closed, and when every one is busy the request fails with an error
   saying so (``SessionUnavailable``);
@@ -97,11 +98,11 @@ class SessionPool:
         *,
         max_sessions: int,
         idle_seconds: float,
-        opened: Callable[[str, Client], Awaitable[None]] | None = None,
+        opened: Callable[[str, Client], Awaitable[set[str]]] | None = None,
     ) -> None:
         self.server = server
         self._open_client = open_client  # a Client for upstream session ``key``, entered by the pool
-        self._opened = opened
+        self._opened = opened  # gives a new session its upstream session's state; returns the URIs subscribed
         self.max_sessions = max_sessions
         self.idle_seconds = idle_seconds
         self._sessions: dict[str, ClientSession] = {}
@@ -183,7 +184,7 @@ class SessionPool:
         try:
             async with self._open_client(session.key) as client:
                 if self._opened is not None:
-                    await self._opened(session.key, client)
+                    session.subscriptions |= await self._opened(session.key, client)
                 session.client, session.link = client, SdkLink(client)
                 self.opened_total += 1
                 session.ready.set()

@@ -74,7 +74,8 @@ class DownstreamHooks(Protocol):
     def in_flight(self, server: str, session: str | None = None) -> AbstractContextManager[Any]: ...
     def wants_sdk(self) -> bool: ...
     def session_key(self) -> str | None: ...  #: the upstream session of the call running now, if any
-    async def session_opened(self, downstream: Downstream, session: str, client: Client) -> None: ...
+    #: an upstream session's own downstream session opened: give it that session's state; the URIs it subscribed to
+    async def session_opened(self, downstream: Downstream, session: str, client: Client) -> set[str]: ...
 #: Notifications that mean "list again" (tools, and since issue 9 prompts and resources).
 _LIST_CHANGED = (types.ToolListChangedNotification, types.PromptListChangedNotification, types.ResourceListChangedNotification)
 
@@ -262,9 +263,8 @@ class Downstream:
             **(self.surface.client_options(self.name, session) if self.surface is not None else {}),
         )
 
-    async def _session_opened(self, session: str, client: Client) -> None:
-        if self.surface is not None:
-            await self.surface.session_opened(self, session, client)
+    async def _session_opened(self, session: str, client: Client) -> set[str]:
+        return await self.surface.session_opened(self, session, client) if self.surface is not None else set()
 
     def _lean_link(self, client: Client) -> HttpLink | None:
         """A lean link for tools/call when the server speaks 2026-07-28 over Streamable HTTP."""
@@ -389,10 +389,12 @@ class Downstream:
         link: DownstreamLink | None = self._link
         if link is None:
             return errors.tool_error(errors.server_down(self.name, self.state.value, self.last_error))
-        try:
-            own = await self._own_session(self.surface.session_key() if self.surface is not None else None)
-        except SessionUnavailable as exc:
-            return errors.tool_error(errors.no_session(self.name, str(exc)))
+        own: ClientSession | None = None
+        if self.sessions is not None and self.surface is not None:  # shared servers: not a step more per call
+            try:
+                own = await self._own_session(self.surface.session_key())
+            except SessionUnavailable as exc:
+                return errors.tool_error(errors.no_session(self.name, str(exc)))
         if own is not None:  # issue 16: the caller's own session (per_client)
             link = own.link
             if link is None:
