@@ -1,7 +1,7 @@
 """What ``"session": "per_client"`` costs (issue 16): memory and start-up per extra downstream
 session, and the latency of a call, against the same server shared.
 
-    .venv/bin/python bench/sessions.py [--clients 8] [--calls 200]
+    .venv/bin/python bench/sessions.py [--clients 8] [--calls 200] [--kinds stdio,http]
 
 One ``pml-gateway serve`` (a subprocess) with server-everything four times: over stdio and over
 Streamable HTTP (one server-everything process on a local port), each once ``shared`` and once
@@ -112,7 +112,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def run(clients: int, calls: int) -> None:
+async def run(clients: int, calls: int, kinds: list[str]) -> None:
     http_port, gateway_port = free_port(), free_port()
     everything_http = subprocess.Popen(
         [str(EVERYTHING), "streamableHttp"],
@@ -159,7 +159,7 @@ async def run(clients: int, calls: int) -> None:
                 for server in ("stdio_shared", "http_shared"):
                     await echo(client, server)
             rows = []
-            for kind in ("stdio", "http"):
+            for kind in kinds:
                 own = f"{kind}_own"
                 tree_before, procs_before = tree_pss(gateway.pid)
                 gw_before, http_before = pss_kib(gateway.pid), pss_kib(everything_http.pid)
@@ -211,8 +211,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=8, help="2025-era clients, a session each")
     parser.add_argument("--calls", type=int, default=200, help="calls per server for the latency")
+    parser.add_argument("--kinds", default="stdio,http", help="downstreams to measure: stdio, http or both")
     args = parser.parse_args()
-    anyio.run(run, args.clients, args.calls)
+    anyio.run(run, args.clients, args.calls, args.kinds.split(","))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Iterable
-from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager, nullcontext
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, AsyncExitStack, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol, TextIO, TypeVar
@@ -156,6 +156,7 @@ class Downstream:
         self.first_attempt_done = anyio.Event()  #: set once the first connection attempt settled
         #: issue 16: the upstream sessions' own downstream sessions ("session": "per_client")
         self.sessions: SessionPool | None = None
+        self._sessions_http: httpx2.AsyncClient | None = None  # the HTTP client per-client sessions share
         if config.session == "per_client":
             self.sessions = SessionPool(
                 config.name,
@@ -232,7 +233,7 @@ class Downstream:
     async def _connect(self) -> AsyncIterator[Client]:
         self._wake = anyio.Event()
         self._dead = self._relist = False
-        async with self._new_client() as client, self.sessions.running() if self.sessions is not None else nullcontext():
+        async with self._new_client() as client, self._own_sessions():
             tools = await self._list_tools(client.session)
             self._client = client
             if self.surface is not None:
@@ -248,13 +249,31 @@ class Downstream:
             )
             yield client
 
+    @asynccontextmanager
+    async def _own_sessions(self) -> AsyncIterator[None]:
+        """While the connection lives: the per-client sessions (if per_client), and for Streamable
+        HTTP one HTTP client they share (creating one costs about 20 ms of CPU: its TLS context)."""
+        if self.sessions is None:
+            yield
+            return
+        async with AsyncExitStack() as stack:
+            if isinstance(self.config, HttpServerConfig) and self.config.transport != "sse":
+                # Each session holds a GET stream open: no bound on connections beyond max_sessions.
+                http = _http_client(self.config.headers, self.timing.connect_timeout, httpx2.Limits(max_connections=None))
+                self._sessions_http = await stack.enter_async_context(http)
+            await stack.enter_async_context(self.sessions.running())
+            try:
+                yield
+            finally:
+                self._sessions_http = None
+
     def _new_client(self, session: str | None = None) -> Client:
         """A client of this server: the supervisor's (``session`` None) or an upstream session's own."""
         # mode="auto": the 2026-07-28 era when the server speaks it (self-contained requests, kept-alive
         # HTTP connections: a cheaper hop), else the initialize handshake. The read timeout bounds the
         # handshake and tool listing; calls pass their own.
         return Client(
-            self._transport(),
+            self._transport(session),
             mode="auto",
             cache=None,
             read_timeout_seconds=self.timing.connect_timeout,
@@ -287,7 +306,7 @@ class Downstream:
             client_capabilities={},
         )
 
-    def _transport(self) -> AbstractAsyncContextManager[Any]:
+    def _transport(self, session: str | None = None) -> AbstractAsyncContextManager[Any]:
         config = self.config
         if isinstance(config, StdioServerConfig):
             params = StdioServerParameters(
@@ -299,6 +318,8 @@ class Downstream:
             return _stdio_named(params, self.name, self._errlog)
         if config.transport == "sse":
             return sse_client(config.url, headers=dict(config.headers) or None, timeout=self.timing.connect_timeout)
+        if session is not None and self._sessions_http is not None:  # a separate MCP session on the shared client
+            return streamable_http_client(config.url, http_client=self._sessions_http)
         return _streamable_http(config.url, config.headers, self.timing.connect_timeout)
 
     async def _serve(self, client: Client) -> None:
@@ -515,11 +536,15 @@ async def _stdio_named(params: StdioServerParameters, name: str, copy_to: TextIO
 
 @asynccontextmanager
 async def _streamable_http(url: str, headers: dict[str, str], connect_timeout: float) -> AsyncIterator[Any]:
-    # Headers and timeouts go on an httpx2 client (SDK_NOTES §4); long reads for server streams.
-    timeout = httpx2.Timeout(connect_timeout, read=300.0)
-    async with httpx2.AsyncClient(headers=headers or None, timeout=timeout) as client:
+    async with _http_client(headers, connect_timeout) as client:
         async with streamable_http_client(url, http_client=client) as streams:
             yield streams
+
+
+def _http_client(headers: dict[str, str], connect_timeout: float, limits: httpx2.Limits | None = None) -> httpx2.AsyncClient:
+    # Headers and timeouts go on an httpx2 client (SDK_NOTES §4); long reads for server streams.
+    timeout = httpx2.Timeout(connect_timeout, read=300.0)
+    return httpx2.AsyncClient(headers=headers or None, timeout=timeout, **({"limits": limits} if limits else {}))
 
 
 class DownstreamPool:
