@@ -11,15 +11,22 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import anyio
 import mcp.types as types
 import pytest
+from gateway_support import (
+    ROOT,
+    RunningGateway,
+    free_port,
+    health,
+    run_gateway,
+    text,
+    wait_for,
+    wait_listening,
+)
 from mcp import Client
-
-from gateway_support import ROOT, RunningGateway, free_port, health, run_gateway, text, wait_for, wait_listening
 
 EVERYTHING = ROOT / ".tools" / "node_modules" / ".bin" / "mcp-server-everything"
 TOGGLE = "toggle-simulated-logging"

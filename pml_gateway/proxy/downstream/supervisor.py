@@ -51,7 +51,7 @@ from pml_gateway.proxy.downstream import errors
 from pml_gateway.proxy.downstream.http_link import HttpLink, link_supported
 from pml_gateway.proxy.downstream.link import DownstreamLink, LinkError, Redirected, RemoteError, Unreachable
 from pml_gateway.proxy.downstream.sdk_link import SdkLink
-from pml_gateway.proxy.downstream.session_pool import ClientSession, SessionPool, SessionUnavailable
+from pml_gateway.proxy.downstream.session_pool import OwnSession, SessionPool, SessionUnavailable
 from pml_gateway.proxy.registry import ToolRegistry
 from pml_gateway.observability import Instrumentation, current_downstream, named_stderr
 
@@ -410,7 +410,7 @@ class Downstream:
         link: DownstreamLink | None = self._link
         if link is None:
             return errors.tool_error(errors.server_down(self.name, self.state.value, self.last_error))
-        own: ClientSession | None = None
+        own: OwnSession | None = None
         if self.sessions is not None and self.surface is not None:  # shared servers: not a step more per call
             try:
                 own = await self._own_session(self.surface.session_key())
@@ -509,14 +509,14 @@ class Downstream:
         if client is not None:
             await client.session.send_notification(notification)
 
-    async def _own_session(self, session: str | None) -> ClientSession | None:
+    async def _own_session(self, session: str | None) -> OwnSession | None:
         """Upstream ``session``'s own downstream session, opened now if need be; None when it uses the
         supervisor's (a shared server, or no upstream session). Raises ``SessionUnavailable``."""
         if self.sessions is None or session is None:
             return None
         return await self.sessions.session(session)
 
-    def _in_flight(self, own: ClientSession | None = None) -> AbstractContextManager[Any]:
+    def _in_flight(self, own: OwnSession | None = None) -> AbstractContextManager[Any]:
         if self.surface is None:
             return nullcontext(None)
         return self.surface.in_flight(self.name, own.key if own is not None else None)
