@@ -106,7 +106,11 @@ async def test_a_shared_server_leaks_the_toggle_and_a_per_client_one_does_not(ga
         # shared: b's toggle is a's toggle (what issue 16 saw)
         assert [await toggle(a, "shared"), await toggle(b, "shared")] == ["Started", "Stopped"]
         # per_client over stdio: a process each
+        fast = gateway.gateway.fast_path
+        assert fast is not None
+        before = fast.calls
         assert [await toggle(a, "own"), await toggle(b, "own")] == ["Started", "Started"]
+        assert fast.calls == before + 1  # a's call took the fast path, b's the SDK's: both reach their own session
         assert [await toggle(a, "own"), await toggle(b, "own")] == ["Stopped", "Stopped"]
         assert await sessions(gateway, "own") == 2
         # a 2026-era client has no session of its own: it uses the shared one, which neither a nor b touched
@@ -233,3 +237,24 @@ async def test_a_reopened_session_gets_its_clients_subscriptions_again(gateway: 
             await a.call_tool("brief__toggle-subscriber-updates", {})
         assert pool.get(key) is not None and pool.get(key).subscriptions == {doc}  # type: ignore[union-attr]
         await a.unsubscribe_resource(doc)
+
+
+async def test_at_max_sessions_with_every_session_busy_the_call_fails_saying_so(gateway: RunningGateway) -> None:
+    async with Client(gateway.mcp_url, mode="legacy") as a, Client(gateway.mcp_url, mode="legacy") as b:
+        long_call: list[types.CallToolResult] = []
+
+        async def busy() -> None:
+            long_call.append(await a.call_tool("tight__trigger-long-running-operation", {"duration": 1.5, "steps": 1}))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(busy)
+            pool = gateway.gateway.pool.downstreams["tight"].sessions
+            assert pool is not None
+            await wait_for(lambda: any(s.busy for s in pool._sessions.values()), timeout=10)
+            refused = await b.call_tool("tight__echo", {"message": "hi"})
+        assert refused.is_error and text(refused) == (
+            "downstream server 'tight' has no session for this client: "
+            "all 1 of its sessions (max_sessions) have requests in flight"
+        )
+        assert not long_call[0].is_error
+        assert not (await b.call_tool("tight__echo", {"message": "hi"})).is_error  # a's is idle now: evicted for b's
