@@ -85,6 +85,8 @@ def test_variables_with_defaults_and_disabled_servers(tmp_path: Path) -> None:
         ({"mcpServers": {"a": {"command": "x", "enabled": "yes"}}}, "server 'a': field 'enabled': must be true or false"),
         ({"mcpServers": {"a": {"command": "x", "timeout": 0}}}, "server 'a': field 'timeout': Input should be greater than 0"),
         ({"mcpServers": {"b": {"url": "ftp://x"}}}, "server 'b': field 'url': must be an http:// or https:// URL"),
+        ({"mcpServers": {"b": {"url": "http://x", "session": "private"}}}, "server 'b': field 'session': Input should be 'shared' or 'per_client'"),
+        ({"mcpServers": {"b": {"url": "http://x", "max_sessions": 0}}}, "server 'b': field 'max_sessions': Input should be greater than or equal to 1"),
         ({"mcpServers": {"b": {"type": "websocket", "url": "ws://x"}}}, "server 'b': field 'type': must be one of"),
         ({"mcpServers": {"b": {"type": "sse", "command": "x"}}}, "server 'b': field 'url': required for sse servers"),
         ({"mcpServers": {"b": {"command": "x", "url": "http://x"}}}, "server 'b': give either 'command'"),
@@ -107,3 +109,18 @@ def test_a_bad_file_gives_one_clear_error(tmp_path: Path, data: object, expected
 def test_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.json")
+
+
+def test_session_sharing_is_shared_unless_per_client(tmp_path: Path) -> None:
+    servers = {"a": {"command": "x"}, "b": {"url": "http://x", "session": "per_client", "max_sessions": 4, "session_idle_seconds": 9}}
+    a, b = load_config(write(tmp_path, json.dumps({"mcpServers": servers})))
+    assert (a.session, a.max_sessions, a.session_idle_seconds) == ("shared", 16, 300.0)
+    assert (b.session, b.max_sessions, b.session_idle_seconds) == ("per_client", 4, 9.0)
+
+
+@pytest.mark.parametrize("key", sorted((set(StdioServerConfig.model_fields) | set(HttpServerConfig.model_fields)) - {"name", "transport"}))
+def test_every_server_key_is_in_the_docs(key: str) -> None:
+    """docs/api/mcp-tools.md's table of server keys names every key a server entry may have."""
+    doc = (Path(__file__).parent.parent / "docs" / "api" / "mcp-tools.md").read_text()
+    table = doc.split("## Downstream servers", 1)[1].split("| key | meaning |", 1)[1].split("\n\n", 1)[0]
+    assert f"`{key}`" in table, f"mcp-tools.md's server keys table does not name `{key}`"

@@ -229,7 +229,7 @@ class FastPath:
                 meta=call.trace_context,
                 session_id=call.session_id,
                 protocol_version=call.version,
-            ) as observed, fast_path_call(call.version):  # issue 9: a downstream asking this caller is told why not
+            ) as observed, fast_path_call(call.version, call.session_id):  # issue 9 and 16: relays, own sessions
                 shaped = await self.upstream.call(
                     call.entry.name,
                     call.arguments,

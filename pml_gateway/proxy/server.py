@@ -205,6 +205,7 @@ class UpstreamServer:
     async def session_ended(self, session_id: str) -> None:
         """A 2025-era HTTP session was deleted: forget it and record its trace now."""
         self._sessions.pop(f"session:{session_id}", None)
+        self.pool.session_ended(f"session:{session_id}")  # issue 16: its own downstream sessions close
         await self.surface.session_ended(f"session:{session_id}")
         if self.traces is not None:
             await self.traces.end(f"session:{session_id}")
@@ -361,6 +362,7 @@ class UpstreamServer:
         for key, (session, seen) in list(self._sessions.items()):
             if now - seen > SESSION_FORGET_SECONDS:
                 del self._sessions[key]
+                self.pool.session_ended(key)  # issue 16: and its own downstream sessions
                 continue
             try:
                 if kind is PromptsListChanged:

@@ -10,6 +10,14 @@ eras get them. A request for something unknown or unavailable is a JSON-RPC erro
 
 What each era gets is in docs/api/mcp-tools.md ("Capabilities"), kept true to this module by
 tests/test_mcp_surface*.py.
+
+A server configured ``"session": "per_client"`` (issue 16, ``downstream/session_pool.py``) gets
+the requests of a 2025-era upstream session (calls, prompts/get, resources/read and
+subscriptions, completion) on that session's own downstream session, opened on its first such
+request with the logging level the session set; ``logging/setLevel`` and
+``roots/list_changed`` reach that session's own downstream session when it has one open, never
+the others; what a session's own downstream session sends (logs, resource updates,
+server-to-client requests) reaches that upstream session only.
 """
 
 from __future__ import annotations
@@ -29,7 +37,16 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from pml_gateway.auth import Profile, request_caller
 from pml_gateway.proxy.prompts import PromptCatalog, RegisteredPrompt
-from pml_gateway.proxy.relay import SEND_TIMEOUT_SECONDS, Relay, UpstreamCall, legacy_session_key, quietly
+from pml_gateway.proxy.relay import (
+    SEND_TIMEOUT_SECONDS,
+    Relay,
+    UpstreamCall,
+    current_session,
+    hears,
+    legacy_session_key,
+    own_session_key,
+    quietly,
+)
 from pml_gateway.proxy.resources import GraphResources, ResourceCatalog, Subscriptions
 
 if TYPE_CHECKING:
@@ -94,13 +111,35 @@ class Surface:
 
     # -- the downstream side -------------------------------------------------------------------
 
-    def client_options(self, server: str) -> dict[str, Any]:
+    def client_options(self, server: str, session: str | None = None) -> dict[str, Any]:
         """``Client`` keyword arguments for ``server``: the relays of server-to-client requests."""
-        return self.relay.client_options(server)
+        return self.relay.client_options(server, session)
 
-    def in_flight(self, server: str) -> AbstractContextManager[UpstreamCall | None]:
+    def in_flight(self, server: str, session: str | None = None) -> AbstractContextManager[UpstreamCall | None]:
         """File the current upstream call under ``server`` while a request to it runs (``Relay``)."""
-        return self.relay.in_flight(server)
+        return self.relay.in_flight(server, session)
+
+    def session_key(self) -> str | None:
+        """The upstream session of the call running now (its own downstream sessions: issue 16)."""
+        return current_session()
+
+    async def session_opened(self, downstream: Downstream, session: str, client: Client) -> set[str]:
+        """An upstream session's own downstream session opened: it gets the level that session set
+        and its subscriptions to this server's resources. Returns the URIs subscribed to."""
+        caps = client.server_capabilities
+        if client.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            return set()  # no setLevel, no resources/subscribe in that era
+        level = self.relay.session_level(session)
+        if level is not None and caps.logging is not None:
+            await quietly(client.session.send_request(_set_level(level), types.EmptyResult), f"logging level of {downstream.name!r}")
+        subscribed: set[str] = set()
+        if caps.resources is not None and caps.resources.subscribe:
+            for uri in sorted(self.subscriptions.uris()):
+                if session in self.subscriptions.sessions(uri) and self.resources.owner(uri) == downstream.name:
+                    request = types.SubscribeRequest(params=types.SubscribeRequestParams(uri=uri))
+                    if await quietly(client.session.send_request(request, types.EmptyResult), f"subscribe to {uri!r}"):
+                        subscribed.add(uri)
+        return subscribed
 
     def wants_sdk(self) -> bool:
         """Whether the current upstream call needs the SDK's client downstream (progress, logs)."""
@@ -136,13 +175,17 @@ class Surface:
         if self._instructions.pop(server, None) is not None:
             self._merge_instructions()
 
-    async def on_message(self, server: str, message: Any) -> None:
-        """A notification from ``server``: logs and resource updates go on to clients."""
+    async def on_message(self, server: str, message: Any, session: str | None = None) -> None:
+        """A notification from ``server`` (over upstream ``session``'s own downstream session, or the
+        shared one): logs and resource updates go on to clients, of that session only when it is one."""
+        downstream = self._downstream(server)
+        per_client = downstream is not None and downstream.per_client
         if isinstance(message, types.LoggingMessageNotification):
-            await self.relay.relay_log(server, message.params)
+            await self.relay.relay_log(server, message.params, session=session, per_client=per_client)
         elif isinstance(message, types.ResourceUpdatedNotification):
-            if self.resources.owner(message.params.uri) == server or message.params.uri in self._subscribed.get(server, ()):
-                await self.notify_updated(message.params.uri)
+            uri = message.params.uri
+            if session is not None or self.resources.owner(uri) == server or uri in self._subscribed.get(server, ()):
+                await self.notify_updated(uri, session=session, per_client=per_client)
 
     # -- prompts -------------------------------------------------------------------------------
 
@@ -158,7 +201,7 @@ class Surface:
     async def get_prompt(self, ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams) -> types.GetPromptResult:
         entry = self._prompt(ctx, params.name)
         request = types.GetPromptRequest(params=params.model_copy(update={"name": entry.original_name}))
-        return await self._send(entry.server, request, types.GetPromptResult)
+        return await self._send(entry.server, request, types.GetPromptResult, own_session_key(ctx))
 
     # -- resources -----------------------------------------------------------------------------
 
@@ -189,14 +232,15 @@ class Surface:
         if self.graph is not None and self.graph.owns(params.uri):
             return await self.graph.read(params.uri, _profile(ctx))
         server = self._resource_owner(ctx, params.uri)
-        return await self._send(server, types.ReadResourceRequest(params=params), types.ReadResourceResult)
+        return await self._send(server, types.ReadResourceRequest(params=params), types.ReadResourceResult, own_session_key(ctx))
 
     async def subscribe(self, ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams) -> types.EmptyResult:
         key = legacy_session_key(ctx)
         if key is None:
             raise MCPError(types.INVALID_REQUEST, "resources/subscribe needs a session (use subscriptions/listen)")
         if not (self.graph is not None and self.graph.owns(params.uri)):
-            self._resource_owner(ctx, params.uri)  # an unknown URI is an error now, not silence later
+            server = self._resource_owner(ctx, params.uri)  # an unknown URI is an error now, not silence later
+            await self._subscribe_own(server, own_session_key(ctx), params.uri, subscribe=True)
         await self.subscriptions.add_session(key, params.uri)
         return types.EmptyResult()
 
@@ -205,8 +249,29 @@ class Surface:
     ) -> types.EmptyResult:
         key = legacy_session_key(ctx)
         if key is not None:
+            server = self.resources.owner(params.uri)
+            if server is not None:
+                await self._subscribe_own(server, own_session_key(ctx), params.uri, subscribe=False)
             await self.subscriptions.remove_session(key, params.uri)
         return types.EmptyResult()
+
+    async def _subscribe_own(self, server: str, session: str | None, uri: str, *, subscribe: bool) -> None:
+        """Per_client servers: (un)subscribe on upstream ``session``'s own downstream session."""
+        downstream = self._downstream(server)
+        if downstream is None or downstream.sessions is None or session is None:
+            return  # shared: the gateway's one subscription there (_start_relaying) serves every client
+        caps = downstream.server_capabilities
+        if caps is None or caps.resources is None or not caps.resources.subscribe or downstream.modern:
+            return
+        if subscribe:
+            request: types.ClientRequest = types.SubscribeRequest(params=types.SubscribeRequestParams(uri=uri))
+            await downstream.request(request, types.EmptyResult, session=session)
+        elif downstream.sessions.get(session) is not None:
+            request = types.UnsubscribeRequest(params=types.UnsubscribeRequestParams(uri=uri))
+            await quietly(downstream.request(request, types.EmptyResult, session=session), f"unsubscribe from {uri!r}")
+        own = downstream.sessions.get(session)
+        if own is not None:  # a session holding subscriptions is not closed for idleness
+            (own.subscriptions.add if subscribe else own.subscriptions.discard)(uri)
 
     async def listen(
         self, ctx: ServerRequestContext[Any, Any], params: types.SubscriptionsListenRequestParams
@@ -227,15 +292,21 @@ class Surface:
         await self.subscriptions.forget_session(key)
         self.relay.forget_session(key)
 
-    async def notify_updated(self, uri: str) -> None:
-        """``notifications/resources/updated`` to every subscriber of ``uri``, in both eras."""
+    async def notify_updated(self, uri: str, *, session: str | None = None, per_client: bool = False) -> None:
+        """``notifications/resources/updated`` to every subscriber of ``uri``, in both eras.
+
+        Issue 16: ``session``: the update came over that session's own downstream session, and goes
+        to it alone; ``per_client``: it came over a per_client server's shared session, and goes to
+        no session with its own there.
+        """
         sessions = dict(self._sessions())
+        keys = [key for key in self.subscriptions.sessions(uri) if hears(key, session, per_client)]
         with anyio.move_on_after(SEND_TIMEOUT_SECONDS):
-            for key in self.subscriptions.sessions(uri):
-                session = sessions.get(key)
-                if session is not None:
-                    await quietly(session.send_resource_updated(uri), f"resources/updated to {key}")
-        if self._bus is not None:
+            for key in keys:
+                upstream = sessions.get(key)
+                if upstream is not None:
+                    await quietly(upstream.send_resource_updated(uri), f"resources/updated to {key}")
+        if self._bus is not None and session is None:
             await self._bus.publish(ResourceUpdated(uri=uri))
 
     async def _start_relaying(self, uri: str) -> None:
@@ -276,29 +347,41 @@ class Surface:
             if profile is not None and not profile.allows_resource(ref.uri, server):
                 raise MCPError(RESOURCE_NOT_FOUND, f"resource {ref.uri!r} is not allowed for profile {profile.name!r}")
         request = types.CompleteRequest(params=params.model_copy(update={"ref": ref}))
-        return await self._send(server, request, types.CompleteResult)
+        return await self._send(server, request, types.CompleteResult, own_session_key(ctx))
 
     async def set_logging_level(
         self, ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams
     ) -> types.EmptyResult:
-        """Forwarded to every downstream that logs; this session then hears messages at or above it."""
+        """Forwarded to every downstream that logs; this session then hears messages at or above it.
+
+        Per_client servers: to this session's own downstream session if it has one open (one opened
+        later gets the level then), never to the shared one or another session's.
+        """
         self.relay.set_session_level(legacy_session_key(ctx), params.level)
         self.log_level = params.level
+        own = own_session_key(ctx)
         async with anyio.create_task_group() as tg:
             for name in sorted(self._connected):
                 downstream = self._downstream(name)
                 caps = downstream.server_capabilities if downstream is not None else None
-                if downstream is not None and caps is not None and caps.logging is not None and not downstream.modern:
-                    tg.start_soon(quietly, downstream.request(_set_level(params.level), types.EmptyResult), f"logging level of {name!r}")
+                if downstream is None or caps is None or caps.logging is None or downstream.modern:
+                    continue
+                if not self._reaches_own(downstream, own):
+                    continue
+                request = downstream.request(_set_level(params.level), types.EmptyResult, session=own)
+                tg.start_soon(quietly, request, f"logging level of {name!r}")
         return types.EmptyResult()
 
     async def roots_list_changed(self, ctx: ServerRequestContext[Any, Any], params: types.NotificationParams | None) -> None:
         """A client's roots changed: every downstream that may ask for them hears of it (and asks that client)."""
         self.relay.roots_changed(legacy_session_key(ctx))
+        own = own_session_key(ctx)
         for name in sorted(self._connected):
             downstream = self._downstream(name)
-            if downstream is not None and not downstream.modern:
-                await quietly(downstream.notify(types.RootsListChangedNotification()), f"roots/list_changed to {name!r}")
+            if downstream is None or downstream.modern or not self._reaches_own(downstream, own):
+                continue
+            notification = types.RootsListChangedNotification()
+            await quietly(downstream.notify(notification, session=own), f"roots/list_changed to {name!r}")
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -320,17 +403,26 @@ class Surface:
             raise MCPError(RESOURCE_NOT_FOUND, f"resource {uri!r} is not allowed for profile {profile.name!r}")
         return server
 
+    @staticmethod
+    def _reaches_own(downstream: Downstream, session: str | None) -> bool:
+        """Whether session state of upstream ``session`` is sent to ``downstream`` now: always to a
+        shared server; to a per_client one only over that session's own downstream session, when
+        open (one opened later gets the level then; ``session_opened``)."""
+        return downstream.sessions is None or session is None or downstream.sessions.get(session) is not None
+
     def _owner(self, uri: str) -> str:
         server = self.resources.owner(uri)
         if server is None:
             raise MCPError(RESOURCE_NOT_FOUND, f"unknown resource {uri!r}: no downstream server lists it or a template matching it")
         return server
 
-    async def _send(self, server: str, request: types.ClientRequest, result_type: type[ResultT]) -> ResultT:
+    async def _send(
+        self, server: str, request: types.ClientRequest, result_type: type[ResultT], session: str | None = None
+    ) -> ResultT:
         downstream = self._downstream(server)
         if downstream is None:
             raise MCPError(types.INTERNAL_ERROR, f"downstream server {server!r} is not configured")
-        return await downstream.request(request, result_type)
+        return await downstream.request(request, result_type, session=session)
 
     def _merge_instructions(self) -> None:
         if self._server is None:

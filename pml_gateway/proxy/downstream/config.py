@@ -16,6 +16,10 @@
   written against the packages the gateway has installed (``mcp``) just work.
 - ``enabled: false`` (or Cline's ``disabled: true``) keeps an entry without starting it.
 - ``timeout`` is the per-call timeout in seconds (default 60).
+- ``session``: ``shared`` (default) sends every client's requests over one downstream session;
+  ``per_client`` gives each 2025-era upstream session a downstream session of its own (a process
+  for stdio, an MCP session for HTTP; ``session_pool.py``), at most ``max_sessions`` (default 16)
+  at a time, closed after ``session_idle_seconds`` (default 300) without a request.
 
 A bad file raises :class:`ConfigError` with one message naming the server and the field, before
 anything starts. Unknown keys (other clients' extensions such as ``autoApprove``) are ignored.
@@ -40,6 +44,8 @@ from pml_gateway.proxy.registry import sanitize
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_SECONDS = 60.0
+DEFAULT_MAX_SESSIONS = 16
+DEFAULT_SESSION_IDLE_SECONDS = 300.0
 
 #: Spellings of ``type``/``transport`` and what they mean.
 _TRANSPORTS: dict[str, Literal["stdio", "streamable-http", "sse"]] = {
@@ -64,6 +70,10 @@ class _ServerBase(BaseModel):
     name: str = Field(min_length=1)
     enabled: bool = True
     timeout: float = Field(default=DEFAULT_TIMEOUT_SECONDS, gt=0, description="Per-call timeout, seconds.")
+    #: issue 16: whether clients share one downstream session or each gets its own (session_pool.py)
+    session: Literal["shared", "per_client"] = "shared"
+    max_sessions: int = Field(default=DEFAULT_MAX_SESSIONS, ge=1, description="per_client: sessions open at once.")
+    session_idle_seconds: float = Field(default=DEFAULT_SESSION_IDLE_SECONDS, gt=0, description="per_client: idle time that closes one.")
 
 
 class StdioServerConfig(_ServerBase):

@@ -84,6 +84,11 @@ def unreachable(server: str, detail: str) -> str:
     return f"downstream server {server!r} is unreachable: {detail}"
 
 
+def no_session(server: str, why: str) -> str:
+    """A per_client server (issue 16) had no session for this client: ``why`` from ``session_pool.py``."""
+    return f"downstream server {server!r} has no session for this client: {why}"
+
+
 def call_failed(server: str, tool: str, detail: str) -> str:
     """Anything else a link raised."""
     return f"calling {tool!r} on downstream server {server!r} failed: {detail}"

@@ -16,15 +16,21 @@ link (``http_link.py``: one POST per call on kept-alive connections, without the
 tasks and streams) when the server speaks 2026-07-28 over Streamable HTTP, else the SDK client's
 (``sdk_link.py``). The supervisor opens it with each connection and closes it when it ends. A call
 that finds the link broken wakes the supervisor, which checks the server at once.
+
+A server configured ``"session": "per_client"`` (issue 16) also has a ``SessionPool``
+(``session_pool.py``) while its connection lives: the calls and requests of a 2025-era upstream
+session go over a downstream session of that upstream session's own, the catalogs and every other
+caller over the supervisor's connection.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
 from collections.abc import AsyncIterator, Iterable
-from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager, nullcontext
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, AsyncExitStack, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol, TextIO, TypeVar
@@ -45,6 +51,7 @@ from pml_gateway.proxy.downstream import errors
 from pml_gateway.proxy.downstream.http_link import HttpLink, link_supported
 from pml_gateway.proxy.downstream.link import DownstreamLink, LinkError, Redirected, RemoteError, Unreachable
 from pml_gateway.proxy.downstream.sdk_link import SdkLink
+from pml_gateway.proxy.downstream.session_pool import OwnSession, SessionPool, SessionUnavailable
 from pml_gateway.proxy.registry import ToolRegistry
 from pml_gateway.observability import Instrumentation, current_downstream, named_stderr
 from pml_gateway.version import VERSION
@@ -59,12 +66,17 @@ class DownstreamHooks(Protocol):
     A protocol here, so that downstreams never import the layer that uses them.
     """
 
-    def client_options(self, server: str) -> dict[str, Any]: ...
+    # ``session``: the upstream session whose own downstream session it is (per_client), None for
+    # the supervisor's connection.
+    def client_options(self, server: str, session: str | None = None) -> dict[str, Any]: ...
     async def connected(self, downstream: Downstream, client: Client) -> None: ...
     def disconnected(self, server: str) -> None: ...
-    async def on_message(self, server: str, message: Any) -> None: ...
-    def in_flight(self, server: str) -> AbstractContextManager[Any]: ...
+    async def on_message(self, server: str, message: Any, session: str | None = None) -> None: ...
+    def in_flight(self, server: str, session: str | None = None) -> AbstractContextManager[Any]: ...
     def wants_sdk(self) -> bool: ...
+    def session_key(self) -> str | None: ...  #: the upstream session of the call running now, if any
+    #: an upstream session's own downstream session opened: give it that session's state; the URIs it subscribed to
+    async def session_opened(self, downstream: Downstream, session: str, client: Client) -> set[str]: ...
 #: Notifications that mean "list again" (tools, and since issue 9 prompts and resources).
 _LIST_CHANGED = (types.ToolListChangedNotification, types.PromptListChangedNotification, types.ResourceListChangedNotification)
 
@@ -143,6 +155,17 @@ class Downstream:
         self._dead = False
         self._relist = False
         self.first_attempt_done = anyio.Event()  #: set once the first connection attempt settled
+        #: issue 16: the upstream sessions' own downstream sessions ("session": "per_client")
+        self.sessions: SessionPool | None = None
+        self._sessions_http: httpx2.AsyncClient | None = None  # the HTTP client per-client sessions share
+        if config.session == "per_client":
+            self.sessions = SessionPool(
+                config.name,
+                self._new_client,
+                max_sessions=config.max_sessions,
+                idle_seconds=config.session_idle_seconds,
+                opened=self._session_opened,
+            )
 
     @property
     def name(self) -> str:
@@ -169,6 +192,7 @@ class Downstream:
             "error": None if self.state is DownstreamState.CONNECTED else self.last_error,
             "transport": self.config.transport,
             "restarts": self.restarts,
+            **({"sessions": len(self.sessions)} if self.sessions is not None else {}),  # per_client: open now
         }
 
     # -- supervision ---------------------------------------------------------------------------
@@ -210,18 +234,7 @@ class Downstream:
     async def _connect(self) -> AsyncIterator[Client]:
         self._wake = anyio.Event()
         self._dead = self._relist = False
-        # mode="auto": the 2026-07-28 era when the server speaks it (self-contained requests, kept-alive
-        # HTTP connections: a cheaper hop), else the initialize handshake. The read timeout bounds the
-        # handshake and tool listing; calls pass their own.
-        async with Client(
-            self._transport(),
-            mode="auto",
-            cache=None,
-            read_timeout_seconds=self.timing.connect_timeout,
-            message_handler=self._on_message,
-            client_info=CLIENT_INFO,
-            **(self.surface.client_options(self.name) if self.surface is not None else {}),
-        ) as client:
+        async with self._new_client() as client, self._own_sessions():
             tools = await self._list_tools(client.session)
             self._client = client
             if self.surface is not None:
@@ -236,6 +249,42 @@ class Downstream:
                 "downstream %r connected (protocol %s): %d tools", self.name, client.protocol_version, len(tools)
             )
             yield client
+
+    @asynccontextmanager
+    async def _own_sessions(self) -> AsyncIterator[None]:
+        """While the connection lives: the per-client sessions (if per_client), and for Streamable
+        HTTP one HTTP client they share (creating one costs about 20 ms of CPU: its TLS context)."""
+        if self.sessions is None:
+            yield
+            return
+        async with AsyncExitStack() as stack:
+            if isinstance(self.config, HttpServerConfig) and self.config.transport != "sse":
+                # Each session holds a GET stream open: no bound on connections beyond max_sessions.
+                http = _http_client(self.config.headers, self.timing.connect_timeout, httpx2.Limits(max_connections=None))
+                self._sessions_http = await stack.enter_async_context(http)
+            await stack.enter_async_context(self.sessions.running())
+            try:
+                yield
+            finally:
+                self._sessions_http = None
+
+    def _new_client(self, session: str | None = None) -> Client:
+        """A client of this server: the supervisor's (``session`` None) or an upstream session's own."""
+        # mode="auto": the 2026-07-28 era when the server speaks it (self-contained requests, kept-alive
+        # HTTP connections: a cheaper hop), else the initialize handshake. The read timeout bounds the
+        # handshake and tool listing; calls pass their own.
+        return Client(
+            self._transport(session),
+            mode="auto",
+            cache=None,
+            read_timeout_seconds=self.timing.connect_timeout,
+            message_handler=functools.partial(self._on_message, session=session),
+            client_info=CLIENT_INFO,
+            **(self.surface.client_options(self.name, session) if self.surface is not None else {}),
+        )
+
+    async def _session_opened(self, session: str, client: Client) -> set[str]:
+        return await self.surface.session_opened(self, session, client) if self.surface is not None else set()
 
     def _lean_link(self, client: Client) -> HttpLink | None:
         """A lean link for tools/call when the server speaks 2026-07-28 over Streamable HTTP."""
@@ -258,7 +307,7 @@ class Downstream:
             client_capabilities={},
         )
 
-    def _transport(self) -> AbstractAsyncContextManager[Any]:
+    def _transport(self, session: str | None = None) -> AbstractAsyncContextManager[Any]:
         config = self.config
         if isinstance(config, StdioServerConfig):
             params = StdioServerParameters(
@@ -270,6 +319,8 @@ class Downstream:
             return _stdio_named(params, self.name, self._errlog)
         if config.transport == "sse":
             return sse_client(config.url, headers=dict(config.headers) or None, timeout=self.timing.connect_timeout)
+        if session is not None and self._sessions_http is not None:  # a separate MCP session on the shared client
+            return streamable_http_client(config.url, http_client=self._sessions_http)
         return _streamable_http(config.url, config.headers, self.timing.connect_timeout)
 
     async def _serve(self, client: Client) -> None:
@@ -331,13 +382,14 @@ class Downstream:
             if not cursor:
                 return tools
 
-    async def _on_message(self, message: IncomingMessage) -> None:
+    async def _on_message(self, message: IncomingMessage, *, session: str | None = None) -> None:
         # Runs in the session's receive loop: only flag work here, never await a request.
         if isinstance(message, _LIST_CHANGED):
-            self._relist = True
-            self._wake.set()
+            if session is None:  # the catalogs come from the supervisor's connection only
+                self._relist = True
+                self._wake.set()
         elif self.surface is not None and isinstance(message, types.ServerNotification):
-            await self.surface.on_message(self.name, message)  # logs, resource updates: sent on, bounded
+            await self.surface.on_message(self.name, message, session)  # logs, resource updates: sent on, bounded
         elif isinstance(message, Exception):
             logger.debug("downstream %r transport error: %s", self.name, errors.describe_error(message))
 
@@ -356,14 +408,25 @@ class Downstream:
         Never raises (except cancellation): every failure is a tool error. ``input_schema`` is the
         tool's, ``meta`` extra ``_meta`` keys for the request (see ``DownstreamLink``).
         """
-        link = self._link
+        link: DownstreamLink | None = self._link
         if link is None:
             return errors.tool_error(errors.server_down(self.name, self.state.value, self.last_error))
-        if self._needs_sdk():  # a caller that wants progress or logs: only the SDK's client relays them
+        own: OwnSession | None = None
+        if self.sessions is not None and self.surface is not None:  # shared servers: not a step more per call
+            try:
+                own = await self._own_session(self.surface.session_key())
+            except SessionUnavailable as exc:
+                return errors.tool_error(errors.no_session(self.name, str(exc)))
+        if own is not None:  # issue 16: the caller's own session (per_client)
+            link = own.link
+            if link is None:
+                return errors.tool_error(errors.connection_lost(self.name, tool, "its session closed"))
+        elif self._needs_sdk():  # a caller that wants progress or logs: only the SDK's client relays them
             link = self._fallback or link
         timeout = self.config.timeout
         try:
-            with self._in_flight() as caller:  # issue 9: server-to-client requests and progress reach this caller
+            # issue 9: server-to-client requests and progress reach this caller
+            with self._in_flight(own) as caller, own.using() if own is not None else nullcontext():
                 progress = caller.report_progress if caller is not None else None
                 result = await link.call_tool(
                     tool, arguments, input_schema=input_schema, meta=meta, timeout=timeout, progress=progress
@@ -382,7 +445,9 @@ class Downstream:
             link.close()
             return await self.call_tool(tool, arguments, input_schema=input_schema, meta=meta)
         except LinkError as exc:
-            if link in (self._link, self._fallback):  # not a stale call on an earlier connection: the supervisor checks now
+            if own is not None and self.sessions is not None:  # its own session broke: the next call opens another
+                self.sessions.discard(own)
+            elif link in (self._link, self._fallback):  # not a stale call on an earlier connection: the supervisor checks now
                 if exc.dead:
                     self._dead = True
                 else:
@@ -406,8 +471,16 @@ class Downstream:
     def modern(self) -> bool:
         return self._client is not None and self._client.protocol_version in MODERN_PROTOCOL_VERSIONS
 
-    async def request(self, request: types.ClientRequest, result_type: type[ResultT]) -> ResultT:
-        """Any request but ``tools/call`` (prompts, resources, completion, logging) on the SDK client.
+    @property
+    def per_client(self) -> bool:
+        """Each upstream session has a downstream session of its own (issue 16)."""
+        return self.sessions is not None
+
+    async def request(
+        self, request: types.ClientRequest, result_type: type[ResultT], *, session: str | None = None
+    ) -> ResultT:
+        """Any request but ``tools/call`` (prompts, resources, completion, logging) on the SDK client:
+        the supervisor's, or upstream ``session``'s own on a per_client server.
 
         Raises ``MCPError``: the server's own error, or one saying the server is not connected.
         """
@@ -415,15 +488,39 @@ class Downstream:
         if client is None:
             reason = f": {self.last_error}" if self.last_error else ""
             raise MCPError(types.INTERNAL_ERROR, f"downstream server {self.name!r} is {self.state.value}{reason}")
-        with self._in_flight():
-            return await client.session.send_request(request, result_type, request_read_timeout_seconds=self.config.timeout)
+        try:
+            own = await self._own_session(session)
+        except SessionUnavailable as exc:
+            raise MCPError(types.INTERNAL_ERROR, errors.no_session(self.name, str(exc))) from None
+        target = own.client if own is not None and own.client is not None else client
+        with self._in_flight(own), own.using() if own is not None else nullcontext():
+            try:
+                return await target.session.send_request(
+                    request, result_type, request_read_timeout_seconds=self.config.timeout
+                )
+            except MCPError as exc:
+                if own is not None and self.sessions is not None and exc.code == types.CONNECTION_CLOSED:
+                    self.sessions.discard(own)
+                raise
 
-    async def notify(self, notification: types.ClientNotification) -> None:
-        if self._client is not None:
-            await self._client.session.send_notification(notification)
+    async def notify(self, notification: types.ClientNotification, *, session: str | None = None) -> None:
+        """A notification on the supervisor's connection, or on ``session``'s own when it has one open."""
+        own = self.sessions.get(session) if self.sessions is not None and session is not None else None
+        client = own.client if own is not None else self._client
+        if client is not None:
+            await client.session.send_notification(notification)
 
-    def _in_flight(self) -> AbstractContextManager[Any]:
-        return self.surface.in_flight(self.name) if self.surface is not None else nullcontext(None)
+    async def _own_session(self, session: str | None) -> OwnSession | None:
+        """Upstream ``session``'s own downstream session, opened now if need be; None when it uses the
+        supervisor's (a shared server, or no upstream session). Raises ``SessionUnavailable``."""
+        if self.sessions is None or session is None:
+            return None
+        return await self.sessions.session(session)
+
+    def _in_flight(self, own: OwnSession | None = None) -> AbstractContextManager[Any]:
+        if self.surface is None:
+            return nullcontext(None)
+        return self.surface.in_flight(self.name, own.key if own is not None else None)
 
     def _needs_sdk(self) -> bool:
         # A caller that wants progress or logs: only the SDK's client relays them (relay.py).
@@ -440,11 +537,15 @@ async def _stdio_named(params: StdioServerParameters, name: str, copy_to: TextIO
 
 @asynccontextmanager
 async def _streamable_http(url: str, headers: dict[str, str], connect_timeout: float) -> AsyncIterator[Any]:
-    # Headers and timeouts go on an httpx2 client (SDK_NOTES §4); long reads for server streams.
-    timeout = httpx2.Timeout(connect_timeout, read=300.0)
-    async with httpx2.AsyncClient(headers=headers or None, timeout=timeout) as client:
+    async with _http_client(headers, connect_timeout) as client:
         async with streamable_http_client(url, http_client=client) as streams:
             yield streams
+
+
+def _http_client(headers: dict[str, str], connect_timeout: float, limits: httpx2.Limits | None = None) -> httpx2.AsyncClient:
+    # Headers and timeouts go on an httpx2 client (SDK_NOTES §4); long reads for server streams.
+    timeout = httpx2.Timeout(connect_timeout, read=300.0)
+    return httpx2.AsyncClient(headers=headers or None, timeout=timeout, **({"limits": limits} if limits else {}))
 
 
 class DownstreamPool:
@@ -537,6 +638,12 @@ class DownstreamPool:
 
     def health(self) -> dict[str, dict[str, Any]]:
         return {name: downstream.health() for name, downstream in self.downstreams.items()}
+
+    def session_ended(self, session: str) -> None:
+        """An upstream session ended: its own downstream sessions (per_client servers) close."""
+        for downstream in self.downstreams.values():
+            if downstream.sessions is not None:
+                downstream.sessions.close(session)
 
     def missing(self, name: str) -> str:
         """Why the exposed name ``name`` cannot be called: its server is down, or no such tool."""
