@@ -83,6 +83,7 @@ Listener = Callable[[GraphEvent], None]
 #: Which server a tool id belongs to, as whoever named the tools knows it (``None``: unknown).
 ServerResolver = Callable[[str], str | None]
 
+
 class UnknownTool(LookupError):
     """``forget_tool`` of a tool the graph has no history of."""
 

@@ -208,9 +208,11 @@ def store_unavailable(exc: StoreUnavailable) -> JSONResponse:
 
 
 # -- POST /graph/reset, DELETE /graph/tools/{tool_id} (scope admin: auth/scopes.py) -----------
-def _event_answer(event: GraphEvent) -> JSONResponse:
-    """The committed event, as a WebSocket message carries it: ``{"id", "type", "data"}``."""
-    return JSONResponse({"id": event.id, "type": event.type, "data": event.data.model_dump(mode="json")})
+def _event_answer(event: GraphEvent) -> Response:
+    """The committed event as a WebSocket message carries it, ``{"id", "type", "data"}``, its
+    ``data`` the very JSON the stream sends (serialised once, by the event)."""
+    body = f'{{"id":{event.id},"type":"{event.type}","data":{event.data_json()}}}'
+    return Response(body, media_type="application/json")
 
 
 async def reset_graph(request: Request) -> Response:
