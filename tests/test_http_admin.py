@@ -14,6 +14,7 @@ import pytest
 
 from pml_gateway.auth import KeyStore
 
+from gateway_support import run_gateway, stdio_entry, wait_for
 from server_helpers import make_settings, open_stream, post_executions, running_app
 
 pytestmark = pytest.mark.anyio
@@ -121,3 +122,29 @@ async def test_admin_routes_need_the_admin_scope(tmp_path: Path) -> None:
             assert (await as_writer.get("/graph")).json()["nodes"] == []
 
 
+
+
+async def test_unknown_tools_stay_external_and_a_forgotten_exposed_tool_stays_listed(tmp_path: Path) -> None:
+    """Issue 16 item 7 through the whole gateway: POST /executions with made-up tool ids records no
+    made-up server ("a__x" is not server "a"); forgetting them cleans /graph; forgetting a tool a
+    server exposes leaves it in /tools (it is not history)."""
+    async with run_gateway(tmp_path, {"t": stdio_entry()}) as gw, httpx.AsyncClient(base_url=gw.url, timeout=10) as client:
+        await wait_for(lambda: _has_tools(client))
+        await post_executions(client, [{"tool_ids": ["t__echo", "a__x", "big__t*"]},
+                                       {"tasks": [{"id": "1", "tool_id": "crm__find", "server": "crm"},
+                                                  {"id": "2", "tool_id": "t__echo", "depends_on": ["1"]}]}])
+        servers = {n["id"]: n["server"] for n in (await client.get("/graph")).json()["nodes"]}
+        assert servers == {"t__echo": "t", "a__x": None, "big__t*": None, "crm__find": "crm"}
+        listed = {t["tool_id"] for t in (await client.get("/tools")).json()["tools"]}
+        assert "t__echo" in listed and not listed & {"a__x", "big__t*", "crm__find"}  # /tools: exposed tools only
+
+        for junk in ("a__x", "big__t%2A"):
+            assert (await client.delete(f"/graph/tools/{junk}")).status_code == 200
+        answer = await client.delete("/graph/tools/t__echo")
+        assert answer.json()["data"]["server"] == "t"
+        assert {n["id"] for n in (await client.get("/graph")).json()["nodes"]} == {"crm__find"}
+        assert "t__echo" in {t["tool_id"] for t in (await client.get("/tools")).json()["tools"]}
+
+
+async def _has_tools(client: httpx.AsyncClient) -> bool:
+    return bool((await client.get("/tools")).json()["tools"])
