@@ -216,6 +216,9 @@ def _event_answer(event: GraphEvent) -> Response:
 
 
 async def reset_graph(request: Request) -> Response:
+    profile = request.scope.get(PROFILE_SCOPE_KEY)
+    if profile is not None:  # [auth] a credential that sees part of the graph cannot delete all of it
+        return error_response(403, f"a credential limited to profile {profile.name!r} cannot reset the whole graph")
     try:
         event = await app_state(request).engine.reset_graph()
     except StoreUnavailable as exc:
@@ -225,10 +228,15 @@ async def reset_graph(request: Request) -> Response:
 
 async def forget_tool(request: Request) -> Response:
     tool_id: str = request.path_params["tool_id"]  # percent-decoded; may contain "/"
+    engine = app_state(request).engine
+    unknown = error_response(404, f"Unknown tool: {tool_id!r} has no history in the graph")
+    profile = request.scope.get(PROFILE_SCOPE_KEY)
+    if profile is not None and not profile.allows_tool(tool_id, engine.tool_server(tool_id)):
+        return unknown  # [auth] outside its profile: as if it did not exist, as on /graph
     try:
-        event = await app_state(request).engine.forget_tool(tool_id)
-    except UnknownTool as exc:
-        return error_response(404, f"Unknown tool: {exc.tool_id!r} has no history in the graph")
+        event = await engine.forget_tool(tool_id)
+    except UnknownTool:
+        return unknown
     except StoreUnavailable as exc:
         return store_unavailable(exc)
     return _event_answer(event)

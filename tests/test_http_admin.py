@@ -6,6 +6,7 @@ Host/Origin checks every route has."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +149,21 @@ async def test_unknown_tools_stay_external_and_a_forgotten_exposed_tool_stays_li
 
 async def _has_tools(client: httpx.AsyncClient) -> bool:
     return bool((await client.get("/tools")).json()["tools"])
+
+
+async def test_an_admin_limited_to_a_profile_forgets_only_its_tools_and_cannot_reset(tmp_path: Path) -> None:
+    keys = KeyStore(tmp_path / "keys.json")
+    limited = keys.create("team-admin", ["admin"], profile="reader")
+    servers = {"t": stdio_entry()}
+    config = tmp_path / "with-profiles.json"
+    config.write_text(json.dumps({"mcpServers": servers, "profiles": {"reader": {"tools": ["t__echo"]}}}))
+    async with run_gateway(tmp_path, servers, config=config, keys_file=tmp_path / "keys.json") as gw:
+        async with httpx.AsyncClient(base_url=gw.url, timeout=10, headers={"authorization": f"Bearer {limited}"}) as client:
+            await post_executions(client, {"tool_ids": ["t__echo", "t__pick"]})
+            hidden = await client.delete("/graph/tools/t__pick")
+            assert hidden.status_code == 404 and hidden.json() == {"error": "Unknown tool: 't__pick' has no history in the graph"}
+            refused = await client.post("/graph/reset")
+            assert refused.status_code == 403
+            assert refused.json() == {"error": "a credential limited to profile 'reader' cannot reset the whole graph"}
+            assert gw.app.state.pml.engine.graph.has_node("t__pick")  # nothing deleted
+            assert (await client.delete("/graph/tools/t__echo")).json()["type"] == "tool_forgotten"
