@@ -98,6 +98,9 @@ async def test_forget_tool_deletes_its_node_edges_and_counts_everywhere(new_stor
     again = GraphRAGEngine(store=new_store())
     await again.sync_from_database()
     assert set(again.graph.nodes) == {"files__read", "files__write"} and again.transitions == {}
+    # What forget_tool left in memory is what loading the store gives (incoming sums included).
+    assert dict(again.graph.nodes(data=True)) == dict(engine.graph.nodes(data=True))
+    assert again.suggest_next(["files__read"]) == engine.suggest_next(["files__read"])
 
 
 async def test_reset_empties_the_graph_and_the_log_and_ids_go_on(new_store: StoreFactory) -> None:
