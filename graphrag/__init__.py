@@ -7,7 +7,7 @@ without psycopg.
 
 from typing import Any
 
-from .engine import GraphRAGEngine
+from .engine import GraphRAGEngine, UnknownTool
 from .events import GraphEvent
 from .execution import TaskRun, WorkflowExecution, check_dag
 from .metrics import GraphMetrics
@@ -36,6 +36,7 @@ __all__ = [
     "StoreUnavailable",
     "Suggestion",
     "TaskRun",
+    "UnknownTool",
     "WorkflowExecution",
     "check_dag",
 ]

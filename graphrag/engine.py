@@ -24,6 +24,11 @@ for themselves and relay the leader's event from the log. Everything a replica l
 through that one path: executions with their edges and second-order transitions, and the
 available tools with their ``tool_added``/``tool_removed`` events, which a follower applies to
 its own map of available tools.
+
+An administrator may delete learned history (``forget_tool``, ``reset_graph``): through the same
+commit (a ``ForgetRecord`` with its ``tool_forgotten`` / ``graph_reset`` event), then applied in
+memory, then emitted. A follower that meets such an event reloads the whole graph (``CatchUp.full``
+replaces what it holds).
 """
 
 from __future__ import annotations
@@ -43,10 +48,12 @@ from .events import (
     EdgeUpdatedData,
     EventPayload,
     GraphEvent,
+    GraphResetData,
     GraphSyncedData,
     MetricsUpdatedData,
     PageRankEntry,
     ToolAddedData,
+    ToolForgottenData,
     ToolRemovedData,
     ToolRemovedReason,
     WorkflowExecutedData,
@@ -58,7 +65,16 @@ from .grading import SuggestionGrader
 from .learning import EdgeState, TransitionState, learn, learn_transition, observations, transitions
 from .metrics import GraphMetrics, MetricsComputer, top_k
 from .snapshot import GraphSnapshot
-from .store import CatchUp, ExecutionRecord, GraphStore, MemoryStore, StoreUnavailable, ToolsRecord, apply_tool_event
+from .store import (
+    CatchUp,
+    ExecutionRecord,
+    ForgetRecord,
+    GraphStore,
+    MemoryStore,
+    StoreUnavailable,
+    ToolsRecord,
+    apply_tool_event,
+)
 from .suggestions import Suggestion, rank_next, suggest_next
 
 log = logging.getLogger(__name__)
@@ -66,6 +82,15 @@ log = logging.getLogger(__name__)
 Listener = Callable[[GraphEvent], None]
 #: Which server a tool id belongs to, as whoever named the tools knows it (``None``: unknown).
 ServerResolver = Callable[[str], str | None]
+
+
+class UnknownTool(LookupError):
+    """``forget_tool`` of a tool the graph has no history of."""
+
+    def __init__(self, tool_id: str) -> None:
+        super().__init__(f"unknown tool {tool_id!r}: the graph has no history of it")
+        self.tool_id = tool_id
+
 
 class GraphRAGEngine:
     def __init__(self, store: GraphStore | None = None, *, metrics_computer: MetricsComputer | None = None) -> None:
@@ -136,6 +161,18 @@ class GraphRAGEngine:
     # -- loading --------------------------------------------------------------------------
     async def sync_from_database(self) -> GraphEvent:
         started = time.perf_counter()
+        self.load()
+        payload = GraphSyncedData(
+            node_count=self.graph.number_of_nodes(),
+            edge_count=self.graph.number_of_edges(),
+            sync_duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+        (event,) = self._store_and_emit([payload])
+        return event
+
+    def load(self) -> None:
+        """Read the committed graph into memory without logging ``graph_synced``: for a short-lived
+        process that only acts on the store (``pml-gateway admin``); a server syncs instead."""
         stored = self.store.load()
         self._available = self.store.available_tools()
         self.graph = nx.DiGraph()
@@ -149,13 +186,6 @@ class GraphRAGEngine:
             self._apply_transition(transition)
         self._top3.clear()
         self._last_event_id = stored.bounds.last_id
-        payload = GraphSyncedData(
-            node_count=self.graph.number_of_nodes(),
-            edge_count=self.graph.number_of_edges(),
-            sync_duration_ms=round((time.perf_counter() - started) * 1000, 3),
-        )
-        (event,) = self._store_and_emit([payload])
-        return event
 
     # -- learning -------------------------------------------------------------------------
     async def update_from_execution(self, execution: WorkflowExecution) -> list[GraphEvent]:
@@ -232,6 +262,8 @@ class GraphRAGEngine:
         self._emit(caught.events)
 
     def _apply_caught_up(self, caught: CatchUp) -> None:
+        if caught.full:  # the whole graph as committed: history may have been deleted (admin)
+            self._clear_memory()
         for tool_id, server in caught.nodes.items():
             self._add_node(tool_id, server)
         for edge in caught.edges:
@@ -404,6 +436,98 @@ class GraphRAGEngine:
         events = [event for batch in stored for event in batch]
         self._emit(events)
         return events
+
+    # -- forgetting (admin) ---------------------------------------------------------------
+    # Apart from the ingest path on purpose: rare, whole-graph work is fine here. Same order as
+    # learning: plan from the committed graph, commit (the store deletes), apply, emit.
+    async def forget_tool(self, tool_id: str) -> GraphEvent:
+        """Delete what was learned about ``tool_id``: its node, every edge to or from it, every
+        second-order count naming it. Returns its ``tool_forgotten`` event, once committed.
+        ``UnknownTool`` when the graph (as committed, other replicas' changes included) has no
+        such tool. Whether its server still offers it (``available_tools``) does not change."""
+        known: list[bool] = []
+
+        def plan(caught: CatchUp, _fresh: Sequence[bool]) -> list[ExecutionRecord]:
+            self._apply_caught_up(caught)
+            if tool_id not in self.graph:
+                return []
+            known.append(True)
+            payload = ToolForgottenData(
+                tool_id=tool_id,
+                server=self.graph.nodes[tool_id].get("server"),
+                edges_removed=self.graph.degree(tool_id) - (1 if self.graph.has_edge(tool_id, tool_id) else 0),
+                transitions_removed=sum(1 for _ in self._transitions_naming(tool_id)),
+            )
+            return [ExecutionRecord(None, {}, (), [payload], forget=ForgetRecord(tool_id))]
+
+        events = self._commit_forget(plan)
+        if not known:
+            raise UnknownTool(tool_id)
+        self._drop_tool(tool_id)
+        self._emit(events)
+        return events[0]
+
+    async def reset_graph(self) -> GraphEvent:
+        """Delete the whole learned graph, the recorded executions and the event log before the
+        ``graph_reset`` event this returns (ids go on growing). The available tools stay."""
+
+        def plan(caught: CatchUp, _fresh: Sequence[bool]) -> list[ExecutionRecord]:
+            self._apply_caught_up(caught)
+            payload = GraphResetData(nodes_removed=self.graph.number_of_nodes(), edges_removed=self.graph.number_of_edges())
+            return [ExecutionRecord(None, {}, (), [payload], forget=ForgetRecord(None))]
+
+        events = self._commit_forget(plan)
+        self._clear_memory()
+        self._emit(events)
+        return events[0]
+
+    def _commit_forget(self, plan: Callable[[CatchUp, Sequence[bool]], list[ExecutionRecord]]) -> list[GraphEvent]:
+        """Commit a forget plan; emit what others committed before it; return its own events (not emitted)."""
+        try:
+            caught, stored = self.store.commit([], plan, after_id=self._last_event_id or 0)
+        except StoreUnavailable as exc:
+            self.store_error = str(exc)
+            raise
+        self.store_error = None
+        self._emit(caught.events)
+        return [event for batch in stored for event in batch]
+
+    def _transitions_naming(self, tool_id: str) -> Iterable[TransitionState]:
+        for (first, second), thirds in self.transitions.items():
+            for third, transition in thirds.items():
+                if tool_id in (first, second, third):
+                    yield transition
+
+    def _drop_tool(self, tool_id: str) -> None:
+        """Remove a tool from memory as the store did: node, edges (and what they added to their
+        targets' incoming sums), second-order counts; the array mirror is rebuilt (append-only)."""
+        for target in list(self.graph.successors(tool_id)):
+            edge, node = self.graph.edges[tool_id, target], self.graph.nodes[target]
+            node["in_observed"] -= edge["observed_count"]
+            node["in_success"] -= edge["success_count"]
+        self.graph.remove_node(tool_id)
+        kept: dict[tuple[str, str], dict[str, TransitionState]] = {}
+        for pair, thirds in self.transitions.items():
+            if tool_id in pair:
+                continue
+            rest = {third: t for third, t in thirds.items() if third != tool_id}
+            if rest:
+                kept[pair] = rest
+        self.transitions = kept
+        arrays = GraphArrays()
+        for node in self.graph:
+            arrays.node_index(node)
+        for source, target, confidence in self.graph.edges(data="confidence"):
+            arrays.set_edge(source, target, confidence)
+        self._arrays = arrays  # a new lineage: the metrics computer rebuilds rather than extends
+        self._top3.clear()
+
+    def _clear_memory(self) -> None:
+        """An empty graph in memory (the available tools are not the graph's: they stay)."""
+        self.graph = nx.DiGraph()
+        self._arrays = GraphArrays()
+        self.transitions = {}
+        self._top3.clear()
 
     # -- metrics --------------------------------------------------------------------------
     async def refresh_metrics(self) -> GraphMetrics:

@@ -169,6 +169,36 @@ class ToolRemovedData(_ToolChange):
     timestamp: Timestamp = _timestamp()
 
 
+class ToolForgottenData(EventPayload):
+    """An administrator deleted one tool's learned history: its node, every edge to or from it and
+    every second-order count through it (``pml-gateway admin forget-tool``, ``DELETE
+    /graph/tools/{tool_id}``). A client drops the tool and its edges."""
+
+    event_type: ClassVar[str] = "tool_forgotten"
+    tool_id: str
+    server: str | None = Field(description="The server recorded with the tool's node (null: external).")
+    edges_removed: int = Field(ge=0)
+    transitions_removed: int = Field(ge=0)
+    timestamp: Timestamp = _timestamp()
+
+    def named_tools(self) -> tuple[str, ...]:
+        return (self.tool_id,)
+
+    def named_server(self) -> str | None:
+        return self.server
+
+
+class GraphResetData(EventPayload):
+    """An administrator reset the learned graph (``pml-gateway admin reset``, ``POST /graph/reset``):
+    every node, edge, second-order count and recorded execution is gone, and the log before this
+    event with them. A client empties its graph (the tools the servers offer stay available)."""
+
+    event_type: ClassVar[str] = "graph_reset"
+    nodes_removed: int = Field(ge=0)
+    edges_removed: int = Field(ge=0)
+    timestamp: Timestamp = _timestamp()
+
+
 class WorkflowProgressData(EventPayload):
     """One task of a running workflow changed state: live only (no id, never stored)."""
 
@@ -229,12 +259,16 @@ PAYLOAD_MODELS: dict[str, type[EventPayload]] = {
         MetricsUpdatedData,
         ToolAddedData,
         ToolRemovedData,
+        ToolForgottenData,
+        GraphResetData,
         WorkflowProgressData,
         HeartbeatData,
         ConnectedData,
         ResetData,
     )
 }
+#: Graph events that delete learned history: a follower that meets one reloads the whole graph.
+ERASING_EVENT_TYPES: frozenset[str] = frozenset({"tool_forgotten", "graph_reset"})
 #: Types produced by the engine, stored in the log and given ids.
 GRAPH_EVENT_TYPES: frozenset[str] = frozenset(t for t, m in PAYLOAD_MODELS.items() if m.has_id)
 #: Types that belong to one stream connection (no id, never stored, never filtered out).

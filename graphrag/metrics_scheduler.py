@@ -17,7 +17,7 @@ from .events import GraphEvent
 log = logging.getLogger(__name__)
 
 #: Events that change what the metrics describe.
-_CHANGES = frozenset({"edge_created", "edge_updated", "graph_synced"})
+_CHANGES = frozenset({"edge_created", "edge_updated", "graph_synced", "tool_forgotten", "graph_reset"})
 
 
 class MetricsScheduler:

@@ -59,6 +59,7 @@ from .store import (
     EDGE_COLUMNS,
     CatchUp,
     ExecutionRecord,
+    ForgetRecord,
     LogBounds,
     Plan,
     StoredGraph,
@@ -66,6 +67,7 @@ from .store import (
     ToolsRecord,
     append_events,
     edge_from_row,
+    erases,
     record_executions,
     record_tools,
     split_events,
@@ -191,6 +193,21 @@ class LoggedState(BaseModel):
 
 def _transitions(conn: psycopg.Connection[Any]) -> list[TransitionState]:
     return [TransitionState(*row) for row in conn.execute(f"SELECT {_TRANSITION_COLUMNS} FROM pml_transitions")]
+
+
+def _forget(conn: psycopg.Connection[Any], forget: ForgetRecord) -> None:
+    """Delete learned history inside the write transaction (``ForgetRecord``), under the log lock."""
+    if forget.tool_id is None:  # ids go on from pml_log_head: the reset event is numbered after these
+        # DELETE, not TRUNCATE: TRUNCATE is not MVCC-safe for replicas reading a snapshot meanwhile.
+        for table in ("pml_nodes", "pml_edges", "pml_transitions", "pml_executions", "pml_events"):
+            conn.execute(f"DELETE FROM {table}")
+        return
+    conn.execute("DELETE FROM pml_nodes WHERE tool_id = %s", (forget.tool_id,))
+    conn.execute("DELETE FROM pml_edges WHERE from_tool_id = %(t)s OR to_tool_id = %(t)s", {"t": forget.tool_id})
+    conn.execute(
+        "DELETE FROM pml_transitions WHERE first_tool_id = %(t)s OR second_tool_id = %(t)s OR third_tool_id = %(t)s",
+        {"t": forget.tool_id},
+    )
 
 
 def _reason(exc: BaseException) -> str:
@@ -371,6 +388,8 @@ class PostgresStore:
 
     def _write(self, conn: psycopg.Connection[Any], records: Sequence[ExecutionRecord], first: int) -> list[GraphEvent]:
         """Queue the writes (no result awaited): nodes, edges in key order, the log, NOTIFY."""
+        for forget in [r.forget for r in records if r.forget is not None]:
+            _forget(conn, forget)
         nodes = sorted({tool_id: server for r in records for tool_id, server in r.nodes.items()}.items())
         if nodes:
             conn.execute(
@@ -459,7 +478,9 @@ class PostgresStore:
         if not rows:
             return CatchUp()
         events = [_event(row) for row in rows]
-        if events[0].id != after_id + 1:  # a new log (the epoch) or ids it never saw: take the whole graph
+        # A new log (the epoch), ids it never saw, or deleted history (whose logged states are
+        # stale): take the whole graph.
+        if events[0].id != after_id + 1 or erases(events):
             with conn.transaction():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 nodes = dict(conn.execute("SELECT tool_id, server FROM pml_nodes").fetchall())

@@ -39,6 +39,7 @@ from .store import (
     EDGE_COLUMNS,
     CatchUp,
     ExecutionRecord,
+    ForgetRecord,
     LogBounds,
     Plan,
     StoredGraph,
@@ -46,6 +47,7 @@ from .store import (
     ToolsRecord,
     append_events,
     edge_from_row,
+    erases,
     fresh_executions,
     record_executions,
     record_tools,
@@ -259,6 +261,8 @@ class SQLiteStore:
             try:
                 caught = self._catch_up(after_id) if after_id is not None else CatchUp()
                 records = plan(caught, fresh_executions(executions, self._recorded))
+                for forget in [r.forget for r in records if r.forget is not None]:
+                    self._forget(forget)
                 done = [r.execution for r in records if r.execution is not None]
                 if done:
                     db.executemany(
@@ -306,6 +310,19 @@ class SQLiteStore:
                 raise
         return caught, split_events(records, events)
 
+    def _forget(self, forget: ForgetRecord) -> None:
+        """Delete learned history inside the write transaction (``ForgetRecord``)."""
+        tool_id = forget.tool_id
+        if tool_id is None:  # the reset event is numbered after these: ids go on (sqlite_sequence)
+            for table in ("nodes", "edges", "transitions", "executions", "events"):
+                self._db.execute(f"DELETE FROM {table}")
+            return
+        self._db.execute("DELETE FROM nodes WHERE tool_id = ?", (tool_id,))
+        self._db.execute("DELETE FROM edges WHERE from_tool_id = ?1 OR to_tool_id = ?1", (tool_id,))
+        self._db.execute(
+            "DELETE FROM transitions WHERE first_tool_id = ?1 OR second_tool_id = ?1 OR third_tool_id = ?1", (tool_id,)
+        )
+
     def record_executions(self, records: Sequence[ExecutionRecord]) -> list[list[GraphEvent]]:
         return record_executions(self, records)
 
@@ -345,7 +362,7 @@ class SQLiteStore:
         events = [_event(row) for row in db.execute("SELECT id, type, data FROM events WHERE id > ? ORDER BY id", (after_id,))]
         if not events:  # pruning keeps the newest events: none after it means nothing new
             return CatchUp()
-        if events[0].id != after_id + 1:  # pruned past it: take the whole graph
+        if events[0].id != after_id + 1 or erases(events):  # pruned past it, or history deleted: the whole graph
             nodes = dict(db.execute("SELECT tool_id, server FROM nodes").fetchall())
             edges = [edge_from_row(row) for row in db.execute(f"SELECT {EDGE_COLUMNS} FROM edges")]
             available = dict(db.execute("SELECT tool_id, server FROM available_tools").fetchall())

@@ -19,6 +19,11 @@ PostgreSQL can all sit behind it:
   includes it, then writes them. Several processes on one store therefore never learn from a
   stale graph and never take ids out of commit order (see ``graphrag.replication``).
 
+Deleting learned history (an administrator forgetting one tool, or resetting the graph) is a
+record of that same commit too (``ForgetRecord``, with its ``tool_forgotten``/``graph_reset``
+event): other processes learn of it from the log like of anything else, and reload the whole
+graph when they meet such an event (``erases``).
+
 The log carries an ``epoch``: a Last-Event-ID from another history (a replaced database) is
 recognised by comparing ids with the bounds and answered with a reset.
 """
@@ -33,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-from .events import EventPayload, GraphEvent
+from .events import ERASING_EVENT_TYPES, EventPayload, GraphEvent
 from .execution import WorkflowExecution
 from .learning import EdgeState, TransitionState
 
@@ -75,6 +80,7 @@ class ExecutionRecord:
     payloads: Sequence[EventPayload]  # its events, in order
     transitions: Sequence[TransitionState] = ()  # second-order counts' new states, same transaction
     tools: ToolsRecord | None = None  # a change of the available tools (then ``payloads`` are its events)
+    forget: ForgetRecord | None = None  # learned history to delete (then ``payloads`` are its event)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +91,26 @@ class ToolsRecord:
     added: Sequence[str]  # tool ids now offered by ``server``
     removed: Sequence[str]  # tool ids ``server`` no longer offers
     payloads: Sequence[EventPayload]  # their tool_added / tool_removed events, in order
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetRecord:
+    """Learned history to delete, committed with its ``tool_forgotten`` / ``graph_reset`` event.
+
+    ``tool_id``: that tool's node, every edge to or from it, every second-order count naming it
+    (its executions stay recorded, so a retried POST is still not learned twice). ``None``: the
+    whole graph, the recorded executions and the event log before the reset event. The tools the
+    servers offer (``available_tools``) are not history and stay. A store applies it before the
+    other writes of the same commit; the engine commits it alone.
+    """
+
+    tool_id: str | None
+
+
+def erases(events: Sequence[GraphEvent]) -> bool:
+    """Do these events delete history? Then a follower reloads the whole graph (``CatchUp.full``):
+    states of what they deleted are no longer in the tables to be read one by one."""
+    return any(event.type in ERASING_EVENT_TYPES for event in events)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +260,8 @@ class MemoryStore:
             self._workflow_ids.update(r.execution.workflow_id for r in records if r.execution is not None)
             stored = []
             for record in records:
+                if record.forget is not None:
+                    self._forget(record.forget)
                 for tool_id, server in record.nodes.items():
                     self._nodes.setdefault(tool_id, server)
                 for edge in record.edges:
@@ -263,6 +291,19 @@ class MemoryStore:
             if self._available.get(tool_id) == record.server:
                 del self._available[tool_id]
         self._available.update(dict.fromkeys(record.added, record.server))
+
+    def _forget(self, forget: ForgetRecord) -> None:
+        tool_id = forget.tool_id
+        if tool_id is None:
+            self._nodes.clear()
+            self._edges.clear()
+            self._transitions.clear()
+            self._workflow_ids.clear()
+            self._events.clear()  # ids go on from _next_id
+            return
+        self._nodes.pop(tool_id, None)
+        self._edges = {key: edge for key, edge in self._edges.items() if tool_id not in key}
+        self._transitions = {key: t for key, t in self._transitions.items() if tool_id not in key}
 
     def _append(self, payloads: Sequence[EventPayload]) -> list[GraphEvent]:
         stored = [GraphEvent.stored(payload, self._next_id + offset) for offset, payload in enumerate(payloads)]

@@ -1,4 +1,5 @@
-"""The JSON routes around the engine: ``/events/stats``, ``/graph``, ``/executions``, ``/health``.
+"""The JSON routes around the engine: ``/events/stats``, ``/graph``, ``/executions``, ``/health``,
+and the admin routes that delete learned history (``/graph/reset``, ``/graph/tools/{tool_id}``).
 
 Handlers find the running process in ``request.app.state.pml`` (an ``AppState``, set by the
 lifespan). Errors are JSON with an ``error`` message that names the problem, never a traceback.
@@ -18,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from graphrag import StoreUnavailable, WorkflowExecution
+from graphrag import GraphEvent, StoreUnavailable, UnknownTool, WorkflowExecution
 
 from pml_gateway.settings import Settings
 from pml_gateway.auth import PROFILE_SCOPE_KEY, shows_details
@@ -197,10 +198,49 @@ async def post_executions(request: Request) -> Response:
             if start + LEARN_CHUNK < len(executions):
                 await anyio.sleep(0)
     except StoreUnavailable as exc:  # PostgreSQL restarting: retry (ingest is idempotent by workflow_id)
-        response = error_response(503, f"Store unavailable, retry later: {exc}")
-        response.headers["Retry-After"] = "1"
-        return response
+        return store_unavailable(exc)
     return JSONResponse({"workflow_ids": [e.workflow_id for e in executions]}, status_code=202)
+
+
+def store_unavailable(exc: StoreUnavailable) -> JSONResponse:
+    response = error_response(503, f"Store unavailable, retry later: {exc}")
+    response.headers["Retry-After"] = "1"
+    return response
+
+
+# -- POST /graph/reset, DELETE /graph/tools/{tool_id} (scope admin: auth/scopes.py) -----------
+def _event_answer(event: GraphEvent) -> Response:
+    """The committed event as a WebSocket message carries it, ``{"id", "type", "data"}``, its
+    ``data`` the very JSON the stream sends (serialised once, by the event)."""
+    body = f'{{"id":{event.id},"type":"{event.type}","data":{event.data_json()}}}'
+    return Response(body, media_type="application/json")
+
+
+async def reset_graph(request: Request) -> Response:
+    profile = request.scope.get(PROFILE_SCOPE_KEY)
+    if profile is not None:  # [auth] a credential that sees part of the graph cannot delete all of it
+        return error_response(403, f"a credential limited to profile {profile.name!r} cannot reset the whole graph")
+    try:
+        event = await app_state(request).engine.reset_graph()
+    except StoreUnavailable as exc:
+        return store_unavailable(exc)
+    return _event_answer(event)
+
+
+async def forget_tool(request: Request) -> Response:
+    tool_id: str = request.path_params["tool_id"]  # percent-decoded; may contain "/"
+    engine = app_state(request).engine
+    unknown = error_response(404, f"Unknown tool: {tool_id!r} has no history in the graph")
+    profile = request.scope.get(PROFILE_SCOPE_KEY)
+    if profile is not None and not profile.allows_tool(tool_id, engine.tool_server(tool_id)):
+        return unknown  # [auth] outside its profile: as if it did not exist, as on /graph
+    try:
+        event = await engine.forget_tool(tool_id)
+    except UnknownTool:
+        return unknown
+    except StoreUnavailable as exc:
+        return store_unavailable(exc)
+    return _event_answer(event)
 
 
 # -- GET /health ------------------------------------------------------------------------------
@@ -230,6 +270,8 @@ def http_routes() -> list[BaseRoute]:
     return [
         Route("/events/stats", events_stats, methods=["GET"]),
         Route("/graph", graph, methods=["GET"]),
+        Route("/graph/reset", reset_graph, methods=["POST"]),
+        Route("/graph/tools/{tool_id:path}", forget_tool, methods=["DELETE"]),
         Route("/executions", post_executions, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
         tools_route(),  # GET /tools: the exposed tools, for the dashboard

@@ -39,6 +39,8 @@ NOT_RUN: dict[str, str] = {
     r"pip install 'pml-gateway\[postgres\]'": "installs into the user's environment: the test venv has the extra",
     r"export PML_DB='postgresql://": "the reader's PostgreSQL server: tests/test_replicas.py runs replicas on a "
     "throwaway cluster (tests/postgres_support.py)",
+    r"pml-gateway admin ": "deletes learned history in an existing database: tests/test_cli_admin.py runs both "
+    "commands, and their errors, against a running gateway's database (SQLite and PostgreSQL)",
     r"pml-gateway serve --host 0\.0\.0\.0 --port 800\d &": "a replica on the reader's PostgreSQL (the export above): "
     "tests/test_replicas.py starts real `serve` replicas",
 }

@@ -50,7 +50,7 @@ def test_the_503_body_is_the_one_the_api_sends() -> None:
 
     from pml_gateway import http_api
 
-    prefix = re.search(r'f"(Store unavailable[^{]*)\{', inspect.getsource(http_api.post_executions)).group(1)  # type: ignore[union-attr]
+    prefix = re.search(r'f"(Store unavailable[^{]*)\{', inspect.getsource(http_api.store_unavailable)).group(1)  # type: ignore[union-attr]
     assert f'{{"error": "{prefix}db: PostgreSQL unavailable: ' in replicas_section()
 
 

@@ -37,5 +37,5 @@ def _paths() -> list[str]:
 
 @pytest.mark.parametrize("path", _paths())
 def test_every_route_is_documented(path: str) -> None:
-    path = path.rstrip("/") or "/"
+    path = re.sub(r":\w+\}", "}", path.rstrip("/")) or "/"  # a convertor ({tool_id:path}) is not the docs' business
     assert f"`{path}" in API_DOCS or f" {path}`" in API_DOCS or f" {path}/" in API_DOCS, f"docs/api/ does not document {path}"

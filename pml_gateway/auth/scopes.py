@@ -36,6 +36,7 @@ _RULES: Final[tuple[tuple[str, bool, str], ...]] = (
     ("/events/token", False, EVENTS_READ),
     ("/events/", True, EVENTS_READ),
     ("/graph", False, EVENTS_READ),
+    ("/graph/", True, ADMIN),  # POST /graph/reset, DELETE /graph/tools/{tool_id}: deleting history
     ("/executions", False, EXECUTIONS_WRITE),
     ("/metrics", False, METRICS_READ),
 )

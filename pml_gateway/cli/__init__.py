@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from pml_gateway.cli.common import PROG, UsageError, add_settings_arguments
+from pml_gateway.cli.admin import add_admin_commands as _add_admin_commands
 from pml_gateway.cli.keys import add_keys_commands as _add_keys_commands
 from pml_gateway.settings import Settings
 
@@ -61,6 +62,12 @@ def _keys(args: argparse.Namespace) -> int:
     return main_keys(args)
 
 
+def _admin(args: argparse.Namespace) -> int:
+    from pml_gateway.cli.admin import main_admin
+
+    return main_admin(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="An MCP gateway that learns which tools work together and streams what it learns."
@@ -84,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     keys = commands.add_parser("keys", help="API keys: create (shown once), list, revoke")
     _add_keys_commands(keys)
     keys.set_defaults(handler=_keys)
+
+    admin = commands.add_parser("admin", help="delete learned history in the database: reset, forget-tool")
+    _add_admin_commands(admin)
+    admin.set_defaults(handler=_admin)
 
     return parser
 

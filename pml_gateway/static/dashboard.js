@@ -20,7 +20,7 @@ import { GraphView, NO_COMMUNITY } from "./graph-view.js";
 
 // Graph events carry an id; workflow_progress is live only (no id).
 const GRAPH_TYPES = ["graph_synced", "edge_created", "edge_updated", "workflow_executed", "metrics_updated",
-  "tool_added", "tool_removed"];
+  "tool_added", "tool_removed", "tool_forgotten", "graph_reset"];
 const LIVE_TYPES = ["workflow_progress"];
 const CONNECTION_TYPES = ["connected", "heartbeat", "reset"];
 const STREAM_TYPES = [...GRAPH_TYPES, ...LIVE_TYPES, ...CONNECTION_TYPES];
@@ -29,6 +29,7 @@ const LOG_TYPES = [...STREAM_TYPES, "client"];
 const TYPE_COLORS = {
   graph_synced: "#a78bfa", edge_created: "#4ade80", edge_updated: "#fbbf24", workflow_executed: "#60a5fa",
   metrics_updated: "#22d3ee", tool_added: "#a3e635", tool_removed: "#fb923c", workflow_progress: "#818cf8",
+  tool_forgotten: "#f472b6", graph_reset: "#f43f5e",
   connected: "#94a3b8", heartbeat: "#64748b", reset: "#f87171", client: "#cbd5e1",
 };
 const LOG_LIMIT = 500;
@@ -423,6 +424,17 @@ function applyGraphEvent(type, d) {
     finishWorkflow(d.workflow_id, d.success);
   } else if (type === "tool_added" || type === "tool_removed") {
     applyToolEvent(type, d);
+  } else if (type === "tool_forgotten") {
+    // An administrator deleted its learned history: its edges go; an exposed tool stays, grey.
+    view.forgetNode(d.tool_id);
+    if (state.metrics) {  // until the metrics_updated that follows
+      state.metrics = { ...state.metrics, pagerank_top_10: state.metrics.pagerank_top_10.filter((e) => e.tool_id !== d.tool_id) };
+      renderPagerank();
+    }
+  } else if (type === "graph_reset") {
+    view.forgetAll();
+    state.metrics = null;  // the next metrics_updated (right after) fills the cards again
+    renderMetrics();
   } else if (type === "metrics_updated") {
     // Fields only the snapshot carries (hit rates, perhaps) stay until a snapshot says otherwise.
     state.metrics = { ...(state.metrics ?? {}), ...d };
@@ -704,15 +716,19 @@ function renderGraphChrome() {
   for (const name of state.servers.keys()) servers.add(name);
   let learned = 0;
   let down = 0;
+  let external = 0;  // learned tools no configured server owns (POST /executions): never a made-up server
   for (const n of view.nodes.values()) {
     if (n.called) learned += 1;
     if (n.available === false) down += 1;
+    if (!n.server) external += 1;
   }
   canvas.dataset.servers = String(servers.size);
+  canvas.dataset.external = String(external);
   // Before the first GET /tools and /health: not "0 tools · 0 servers", which would be false.
   const known = state.stats.polls > 0 || view.nodeCount > 0;
   $("graph-counts").textContent = known
-    ? `${count(view.nodeCount, "tool")} · ${count(servers.size, "server")} · ${count(view.edgeCount, "edge")}`
+    ? `${count(view.nodeCount, "tool")}${external ? ` (${external} external)` : ""} · ${count(servers.size, "server")} · ` +
+      count(view.edgeCount, "edge")
     : "loading tools…";
   $("empty").hidden = view.nodeCount > 0 || !known;
 
@@ -720,7 +736,8 @@ function renderGraphChrome() {
   for (const e of view.edges.values()) if (e.edge_type === "dependency") dependency += 1;
   setCard("tools", known ? view.nodeCount.toLocaleString("en-US") : "—", known ? view.nodeCount : null);
   const foot = $("m-tools-foot");
-  foot.textContent = !known ? "" : (down ? `${down} down · ` : "") + `${count(servers.size, "server")} · ${learned} learned`;
+  foot.textContent = !known ? "" : (down ? `${down} down · ` : "") + `${count(servers.size, "server")} · ` +
+    (external ? `${external} external · ` : "") + `${learned} learned`;
   foot.title = foot.textContent;
   $("m-edges-foot").textContent = `${dependency} dep · ${view.edgeCount - dependency} seq`;
   renderLegend();
@@ -980,7 +997,7 @@ function showTooltip(hover, x, y) {
     const tool = state.catalog.get(n.id);
     const status = n.available === false ? "unavailable" : !n.called ? "never called" : n.available ? "available" : "—";
     tip.append(title,
-      row("server", n.server ?? "—"),
+      row("server", n.server ?? "external (no configured server)"),
       row("status", status),
       row("PageRank", n.pagerank == null ? "—" : n.pagerank.toFixed(4)),
       row("community", n.community == null ? "—" : String(n.community)),
@@ -1050,6 +1067,11 @@ function summarize(type, d) {
       return [plain(d.tool_id), dim(` · ${d.server}`)];
     case "tool_removed":
       return [plain(d.tool_id), dim(` · ${d.server} · `), ["bad", String(d.reason ?? "")]];
+    case "tool_forgotten":
+      return [plain(d.tool_id), dim(` · ${d.server ?? "external"} · `), ["bad", "history deleted"],
+        dim(` · ${d.edges_removed} edges, ${d.transitions_removed} second-order counts`)];
+    case "graph_reset":
+      return [["bad", "graph reset"], dim(` · ${d.nodes_removed} tools, ${d.edges_removed} edges deleted`)];
     case "workflow_progress":
       return [plain(d.workflow_id), dim(` · ${d.task_id} `), plain(d.tool_id), dim(" "),
         [d.status === "failed" ? "bad" : d.status === "succeeded" ? "good" : "dim", d.status], dim(` · ${d.completed}/${d.total}`)];

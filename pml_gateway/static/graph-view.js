@@ -147,6 +147,42 @@ export class GraphView {
     this.invalidate();
   }
 
+  /**
+   * An administrator deleted what was learned about `id` (tool_forgotten): its edges go; the tool
+   * stays as a never-called one while the gateway still exposes it, else it goes too.
+   */
+  forgetNode(id) {
+    const node = this.nodes.get(id);
+    if (!node) return;
+    for (const edge of [...node.out, ...node.in]) {
+      this.edges.delete(edge.source.id + "\u0000" + edge.target.id);
+      edge.source.out.delete(edge);
+      edge.target.in.delete(edge);
+    }
+    if (node.inCatalog) {
+      Object.assign(node, { called: false, pagerank: null, community: null });
+    } else {
+      this.nodes.delete(id);
+      if (this.focusId === id) this.focusId = null;
+      if (this.hover && (this.hover.node === node || (this.hover.edge && (this.hover.edge.source === node || this.hover.edge.target === node)))) {
+        this.hover = null;
+      }
+    }
+    this._listsStale = true;
+    this._labelOrder = null;
+    this._sizesStale = true;
+    this._afterStructure(0.35);
+    this._recolor();
+    this.invalidate();
+  }
+
+  /** The learned graph was reset (graph_reset): no edges; exposed tools stay, never called. */
+  forgetAll() {
+    for (const node of this.nodes.values()) { node.pagerank = null; node.community = null; }
+    this.hover = null;
+    this.setGraph([], []);
+  }
+
   /** PageRank and community of every node from a fresh snapshot, without touching the layout. */
   mergeAttributes(nodes) {
     for (const n of nodes) {
