@@ -19,8 +19,10 @@ import pytest
 from mcp import Client
 
 from gateway_support import ROOT, run_gateway, text, wait_for
+from graphrag import GraphEvent
+from graphrag.events import GraphResetData, ToolForgottenData
 from pml_gateway.proxy import semantic
-from pml_gateway.proxy.search import ToolDocument, ToolSearch
+from pml_gateway.proxy.search import SearchFeedback, ToolDocument, ToolSearch
 
 NODE_BIN = ROOT / ".tools" / "node_modules" / ".bin"
 PY_BIN = ROOT / ".tools" / "py" / "bin"
@@ -160,3 +162,16 @@ def test_tools_are_embedded_once_per_catalog_change_and_labels_move_meaning() ->
 
     search.update(documents[:-1])  # a server dropped a tool: the catalog is embedded again
     assert counting.batches[-2:] == [len(documents) - 1, 1]  # the tools, then the past query again
+
+
+def test_an_admin_forget_or_reset_forgets_search_labels() -> None:
+    feedback = SearchFeedback()
+    feedback.learn("erase what you know about Carol", "memory__delete_entities")
+    feedback.learn("what o'clock is it", "time__get_current_time")
+    version = feedback.labels
+    forgotten = ToolForgottenData(tool_id="memory__delete_entities", server="memory", edges_removed=0, transitions_removed=0)
+    feedback.on_event(GraphEvent(id=1, type="tool_forgotten", data=forgotten))
+    assert feedback.text("memory__delete_entities") == "" and feedback.text("time__get_current_time")
+    assert feedback.labels > version  # the index re-reads them
+    feedback.on_event(GraphEvent(id=2, type="graph_reset", data=GraphResetData(nodes_removed=1, edges_removed=0)))
+    assert not feedback.queries

@@ -182,6 +182,7 @@ class Gateway:
             anyio.create_task_group() as watcher,
         ):
             tool_events.start()
+            engine.on(search.feedback.on_event)  # an admin forget or reset forgets search labels too
             # The search model (semantic extra) loads in a worker thread now, not at the first search
             # on the event loop (0.2-0.5 s); a search before it is ready waits for the same load.
             watcher.start_soon(anyio.to_thread.run_sync, load_embedder, name="search model")
@@ -197,6 +198,7 @@ class Gateway:
                 yield self
             finally:
                 tool_events.stop()  # stopping the downstreams is not a change of their tools
+                engine.off(search.feedback.on_event)
                 watcher.cancel_scope.cancel()
                 self.upstream = self.session_manager = self._http_app = self.fast_path = None
                 engine.resolve_servers(None)

@@ -40,6 +40,9 @@ import bm25s
 import numpy as np
 from bm25s.stopwords import STOPWORDS_EN
 
+from graphrag import GraphEvent
+from graphrag.events import GraphResetData, ToolForgottenData
+
 from pml_gateway.proxy.semantic import Embedder, load_embedder
 
 try:  # optional: the Snowball stemmer (declared in pyproject); plain words without it
@@ -152,6 +155,21 @@ class SearchFeedback:
 
     def text(self, tool_id: str) -> str:
         return " ".join(self.queries.get(tool_id, ()))
+
+    def forget(self, tool_id: str | None = None) -> None:
+        """Drop what was learned for ``tool_id`` (for every tool with None): an admin forget or reset."""
+        if tool_id is None:
+            self.queries.clear()
+        else:
+            self.queries.pop(tool_id, None)
+        self.labels += 1  # a new version: the index drops the learned words at the next search
+
+    def on_event(self, event: GraphEvent) -> None:
+        """An engine listener: the admin's ``tool_forgotten`` and ``graph_reset`` forget labels too."""
+        if isinstance(event.data, GraphResetData):
+            self.forget()
+        elif isinstance(event.data, ToolForgottenData):
+            self.forget(event.data.tool_id)
 
 
 class ToolSearch:
