@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -378,8 +379,9 @@ async def test_a_2026_caller_that_opted_in_gets_the_logs_of_its_call(gateway: Ru
     assert logs and {log.logger for log in logs} == {"every"}
 
 
-async def test_the_relays_work_over_an_http_downstream_too(tmp_path: Path) -> None:
-    """server-everything over Streamable HTTP: its requests arrive on the SDK client's SSE streams."""
+@contextmanager
+def everything_over_http() -> Iterator[tuple[str, int]]:
+    """server-everything over Streamable HTTP, as a subprocess: (its /mcp URL, its port)."""
     port = free_port()
     process = subprocess.Popen(
         [str(EVERYTHING), "streamableHttp"],
@@ -388,8 +390,17 @@ async def test_the_relays_work_over_an_http_downstream_too(tmp_path: Path) -> No
         stderr=subprocess.DEVNULL,
     )
     try:
+        yield f"http://127.0.0.1:{port}/mcp", port
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+async def test_the_relays_work_over_an_http_downstream_too(tmp_path: Path) -> None:
+    """server-everything over Streamable HTTP: its requests arrive on the SDK client's SSE streams."""
+    with everything_over_http() as (url, port):
         await wait_listening(port)
-        servers = {"web": {"url": f"http://127.0.0.1:{port}/mcp"}}
+        servers = {"web": {"url": url}}
         async with run_gateway(tmp_path, servers) as gateway:
             await wait_for(lambda: "web__echo" in gateway.gateway.registry)
             inbox = Inbox()
@@ -411,6 +422,3 @@ async def test_the_relays_work_over_an_http_downstream_too(tmp_path: Path) -> No
                     await wait_for(lambda: inbox.of(types.ResourceUpdatedNotification), timeout=15)
                 finally:
                     await client.call_tool("web__toggle-subscriber-updates", {})
-    finally:
-        process.kill()
-        process.wait(timeout=10)

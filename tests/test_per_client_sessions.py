@@ -9,7 +9,6 @@ clients of both protocol eras through a real gateway.
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -17,9 +16,7 @@ import anyio
 import mcp.types as types
 import pytest
 from gateway_support import (
-    ROOT,
     RunningGateway,
-    free_port,
     health,
     run_gateway,
     text,
@@ -28,7 +25,7 @@ from gateway_support import (
 )
 from mcp import Client
 
-EVERYTHING = ROOT / ".tools" / "node_modules" / ".bin" / "mcp-server-everything"
+from test_mcp_surface import EVERYTHING, everything_over_http
 TOGGLE = "toggle-simulated-logging"
 
 pytestmark = [
@@ -46,18 +43,8 @@ def anyio_backend() -> str:
 @pytest.fixture(scope="module")
 def everything_http() -> Iterator[str]:
     """server-everything over Streamable HTTP, as a subprocess; its URL."""
-    port = free_port()
-    process = subprocess.Popen(
-        [str(EVERYTHING), "streamableHttp"],
-        env={**os.environ, "PORT": str(port)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        process.kill()
-        process.wait(timeout=10)
+    with everything_over_http() as (url, _port):
+        yield url
 
 
 @pytest.fixture(scope="module")
