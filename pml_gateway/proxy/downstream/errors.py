@@ -13,6 +13,7 @@ dumped by alias.
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 import httpx2
@@ -26,10 +27,13 @@ __all__ = [
     "internal_error",
     "invalid_arguments",
     "invalid_result",
+    "line_too_long",
     "not_allowed",
     "not_configured",
+    "process_exited",
     "refused",
     "server_down",
+    "stdout_closed",
     "timed_out",
     "tool_error",
     "unavailable",
@@ -107,6 +111,30 @@ def invalid_arguments(tool: str, problem: str) -> str:
 def internal_error(name: str, exc: BaseException) -> str:
     """A bug in the gateway while calling ``name``: the client gets this instead of a crash."""
     return f"internal error in pml-gateway while calling {name!r}: {type(exc).__name__}: {exc}"
+
+
+# -- how a stdio server's connection ended (stdio_transport.py): /health's error, and the detail of
+# connection_lost for the calls it was running -----------------------------------------------
+
+
+def process_exited(returncode: int) -> str:
+    """The server's process ended: its exit code, or the signal that killed it (a negative code)."""
+    if returncode >= 0:
+        return f"its process exited with code {returncode}"
+    try:
+        name = f" ({signal.Signals(-returncode).name})"
+    except ValueError:
+        name = ""
+    return f"its process was killed by signal {-returncode}{name}"
+
+
+def stdout_closed() -> str:
+    return "its process closed its stdout"
+
+
+def line_too_long(limit: int) -> str:
+    """The server wrote a stdout line over the ``downstream_max_line_bytes`` setting."""
+    return f"it wrote a stdout line longer than downstream_max_line_bytes = {limit}"
 
 
 class ConnectionEnded(Exception):

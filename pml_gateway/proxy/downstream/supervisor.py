@@ -33,7 +33,7 @@ import anyio
 import anyio.abc
 import httpx2
 import mcp.types as types
-from mcp import Client, ClientSession, MCPError, StdioServerParameters, stdio_client
+from mcp import Client, ClientSession, MCPError, StdioServerParameters
 from mcp.client.session import IncomingMessage
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
@@ -45,8 +45,9 @@ from pml_gateway.proxy.downstream import errors
 from pml_gateway.proxy.downstream.http_link import HttpLink, link_supported
 from pml_gateway.proxy.downstream.link import DownstreamLink, LinkError, Redirected, RemoteError, Unreachable
 from pml_gateway.proxy.downstream.sdk_link import SdkLink
+from pml_gateway.proxy.downstream.stdio_transport import DEFAULT_MAX_LINE_BYTES, StdioTransport
 from pml_gateway.proxy.registry import ToolRegistry
-from pml_gateway.observability import Instrumentation, current_downstream, named_stderr
+from pml_gateway.observability import Instrumentation, current_downstream
 
 ResultT = TypeVar("ResultT", bound=types.Result)
 
@@ -125,8 +126,10 @@ class Downstream:
         errlog: TextIO | None = None,
         lean_http: bool = True,
         surface: DownstreamHooks | None = None,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     ) -> None:
         self.config = config
+        self.max_line_bytes = max_line_bytes  # a stdio server's longest stdout line (stdio_transport.py)
         self.surface = surface  # issue 9: prompts, resources, logs, progress, server-to-client requests
         self.registry = registry
         self.timing = timing or SupervisionTiming()
@@ -212,8 +215,9 @@ class Downstream:
         # mode="auto": the 2026-07-28 era when the server speaks it (self-contained requests, kept-alive
         # HTTP connections: a cheaper hop), else the initialize handshake. The read timeout bounds the
         # handshake and tool listing; calls pass their own.
+        transport = self._transport()
         async with Client(
-            self._transport(),
+            transport,
             mode="auto",
             cache=None,
             read_timeout_seconds=self.timing.connect_timeout,
@@ -225,7 +229,9 @@ class Downstream:
             self._client = client
             if self.surface is not None:
                 await self.surface.connected(self, client)
-            self._fallback = SdkLink(client)
+            # a call the stdio transport saw end says how (the exit code): issue 16
+            ended = (lambda: transport.ended) if isinstance(transport, StdioTransport) else None
+            self._fallback = SdkLink(client, ended=ended)
             self._link = self._lean_link(client) or self._fallback
             self.state = DownstreamState.CONNECTED
             self.last_error = None
@@ -266,7 +272,7 @@ class Downstream:
                 env=dict(config.env) or None,
                 cwd=config.cwd,
             )
-            return _stdio_named(params, self.name, self._errlog)
+            return StdioTransport(params, server=self.name, copy_stderr_to=self._errlog, max_line_bytes=self.max_line_bytes)
         if config.transport == "sse":
             return sse_client(config.url, headers=dict(config.headers) or None, timeout=self.timing.connect_timeout)
         return _streamable_http(config.url, config.headers, self.timing.connect_timeout)
@@ -430,14 +436,6 @@ class Downstream:
 
 
 @asynccontextmanager
-async def _stdio_named(params: StdioServerParameters, name: str, copy_to: TextIO | None) -> AsyncIterator[Any]:
-    # observability: the child's stderr lines are logged with the server's name (logs.py)
-    with named_stderr(name, copy_to=copy_to) as errlog:
-        async with stdio_client(params, errlog=errlog) as streams:
-            yield streams
-
-
-@asynccontextmanager
 async def _streamable_http(url: str, headers: dict[str, str], connect_timeout: float) -> AsyncIterator[Any]:
     # Headers and timeouts go on an httpx2 client (SDK_NOTES §4); long reads for server streams.
     timeout = httpx2.Timeout(connect_timeout, read=300.0)
@@ -458,11 +456,14 @@ class DownstreamPool:
         errlog: TextIO | None = None,
         lean_http: bool = True,
         surface: DownstreamHooks | None = None,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     ) -> None:
         self.registry = registry
         self.instrumentation = Instrumentation(metrics=False, tracing=False)  # the gateway's, once running
         self.downstreams: dict[str, Downstream] = {}
-        self._options: dict[str, Any] = {"errlog": errlog, "lean_http": lean_http, "surface": surface}
+        self._options: dict[str, Any] = {
+            "errlog": errlog, "lean_http": lean_http, "surface": surface, "max_line_bytes": max_line_bytes
+        }
         self._timing = timing
         self._tg: anyio.abc.TaskGroup | None = None
         self._running: dict[str, tuple[anyio.CancelScope, anyio.Event]] = {}
