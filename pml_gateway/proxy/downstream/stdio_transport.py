@@ -84,7 +84,7 @@ class _ThrottledLog:
         self._last, self._left_out = now, 0
         sample = bytes(line[:80])
         logger.warning(
-            "downstream %r wrote %s to stdout: %r%s%s",
+            "downstream %r, stdout: %s: %r%s%s",
             self.server,
             problem,
             sample,
@@ -234,12 +234,12 @@ class StdioTransport:
         try:
             text = line.decode()
         except UnicodeDecodeError:
-            self._log.warn("bytes that are not UTF-8 (replaced by U+FFFD)", line)
+            self._log.warn("bytes that are not UTF-8, replaced by U+FFFD", line)
             text = line.decode(errors="replace")
         try:
             return SessionMessage(mcp_types.jsonrpc_message_adapter.validate_json(text, by_name=False))
         except ValueError:  # pydantic's ValidationError included: not JSON, or not JSON-RPC
-            self._log.warn("a line that is not a JSON-RPC message (skipped)", line)
+            self._log.warn("a line that is not a JSON-RPC message, skipped", line)
             return None
 
     def _end(self, why: str) -> str:
