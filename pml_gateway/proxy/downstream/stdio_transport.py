@@ -62,6 +62,9 @@ DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
 #: At most one log line per server per this many seconds about its stdout's bad lines.
 LOG_INTERVAL = 10.0
 
+#: Longest excerpt of an offending line quoted in a log line.
+EXCERPT = 200
+
 # Same window as the SDK's writer flush before stdin closes.
 _WRITER_FLUSH_TIMEOUT = 0.5
 
@@ -82,13 +85,12 @@ class _ThrottledLog:
             return
         more = f"; {self._left_out} more such lines in the last {self.interval:g} s" if self._left_out else ""
         self._last, self._left_out = now, 0
-        sample = bytes(line[:80])
+        sample = bytes(line[:EXCERPT]).decode(errors="replace") + ("..." if len(line) > EXCERPT else "")
         logger.warning(
-            "downstream %r, stdout: %s: %r%s%s",
+            "downstream %r wrote %s to stdout (stdout is the protocol; logs belong on stderr): %r%s",
             self.server,
             problem,
             sample,
-            "..." if len(line) > 80 else "",
             more,
             extra={"server": self.server, "stream": "stdout"},
         )
@@ -234,12 +236,12 @@ class StdioTransport:
         try:
             text = line.decode()
         except UnicodeDecodeError:
-            self._log.warn("bytes that are not UTF-8, replaced by U+FFFD", line)
+            self._log.warn("bytes that are not UTF-8 (replaced by U+FFFD)", line)
             text = line.decode(errors="replace")
         try:
             return SessionMessage(mcp_types.jsonrpc_message_adapter.validate_json(text, by_name=False))
         except ValueError:  # pydantic's ValidationError included: not JSON, or not JSON-RPC
-            self._log.warn("a line that is not a JSON-RPC message, skipped", line)
+            self._log.warn("a line that is not JSON-RPC (skipped)", line)
             return None
 
     def _end(self, why: str) -> str:
