@@ -1,7 +1,10 @@
 """A stdio MCP server written by hand, line by line, so that it can put on its stdout what no SDK
 server would: lines that are not JSON-RPC, bytes that are not UTF-8, a line with no end.
 
-    python stdio_noise_server.py [--at-start garbage:N | long:BYTES] [--exit-at-start CODE]
+    python stdio_noise_server.py [--at-start garbage:N | long:BYTES | spew | badbyte] [--exit-at-start CODE]
+
+``--at-start`` writes before serving: N lines that are not JSON-RPC, a line of BYTES with no
+newline, lines that are not JSON-RPC forever (``spew``: it never serves), or a lone 0xff line.
 
 Tools (each answers after doing its damage):
 
@@ -90,6 +93,11 @@ def main() -> None:
         garbage(int(amount))
     elif kind == "long":
         flood(int(amount))
+    elif kind == "spew":
+        while True:
+            garbage(1000)
+    elif kind == "badbyte":
+        write(b"\xff\n")
     for line in sys.stdin.buffer:
         if not line.strip():
             continue

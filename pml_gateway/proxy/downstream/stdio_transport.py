@@ -15,7 +15,8 @@ Here lines are cut from bytes (the newline is searched only in the new chunk), a
 has its connection ended at once, which its supervisor logs in one line and restarts it after the
 usual backoff. Bytes that are not UTF-8 are replaced (U+FFFD), lines that are not JSON-RPC are
 skipped, and both are logged at most once per ``LOG_INTERVAL`` seconds per server, one line naming
-the server, with the count of those left out. When stdout ends without the gateway asking, the
+the server, with the count of those left out (per connection: a server restarted in a loop logs
+once per restart, which the backoff spaces). When stdout ends without the gateway asking, the
 transport raises ``ConnectionEnded`` saying how the process ended (its exit code or signal): the
 supervisor notices at once (not at the next ping) and ``/health`` and the tool error say why.
 
@@ -162,7 +163,9 @@ class StdioTransport:
                 if not closing:
                     # stdout ended without us asking: say how the process ended, before the
                     # session hears of it (calls in flight read ``ended``)
-                    raise errors.ConnectionEnded(self._end(await _how_it_ended(process)))
+                    why = await _how_it_ended(process)
+                    if not closing:  # (unless we began closing meanwhile)
+                        raise errors.ConnectionEnded(self._end(why))
 
         async def stdin_writer() -> None:
             assert process.stdin is not None
@@ -231,7 +234,7 @@ class StdioTransport:
 
     def _parse(self, line: bytes | bytearray) -> SessionMessage | None:
         """One line as a message; ``None`` (logged, throttled) for a line that is not one."""
-        if not line.strip():
+        if not line or line.isspace():
             return None
         try:
             text = line.decode()
