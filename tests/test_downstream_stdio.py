@@ -72,8 +72,11 @@ async def test_a_noisy_stdout_leaves_the_gateway_and_the_other_servers_well(
                     result = await client.call_tool("steady__echo", {"text": "here"})
                     assert not result.is_error and result.structured_content["text"] == "here"
 
-                # 20,000 lines that are not JSON-RPC: skipped, the call still answered, a bounded log
-                result = await client.call_tool("noisy__garbage", {"count": 20_000})
+                # 5,000 lines that are not JSON-RPC: skipped, the call still answered, a bounded log
+                # (past 1,000 a second, that server's stdout is read no faster: it waits, not us)
+                started = time.monotonic()
+                result = await client.call_tool("noisy__garbage", {"count": 5_000})
+                assert time.monotonic() - started >= 0.5
                 assert not result.is_error and text(result) == "garbage written"
                 await steady()
                 # a lone 0xff line, then an answer with 0xff in its text: decoded with U+FFFD
@@ -81,7 +84,7 @@ async def test_a_noisy_stdout_leaves_the_gateway_and_the_other_servers_well(
                 assert not result.is_error and text(result) == "caf\ufffd"
                 assert (await health(gw.url))["downstreams"]["noisy"]["restarts"] == 0
                 noisy_lines = [r for r in caplog.records if r.name == TRANSPORT_LOG]
-                assert 1 <= len(noisy_lines) <= 2  # 20,001 bad lines, one throttled log line
+                assert 1 <= len(noisy_lines) <= 2  # 5,001 bad lines, one or two throttled log lines
                 assert all("'noisy'" in r.getMessage() and r.exc_info is None for r in noisy_lines)
                 assert sum(len(r.getMessage()) for r in caplog.records) < 2_000
 
