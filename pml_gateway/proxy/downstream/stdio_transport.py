@@ -17,9 +17,10 @@ usual backoff. Bytes that are not UTF-8 are replaced (U+FFFD), lines that are no
 skipped, and both are logged at most once per ``LOG_INTERVAL`` seconds per server, one line naming
 the server, with the count of those left out (per connection: a server restarted in a loop logs
 once per restart, which the backoff spaces). Past ``SKIPPED_PER_SECOND`` skipped lines a second,
-that server's stdout is read no faster (it waits on its full pipe). When stdout ends without the gateway asking, the
-transport raises ``ConnectionEnded`` saying how the process ended (its exit code or signal): the
-supervisor notices at once (not at the next ping) and ``/health`` and the tool error say why.
+that server's stdout is read no faster (it waits on its full pipe). When stdout ends without the
+gateway asking, the transport raises ``ConnectionEnded`` saying how the process ended (its exit
+code or signal): the supervisor notices at once (not at the next ping), and ``/health`` and the
+tool errors say why.
 
 Everything else is the SDK's, unchanged: the streams (``SessionMessage`` in and out, no read-ahead
 while a delivery waits), the writer, the environment, and the shutdown sequence (close stdin, a
@@ -40,6 +41,7 @@ import anyio
 import anyio.lowlevel
 import mcp_types
 from anyio.abc import ByteReceiveStream
+from anyio.streams.memory import MemoryObjectSendStream
 from mcp import StdioServerParameters
 from mcp.client.stdio import (  # the SDK's private process handling (see the module docstring)
     PROCESS_TERMINATION_TIMEOUT,
@@ -159,6 +161,10 @@ class StdioTransport:
                     await self._read_lines(process.stdout, read_writer)
                 except anyio.EndOfStream:
                     pass
+                except errors.ConnectionEnded:
+                    if closing:  # a line over the limit while we close anyway: nothing to report
+                        return
+                    raise
                 except (anyio.ClosedResourceError, anyio.BrokenResourceError, ConnectionError, OSError):
                     if closing:
                         # the session is gone (our shutdown): drain, so a server flushing its
@@ -208,7 +214,9 @@ class StdioTransport:
                 tg.cancel_scope.cancel()
         await anyio.lowlevel.cancel_shielded_checkpoint()
 
-    async def _read_lines(self, stdout: ByteReceiveStream, deliver: Any) -> None:
+    async def _read_lines(
+        self, stdout: ByteReceiveStream, deliver: MemoryObjectSendStream[SessionMessage | Exception]
+    ) -> None:
         """Deliver each stdout line as a message until stdout ends (``EndOfStream``).
 
         Raises ``ConnectionEnded`` for a line longer than ``max_line_bytes``.
