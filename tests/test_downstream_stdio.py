@@ -13,7 +13,7 @@ from typing import Any
 
 import anyio
 import pytest
-from mcp import Client
+from mcp import Client, StdioServerParameters
 
 from gateway_support import HERE, health, run_gateway, stdio_entry, text, wait_for
 from pml_gateway.proxy.downstream import errors, stdio_transport
@@ -58,6 +58,25 @@ def test_bad_lines_are_logged_at_most_once_per_interval_per_server(caplog: pytes
     assert len(lines[0]) < 400  # an excerpt of the line, not all of it
 
 
+async def test_a_server_writing_garbage_is_read_no_faster_than_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The budget scaled down (100 skipped lines per 0.1 s) so that its pauses show in a second.
+    monkeypatch.setattr(stdio_transport, "SKIPPED_PER_SECOND", 100)
+    monkeypatch.setattr(stdio_transport, "SKIP_WINDOW", 0.1)
+    transport = stdio_transport.StdioTransport(StdioServerParameters(command="unused"), server="spewer")
+    stdout_in, stdout = anyio.create_memory_object_stream[bytes](100)
+    deliver, delivered = anyio.create_memory_object_stream[Any](1)
+    for _ in range(20):  # 2,000 lines that are not JSON-RPC, in chunks of 100
+        stdout_in.send_nowait(b"garbage\n" * 100)
+    stdout_in.send_nowait(b'{"jsonrpc": "2.0", "id": 1, "result": {}}\n')
+    stdout_in.close()
+    started = time.monotonic()
+    with anyio.fail_after(10), pytest.raises(anyio.EndOfStream):
+        await transport._read_lines(stdout, deliver)  # type: ignore[arg-type]
+    elapsed = time.monotonic() - started
+    assert delivered.receive_nowait().message.id == 1  # the one message still arrives
+    assert elapsed >= 0.5  # about 2,000 / (100 + a chunk) windows of 0.1 s: paused, not spinning
+
+
 async def test_a_noisy_stdout_leaves_the_gateway_and_the_other_servers_well(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -73,10 +92,7 @@ async def test_a_noisy_stdout_leaves_the_gateway_and_the_other_servers_well(
                     assert not result.is_error and result.structured_content["text"] == "here"
 
                 # 5,000 lines that are not JSON-RPC: skipped, the call still answered, a bounded log
-                # (past 1,000 a second, that server's stdout is read no faster: it waits, not us)
-                started = time.monotonic()
                 result = await client.call_tool("noisy__garbage", {"count": 5_000})
-                assert time.monotonic() - started >= 0.5
                 assert not result.is_error and text(result) == "garbage written"
                 await steady()
                 # a lone 0xff line, then an answer with 0xff in its text: decoded with U+FFFD
@@ -143,3 +159,10 @@ def test_exit_texts() -> None:
     assert errors.process_exited(0) == "its process exited with code 0"
     assert errors.process_exited(-9) == "its process was killed by signal 9 (SIGKILL)"
     assert errors.process_exited(-200) == "its process was killed by signal 200"
+    # the transport's word on how the connection ended wins over the session's generic one
+    from mcp import MCPError
+
+    closed = MCPError(code=-32000, message="Connection closed")
+    ended = errors.ConnectionEnded(errors.process_exited(1))
+    assert errors.describe_error(ExceptionGroup("x", [closed, ExceptionGroup("y", [ended])])) == "its process exited with code 1"
+    assert errors.describe_error(ExceptionGroup("x", [closed])) == "Connection closed"

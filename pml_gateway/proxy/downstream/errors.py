@@ -30,10 +30,10 @@ __all__ = [
     "line_too_long",
     "not_allowed",
     "not_configured",
+    "pipe_closed",
     "process_exited",
     "refused",
     "server_down",
-    "stdout_closed",
     "timed_out",
     "tool_error",
     "unavailable",
@@ -128,8 +128,9 @@ def process_exited(returncode: int) -> str:
     return f"its process was killed by signal {-returncode}{name}"
 
 
-def stdout_closed() -> str:
-    return "its process closed its stdout"
+def pipe_closed(which: str) -> str:
+    """The server's process lives on but closed its ``stdin`` or ``stdout``."""
+    return f"its process closed its {which}"
 
 
 def line_too_long(limit: int) -> str:
@@ -146,6 +147,11 @@ def describe_error(exc: BaseException) -> str:
 
     Never a private class name or a bare errno: a missing command names the command.
     """
+    if isinstance(exc, BaseExceptionGroup):
+        # How the transport saw the connection end (an exit code) beats the session's generic
+        # "Connection closed", whichever of the two was raised first.
+        ended, _rest = exc.split(ConnectionEnded)
+        exc = ended if ended is not None else exc
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     if isinstance(exc, ConnectionEnded):

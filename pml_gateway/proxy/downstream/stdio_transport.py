@@ -66,9 +66,10 @@ DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
 #: At most one log line per server per this many seconds about its stdout's bad lines.
 LOG_INTERVAL = 10.0
 
-#: Lines a server may write that are skipped (not JSON-RPC, or empty) per second before its stdout
-#: is read no faster: what one misbehaving server can cost the gateway's event loop.
+#: Lines a server may write that are skipped (not JSON-RPC, or empty) per ``SKIP_WINDOW`` seconds
+#: before its stdout is read no faster: what one misbehaving server can cost the event loop.
 SKIPPED_PER_SECOND = 1000
+SKIP_WINDOW = 1.0
 
 #: Longest excerpt of an offending line quoted in a log line.
 EXCERPT = 200
@@ -174,7 +175,7 @@ class StdioTransport:
                 if not closing:
                     # stdout ended without us asking: say how the process ended, before the
                     # session hears of it (calls in flight read ``ended``)
-                    why = await _how_it_ended(process)
+                    why = await _how_it_ended(process, errors.pipe_closed("stdout"))
                     if not closing:  # (unless we began closing meanwhile)
                         raise errors.ConnectionEnded(self._end(why))
 
@@ -186,8 +187,12 @@ class StdioTransport:
                         data = message.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n"
                         await process.stdin.send(data.encode())
             except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
-                # The server may still be alive: the session sees the connection end, not a hang.
-                await read_writer.aclose()
+                if not closing:
+                    # The process died or closed its stdin: end the connection saying which
+                    # (the SDK closes the read stream: the calls in flight would not know why).
+                    why = await _how_it_ended(process, errors.pipe_closed("stdin"))
+                    if not closing:
+                        raise errors.ConnectionEnded(self._end(why)) from None
             finally:
                 writer_done.set()
 
@@ -223,7 +228,7 @@ class StdioTransport:
         """
         limit = self.max_line_bytes
         buffer = bytearray()
-        skipped, window_end = 0, anyio.current_time() + 1.0
+        skipped, window_end = 0, anyio.current_time() + SKIP_WINDOW
         while True:
             chunk = await stdout.receive()
             # Skipped lines are never delivered, and a read that finds data buffered does not
@@ -232,10 +237,10 @@ class StdioTransport:
             # pauses until the second is over: that server waits on its full pipe, nobody else.
             now = anyio.current_time()
             if now >= window_end:
-                skipped, window_end = 0, now + 1.0
+                skipped, window_end = 0, now + SKIP_WINDOW
             elif skipped > SKIPPED_PER_SECOND:
                 await anyio.sleep(window_end - now)
-                skipped, window_end = 0, anyio.current_time() + 1.0
+                skipped, window_end = 0, anyio.current_time() + SKIP_WINDOW
             else:
                 await anyio.lowlevel.checkpoint()
             start = 0
@@ -284,12 +289,13 @@ class StdioTransport:
         return why
 
 
-async def _how_it_ended(process: Any) -> str:
-    """The exit code (or signal) of a process whose stdout ended; bounded wait for it to exit."""
+async def _how_it_ended(process: Any, if_alive: str) -> str:
+    """The exit code (or signal) of a process whose pipe broke; ``if_alive`` when it did not exit
+    within the grace period."""
     deadline = anyio.current_time() + PROCESS_TERMINATION_TIMEOUT
     while process.returncode is None and anyio.current_time() < deadline:
         await anyio.sleep(0.01)
-    return errors.stdout_closed() if process.returncode is None else errors.process_exited(process.returncode)
+    return if_alive if process.returncode is None else errors.process_exited(process.returncode)
 
 
 async def _drain(stdout: ByteReceiveStream) -> None:
