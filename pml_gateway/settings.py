@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     connect_timeout_seconds: float = Field(
         default=30.0, gt=0, description="Time a downstream has to start, initialize and list its tools."
     )
+    downstream_max_line_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1, description="Longest stdout line (one message) of a stdio downstream; past it, it is restarted."
+    )
     log_format: LogFormat = Field(default="text", description="Log lines as text, or one JSON object per line.")
     fast_path: bool = Field(
         default=True,

@@ -46,6 +46,7 @@ _METAVARS = {
     "header_timeout_seconds": "SECONDS",
     "max_connections": "N",
     "connect_timeout_seconds": "SECONDS",
+    "downstream_max_line_bytes": "BYTES",
     "keys_file": "FILE",
     "jwt_issuer": "URL",
     "jwt_audience": "AUDIENCE",

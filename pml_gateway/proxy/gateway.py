@@ -86,7 +86,8 @@ class Gateway:
         # issue 9: prompts, resources and the relays, fed by every downstream's supervisor
         self.surface = Surface(lambda name: self.pool.downstreams.get(name))
         self.pool = DownstreamPool(
-            servers, self.registry, timing, errlog=errlog, lean_http=fast_path, surface=self.surface
+            servers, self.registry, timing, errlog=errlog, lean_http=fast_path, surface=self.surface,
+            max_line_bytes=settings.downstream_max_line_bytes,
         )
         self.startup_timeout = settings.startup_timeout_seconds if startup_timeout is None else startup_timeout
         self.upstream: UpstreamServer | None = None

@@ -13,6 +13,7 @@ dumped by alias.
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 import httpx2
@@ -26,8 +27,11 @@ __all__ = [
     "internal_error",
     "invalid_arguments",
     "invalid_result",
+    "line_too_long",
     "not_allowed",
     "not_configured",
+    "pipe_closed",
+    "process_exited",
     "refused",
     "server_down",
     "timed_out",
@@ -114,6 +118,31 @@ def internal_error(name: str, exc: BaseException) -> str:
     return f"internal error in pml-gateway while calling {name!r}: {type(exc).__name__}: {exc}"
 
 
+# -- how a stdio server's connection ended (stdio_transport.py): /health's error, and the detail of
+# connection_lost for the calls it was running -----------------------------------------------
+
+
+def process_exited(returncode: int) -> str:
+    """The server's process ended: its exit code, or the signal that killed it (a negative code)."""
+    if returncode >= 0:
+        return f"its process exited with code {returncode}"
+    try:
+        name = f" ({signal.Signals(-returncode).name})"
+    except ValueError:
+        name = ""
+    return f"its process was killed by signal {-returncode}{name}"
+
+
+def pipe_closed(which: str) -> str:
+    """The server's process lives on but closed its ``stdin`` or ``stdout``."""
+    return f"its process closed its {which}"
+
+
+def line_too_long(limit: int) -> str:
+    """The server wrote a stdout line over the ``downstream_max_line_bytes`` setting."""
+    return f"it wrote a stdout line longer than downstream_max_line_bytes = {limit}"
+
+
 class ConnectionEnded(Exception):
     """The supervisor saw a downstream's connection end; the message says how, for people."""
 
@@ -123,6 +152,11 @@ def describe_error(exc: BaseException) -> str:
 
     Never a private class name or a bare errno: a missing command names the command.
     """
+    if isinstance(exc, BaseExceptionGroup):
+        # How the transport saw the connection end (an exit code) beats the session's generic
+        # "Connection closed", whichever of the two was raised first.
+        ended, _rest = exc.split(ConnectionEnded)
+        exc = ended if ended is not None else exc
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     if isinstance(exc, ConnectionEnded):

@@ -1,8 +1,13 @@
 """``DownstreamLink`` over the SDK's ``Client`` session: every transport (stdio, Streamable HTTP,
-SSE) and both protocol eras. See ``link.py``."""
+SSE) and both protocol eras. See ``link.py``.
+
+When the transport knows how the connection ended (``StdioTransport.ended``: the process's exit
+code, a broken line limit), a call it ended says so; the SDK's own word is only "Connection closed".
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -20,8 +25,9 @@ __all__ = ["SdkLink"]
 class SdkLink:
     """Calls through a connected ``Client``; ``close`` ends the calls still waiting on it."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, *, ended: Callable[[], str | None] | None = None) -> None:
         self._client = client
+        self._ended = ended or (lambda: None)  # why the transport saw the connection end, if it did
         self._inflight: set[anyio.CancelScope] = set()
 
     async def call_tool(
@@ -50,14 +56,14 @@ class SdkLink:
                 return result.model_dump(by_alias=True, mode="json", exclude_none=True)
         except MCPError as exc:
             if exc.code == types.CONNECTION_CLOSED:
-                raise LinkError(dead=True) from exc
+                raise LinkError(self._ended() or "", dead=True) from exc
             if exc.code == types.REQUEST_TIMEOUT:
                 raise TimeoutError(exc.message) from exc
             raise RemoteError(exc.code, exc.message, exc.error.data) from exc
         finally:
             self._inflight.discard(scope)
         # Only reached when close() cancelled the scope: the connection died mid-call.
-        raise LinkError("the connection ended")
+        raise LinkError(self._ended() or "the connection ended")
 
     def close(self) -> None:
         for scope in list(self._inflight):

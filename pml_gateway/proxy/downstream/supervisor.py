@@ -39,7 +39,7 @@ import anyio
 import anyio.abc
 import httpx2
 import mcp.types as types
-from mcp import Client, ClientSession, MCPError, StdioServerParameters, stdio_client
+from mcp import Client, ClientSession, MCPError, StdioServerParameters
 from mcp.client.session import IncomingMessage
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
@@ -52,8 +52,9 @@ from pml_gateway.proxy.downstream.http_link import HttpLink, link_supported
 from pml_gateway.proxy.downstream.link import DownstreamLink, LinkError, Redirected, RemoteError, Unreachable
 from pml_gateway.proxy.downstream.sdk_link import SdkLink
 from pml_gateway.proxy.downstream.session_pool import OwnSession, SessionPool, SessionUnavailable
+from pml_gateway.proxy.downstream.stdio_transport import DEFAULT_MAX_LINE_BYTES, StdioTransport
 from pml_gateway.proxy.registry import ToolRegistry
-from pml_gateway.observability import Instrumentation, current_downstream, named_stderr
+from pml_gateway.observability import Instrumentation, current_downstream
 from pml_gateway.version import VERSION
 
 ResultT = TypeVar("ResultT", bound=types.Result)
@@ -138,8 +139,10 @@ class Downstream:
         errlog: TextIO | None = None,
         lean_http: bool = True,
         surface: DownstreamHooks | None = None,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     ) -> None:
         self.config = config
+        self.max_line_bytes = max_line_bytes  # a stdio server's longest stdout line (stdio_transport.py)
         self.surface = surface  # issue 9: prompts, resources, logs, progress, server-to-client requests
         self.registry = registry
         self.timing = timing or SupervisionTiming()
@@ -234,12 +237,15 @@ class Downstream:
     async def _connect(self) -> AsyncIterator[Client]:
         self._wake = anyio.Event()
         self._dead = self._relist = False
-        async with self._new_client() as client, self._own_sessions():
+        transport = self._transport()  # kept: a stdio transport tells how its process ended
+        async with self._new_client(transport=transport) as client, self._own_sessions():
             tools = await self._list_tools(client.session)
             self._client = client
             if self.surface is not None:
                 await self.surface.connected(self, client)
-            self._fallback = SdkLink(client)
+            # a call the stdio transport saw end says how (the exit code): issue 16
+            ended = (lambda: transport.ended) if isinstance(transport, StdioTransport) else None
+            self._fallback = SdkLink(client, ended=ended)
             self._link = self._lean_link(client) or self._fallback
             self.state = DownstreamState.CONNECTED
             self.last_error = None
@@ -268,13 +274,13 @@ class Downstream:
             finally:
                 self._sessions_http = None
 
-    def _new_client(self, session: str | None = None) -> Client:
+    def _new_client(self, session: str | None = None, transport: AbstractAsyncContextManager[Any] | None = None) -> Client:
         """A client of this server: the supervisor's (``session`` None) or an upstream session's own."""
         # mode="auto": the 2026-07-28 era when the server speaks it (self-contained requests, kept-alive
         # HTTP connections: a cheaper hop), else the initialize handshake. The read timeout bounds the
         # handshake and tool listing; calls pass their own.
         return Client(
-            self._transport(session),
+            transport if transport is not None else self._transport(session),
             mode="auto",
             cache=None,
             read_timeout_seconds=self.timing.connect_timeout,
@@ -316,7 +322,7 @@ class Downstream:
                 env=dict(config.env) or None,
                 cwd=config.cwd,
             )
-            return _stdio_named(params, self.name, self._errlog)
+            return StdioTransport(params, server=self.name, copy_stderr_to=self._errlog, max_line_bytes=self.max_line_bytes)
         if config.transport == "sse":
             return sse_client(config.url, headers=dict(config.headers) or None, timeout=self.timing.connect_timeout)
         if session is not None and self._sessions_http is not None:  # a separate MCP session on the shared client
@@ -528,14 +534,6 @@ class Downstream:
 
 
 @asynccontextmanager
-async def _stdio_named(params: StdioServerParameters, name: str, copy_to: TextIO | None) -> AsyncIterator[Any]:
-    # observability: the child's stderr lines are logged with the server's name (logs.py)
-    with named_stderr(name, copy_to=copy_to) as errlog:
-        async with stdio_client(params, errlog=errlog) as streams:
-            yield streams
-
-
-@asynccontextmanager
 async def _streamable_http(url: str, headers: dict[str, str], connect_timeout: float) -> AsyncIterator[Any]:
     async with _http_client(headers, connect_timeout) as client:
         async with streamable_http_client(url, http_client=client) as streams:
@@ -560,11 +558,14 @@ class DownstreamPool:
         errlog: TextIO | None = None,
         lean_http: bool = True,
         surface: DownstreamHooks | None = None,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     ) -> None:
         self.registry = registry
         self.instrumentation = Instrumentation(metrics=False, tracing=False)  # the gateway's, once running
         self.downstreams: dict[str, Downstream] = {}
-        self._options: dict[str, Any] = {"errlog": errlog, "lean_http": lean_http, "surface": surface}
+        self._options: dict[str, Any] = {
+            "errlog": errlog, "lean_http": lean_http, "surface": surface, "max_line_bytes": max_line_bytes
+        }
         self._timing = timing
         self._tg: anyio.abc.TaskGroup | None = None
         self._running: dict[str, tuple[anyio.CancelScope, anyio.Event]] = {}
