@@ -63,6 +63,15 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="Time a connection has to send a request's headers before it is closed."
     )
     max_connections: int = Field(default=1_000, ge=1, description="Open HTTP connections before new ones get 503.")
+    max_mcp_sessions: int = Field(
+        default=1_000, ge=1, description="Open 2025-era MCP sessions; past it the oldest idle one is evicted, else 503."
+    )
+    max_mcp_sessions_per_client: int = Field(
+        default=100, ge=1, description="Open 2025-era MCP sessions per client address; past it its oldest idle one is evicted, else 429."
+    )
+    mcp_session_idle_seconds: float = Field(
+        default=600.0, gt=0, description="A 2025-era MCP session with no request and no open stream this long is ended."
+    )
     startup_timeout_seconds: float = Field(
         default=15.0, ge=0, description="How long start-up waits for downstreams' first connection attempts."
     )

@@ -37,7 +37,7 @@ from pml_gateway.proxy.downstream.supervisor import DownstreamPool, SupervisionT
 from pml_gateway.proxy.downstream.watch import watch_config
 from pml_gateway.proxy.fast_path import FastPath
 from pml_gateway.proxy.tool_events import ToolEvents
-from pml_gateway.proxy.sdk_compat import SdkInternals
+from pml_gateway.proxy.sdk_compat import BoundedSessionManager, SdkInternals
 from pml_gateway.proxy.tools import GatewayTools
 from pml_gateway.host_check import transport_settings
 from pml_gateway.settings import Settings
@@ -171,7 +171,14 @@ class Gateway:
 
         self.surface.graph = GraphResources(engine, metrics_json, self.surface.notify_updated)
         security = transport_settings(self.settings)  # the same Host/Origin lists as every other route
-        manager = StreamableHTTPSessionManager(app=upstream.server, security_settings=security)
+        manager = BoundedSessionManager(  # issue 15: 2025-era sessions bounded per address and overall
+            upstream.server,
+            security_settings=security,
+            max_sessions=self.settings.max_mcp_sessions,
+            max_per_client=self.settings.max_mcp_sessions_per_client,
+            idle_timeout=self.settings.mcp_session_idle_seconds,
+        )
+        manager.warn()  # an SDK that moved what the bounds rely on: said at start-up, never silent
         tool_events = ToolEvents(engine, self.registry, self.pool.health)  # tool_added / tool_removed
         # Executions that name no server (POST /executions) get it from the registry, not from the name.
         engine.resolve_servers(self.registry.owner)
