@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     client_queue: int = Field(default=1_000, ge=1, description="Events queued per stream client before it is dropped.")
     metrics_interval_seconds: float = Field(default=1.0, gt=0, description="Coalescing window of metrics recomputes.")
     trace_idle_seconds: float = Field(default=30.0, gt=0, description="Quiet time that closes a session's trace.")
+    trace_checkpoint_seconds: float = Field(
+        default=2.0, gt=0, description="Open traces are saved to the store this often: what a crash may lose of them."
+    )
     log_level: LogLevel = Field(default="info", description="Log level of the process.")
     max_executions_per_request: int = Field(default=1_000, ge=1, description="Executions in one POST /executions.")
     max_tasks_per_execution: int = Field(default=1_000, ge=1, description="Tasks (or tool_ids) in one execution.")

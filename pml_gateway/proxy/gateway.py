@@ -145,7 +145,12 @@ class Gateway:
             search.feedback.learn(query, called)
 
         self.traces = TraceRecorder(
-            record, idle_seconds=self.settings.trace_idle_seconds, grade_next=engine.grade_next, on_search_label=search_label
+            record,
+            idle_seconds=self.settings.trace_idle_seconds,
+            grade_next=engine.grade_next,
+            on_search_label=search_label,
+            keep=engine.store,  # open traces survive a crash (traces.py)
+            checkpoint_seconds=self.settings.trace_checkpoint_seconds,
         )
         tools = GatewayTools(
             engine,
