@@ -7,10 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from pydantic import TypeAdapter
 
 from graphrag import GraphRAGEngine, GraphStore, MemoryStore, SQLiteStore, WorkflowExecution
-from pml_gateway.proxy.traces import TraceRecorder
+from pml_gateway.proxy.traces import SavedTrace, TraceRecorder
 
 pytestmark = pytest.mark.anyio
 
@@ -104,8 +103,8 @@ async def test_an_open_trace_is_saved_and_its_row_goes_once_it_is_recorded() -> 
     traces.add("caller:x", "c", success=True, started=100.5)
     traces.checkpoint()
     (body,) = store.stale_open_traces(wall.now + 1).values()
-    saved = [e.tool_ids for e in TypeAdapter(list[WorkflowExecution]).validate_json(body)]
-    assert saved == [["a"], ["b", "c"]]  # the same cut as the recording: no edge a -> b
+    saved = SavedTrace.model_validate_json(body).calls
+    assert [(tool, started, ended) for tool, _, _, started, ended in saved] == [("a", 0, 1), ("b", 0.5, 1), ("c", 1.5, 2)]
     await traces.end("caller:x")
     assert store.stale_open_traces(wall.now + 1)  # deleted with the next checkpoint, not before
     traces.checkpoint()

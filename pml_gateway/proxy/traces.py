@@ -22,8 +22,8 @@ ended, and no edge is learned across the cut (``_sequences``).
 
 Crashes (issue 15 item 13: 55-66% of proxied calls were in traces still open at a SIGKILL, and
 their learning was lost). With a ``keep`` (the store), every open trace that changed is written to
-the store at most ``checkpoint_seconds`` after its change (one transaction for all of them, the
-executions it would be recorded as now), and its row is deleted once the trace is recorded. A
+the store at most ``checkpoint_seconds`` after its change (one transaction for all of them, each
+trace as its calls: ``SavedTrace``), and its row is deleted once the trace is recorded. A
 crash therefore loses at most the calls of the last ``checkpoint_seconds``. The rows of a process
 that died are recorded by whichever process on the same database sees them stale first (at
 start-up, then every ``sweep_seconds``): stale means not saved for ``stale_after`` =
@@ -32,15 +32,18 @@ never is (it closes after ``idle_seconds`` of quiet, and a change is saved withi
 ``checkpoint_seconds``). Several processes share a database (replicas), so "not mine and old" is
 the only safe test of "its owner is gone".
 
-Why this teaches nothing wrong and nothing twice: a saved trace is the same executions, with the
-same ``workflow_id`` s (fixed when the trace opens), that the trace would give if it closed now;
-later calls only extend it, so what is recovered is a prefix of the real trace, cut at the same
-overlaps (no edge across a cut, no edge across a caller). Ingest is idempotent by ``workflow_id``:
+Why this teaches nothing wrong and nothing twice: a saved trace is recorded as the trace would
+have been had it closed at its last save: the same ``_executions``, the same ``workflow_id`` s
+(fixed when the trace opens). Later calls only extend a trace and the cut at overlaps looks only
+backwards, so what is recovered is a prefix of the real trace with the same cuts (no edge across
+a cut, no edge across callers). Ingest is idempotent by ``workflow_id``:
 an execution recorded by its owner before the crash and recovered again, or recovered by two
 replicas at once, is learned once. (Closing traces into the store every few seconds instead was
 rejected: each piece would be its own execution, and an edge seen in two pieces would count twice
 where the whole trace counts it once.) A trace whose recording fails (store unavailable) keeps its
-row, so a later sweep records it.
+row, so a later sweep records it. Cost (SQLite, synchronous=FULL, load average 9 on 2 cores): one
+checkpoint of 100 open traces of 100 calls each, 6.4 ms of CPU and 21 ms of wall time on the loop,
+at most once per ``checkpoint_seconds``; 1 trace of 10 calls, 0.2 ms.
 
 Live grading (graphrag/grading.py) happens here too, where every proxied call passes (SDK path
 and fast path alike): each call is graded against the suggestions after the calls before it in
@@ -60,7 +63,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import anyio
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import to_json
 
 from graphrag import TaskRun, WorkflowExecution
 
@@ -77,7 +81,19 @@ SearchLabel = Callable[[str, Sequence[str], str], None]
 #: of that trace: never an edge taught wrong or twice).
 STALE_MARGIN = 2.0
 
-_EXECUTIONS: TypeAdapter[list[WorkflowExecution]] = TypeAdapter(list[WorkflowExecution])
+
+class SavedTrace(BaseModel):
+    """A trace as saved in the store (``open_traces.body``): its calls in order, each as
+    ``[tool id, server, success, started, ended]``, times in seconds from the first call's start.
+
+    Calls, not executions: a checkpoint then costs a JSON dump (measured: 100 open traces of 100
+    calls, 52 ms of CPU as validated executions), and recovery cuts them into executions with the
+    very code that records a live trace (``_executions``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    calls: list[tuple[str, str | None, bool, float, float]]
 
 
 class OpenTraceStore(Protocol):
@@ -307,7 +323,8 @@ class TraceRecorder:
             if trace_id in mine:
                 continue
             try:
-                executions = _EXECUTIONS.validate_json(body)
+                saved = SavedTrace.model_validate_json(body)
+                executions = _executions(_Trace(0.0, 0.0, [_Call(*call) for call in saved.calls], trace_id=trace_id))
             except ValidationError as exc:  # written by another version: nothing to learn from it
                 logger.warning("saved trace %s is unreadable, dropped: %s", trace_id, str(exc).splitlines()[0])
                 self._done.add(trace_id)
@@ -344,7 +361,10 @@ def _executions(trace: _Trace) -> list[WorkflowExecution]:
 
 
 def _dump(trace: _Trace) -> str:
-    return _EXECUTIONS.dump_json(_executions(trace)).decode()
+    """The trace as ``SavedTrace`` JSON, written without building the model (it is on the loop)."""
+    origin = trace.calls[0].started
+    calls = [[c.tool_id, c.server, c.success, c.started - origin, c.ended - origin] for c in trace.calls]
+    return to_json({"calls": calls}).decode()
 
 
 def _sequences(calls: list[_Call]) -> list[list[_Call]]:
