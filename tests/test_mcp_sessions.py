@@ -180,3 +180,27 @@ async def test_2026_clients_hold_no_session_and_are_never_refused(tmp_path: Path
                         echoed = await modern.call_tool("local__echo", {"text": "modern"})
                         assert not echoed.is_error and "modern" in text(echoed)
                 assert len(gw.gateway.session_manager._server_instances) == 1  # type: ignore[union-attr]
+
+
+async def test_a_session_whose_call_the_fast_path_is_serving_is_not_evicted(tmp_path: Path) -> None:
+    async with run_gateway(tmp_path, {"local": stdio_entry()}, max_mcp_sessions_per_client=2) as gw:
+        manager: Any = gw.gateway.session_manager
+        with anyio.fail_after(30):
+            async with client_from("127.0.0.1") as http:
+                calling = await open_session(http, gw.mcp_url)
+                answers: list[httpx.Response] = []
+
+                async def slow_call() -> None:
+                    call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "local__sleep", "arguments": {"seconds": 1.5}}}
+                    answers.append(await http.post(gw.mcp_url, json=call, headers=_session(calling)))
+
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(slow_call)
+                    await wait_for(lambda: calling in manager.fast_path_calls, timeout=5)
+                    newer = await open_session(http, gw.mcp_url)  # idle, but its last request is newer
+                    await open_session(http, gw.mcp_url)  # at the cap: the idle one goes, not the one in use
+                    assert await status_of(http, gw.mcp_url, newer) == 404
+                (answer,) = answers
+                assert answer.status_code == 200 and "slept 1.5" in answer.text
+                assert await status_of(http, gw.mcp_url, calling) == 200
+                assert manager.fast_path_calls == {}

@@ -89,6 +89,24 @@ class SdkInternals:
             return None  # expiring: the SDK answers (404) and ends it
         return transport
 
+    def call_started(self, transport: StreamableHTTPServerTransport) -> None:
+        """The fast path serves a call of this session: held, and never evicted while it runs."""
+        self.hold_session(transport)
+        if isinstance(self.manager, BoundedSessionManager) and transport.mcp_session_id is not None:
+            calls = self.manager.fast_path_calls
+            calls[transport.mcp_session_id] = calls.get(transport.mcp_session_id, 0) + 1
+
+    def call_ended(self, transport: StreamableHTTPServerTransport) -> None:
+        """The fast path's call of this session is over: its idle countdown restarts from now."""
+        if isinstance(self.manager, BoundedSessionManager) and transport.mcp_session_id is not None:
+            calls = self.manager.fast_path_calls
+            left = calls.get(transport.mcp_session_id, 1) - 1
+            if left > 0:
+                calls[transport.mcp_session_id] = left
+            else:
+                calls.pop(transport.mcp_session_id, None)
+        self.hold_session(transport)
+
     def hold_session(self, transport: StreamableHTTPServerTransport) -> None:
         """A request of the session's was served: restart its idle countdown if one is running.
 
@@ -147,8 +165,8 @@ class BoundedSessionManager(StreamableHTTPSessionManager):
        is evicted, else the request is refused (429);
     2. ``max_sessions`` are open: the oldest idle session of any address is evicted, else the
        request is refused (503 with ``Retry-After``).
-    A session is idle when no request of its is being served and no GET stream of its is open
-    (the SDK's idle countdown is running); the oldest idle is the one whose countdown ends first,
+    A session is idle when no request of its is being served (by the SDK or the fast path) and no
+    GET stream of its is open (the SDK's idle countdown is running, no fast-path call); the oldest idle is the one whose countdown ends first,
     i.e. whose last request ended longest ago. An idle session also ends by itself after
     ``idle_timeout`` seconds. An evicted session's id answers 404 (the SDK's "Session not found"),
     on which a client starts a new session (the spec's rule for an expired one). A refusal is a
@@ -173,6 +191,8 @@ class BoundedSessionManager(StreamableHTTPSessionManager):
         )
         self.max_per_client = max_per_client
         self.evicted = 0  #: sessions evicted to make room so far
+        #: session id -> tools/call the fast path is serving (the SDK's countdown does not see them)
+        self.fast_path_calls: dict[str, int] = {}
         self._addresses: dict[str, str] = {}  # session id -> client address that opened it
         self.problems: list[str] = []
         if not callable(getattr(StreamableHTTPSessionManager, "_admit_session", None)):
@@ -247,6 +267,8 @@ class BoundedSessionManager(StreamableHTTPSessionManager):
         """
         oldest: tuple[float, str] | None = None
         for sid in session_ids:
+            if sid in self.fast_path_calls:
+                continue  # in use, though the SDK's countdown runs
             transport = self._server_instances.get(sid)
             idle = transport.idle_scope if transport is not None else None
             if transport is None or transport.is_terminated or idle is None or idle.cancel_called:
