@@ -154,16 +154,30 @@ async def test_the_process_cap_evicts_the_oldest_idle_session_of_any_address(tmp
                     assert len(gw.gateway.session_manager._server_instances) == 2  # type: ignore[union-attr]
 
 
+async def call(http: httpx.AsyncClient, url: str, session_id: str, tool: str, arguments: dict[str, Any]) -> None:
+    body = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": tool, "arguments": arguments}}
+    answer = await http.post(url, json=body, headers=_session(session_id))
+    assert answer.status_code == 200 and '"isError":false' in answer.text.replace(" ", "")
+
+
 async def test_an_idle_session_ends_after_the_idle_timeout_one_in_use_does_not(tmp_path: Path) -> None:
-    async with run_gateway(tmp_path, {}, mcp_session_idle_seconds=0.5) as gw:
+    settings = {"mcp_session_idle_seconds": 0.5, "trace_idle_seconds": 60}
+    async with run_gateway(tmp_path, {"local": stdio_entry()}, **settings) as gw:
         manager: Any = gw.gateway.session_manager
+        upstream: Any = gw.gateway.upstream
+        engine = gw.app.state.pml.engine
         with anyio.fail_after(30):
             async with client_from("127.0.0.1") as http:
                 idle = await open_session(http, gw.mcp_url)
+                await call(http, gw.mcp_url, idle, "local__echo", {"text": "a"})
+                await call(http, gw.mcp_url, idle, "local__pick", {"count": 1})
                 held = await open_session(http, gw.mcp_url)
                 async with get_stream(http, gw, held):
                     await wait_for(lambda: idle not in manager._server_instances, timeout=5)
                     assert await status_of(http, gw.mcp_url, idle) == 404
+                    # the gateway forgot it too, and its trace is recorded now, not after trace_idle_seconds
+                    await wait_for(lambda: engine.graph.has_edge("local__echo", "local__pick"), timeout=5)
+                    assert upstream.legacy_session(idle) is None
                     await anyio.sleep(1.0)  # twice the timeout: the held session is still there
                     assert held in manager._server_instances
                 assert await status_of(http, gw.mcp_url, held) == 200

@@ -44,6 +44,12 @@ def test_the_session_admission_seam_is_there() -> None:
     assert list(inspect.signature(admit).parameters) == ["self", "requestor"]
     source = inspect.getsource(StreamableHTTPSessionManager._handle_stateful_request)
     assert "self._admit_session(requestor)" in source and "_session_creation_lock" in source
+    # ... and its _discard_session: awaited however a session ends (DELETE, idle timeout, crash)
+    discard = StreamableHTTPSessionManager._discard_session
+    assert list(inspect.signature(discard).parameters) == ["self", "session_id", "transport"]
+    assert inspect.iscoroutinefunction(discard)
+    serving = inspect.getsource(StreamableHTTPSessionManager._serve_opening_request)
+    assert "finally:" in serving and "await self._discard_session(session_id, http_transport)" in serving
     manager = BoundedSessionManager(Server("compat"), security_settings=None, max_sessions=5, max_per_client=2, idle_timeout=9)
     assert manager.problems == []
     assert (manager.max_sessions, manager.session_idle_timeout) == (5, 9)

@@ -12,9 +12,10 @@ see what the SDK sees and answer as the SDK would. Three things it needs are not
   ``serverInfo`` stamp): a copy for ``tools/call`` is ``serialize_tool_result``.
 
 - where the session manager admits a new 2025-era session (``_admit_session(requestor)``, called
-  under its creation lock, synchronously, before any session state exists): ``BoundedSessionManager``
-  overrides it to bound sessions per client address and to evict the oldest idle session before
-  refusing one (below).
+  under its creation lock, synchronously, before any session state exists) and where it forgets
+  one, however it ended (``_discard_session(session_id, transport)``, awaited once or more per
+  session): ``BoundedSessionManager`` overrides both, to bound sessions per client address, to
+  evict the oldest idle session before refusing one, and to tell the gateway a session is gone.
 
 One more reliance, on documented but loosely typed behaviour: the ``on_call_tool`` handler
 returns the result as a wire dict (the runner's ``HandlerResult`` is ``BaseModel | dict``,
@@ -31,7 +32,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -68,7 +69,6 @@ class SdkInternals:
             self.problems.append("StreamableHTTPSessionManager._server_instances (a dict) is gone")
         if self._owners is None:
             self.problems.append("StreamableHTTPSessionManager._session_owners (a dict) is gone")
-
 
     def warn(self) -> None:
         """Log each missing internal once (start-up): what the fast path then leaves to the SDK."""
@@ -166,12 +166,14 @@ class BoundedSessionManager(StreamableHTTPSessionManager):
     2. ``max_sessions`` are open: the oldest idle session of any address is evicted, else the
        request is refused (503 with ``Retry-After``).
     A session is idle when no request of its is being served (by the SDK or the fast path) and no
-    GET stream of its is open (the SDK's idle countdown is running, no fast-path call); the oldest idle is the one whose countdown ends first,
-    i.e. whose last request ended longest ago. An idle session also ends by itself after
+    GET stream of its is open (the SDK's idle countdown runs and no fast-path call does); the
+    oldest idle is the one whose countdown ends first, i.e. whose last request ended longest ago. An idle session also ends by itself after
     ``idle_timeout`` seconds. An evicted session's id answers 404 (the SDK's "Session not found"),
     on which a client starts a new session (the spec's rule for an expired one). A refusal is a
     JSON-RPC error body, as the SDK's own ``/mcp`` errors are, so an MCP client shows its text.
     2026-era requests (no session) never reach this: the SDK serves them without session state.
+    ``on_session_end(session_id)`` is awaited once per session when it is gone, whatever ended it
+    (DELETE, idle timeout, eviction, shutdown): the gateway forgets it and records its trace.
 
     Relies on ``_admit_session`` and the session tables (``problems`` says when they are gone;
     then the SDK's own ``max_sessions`` still bounds sessions overall, refusing without eviction).
@@ -193,10 +195,13 @@ class BoundedSessionManager(StreamableHTTPSessionManager):
         self.evicted = 0  #: sessions evicted to make room so far
         #: session id -> tools/call the fast path is serving (the SDK's countdown does not see them)
         self.fast_path_calls: dict[str, int] = {}
-        self._addresses: dict[str, str] = {}  # session id -> client address that opened it
+        #: awaited once per session when the manager forgets it (however it ended)
+        self.on_session_end: Callable[[str], Awaitable[None]] | None = None
+        self._addresses: dict[str, str] = {}  # session id -> client address, until it is gone
         self.problems: list[str] = []
-        if not callable(getattr(StreamableHTTPSessionManager, "_admit_session", None)):
-            self.problems.append("StreamableHTTPSessionManager._admit_session is gone")
+        for method in ("_admit_session", "_discard_session"):
+            if not callable(getattr(StreamableHTTPSessionManager, method, None)):
+                self.problems.append(f"StreamableHTTPSessionManager.{method} is gone")
         for name in ("_server_instances", "_session_owners"):
             if not isinstance(getattr(self, name, None), dict):
                 self.problems.append(f"StreamableHTTPSessionManager.{name} (a dict) is gone")
@@ -239,8 +244,6 @@ class BoundedSessionManager(StreamableHTTPSessionManager):
     def _admit_session(self, requestor: Any) -> StreamableHTTPServerTransport | None:
         address = _CLIENT_ADDRESS.get()
         live = self._server_instances
-        for sid in [sid for sid in self._addresses if sid not in live]:
-            del self._addresses[sid]  # ended (DELETE, idle timeout, eviction): forget its address
         mine = self.sessions_of(address)
         if len(mine) >= self.max_per_client and not self._evict_oldest_idle(mine):
             raise SessionRefused(
@@ -258,12 +261,25 @@ class BoundedSessionManager(StreamableHTTPSessionManager):
             self._addresses[transport.mcp_session_id] = address
         return transport
 
+    async def _discard_session(self, session_id: str, transport: StreamableHTTPServerTransport) -> None:
+        await super()._discard_session(session_id, transport)
+        if self._addresses.pop(session_id, None) is None:
+            return  # told already (the SDK discards a DELETEd session twice), or never admitted
+        self.fast_path_calls.pop(session_id, None)
+        if self.on_session_end is not None:
+            # shielded: the session's task may be ending by cancellation (shutdown)
+            with anyio.move_on_after(5, shield=True):
+                try:
+                    await self.on_session_end(session_id)
+                except Exception:  # a session's end must never break the manager
+                    logger.exception("could not end session %s", session_id)
+
     def _evict_oldest_idle(self, session_ids: list[str]) -> bool:
         """End the idle session among these whose last request ended first; False if none is idle.
 
         Synchronous (admission holds the SDK's lock): the session is forgotten at once, so its id
         answers 404 and the room is free now; cancelling its idle countdown ends its server task,
-        which terminates the transport as on an idle timeout.
+        which terminates the transport as on an idle timeout and tells ``on_session_end``.
         """
         oldest: tuple[float, str] | None = None
         for sid in session_ids:
@@ -280,7 +296,6 @@ class BoundedSessionManager(StreamableHTTPSessionManager):
         sid = oldest[1]
         transport = self._server_instances.pop(sid)
         self._session_owners.pop(sid, None)
-        self._addresses.pop(sid, None)
         assert transport.idle_scope is not None
         transport.idle_scope.cancel()
         self.evicted += 1
