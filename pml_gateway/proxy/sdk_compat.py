@@ -11,11 +11,13 @@ see what the SDK sees and answer as the SDK would. Three things it needs are not
   (``ServerRunner._serialize``: validate and sieve for the protocol version, ``resultType``, the
   ``serverInfo`` stamp): a copy for ``tools/call`` is ``serialize_tool_result``.
 
-- where the session manager admits a new 2025-era session (``_admit_session(requestor)``, called
-  under its creation lock, synchronously, before any session state exists) and where it forgets
-  one, however it ended (``_discard_session(session_id, transport)``, awaited once or more per
-  session): ``BoundedSessionManager`` overrides both, to bound sessions per client address, to
-  evict the oldest idle session before refusing one, and to tell the gateway a session is gone.
+Bounding 2025-era sessions (issue 15) needs two more, plus the session tables and the idle
+countdown above: where the session manager admits a new session (``_admit_session(requestor)``,
+called under its creation lock, synchronously, before any session state exists) and where it
+forgets one, however it ended (``_discard_session(session_id, transport)``, awaited once or more
+per session). ``BoundedSessionManager`` overrides both, to bound sessions per client address, to
+evict the oldest idle session before refusing one, and to tell the gateway a session is gone; its
+own ``problems`` say (at start-up, as a warning) when they are missing.
 
 One more reliance, on documented but loosely typed behaviour: the ``on_call_tool`` handler
 returns the result as a wire dict (the runner's ``HandlerResult`` is ``BaseModel | dict``,
