@@ -249,7 +249,8 @@ class BoundedSessionManager(StreamableHTTPSessionManager):
         mine = self.sessions_of(address)
         if len(mine) >= self.max_per_client and not self._evict_oldest_idle(mine):
             raise SessionRefused(
-                f"Too many open MCP sessions from {address} (max_mcp_sessions_per_client = {self.max_per_client}), "
+                f"Too many open MCP sessions from {address or 'an unknown address'} "
+                f"(max_mcp_sessions_per_client = {self.max_per_client}), "
                 "none of them idle: end one (DELETE /mcp) or retry later",
                 429,
             )
