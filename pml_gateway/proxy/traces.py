@@ -30,7 +30,8 @@ start-up, then every ``sweep_seconds``): stale means not saved for ``stale_after
 ``idle_seconds + 2 * checkpoint_seconds + STALE_MARGIN`` seconds, which a live process's trace
 never is (it closes after ``idle_seconds`` of quiet, and a change is saved within
 ``checkpoint_seconds``). Several processes share a database (replicas), so "not mine and old" is
-the only safe test of "its owner is gone".
+the only safe test of "its owner is gone" (the age is by the writer's and the reader's wall
+clocks: replicas on several hosts need them within ``STALE_MARGIN`` of each other).
 
 Why this teaches nothing wrong and nothing twice: a saved trace is recorded as the trace would
 have been had it closed at its last save: the same ``_executions``, the same ``workflow_id`` s
