@@ -122,7 +122,7 @@ async def test_an_address_at_its_cap_evicts_its_oldest_idle_session_then_refuses
                     assert not echoed.is_error and "in" in text(echoed)
                     # another address has a cap of its own
                     assert await status_of(other, gw.mcp_url, await open_session(other, gw.mcp_url)) == 200
-                    # the ping above made `second` the newest idle one; it is still the only idle one here
+                    # the SDK client's session is in use (its GET stream): `second` is the only idle one here
                     third = await open_session(http, gw.mcp_url)
                     assert await status_of(http, gw.mcp_url, second) == 404
                     async with get_stream(http, gw, third):
