@@ -41,7 +41,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -131,6 +131,8 @@ _SCHEMA = [
         epoch text NOT NULL,
         first_id bigint NOT NULL,
         next_id bigint NOT NULL)""",
+    # The gateway's traces still open (``save_open_traces``; pml_gateway/proxy/traces.py).
+    "CREATE TABLE IF NOT EXISTS pml_open_traces (trace_id text PRIMARY KEY, body text NOT NULL, updated_at double precision NOT NULL)",
 ]
 
 _INSERT_EXECUTIONS = (
@@ -357,6 +359,22 @@ class PostgresStore:
     def workflow_ids(self) -> list[str]:
         with self._pooled() as conn:
             return [row[0] for row in conn.execute("SELECT workflow_id FROM pml_executions ORDER BY seq")]
+
+    # -- open traces (pml_gateway/proxy/traces.py) ------------------------------------------
+    def save_open_traces(self, saved: Mapping[str, str], dropped: Sequence[str], now: float) -> None:
+        with self._session() as conn, conn.transaction():
+            if saved:
+                conn.execute(
+                    "INSERT INTO pml_open_traces SELECT t, b, %s FROM unnest(%b::text[], %b::text[]) AS u(t, b)"
+                    " ON CONFLICT (trace_id) DO UPDATE SET body = EXCLUDED.body, updated_at = EXCLUDED.updated_at",
+                    (now, sorted(saved), [saved[k] for k in sorted(saved)]),
+                )
+            if dropped:
+                conn.execute("DELETE FROM pml_open_traces WHERE trace_id = ANY(%s)", (sorted(dropped),))
+
+    def stale_open_traces(self, before: float) -> dict[str, str]:
+        with self._session() as conn:
+            return dict(conn.execute("SELECT trace_id, body FROM pml_open_traces WHERE updated_at < %s", (before,)).fetchall())
 
     # -- writes ---------------------------------------------------------------------------
     def commit(

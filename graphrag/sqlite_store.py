@@ -25,7 +25,7 @@ import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -109,6 +109,10 @@ CREATE TABLE IF NOT EXISTS transitions (
 #: Idempotent ingest looks executions up by workflow_id inside every write transaction.
 _WORKFLOW_INDEX = "CREATE INDEX IF NOT EXISTS executions_by_workflow_id ON executions (workflow_id)"
 _AVAILABLE_TOOLS = "CREATE TABLE IF NOT EXISTS available_tools (tool_id TEXT PRIMARY KEY, server TEXT NOT NULL) WITHOUT ROWID"
+#: The gateway's traces still open (``save_open_traces``), created where missing like the above.
+_OPEN_TRACES = (
+    "CREATE TABLE IF NOT EXISTS open_traces (trace_id TEXT PRIMARY KEY, body TEXT NOT NULL, updated_at REAL NOT NULL)"
+)
 
 
 
@@ -158,6 +162,7 @@ class SQLiteStore:
             self._epoch = self._migrate()
             self._db.execute(_AVAILABLE_TOOLS)
             self._db.execute(_WORKFLOW_INDEX)
+            self._db.execute(_OPEN_TRACES)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"db: {self.path} is not a usable SQLite database ({exc})") from exc
         self._appended_since_prune = 0
@@ -346,6 +351,24 @@ class SQLiteStore:
             self._appended_since_prune = 0
             self._db.execute("DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?", (self._max_events,))
         return stored
+
+    # -- open traces (pml_gateway/proxy/traces.py) ------------------------------------------
+    def save_open_traces(self, saved: Mapping[str, str], dropped: Sequence[str], now: float) -> None:
+        with self._lock, _unavailable_on_storage_errors(self.path):
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany("INSERT OR REPLACE INTO open_traces VALUES (?, ?, ?)", [(k, b, now) for k, b in saved.items()])
+                db.executemany("DELETE FROM open_traces WHERE trace_id = ?", [(k,) for k in dropped])
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+    def stale_open_traces(self, before: float) -> dict[str, str]:
+        with self._lock, _unavailable_on_storage_errors(self.path):
+            return dict(self._db.execute("SELECT trace_id, body FROM open_traces WHERE updated_at < ?", (before,)).fetchall())
 
     # -- other processes on the same file ----------------------------------------------------
     def catch_up(self, after_id: int) -> CatchUp:

@@ -13,6 +13,9 @@ PostgreSQL can all sit behind it:
   (tool id -> server), changed together with their ``tool_added``/``tool_removed`` events, so
   that a restart with the same tools reports nothing new (a record's ``tools``, committed
   through ``commit`` like everything else).
+- ``save_open_traces(saved, dropped, now)`` and ``stale_open_traces(before)``: the gateway's traces
+  still open (JSON it writes and reads back), kept so that a crash does not lose them; see
+  ``pml_gateway/proxy/traces.py``. Outside the log: they are not learned until recorded.
 - ``commit(executions, plan, after_id=...)``: the one write path the engine uses. Inside the write
   transaction (the store's write lock held), the store first reads what OTHER processes committed
   after ``after_id`` (a ``CatchUp``), then calls ``plan`` to compute the records from a graph that
@@ -224,6 +227,15 @@ class GraphStore(Protocol):
 
     def record_tools(self, record: ToolsRecord) -> list[GraphEvent]: ...
 
+    # -- open traces (pml_gateway/proxy/traces.py) ------------------------------------------
+    def save_open_traces(self, saved: Mapping[str, str], dropped: Sequence[str], now: float) -> None:
+        """In one transaction: store each trace id's body stamped ``now`` (Unix time), delete ``dropped``."""
+        ...
+
+    def stale_open_traces(self, before: float) -> dict[str, str]:
+        """The stored traces last saved before ``before`` (Unix time): trace id -> body."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -242,6 +254,7 @@ class MemoryStore:
         self._available: dict[str, str] = {}  # tool id -> server
         self._next_id = 1
         self._workflow_ids: set[str] = set()  # recorded executions: a retry is not counted twice
+        self._open_traces: dict[str, tuple[str, float]] = {}  # trace id -> (body, saved at)
         self._lock = threading.Lock()  # events_after may be called from a worker thread
 
     def load(self) -> StoredGraph:
@@ -326,6 +339,17 @@ class MemoryStore:
         if not self._events:
             return LogBounds(self._epoch, None, self._next_id - 1 or None)
         return LogBounds(self._epoch, self._events[0].id, self._events[-1].id)
+
+    # -- open traces (pml_gateway/proxy/traces.py) ------------------------------------------
+    def save_open_traces(self, saved: Mapping[str, str], dropped: Sequence[str], now: float) -> None:
+        with self._lock:
+            self._open_traces.update((trace_id, (body, now)) for trace_id, body in saved.items())
+            for trace_id in dropped:
+                self._open_traces.pop(trace_id, None)
+
+    def stale_open_traces(self, before: float) -> dict[str, str]:
+        with self._lock:
+            return {trace_id: body for trace_id, (body, at) in self._open_traces.items() if at < before}
 
     def close(self) -> None:
         pass

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     client_queue: int = Field(default=1_000, ge=1, description="Events queued per stream client before it is dropped.")
     metrics_interval_seconds: float = Field(default=1.0, gt=0, description="Coalescing window of metrics recomputes.")
     trace_idle_seconds: float = Field(default=30.0, gt=0, description="Quiet time that closes a session's trace.")
+    trace_checkpoint_seconds: float = Field(
+        default=2.0, gt=0, description="Open traces are saved to the store this often: what a crash may lose of them."
+    )
     log_level: LogLevel = Field(default="info", description="Log level of the process.")
     max_executions_per_request: int = Field(default=1_000, ge=1, description="Executions in one POST /executions.")
     max_tasks_per_execution: int = Field(default=1_000, ge=1, description="Tasks (or tool_ids) in one execution.")
@@ -63,6 +66,15 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="Time a connection has to send a request's headers before it is closed."
     )
     max_connections: int = Field(default=1_000, ge=1, description="Open HTTP connections before new ones get 503.")
+    max_mcp_sessions: int = Field(
+        default=1_000, ge=1, description="Open 2025-era MCP sessions; past it the oldest idle one is evicted, else 503."
+    )
+    max_mcp_sessions_per_client: int = Field(
+        default=100, ge=1, description="Open 2025-era MCP sessions per client address; past it its oldest idle one is evicted, else 429."
+    )
+    mcp_session_idle_seconds: float = Field(
+        default=600.0, gt=0, description="A 2025-era MCP session with no request and no open stream this long is ended."
+    )
     startup_timeout_seconds: float = Field(
         default=15.0, ge=0, description="How long start-up waits for downstreams' first connection attempts."
     )

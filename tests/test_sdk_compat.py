@@ -6,6 +6,7 @@ SDK says so in its log instead of switching the fast path off in silence.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from pathlib import Path
@@ -19,7 +20,7 @@ from mcp.server.runner import ServerRunner
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
 from gateway_support import run_gateway
-from pml_gateway.proxy.sdk_compat import SdkInternals, serialize_tool_result
+from pml_gateway.proxy.sdk_compat import BoundedSessionManager, SdkInternals, serialize_tool_result
 
 pytestmark = pytest.mark.anyio
 
@@ -35,6 +36,23 @@ HEADERS = {"accept": "application/json, text/event-stream", "content-type": "app
 def test_the_session_tables_are_there() -> None:
     internals = SdkInternals(StreamableHTTPSessionManager(app=Server("compat")))
     assert internals.problems == []
+
+
+def test_the_session_admission_seam_is_there() -> None:
+    # BoundedSessionManager overrides it: called with the requestor, returning the new transport or None
+    admit = StreamableHTTPSessionManager._admit_session
+    assert list(inspect.signature(admit).parameters) == ["self", "requestor"]
+    source = inspect.getsource(StreamableHTTPSessionManager._handle_stateful_request)
+    assert "self._admit_session(requestor)" in source and "_session_creation_lock" in source
+    # ... and its _discard_session: awaited however a session ends (DELETE, idle timeout, crash)
+    discard = StreamableHTTPSessionManager._discard_session
+    assert list(inspect.signature(discard).parameters) == ["self", "session_id", "transport"]
+    assert inspect.iscoroutinefunction(discard)
+    serving = inspect.getsource(StreamableHTTPSessionManager._serve_opening_request)
+    assert "finally:" in serving and "await self._discard_session(session_id, http_transport)" in serving
+    manager = BoundedSessionManager(Server("compat"), security_settings=None, max_sessions=5, max_per_client=2, idle_timeout=9)
+    assert manager.problems == []
+    assert (manager.max_sessions, manager.session_idle_timeout) == (5, 9)
 
 
 def test_a_missing_internal_is_said_at_start_up_and_sessions_stay_with_the_sdk(caplog: pytest.LogCaptureFixture) -> None:

@@ -220,7 +220,7 @@ class FastPath:
         else:
             hangup = _HangupWatch(receive, cancel)  # 2026-07-28: closing the response cancels
         if call.session is not None:
-            self.internals.hold_session(call.session)
+            self.internals.call_started(call.session)
         try:
             # observability: the SERVER span and histogram the SDK path gets from its middleware
             with cancel, self.instrumentation.server_call(
@@ -248,7 +248,7 @@ class FastPath:
             if hangup is not None:
                 hangup.stop()
             if call.session is not None:
-                self.internals.hold_session(call.session)
+                self.internals.call_ended(call.session)
         if not cancel.cancelled_caught:
             await reply.finish({"jsonrpc": "2.0", "id": call.request_id, "result": shaped})
         elif key is not None:

@@ -37,14 +37,14 @@ from pml_gateway.proxy.downstream.supervisor import DownstreamPool, SupervisionT
 from pml_gateway.proxy.downstream.watch import watch_config
 from pml_gateway.proxy.fast_path import FastPath
 from pml_gateway.proxy.tool_events import ToolEvents
-from pml_gateway.proxy.sdk_compat import SdkInternals
+from pml_gateway.proxy.sdk_compat import BoundedSessionManager, SdkInternals
 from pml_gateway.proxy.tools import GatewayTools
 from pml_gateway.host_check import transport_settings
 from pml_gateway.settings import Settings
 from pml_gateway.proxy.registry import ToolRegistry
 from pml_gateway.proxy.search import ToolSearch
 from pml_gateway.proxy.traces import TraceRecorder
-from pml_gateway.proxy.server import MCP_SESSION_ID_HEADER, UpstreamServer
+from pml_gateway.proxy.server import UpstreamServer
 from pml_gateway.proxy.resources import GraphResources
 from pml_gateway.proxy.semantic import load_embedder
 from pml_gateway.proxy.surface import Surface
@@ -146,7 +146,12 @@ class Gateway:
             search.feedback.learn(query, called)
 
         self.traces = TraceRecorder(
-            record, idle_seconds=self.settings.trace_idle_seconds, grade_next=engine.grade_next, on_search_label=search_label
+            record,
+            idle_seconds=self.settings.trace_idle_seconds,
+            grade_next=engine.grade_next,
+            on_search_label=search_label,
+            keep=engine.store,  # open traces survive a crash (traces.py)
+            checkpoint_seconds=self.settings.trace_checkpoint_seconds,
         )
         tools = GatewayTools(
             engine,
@@ -172,7 +177,23 @@ class Gateway:
 
         self.surface.graph = GraphResources(engine, metrics_json, self.surface.notify_updated)
         security = transport_settings(self.settings)  # the same Host/Origin lists as every other route
-        manager = StreamableHTTPSessionManager(app=upstream.server, security_settings=security)
+        manager = BoundedSessionManager(  # issue 15: 2025-era sessions bounded per address and overall
+            upstream.server,
+            security_settings=security,
+            max_sessions=self.settings.max_mcp_sessions,
+            max_per_client=self.settings.max_mcp_sessions_per_client,
+            idle_timeout=self.settings.mcp_session_idle_seconds,
+        )
+        manager.warn()  # an SDK that moved what the bounds rely on: said at start-up, never silent
+
+        async def session_end(session_id: str) -> None:
+            # However a 2025-era session ended (DELETE, idle timeout, evicted): its fast-path calls
+            # end as the SDK's own do, and the gateway forgets it and records its trace now.
+            if self.fast_path is not None:
+                self.fast_path.session_ended(session_id)
+            await upstream.session_ended(session_id)
+
+        manager.on_session_end = session_end
         tool_events = ToolEvents(engine, self.registry, self.pool.health)  # tool_added / tool_removed
         # Executions that name no server (POST /executions) get it from the registry, not from the name.
         engine.resolve_servers(self.registry.owner)
@@ -216,7 +237,7 @@ class Gateway:
 
 
 class _MCPEndpoint:
-    """``/mcp``: the fast path for calls, else the session manager's ASGI app; DELETE ends a trace."""
+    """``/mcp``: the fast path for calls, else the session manager's ASGI app."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -241,12 +262,6 @@ class _MCPEndpoint:
         if response.started and not response.completed:
             # The SDK ends a session's GET stream at shutdown without a last chunk; finish it cleanly.
             await response.finish()
-        if scope.get("method") == "DELETE" and response.status is not None and response.status < 300:
-            session_id = _header(scope, MCP_SESSION_ID_HEADER)
-            if session_id:
-                if fast is not None:
-                    fast.session_ended(session_id)
-                await upstream.session_ended(session_id)
 
 
 class _ResponseState:
@@ -314,10 +329,3 @@ class _Replay:
             return self._pending.pop(0)
         return await self._receive()
 
-
-def _header(scope: Scope, name: str) -> str | None:
-    key = name.encode("latin-1")
-    for header, value in scope.get("headers", ()):
-        if header.lower() == key:
-            return value.decode("latin-1")
-    return None

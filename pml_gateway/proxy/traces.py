@@ -20,6 +20,32 @@ Where one key still holds two callers (behind a proxy that pools connections), t
 overlap in time sooner or later: a trace is cut wherever a call started before the previous one
 ended, and no edge is learned across the cut (``_sequences``).
 
+Crashes (issue 15 item 13: 55-66% of proxied calls were in traces still open at a SIGKILL, and
+their learning was lost). With a ``keep`` (the store), every open trace that changed is written to
+the store at most ``checkpoint_seconds`` after its change (one transaction for all of them, each
+trace as its calls: ``SavedTrace``), and its row is deleted once the trace is recorded. A
+crash therefore loses at most the calls of the last ``checkpoint_seconds``. The rows of a process
+that died are recorded by whichever process on the same database sees them stale first (at
+start-up, then every ``sweep_seconds``): stale means not saved for ``stale_after`` =
+``idle_seconds + 2 * checkpoint_seconds + STALE_MARGIN`` seconds, which a live process's trace
+never is (it closes after ``idle_seconds`` of quiet, and a change is saved within
+``checkpoint_seconds``). Several processes share a database (replicas), so "not mine and old" is
+the only safe test of "its owner is gone" (the age is by the writer's and the reader's wall
+clocks: replicas on several hosts need them within ``STALE_MARGIN`` of each other).
+
+Why this teaches nothing wrong and nothing twice: a saved trace is recorded as the trace would
+have been had it closed at its last save: the same ``_executions``, the same ``workflow_id`` s
+(fixed when the trace opens). Later calls only extend a trace and the cut at overlaps looks only
+backwards, so what is recovered is a prefix of the real trace with the same cuts (no edge across
+a cut, no edge across callers). Ingest is idempotent by ``workflow_id``:
+an execution recorded by its owner before the crash and recovered again, or recovered by two
+replicas at once, is learned once. (Closing traces into the store every few seconds instead was
+rejected: each piece would be its own execution, and an edge seen in two pieces would count twice
+where the whole trace counts it once.) A trace whose recording fails (store unavailable) keeps its
+row, so a later sweep records it. Cost (SQLite, synchronous=FULL, load average 9 on 2 cores): one
+checkpoint of 100 open traces of 100 calls each, 6.4 ms of CPU and 21 ms of wall time on the loop,
+at most once per ``checkpoint_seconds``; 1 trace of 10 calls, 0.2 ms.
+
 Live grading (graphrag/grading.py) happens here too, where every proxied call passes (SDK path
 and fast path alike): each call is graded against the suggestions after the calls before it in
 its trace, and the first call after a ``pml_search_tools`` of the same caller against that
@@ -33,11 +59,13 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import to_json
 
 from graphrag import TaskRun, WorkflowExecution
 
@@ -48,6 +76,33 @@ Recorder = Callable[[WorkflowExecution], Awaitable[Any]]
 GradeNext = Callable[[Sequence[str], str], None]
 #: (the search's query; its ranked tool ids; the tool called next)
 SearchLabel = Callable[[str, Sequence[str], str], None]
+
+#: Seconds beyond ``idle_seconds + 2 * checkpoint_seconds`` before another process's saved trace
+#: counts as orphaned (a live process whose event loop stalls that long loses, at worst, the tail
+#: of that trace: never an edge taught wrong or twice).
+STALE_MARGIN = 2.0
+
+
+class SavedTrace(BaseModel):
+    """A trace as saved in the store (``open_traces.body``): its calls in order, each as
+    ``[tool id, server, success, started, ended]``, times in seconds from the first call's start.
+
+    Calls, not executions: a checkpoint then costs a JSON dump (measured: 100 open traces of 100
+    calls, 52 ms of CPU as validated executions), and recovery cuts them into executions with the
+    very code that records a live trace (``_executions``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    calls: list[tuple[str, str | None, bool, float, float]]
+
+
+class OpenTraceStore(Protocol):
+    """Where open traces are kept across a crash (``graphrag.GraphStore`` implements it)."""
+
+    def save_open_traces(self, saved: Mapping[str, str], dropped: Sequence[str], now: float) -> None: ...
+
+    def stale_open_traces(self, before: float) -> dict[str, str]: ...
 
 
 @dataclass
@@ -71,6 +126,10 @@ class _Trace:
     started: float  # monotonic, first call's start
     last: float  # monotonic, last call's end
     calls: list[_Call] = field(default_factory=list)
+    #: fixed at open: a saved copy and the final recording share their workflow_ids
+    trace_id: str = field(default_factory=lambda: f"trace-{uuid.uuid4().hex[:12]}")
+    dirty: bool = True  # changed since it was last saved
+    saved: bool = False  # has a row in the store
 
 
 class TraceRecorder:
@@ -85,11 +144,26 @@ class TraceRecorder:
         clock: Callable[[], float] = time.monotonic,
         grade_next: GradeNext | None = None,
         on_search_label: SearchLabel | None = None,
+        keep: OpenTraceStore | None = None,
+        checkpoint_seconds: float = 2.0,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._record = record
         self.idle_seconds = idle_seconds
         self.max_calls = max_calls
         self._clock = clock
+        self._keep = keep
+        self.checkpoint_seconds = checkpoint_seconds
+        #: another process's saved trace this old (wall clock) is an orphan
+        self.stale_after = idle_seconds + 2 * checkpoint_seconds + STALE_MARGIN
+        #: how often saved traces are looked at for orphans
+        self.sweep_seconds = max(checkpoint_seconds, self.stale_after / 4)
+        self._wall = wall_clock
+        self._done: set[str] = set()  # recorded traces whose saved rows are still to delete
+        self._next_checkpoint = -math.inf  # monotonic
+        self._next_sweep = -math.inf  # monotonic
+        self._keep_failing = False
+        self.recovered = 0  #: orphaned traces of other (dead) processes recorded so far
         self._open: dict[str, _Trace] = {}
         self._full: list[tuple[str, _Trace]] = []  # closed by max_calls, waiting to be recorded
         self._grade_next = grade_next
@@ -116,6 +190,9 @@ class TraceRecorder:
             self._wake.set()  # the idle watcher may be sleeping with no deadline
         trace.calls.append(_Call(tool_id, server, success, started, now))
         trace.last = now
+        if self._keep is not None and not trace.dirty:
+            trace.dirty = True
+            self._wake.set()  # the watcher saves it within checkpoint_seconds
         if len(trace.calls) >= self.max_calls:
             # Recording is async and add() is not: the watcher records it on its next pass.
             self._full.append((caller, self._open.pop(caller)))
@@ -148,9 +225,10 @@ class TraceRecorder:
         await self._save_full()
         for caller in list(self._open):
             await self.end(caller)
+        self.checkpoint()  # their saved rows go
 
     async def run(self) -> None:
-        """Close traces that went quiet; run inside a task group until cancelled, then flush."""
+        """Close traces that went quiet, save open ones, record orphans; until cancelled, then flush."""
         try:
             while True:
                 await self._save_full()
@@ -161,9 +239,18 @@ class TraceRecorder:
                 for caller, search in list(self._searches.items()):
                     if now - search.at >= self.idle_seconds:
                         del self._searches[caller]
+                if self._keep is not None:
+                    if now >= self._next_sweep:
+                        self._next_sweep = now + self.sweep_seconds
+                        await self.recover()
+                    if self._unsaved() and now >= self._next_checkpoint:
+                        self._next_checkpoint = now + self.checkpoint_seconds
+                        self.checkpoint()
                 deadline = min(
                     [t.last + self.idle_seconds for t in self._open.values()]
-                    + [s.at + self.idle_seconds for s in self._searches.values()],
+                    + [s.at + self.idle_seconds for s in self._searches.values()]
+                    + ([self._next_sweep] if self._keep is not None else [])
+                    + ([self._next_checkpoint] if self._unsaved() else []),
                     default=math.inf,
                 )
                 self._wake = anyio.Event()
@@ -179,24 +266,106 @@ class TraceRecorder:
             await self._save(caller, trace)
 
     async def _save(self, caller: str, trace: _Trace) -> None:
-        trace_id = f"trace-{uuid.uuid4().hex[:12]}"
-        segments = _sequences(trace.calls)
         try:
-            for index, calls in enumerate(segments):
-                execution = WorkflowExecution(
-                    workflow_id=trace_id if index == 0 else f"{trace_id}-{index}",
-                    tasks=[
-                        TaskRun(id=f"t{i}", tool_id=call.tool_id, server=call.server, success=call.success)
-                        for i, call in enumerate(calls)
-                    ],
-                    success=all(call.success for call in calls),
-                    execution_time_ms=round(max(0.0, calls[-1].ended - calls[0].started) * 1000, 3),
-                )
+            for execution in _executions(trace):
                 await self._record(execution)
                 logger.debug("trace of %s recorded: %s", caller, execution.tool_ids)
             self.recorded += 1
+            if trace.saved:
+                self._done.add(trace.trace_id)  # its saved row goes at the next checkpoint
+                self._wake.set()
         except Exception:  # learning must never break serving
             logger.exception("could not record the trace of %s", caller)
+            if self._keep is not None and trace.dirty:  # keep it whole for a later sweep, if the store takes it
+                self._save_rows({trace.trace_id: _dump(trace)}, [])
+
+    # -- kept across a crash ---------------------------------------------------------------------
+
+    def _unsaved(self) -> bool:
+        return self._keep is not None and (
+            bool(self._done) or any(t.dirty for t in self._open.values()) or any(t.dirty for _, t in self._full)
+        )
+
+    def checkpoint(self) -> None:
+        """Save every open trace changed since its last save, delete the rows of recorded ones."""
+        if self._keep is None:
+            return
+        changed = [t for t in self._open.values() if t.dirty] + [t for _, t in self._full if t.dirty]
+        dropped = list(self._done)
+        if (changed or dropped) and self._save_rows({t.trace_id: _dump(t) for t in changed}, dropped):
+            for trace in changed:
+                trace.dirty, trace.saved = False, True
+            self._done.difference_update(dropped)
+
+    def _save_rows(self, saved: dict[str, str], dropped: list[str]) -> bool:
+        assert self._keep is not None
+        try:
+            self._keep.save_open_traces(saved, dropped, self._wall())
+        except Exception as exc:  # the store is away: retried at the next checkpoint, said once
+            if not self._keep_failing:
+                logger.warning("could not save the open traces (retried every %s s): %s", self.checkpoint_seconds, exc)
+            self._keep_failing = True
+            return False
+        self._keep_failing = False
+        return True
+
+    async def recover(self) -> None:
+        """Record the saved traces of processes that stopped without recording them (a crash)."""
+        if self._keep is None:
+            return
+        try:
+            rows = self._keep.stale_open_traces(self._wall() - self.stale_after)
+        except Exception as exc:
+            logger.warning("could not read the saved open traces: %s", exc)
+            return
+        mine = {t.trace_id for t in self._open.values()} | {t.trace_id for _, t in self._full} | self._done
+        recovered = 0
+        for trace_id, body in rows.items():
+            if trace_id in mine:
+                continue
+            try:
+                saved = SavedTrace.model_validate_json(body)
+                executions = _executions(_Trace(0.0, 0.0, [_Call(*call) for call in saved.calls], trace_id=trace_id))
+            except ValidationError as exc:  # written by another version: nothing to learn from it
+                logger.warning("saved trace %s is unreadable, dropped: %s", trace_id, str(exc).splitlines()[0])
+                self._done.add(trace_id)
+                continue
+            try:
+                for execution in executions:
+                    await self._record(execution)  # idempotent: what was recorded before counts once
+            except Exception:
+                logger.exception("could not record the saved trace %s (retried at the next sweep)", trace_id)
+                continue
+            self._done.add(trace_id)
+            recovered += 1
+        if recovered:
+            self.recovered += recovered
+            logger.info("recorded %d trace(s) left open by a process that stopped", recovered)
+        if self._done:
+            self.checkpoint()
+
+
+def _executions(trace: _Trace) -> list[WorkflowExecution]:
+    """What the trace is recorded as: one execution per run of consecutive calls."""
+    return [
+        WorkflowExecution(
+            workflow_id=trace.trace_id if index == 0 else f"{trace.trace_id}-{index}",
+            tasks=[
+                TaskRun(id=f"t{i}", tool_id=call.tool_id, server=call.server, success=call.success)
+                for i, call in enumerate(calls)
+            ],
+            success=all(call.success for call in calls),
+            execution_time_ms=round(max(0.0, calls[-1].ended - calls[0].started) * 1000, 3),
+        )
+        for index, calls in enumerate(_sequences(trace.calls))
+    ]
+
+
+def _dump(trace: _Trace) -> str:
+    """The trace as ``SavedTrace`` JSON, written without building the model (it is on the loop)."""
+    origin = trace.calls[0].started
+    calls = [[c.tool_id, c.server, c.success, c.started - origin, c.ended - origin] for c in trace.calls]
+    return to_json({"calls": calls}).decode()
 
 
 def _sequences(calls: list[_Call]) -> list[list[_Call]]:
