@@ -66,7 +66,7 @@ def _no_server(tool_id: str) -> str | None:
 class Frame:
     """One event as it goes on the wire: made once, shared by every client and every filter."""
 
-    __slots__ = ("type", "id", "sse", "data_json", "always", "tools", "servers", "workflow_id", "_ws")
+    __slots__ = ("type", "id", "sse", "data_json", "always", "tools", "servers", "workflow_id", "_ws", "_chunk")
 
     def __init__(
         self,
@@ -90,6 +90,15 @@ class Frame:
         self.servers = servers
         self.workflow_id = workflow_id
         self._ws: str | None = None
+        self._chunk: bytes | None = None
+
+    def http_chunk(self) -> bytes:
+        """The SSE bytes as one chunk of a chunked HTTP/1.1 body (what uvicorn would write)."""
+        chunk = self._chunk
+        if chunk is None:
+            sse = self.sse
+            chunk = self._chunk = b"%x\r\n%b\r\n" % (len(sse), sse)
+        return chunk
 
     def ws_text(self) -> str:
         """The WebSocket message: ``{"id": 42, "type": "edge_created", "data": {...}}``."""
