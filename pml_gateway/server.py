@@ -142,6 +142,11 @@ class GatewayServer(uvicorn.Server):
         if self._gc_thresholds is not None:
             gc.set_threshold(*self._gc_thresholds)  # process-wide: this process serves
         await super().startup(sockets)
+        if self._gc_thresholds is not None and self.started:
+            # What start-up built (the engine's graph, the app, imported modules) lives as long as
+            # the process: out of the collector's sight, so full collections no longer walk it.
+            gc.collect()
+            gc.freeze()
         if self.started and self._on_started is not None:
             self._on_started(self.base_url)
 

@@ -6,10 +6,18 @@ until the client leaves, is dropped for being slow, or the process shuts down. T
 one frame for everyone, made once per ``heartbeat_seconds`` and broadcast through the hub.
 
 Both endpoints are one code path with two encodings: the same query parsing and filters
-(``filters.py``), the same admission (``max_clients``), the same hub subscription (one replay
-path), and the same ``_AsgiSink``, which writes each pushed batch of frames with the server's own
-``send`` from the hub's flush callback (no task wakes up per client and event). SSE sends the
-frames' bytes joined in one body chunk; WebSocket sends one text message per frame.
+(``filters.py``), the same admission (``max_clients``, ``max_streams_per_address``), the same hub
+subscription (one replay path), and a sink the hub pushes to from its flush callback (no task
+wakes up per client and event). SSE sends the frames' bytes joined in one body chunk; WebSocket
+sends one text message per frame.
+
+Under the gateway's own server (``pml_gateway.server``) an SSE connection is handed over from
+uvicorn once its response has started (``DETACH``): ``_DetachedStream`` then owns the transport
+and is the sink, so an open stream keeps no task, no request cycle and no middleware frames, and
+a burst is one ``transport.write``; a slow client is aborted (its socket freed at once). Under
+another server, and for WebSockets, ``_AsgiSink`` writes with the ASGI ``send`` instead.
+Measured (bench/sse_fanout.py, bench/README.md): memory per idle SSE client 18 -> 6 KB, server
+CPU per delivered frame at 1,000 clients 4.3 -> 1.5 µs.
 
 One shutdown path: ``EventsStreamManager.close()`` closes the hub, which ends every subscription
 through its sink (``Sink.close(SHUTDOWN)``: the last empty chunk of the SSE response, a 1001 close
@@ -58,6 +66,8 @@ SERVER_SEND = "pml.server_send"
 DETACH = "pml.detach"
 #: The last chunk of a chunked HTTP/1.1 body: the clean end of a detached stream.
 _LAST_CHUNK = b"0\r\n\r\n"
+#: The last burst written by a detached stream and its bytes: [frames, body] (see ``write``).
+_BURST: list[Any] = [None, b""]
 #: WebSocket close codes: the server is going away; a request refused (no HTTP denial support).
 WS_GOING_AWAY = 1001
 WS_POLICY_VIOLATION = 1008
@@ -381,8 +391,11 @@ class _DetachedStream(asyncio.Protocol):
             return True  # ended: connection_lost closes the subscription
         if len(frames) == 1:
             transport.write(frames[0].http_chunk())
-        else:  # one write per burst
-            transport.write(b"".join([frame.http_chunk() for frame in frames]))
+        else:  # one write per burst; the hub hands every in-step client the same list: joined once
+            burst = _BURST
+            if burst[0] is not frames:
+                burst[0], burst[1] = frames, b"".join([frame.http_chunk() for frame in frames])
+            transport.write(burst[1])
         return not self._paused
 
     def close(self, reason: CloseReason) -> None:
