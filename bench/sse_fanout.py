@@ -1,19 +1,26 @@
-"""SSE fan-out benchmark: publish-to-receipt latency and memory per client, against a naive baseline.
+"""SSE fan-out benchmark: publish-to-receipt latency, server CPU per delivered frame, memory per client.
 
-    .venv/bin/python bench/sse_fanout.py                    # 100, 1,000, 10,000 clients; ~4 minutes
-    .venv/bin/python bench/sse_fanout.py --clients 100,1000 --seconds 5
+    .venv/bin/python bench/sse_fanout.py --clients 1000,5000,10000 --modes pml --source executions --seconds 10 --stall
+    .venv/bin/python bench/sse_fanout.py --clients 100,1000 --seconds 5     # the three designs, synthetic events
 
 Each case starts a server process (the real ``create_app`` on uvicorn, uvloop + httptools) and
-holds the clients on raw sockets in THIS process (asyncio protocols, uvloop). The server publishes
-``workflow_executed`` events at a steady rate; each event carries its publish time
-(``time.time_ns()``, same machine clock) in ``workflow_id``, and the client records
-``receipt - publish`` for every event on every connection.
+load generator processes (``--loadgen``: one up to 1,000 clients, else two) that hold the
+clients on raw sockets (asyncio protocols, uvloop) and record ``receipt - send`` for every
+``workflow_executed`` event on every connection (the send time travels in its ``workflow_id``,
+same machine clock). Events come from:
+
+- ``--source executions``: real ``POST /executions`` from this process, open loop at ``--rate``
+  per second (20 by default): ingest, learning and every event of an execution (3 here) included;
+  "answered" counts the 202s.
+- ``--source publish``: ``workflow_executed`` events published by the server itself at a steady
+  rate (the earlier tables).
+
+``--stall`` adds a case with one more client that sends its request and never reads: the
+others' latency should not move.
 
 Three designs, same app, same middleware, same uvicorn:
 
-- ``pml``: the project's ``GET /events/stream``: the hub serialises each event once into bounded
-  per-client queues and pushes them to the direct ASGI response, which writes every client from
-  one flush callback.
+- ``pml``: the project's ``GET /events/stream``.
 - ``pml-sse``: the same hub and frames, with sse-starlette's ``EventSourceResponse`` carrying the
   bytes, one generator per client pulling from the hub's push (``SSEStarletteBaseline`` below):
   what the product's direct response replaced, kept here as the baseline.
@@ -22,8 +29,10 @@ Three designs, same app, same middleware, same uvicorn:
   and SSE for each client.
 
 Memory per client = (server RSS with N idle clients connected - RSS before) / N. Server CPU per
-delivery = the server process's CPU time while publishing / (events x clients): unlike the latency
-it hardly depends on what else the machine is doing.
+frame = the server process's CPU time (user + system, from /proc) from the first event sent to
+the last one received / the frames the hub delivered (``/events/stats``): unlike the latency it
+hardly depends on what else the machine is doing. "in kernel" is the system share of that CPU
+(the writes). The load average (1 min) at the start of each case is the last column.
 
 The server runs with the gateway's GC thresholds (``pml_gateway.server.GC_THRESHOLDS``, all designs
 alike); ``--default-gc`` keeps Python's, to show what they are for.
@@ -447,10 +456,13 @@ async def run_case(args: argparse.Namespace, mode: str, clients: int, rate: floa
         for report in reports:
             for bucket, n in report["histogram"].items():
                 histogram[int(bucket)] = histogram.get(int(bucket), 0) + n
-        frames = stats_after["events_delivered"] - stats_before["events_delivered"]
+        # The naive design has no hub: its frames are the events its clients received.
+        frames = stats_after["events_delivered"] - stats_before["events_delivered"] or sum(histogram.values())
         answered.sort()
         return {
-            "mode": mode + (", default GC" if args.default_gc else "") + (", 1 stalled client" if stall else ""),
+            "mode": mode
+            + (", default GC" if args.default_gc else "")
+            + (f", 1 stalled client ({'dropped' if stats_after['clients_dropped_slow'] else 'not dropped'})" if stall else ""),
             "source": args.source,
             "clients": clients,
             "processes": processes,
