@@ -541,11 +541,56 @@ async def main_async(args: argparse.Namespace) -> None:
     print(table(results))
 
 
+def send_floor(connections: int, rounds: int = 200, size: int = 1000, rate: float = 20.0) -> str:
+    """The floor of any fan-out: CPU of one blocking ``send()`` of ``size`` bytes to each of
+    ``connections`` loopback TCP connections, ``rate`` rounds per second, a child process draining them."""
+    import select
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4096)
+    port = listener.getsockname()[1]
+    child = os.fork()
+    if child == 0:  # the reader
+        conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(connections)]
+        poller = select.epoll()
+        for conn in conns:
+            conn.setblocking(False)
+            poller.register(conn.fileno(), select.EPOLLIN)
+        by_fd, got, need = {conn.fileno(): conn for conn in conns}, 0, connections * rounds * size
+        while got < need:
+            for fd, _ in poller.poll(1):
+                try:
+                    got += len(by_fd[fd].recv(65536))
+                except BlockingIOError:
+                    pass
+        os._exit(0)
+    peers = [listener.accept()[0] for _ in range(connections)]
+    for peer in peers:
+        peer.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as uvloop's transports
+    data = b"x" * size
+    time.sleep(0.5)
+    before, due = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+    for _ in range(rounds):
+        due += 1 / rate
+        time.sleep(max(0.0, due - time.monotonic()))
+        for peer in peers:
+            peer.send(data)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    os.waitpid(child, 0)
+    user, system, sends = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime, connections * rounds
+    return (
+        f"{connections:,} connections, {size} bytes: {(user + system) / sends * 1e6:.2f} µs per send"
+        f" ({system / sends * 1e6:.2f} µs in the kernel), load {os.getloadavg()[0]:.1f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--serve", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--loadgen", help=argparse.SUPPRESS)  # host:port/path
     parser.add_argument("--stall", action="store_true", help="add one client that never reads (pml only)")
+    parser.add_argument("--floor", action="store_true", help="only the cost of one send() per client (--clients)")
     parser.add_argument("--clients", default="100,1000,10000", type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--modes", default=",".join(MODES), type=lambda s: s.split(","))
     parser.add_argument("--source", choices=("publish", "executions"), default="publish",
@@ -569,6 +614,10 @@ def main() -> None:
         run = uvloop.run
     except ImportError:
         run = asyncio.run  # type: ignore[assignment]
+    if args.floor:
+        for clients in args.clients:
+            print(send_floor(clients))
+        return
     if args.loadgen:
         address, _, path = args.loadgen.partition("/")
         host, _, port = address.rpartition(":")
