@@ -24,9 +24,8 @@ every client never takes more than half of the event loop. A few clients flush a
 flush takes microseconds); thousands of them get the events of that wait in one write each.
 The write system call is nearly all of a delivery (85% of the server's CPU is in the kernel at
 5,000 clients; one send to a loopback socket costs 5-7 µs on the 2-core machine): at 5,000
-clients and 20 executions/s this took the server's CPU per delivered frame from 2.7 to 0.96 µs
-and the p99 from seconds to under half a second on a machine with a load of 6.5
-(bench/README.md, "SSE fan-out, issue 17").
+clients and 20 executions/s this took the server's CPU per delivered frame from 2.7 to 0.95 µs
+and the p99 from 8.5 s to 0.5 s on the shared machine (load 8; bench/README.md, "Issue 17").
 
 Clients that take every event as it comes (no filter, caught up, their last write complete) are
 "in step": they are not offered events one by one, they share each burst (the same list goes

@@ -16,7 +16,7 @@ uvicorn once its response has started (``DETACH``): ``_DetachedStream`` then own
 and is the sink, so an open stream keeps no task, no request cycle and no middleware frames, and
 a burst is one ``transport.write``; a slow client is aborted (its socket freed at once). Under
 another server, and for WebSockets, ``_AsgiSink`` writes with the ASGI ``send`` instead.
-Measured (bench/sse_fanout.py, bench/README.md "SSE fan-out, issue 17"): memory per idle SSE
+Measured (bench/sse_fanout.py, bench/README.md, "Issue 17"): memory per idle SSE
 client 18 KB -> 5.6 KB at 1,000 clients (2.8 KB at 10,000); server CPU per delivered frame at
 1,000 clients 4.1 -> 2.3 µs (with the hub's paced flushes: 0.95 µs at 5,000 clients).
 
