@@ -116,12 +116,14 @@ async def test_a_dropped_slow_client_is_disconnected_at_once_without_uvicorn_err
                 while _established(port, client_port):
                     await anyio.sleep(0.02)
             await wait_for_stats(producer, lambda s: s["connected_clients"] == 0)
-            # The client sees the end too: RST, or EOF after what was already delivered.
+            # The client sees the end too: RST, or EOF after what was already delivered (a
+            # connection still open would make recv time out instead).
             slow.settimeout(5)
-            with pytest.raises(ConnectionResetError):
+            try:
                 while slow.recv(1 << 20):
                     pass
-                raise ConnectionResetError  # EOF: closed as well
+            except ConnectionResetError:
+                pass
             slow.close()
         finally:
             uvicorn_log.removeHandler(lines)
