@@ -4,7 +4,9 @@ Every event is turned into a ``Frame`` ONCE, when it is published (or read back 
 a replay), and that frame is shared by every client. The SSE bytes are made by sse-starlette's
 own ``ServerSentEvent.encode()`` (the library made for the format; ``id`` must be a ``str`` and
 ``sep`` is ``"\\n"``: SDK_NOTES §6). The WebSocket message of the same event
-(``{"id", "type", "data"}``) is made on first use and shared the same way.
+(``{"id", "type", "data"}``) is made on first use and shared the same way, and so is the SSE
+frame as one chunk of a chunked HTTP/1.1 body (``http_chunk``: what a stream handed over from
+uvicorn writes itself, events/stream.py).
 
 A frame also carries what filters look at, computed once here, so that filtering costs an
 unfiltered client nothing: the tool ids the event names, the servers of those tools (through the
