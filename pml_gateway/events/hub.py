@@ -25,7 +25,9 @@ flush takes microseconds); thousands of them get the events of that wait in one 
 The write system call is nearly all of a delivery (85% of the server's CPU is in the kernel at
 5,000 clients; one send to a loopback socket costs 5-7 µs on the 2-core machine): at 5,000
 clients and 20 executions/s this took the server's CPU per delivered frame from 2.7 to 0.95 µs
-and the p99 from 8.5 s to 0.5 s on the shared machine (load 8; bench/README.md, "Issue 17").
+and the p99 from 8.5 s to 0.5 s on the shared machine (load 8); on a quieter one (load 2.6)
+flushes are shorter, fewer events share a write: 1.6 µs and a p99 of 171 ms (bench/README.md,
+"Issue 17").
 
 Clients that take every event as it comes (no filter, caught up, their last write complete) are
 "in step": they are not offered events one by one, they share each burst (the same list goes
