@@ -1,19 +1,26 @@
-"""SSE fan-out benchmark: publish-to-receipt latency and memory per client, against a naive baseline.
+"""SSE fan-out benchmark: publish-to-receipt latency, server CPU per delivered frame, memory per client.
 
-    .venv/bin/python bench/sse_fanout.py                    # 100, 1,000, 10,000 clients; ~4 minutes
-    .venv/bin/python bench/sse_fanout.py --clients 100,1000 --seconds 5
+    .venv/bin/python bench/sse_fanout.py --clients 1000,5000,10000 --modes pml --source executions --seconds 10 --stall
+    .venv/bin/python bench/sse_fanout.py --clients 100,1000 --seconds 5     # the three designs, synthetic events
 
 Each case starts a server process (the real ``create_app`` on uvicorn, uvloop + httptools) and
-holds the clients on raw sockets in THIS process (asyncio protocols, uvloop). The server publishes
-``workflow_executed`` events at a steady rate; each event carries its publish time
-(``time.time_ns()``, same machine clock) in ``workflow_id``, and the client records
-``receipt - publish`` for every event on every connection.
+load generator processes (``--loadgen``: one up to 1,000 clients, else two) that hold the
+clients on raw sockets (asyncio protocols, uvloop) and record ``receipt - send`` for every
+``workflow_executed`` event on every connection (the send time travels in its ``workflow_id``,
+same machine clock). Events come from:
+
+- ``--source executions``: real ``POST /executions`` from this process, open loop at ``--rate``
+  per second (20 by default): ingest, learning and every event of an execution (3 here) included;
+  "answered" counts the 202s.
+- ``--source publish``: ``workflow_executed`` events published by the server itself at a steady
+  rate (the earlier tables).
+
+``--stall`` adds a case with one more client that sends its request and never reads: the
+others' latency should not move.
 
 Three designs, same app, same middleware, same uvicorn:
 
-- ``pml``: the project's ``GET /events/stream``: the hub serialises each event once into bounded
-  per-client queues and pushes them to the direct ASGI response, which writes every client from
-  one flush callback.
+- ``pml``: the project's ``GET /events/stream``.
 - ``pml-sse``: the same hub and frames, with sse-starlette's ``EventSourceResponse`` carrying the
   bytes, one generator per client pulling from the hub's push (``SSEStarletteBaseline`` below):
   what the product's direct response replaced, kept here as the baseline.
@@ -22,8 +29,10 @@ Three designs, same app, same middleware, same uvicorn:
   and SSE for each client.
 
 Memory per client = (server RSS with N idle clients connected - RSS before) / N. Server CPU per
-delivery = the server process's CPU time while publishing / (events x clients): unlike the latency
-it hardly depends on what else the machine is doing.
+frame = the server process's CPU time (user + system, from /proc) from the first event sent to
+the last one received / the frames the hub delivered (``/events/stats``): unlike the latency it
+hardly depends on what else the machine is doing. "in kernel" is the system share of that CPU
+(the writes). The load average (1 min) at the start of each case is the last column.
 
 The server runs with the gateway's GC thresholds (``pml_gateway.server.GC_THRESHOLDS``, all designs
 alike); ``--default-gc`` keeps Python's, to show what they are for.
@@ -36,13 +45,13 @@ import asyncio
 import json
 import os
 import resource
+import socket
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +69,11 @@ def raise_fd_limit() -> int:
     return target
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU time of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def rss_bytes(pid: int) -> int:
@@ -76,7 +86,7 @@ def rss_bytes(pid: int) -> int:
 # =============================================================================================
 # Server side (a subprocess: ``sse_fanout.py --serve pml|naive``)
 # =============================================================================================
-def serve(mode: str, default_gc: bool) -> None:
+def serve(mode: str, default_gc: bool, client_queue: int) -> None:
     import anyio
     from sse_starlette import EventSourceResponse, ServerSentEvent
     from starlette.requests import Request
@@ -224,11 +234,15 @@ def serve(mode: str, default_gc: bool) -> None:
                 else:
                     hub.publish(event)
 
+    per_address = {"max_streams_per_address": 50_000} if "max_streams_per_address" in Settings.model_fields else {}
     settings = Settings(
         db=":memory:",
         config=None,
         port=0,
         max_clients=50_000,
+        **per_address,  # every client is 127.0.0.1 here (the setting is newer than some trees measured)
+        max_connections=50_000,
+        client_queue=client_queue,
         heartbeat_seconds=3600,  # no heartbeats inside the measurement
         metrics_interval_seconds=3600,
         log_level="warning",
@@ -247,24 +261,19 @@ def serve(mode: str, default_gc: bool) -> None:
 
 
 # =============================================================================================
-# Client side (this process)
+# Load generators (subprocesses: ``sse_fanout.py --loadgen``), each holding its share of clients
 # =============================================================================================
-@dataclass
-class Stats:
-    connected: int = 0
-    closed: int = 0
-
-
 class SSEClient(asyncio.Protocol):
     """One raw connection. ``data_received`` only timestamps and keeps the bytes (cheap, so the
     client side adds little to the latency); they are parsed after the run."""
 
-    def __init__(self, request: bytes, stats: Stats) -> None:
+    def __init__(self, request: bytes, ready: list[int]) -> None:
         self.request = request
-        self.stats = stats
+        self.ready = ready
         self.reads: list[tuple[int, bytes]] = []
         self.received = 0  # workflow_executed events seen (counted without parsing)
         self.is_connected = False
+        self.closed = False
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -276,13 +285,13 @@ class SSEClient(asyncio.Protocol):
         self.received += data.count(MARKER)
         if not self.is_connected and b"event: connected" in data:
             self.is_connected = True
-            self.stats.connected += 1
+            self.ready[0] += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.stats.closed += 1
+        self.closed = True
 
     def latencies(self) -> list[int]:
-        # A marker never straddles two reads: each event is one chunk of the chunked response.
+        # A marker never straddles two reads here: writes are a few KB at most.
         found = []
         for received_at, data in self.reads:
             start = data.find(MARKER)
@@ -294,29 +303,111 @@ class SSEClient(asyncio.Protocol):
         return found
 
 
-async def http_json(host: str, port: int, method: str, path: str, body: Any = None) -> Any:
+async def loadgen_async(host: str, port: int, path: str, clients: int, stall: bool) -> None:
+    request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n\r\n".encode()
+    loop = asyncio.get_running_loop()
+    ready = [0]
+    protocols: list[SSEClient] = []
+    for offset in range(0, clients, 250):
+        made = await asyncio.gather(
+            *(loop.create_connection(lambda: SSEClient(request, ready), host, port) for _ in range(min(250, clients - offset)))
+        )
+        protocols.extend(protocol for _, protocol in made)
+    deadline = time.monotonic() + 120
+    while ready[0] < clients and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    stalled = None
+    if stall:
+        # A client that sends its request and never reads a byte (a small receive buffer).
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect((host, port))
+        stalled.send(request)
+    print(f"READY {ready[0]}", flush=True)
+    line = await loop.run_in_executor(None, sys.stdin.readline)  # "COLLECT <events> <timeout>"
+    _, count_text, timeout_text = line.split()
+    count, deadline = int(count_text), time.monotonic() + float(timeout_text)
+    while time.monotonic() < deadline and any(p.received < count for p in protocols):
+        await asyncio.sleep(0.02)
+    done_at = time.time()
+    histogram: dict[int, int] = {}
+    for protocol in protocols:
+        for latency in protocol.latencies():
+            bucket = latency // 10_000  # 10 µs buckets
+            histogram[bucket] = histogram.get(bucket, 0) + 1
+    result = {
+        "connected": ready[0],
+        "complete": sum(1 for p in protocols if p.received >= count),
+        "closed": sum(1 for p in protocols if p.closed),
+        "histogram": histogram,
+        "done_at": done_at,  # when every client had every event (or the deadline)
+    }
+    print(json.dumps(result), flush=True)
+    for protocol in protocols:
+        if protocol.transport is not None:
+            protocol.transport.close()
+    if stalled is not None:
+        stalled.close()
+
+
+# =============================================================================================
+# The harness (this process): the server, the load generators, the executions
+# =============================================================================================
+async def http_json(host: str, port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     reader, writer = await asyncio.open_connection(host, port)
     payload = json.dumps(body).encode() if body is not None else b""
     writer.write(
-        f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
         + payload
     )
     response = await reader.read()
     writer.close()
-    return json.loads(response.split(b"\r\n\r\n", 1)[1])
+    head, _, body_bytes = response.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body_bytes) if body_bytes else None
 
 
-def percentile(sorted_values: list[int], p: float) -> float:
-    if not sorted_values:
+def percentile_of(histogram: dict[int, int], p: float) -> float:
+    """The p-th percentile (ms) of latencies kept in 10 µs buckets."""
+    total = sum(histogram.values())
+    if not total:
         return float("nan")
-    index = min(len(sorted_values) - 1, max(0, round(p / 100 * len(sorted_values)) - 1))
-    return sorted_values[index] / 1e6
+    rank, seen = p / 100 * total, 0
+    for bucket in sorted(histogram):
+        seen += histogram[bucket]
+        if seen >= rank:
+            return (bucket + 1) / 100
+    return max(histogram) / 100
 
 
-async def run_case(mode: str, clients: int, rate: float, seconds: float, default_gc: bool) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--serve", mode, *(["--default-gc"] if default_gc else [])]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+async def post_executions(host: str, port: int, rate: float, count: int) -> list[float]:
+    """``count`` executions at ``rate``/s, open loop (each POST on its own schedule); their latencies."""
+    answered: list[float] = []
+
+    async def one(n: int) -> None:
+        body = {"workflow_id": f"bench-{time.time_ns()}", "tool_ids": ["files__read", "text__summarize", f"mail__send_{n % 5}"]}
+        started = time.monotonic()
+        try:
+            status, _ = await asyncio.wait_for(http_json(host, port, "POST", "/executions", body), 30)
+        except (OSError, asyncio.TimeoutError):
+            return
+        if status == 202:
+            answered.append(time.monotonic() - started)
+
+    due = time.monotonic()
+    tasks = []
+    for n in range(count):
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        tasks.append(asyncio.create_task(one(n)))
+        due += 1 / rate
+    await asyncio.gather(*tasks)
+    return answered
+
+
+async def run_case(args: argparse.Namespace, mode: str, clients: int, rate: float, stall: bool) -> dict[str, Any]:
+    serve_args = ["--serve", mode, "--client-queue", str(args.client_queue), *(["--default-gc"] if args.default_gc else [])]
+    server = subprocess.Popen([sys.executable, __file__, *serve_args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    loadgens: list[subprocess.Popen[str]] = []
     try:
         line = await asyncio.wait_for(asyncio.to_thread(server.stdout.readline), 30)  # type: ignore[union-attr]
         host, port_text = line.split("http://", 1)[1].strip().rsplit(":", 1)
@@ -325,91 +416,111 @@ async def run_case(mode: str, clients: int, rate: float, seconds: float, default
         rss_before = rss_bytes(server.pid)
 
         path = {"naive": "/naive/stream", "pml-sse": "/sse-starlette/stream"}.get(mode, "/events/stream")
-        request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n\r\n".encode()
-        stats = Stats()
-        loop = asyncio.get_running_loop()
-        protocols: list[SSEClient] = []
+        processes = args.processes or (1 if clients <= 1000 else 2)
+        shares = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
         connect_started = time.monotonic()
-        batch = 250
-        for offset in range(0, clients, batch):
-            made = await asyncio.gather(
-                *(
-                    loop.create_connection(lambda: SSEClient(request, stats), host, port)
-                    for _ in range(min(batch, clients - offset))
-                )
-            )
-            protocols.extend(protocol for _, protocol in made)
-        deadline = time.monotonic() + 60
-        while stats.connected < clients and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        for i, share in enumerate(shares):
+            command = [sys.executable, __file__, "--loadgen", f"{host}:{port}{path}", "--clients", str(share)]
+            if stall and i == 0:
+                command.append("--stall")
+            loadgens.append(subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+        connected = 0
+        for loadgen in loadgens:
+            ready = await asyncio.wait_for(asyncio.to_thread(loadgen.stdout.readline), 180)  # type: ignore[union-attr]
+            connected += int(ready.split()[1])
         connect_seconds = time.monotonic() - connect_started
-        await asyncio.sleep(1.0)  # idle: let the server settle
+        await asyncio.sleep(2.0)  # idle: let the server settle
         rss_idle = rss_bytes(server.pid)
-        server_count = (await http_json(host, port, "GET", "/bench/clients"))["clients"]
+        _, counted = await http_json(host, port, "GET", "/bench/clients")
 
-        count = max(1, round(rate * seconds))
-        cpu_before = cpu_seconds(server.pid)
-        client_cpu_before = time.process_time()
-        await http_json(host, port, "POST", "/bench/publish", {"rate": rate, "count": count})
-        deadline = time.monotonic() + seconds + 30
-        while time.monotonic() < deadline and any(p.received < count for p in protocols):
-            await asyncio.sleep(0.1)
-        cpu_used = cpu_seconds(server.pid) - cpu_before
-        client_cpu_used = time.process_time() - client_cpu_before
-        complete = sum(1 for p in protocols if p.received >= count)
-
-        for protocol in protocols:
-            if protocol.transport is not None:
-                protocol.transport.close()
-        latencies = sorted(latency for protocol in protocols for latency in protocol.latencies())
+        count = max(1, round(rate * args.seconds))
+        _, stats_before = await http_json(host, port, "GET", "/events/stats")
+        load_before = os.getloadavg()[0]
+        user_before, system_before = cpu_times(server.pid)
+        started = time.time()
+        if args.source == "executions":
+            answered = await post_executions(host, port, rate, count)
+        else:
+            await http_json(host, port, "POST", "/bench/publish", {"rate": rate, "count": count})
+            answered = []
+        for loadgen in loadgens:
+            loadgen.stdin.write(f"COLLECT {count} {args.seconds + 30}\n")  # type: ignore[union-attr]
+            loadgen.stdin.flush()  # type: ignore[union-attr]
+        reports = [json.loads(await asyncio.wait_for(asyncio.to_thread(g.stdout.readline), args.seconds + 90)) for g in loadgens]  # type: ignore[union-attr]
+        user_after, system_after = cpu_times(server.pid)  # the server is idle once all is delivered
+        cpu_used = user_after - user_before + system_after - system_before
+        system_share = (system_after - system_before) / cpu_used if cpu_used else 0.0
+        wall = max(report["done_at"] for report in reports) - started  # publishing until the last delivery
+        _, stats_after = await http_json(host, port, "GET", "/events/stats")
+        histogram: dict[int, int] = {}
+        for report in reports:
+            for bucket, n in report["histogram"].items():
+                histogram[int(bucket)] = histogram.get(int(bucket), 0) + n
+        # The naive design has no hub: its frames are the events its clients received.
+        frames = stats_after["events_delivered"] - stats_before["events_delivered"] or sum(histogram.values())
+        answered.sort()
         return {
-            "mode": mode + (", default GC" if default_gc else ""),
+            "mode": mode
+            + (", default GC" if args.default_gc else "")
+            + (f", 1 stalled client ({'dropped' if stats_after['clients_dropped_slow'] else 'not dropped'})" if stall else ""),
+            "source": args.source,
             "clients": clients,
-            "connected": stats.connected,
-            "server_saw": server_count,
+            "processes": processes,
+            "connected": connected,
+            "server_saw": counted["clients"],
             "connect_s": round(connect_seconds, 1),
             "rate": rate,
             "events": count,
-            "complete": complete,
-            "samples": len(latencies),
-            "p50_ms": percentile(latencies, 50),
-            "p99_ms": percentile(latencies, 99),
-            "max_ms": latencies[-1] / 1e6 if latencies else float("nan"),
+            "answered": len(answered) if args.source == "executions" else count,
+            "post_p99_ms": answered[max(0, round(0.99 * len(answered)) - 1)] * 1000 if answered else float("nan"),
+            "complete": sum(r["complete"] for r in reports),
+            "samples": sum(histogram.values()),
+            "p50_ms": percentile_of(histogram, 50),
+            "p99_ms": percentile_of(histogram, 99),
+            "max_ms": (max(histogram) + 1) / 100 if histogram else float("nan"),
+            "frames": frames,
+            "frames_per_s": frames / wall,
+            "dropped_slow": stats_after["clients_dropped_slow"],
             "kb_per_client": (rss_idle - rss_before) / clients / 1024,
-            "cpu_us_per_delivery": cpu_used * 1e6 / (count * clients),
-            "client_cpu_us_per_delivery": client_cpu_used * 1e6 / (count * clients),
-            "rss_idle_mb": rss_idle / 2**20,
+            "cpu_us_per_frame": cpu_used * 1e6 / max(1, frames),
+            "cpu_share": cpu_used / wall,
+        "system_share": system_share,  # of the server's CPU: in the kernel (the writes)
+            "load": round(load_before, 1),
         }
     finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        for process in (*loadgens, server):
+            process.terminate()
+        for process in (*loadgens, server):
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Several rounds of one case: the median of each figure, and every round's p99."""
     summary = dict(runs[0])
-    for key in ("p50_ms", "p99_ms", "max_ms", "cpu_us_per_delivery", "client_cpu_us_per_delivery", "kb_per_client"):
+    for key in ("p50_ms", "p99_ms", "max_ms", "cpu_us_per_frame", "kb_per_client", "cpu_share", "system_share", "frames_per_s", "post_p99_ms"):
         summary[key] = statistics.median(r[key] for r in runs)
     summary["complete"] = min(r["complete"] for r in runs)
+    summary["answered"] = min(r["answered"] for r in runs)
     summary["p99_rounds"] = [round(r["p99_ms"], 1) for r in runs]
+    summary["load"] = "-".join(str(r["load"]) for r in runs)
     return summary
 
 
 def table(results: list[dict[str, Any]]) -> str:
     lines = [
-        "| clients | design | rate (ev/s) | events | received all | p50 (ms) | p99 (ms) | p99 per round | max (ms)"
-        " | server CPU / delivery | RSS / idle client |",
-        "|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+        "| clients | design | rate (/s) | sent | answered | received all | p50 (ms) | p99 (ms) | p99 per round | max (ms)"
+        " | frames/s | server CPU | in kernel | server CPU / frame | RSS / idle client | load |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r['clients']:,} | {r['mode']} | {r['rate']:g} | {r['events']} | {r['complete']:,}/{r['clients']:,} |"
-            f" {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {', '.join(map(str, r['p99_rounds']))} | {r['max_ms']:.1f} |"
-            f" {r['cpu_us_per_delivery']:.1f} µs | {r['kb_per_client']:.1f} KB |"
+            f"| {r['clients']:,} | {r['mode']} | {r['rate']:g} | {r['events']} | {r['answered']} | {r['complete']:,}/{r['clients']:,} |"
+            f" {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {', '.join(map(str, r['p99_rounds']))} | {r['max_ms']:.0f} |"
+            f" {r['frames_per_s']:,.0f} | {r['cpu_share']:.0%} | {r['system_share']:.0%} | {r['cpu_us_per_frame']:.2f} µs | {r['kb_per_client']:.1f} KB | {r['load']} |"
         )
     return "\n".join(lines)
 
@@ -417,39 +528,82 @@ def table(results: list[dict[str, Any]]) -> str:
 async def main_async(args: argparse.Namespace) -> None:
     results = []
     for clients in args.clients:
-        rate = args.rate or DEFAULT_RATES.get(clients, 5.0)
-        rounds = args.rounds or (1 if clients >= 10_000 else 3)
-        runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in args.modes}
+        rate = args.rate or (20.0 if args.source == "executions" else DEFAULT_RATES.get(clients, 5.0))
+        rounds = args.rounds or (1 if clients >= 5_000 else 3)
+        cases = [(mode, False) for mode in args.modes] + ([("pml", True)] if args.stall else [])
+        runs: dict[tuple[str, bool], list[dict[str, Any]]] = {case: [] for case in cases}
         for _ in range(rounds):  # designs interleaved: a noisy minute hurts them alike
-            for mode in args.modes:
-                result = await run_case(mode, clients, rate, args.seconds, args.default_gc)
-                runs[mode].append(result)
+            for mode, stall in cases:
+                result = await run_case(args, mode, clients, rate, stall)
+                runs[(mode, stall)].append(result)
                 print(json.dumps(result), file=sys.stderr, flush=True)
-        results.extend(summarise(runs[mode]) for mode in args.modes)
-    by_design = lambda name: name.split(",")[0]  # noqa: E731
+        results.extend(summarise(runs[case]) for case in cases)
     print(table(results))
-    print()
-    for clients in args.clients:
-        by_mode = {by_design(r["mode"]): r for r in results if r["clients"] == clients}
-        for other in ("naive", "pml-sse"):
-            if {"pml", other} <= set(by_mode):
-                p99 = by_mode[other]["p99_ms"] / by_mode["pml"]["p99_ms"]
-                cpu = by_mode[other]["cpu_us_per_delivery"] / by_mode["pml"]["cpu_us_per_delivery"]
-                print(f"{clients:,} clients: {other} / pml = {p99:.1f}x the p99, {cpu:.1f}x the CPU per delivery")
+
+
+def send_floor(connections: int, rounds: int = 200, size: int = 1000, rate: float = 20.0) -> str:
+    """The floor of any fan-out: CPU of one blocking ``send()`` of ``size`` bytes to each of
+    ``connections`` loopback TCP connections, ``rate`` rounds per second, a child process draining them."""
+    import select
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4096)
+    port = listener.getsockname()[1]
+    child = os.fork()
+    if child == 0:  # the reader
+        conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(connections)]
+        poller = select.epoll()
+        for conn in conns:
+            conn.setblocking(False)
+            poller.register(conn.fileno(), select.EPOLLIN)
+        by_fd, got, need = {conn.fileno(): conn for conn in conns}, 0, connections * rounds * size
+        while got < need:
+            for fd, _ in poller.poll(1):
+                try:
+                    got += len(by_fd[fd].recv(65536))
+                except BlockingIOError:
+                    pass
+        os._exit(0)
+    peers = [listener.accept()[0] for _ in range(connections)]
+    for peer in peers:
+        peer.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as uvloop's transports
+    data = b"x" * size
+    time.sleep(0.5)
+    before, due = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+    for _ in range(rounds):
+        due += 1 / rate
+        time.sleep(max(0.0, due - time.monotonic()))
+        for peer in peers:
+            peer.send(data)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    os.waitpid(child, 0)
+    user, system, sends = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime, connections * rounds
+    return (
+        f"{connections:,} connections, {size} bytes: {(user + system) / sends * 1e6:.2f} µs per send"
+        f" ({system / sends * 1e6:.2f} µs in the kernel), load {os.getloadavg()[0]:.1f}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--serve", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--loadgen", help=argparse.SUPPRESS)  # host:port/path
+    parser.add_argument("--stall", action="store_true", help="add one client that never reads (pml only)")
+    parser.add_argument("--floor", action="store_true", help="only the cost of one send() per client (--clients)")
     parser.add_argument("--clients", default="100,1000,10000", type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--modes", default=",".join(MODES), type=lambda s: s.split(","))
+    parser.add_argument("--source", choices=("publish", "executions"), default="publish",
+                        help="events published by the server itself, or real POST /executions")
     parser.add_argument("--seconds", type=float, default=5.0, help="publishing time per case")
-    parser.add_argument("--rate", type=float, help="events per second (default: 20 / 10 / 1 for 100 / 1k / 10k)")
+    parser.add_argument("--rate", type=float, help="events (or executions) per second (default: 20 / 10 / 1 for 100 / 1k / 10k; 20 executions)")
+    parser.add_argument("--processes", type=int, help="load generator processes (default: 1 up to 1,000 clients, else 2)")
+    parser.add_argument("--client-queue", type=int, default=1000, help="the server's client_queue setting")
     parser.add_argument("--default-gc", action="store_true", help="keep Python's GC thresholds in the server")
-    parser.add_argument("--rounds", type=int, help="rounds per case (default: 3, and 1 for 10,000 clients)")
+    parser.add_argument("--rounds", type=int, help="rounds per case (default: 3, and 1 from 5,000 clients)")
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.default_gc)
+        serve(args.serve, args.default_gc, args.client_queue)
         return
     limit = raise_fd_limit()
     if max(args.clients) + 100 > limit:
@@ -457,9 +611,19 @@ def main() -> None:
     try:
         import uvloop
 
-        uvloop.run(main_async(args))
+        run = uvloop.run
     except ImportError:
-        asyncio.run(main_async(args))
+        run = asyncio.run  # type: ignore[assignment]
+    if args.floor:
+        for clients in args.clients:
+            print(send_floor(clients))
+        return
+    if args.loadgen:
+        address, _, path = args.loadgen.partition("/")
+        host, _, port = address.rpartition(":")
+        run(loadgen_async(host, int(port), "/" + path, args.clients[0], args.stall))
+        return
+    run(main_async(args))
 
 
 if __name__ == "__main__":

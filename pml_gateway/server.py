@@ -11,7 +11,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from starlette.applications import Starlette
 
-from pml_gateway.events.stream import EventsStreamManager
+from pml_gateway.events.stream import DETACH, EventsStreamManager
 from pml_gateway.settings import Settings
 
 __all__ = ["GC_THRESHOLDS", "GRACEFUL_SHUTDOWN_SECONDS", "GatewayServer", "make_server"]
@@ -33,6 +33,13 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     connects and then sends nothing, or a header a byte at a time (slowloris), holds a descriptor
     forever, and about a thousand of them stop all service. Each request's headers must be
     complete within ``header_timeout`` seconds of the connection (or of the request's first byte).
+
+    It also offers each HTTP request a way to hand its connection over once a streaming response
+    has started (``scope[DETACH]``, used by ``GET /events/stream``): then the connection belongs to
+    the new protocol, and uvicorn's request cycle, task and parser are freed (an open event stream
+    then costs no task and a fraction of the memory: bench/sse_fanout.py). The skip of uvicorn is
+    here only, and refused for anything but a chunked response under way on an unpipelined
+    connection.
     """
 
     header_timeout: float = 10.0
@@ -49,7 +56,36 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._stop_header_timer()
+        self.scope[DETACH] = self._detach  # type: ignore[literal-required]
         super().on_headers_complete()
+
+    def _detach(self, scope: Any, protocol: Any) -> bool:
+        """Hand the connection to ``protocol`` (``adopt(transport, connections)``), the response started."""
+        cycle = self.cycle
+        if (
+            cycle is None
+            or cycle.scope is not scope
+            or not cycle.response_started
+            or cycle.response_complete
+            or not cycle.chunked_encoding
+            or self.pipeline
+            or self.transport.is_closing()
+        ):
+            return False
+        cycle.response_complete = True  # uvicorn is done with it: the rest of the body is the protocol's
+        cycle.keep_alive = False
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
+        # Still one of the server's connections: counted by limit_concurrency, ended at shutdown.
+        self.connections.discard(self)
+        self.connections.add(protocol)
+        protocol.adopt(self.transport, self.connections)
+        self.transport.set_protocol(protocol)
+        if self.flow.write_paused:
+            protocol.pause_writing()
+        self.flow.resume_reading()  # to see the client leave
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_header_timer()
@@ -106,6 +142,11 @@ class GatewayServer(uvicorn.Server):
         if self._gc_thresholds is not None:
             gc.set_threshold(*self._gc_thresholds)  # process-wide: this process serves
         await super().startup(sockets)
+        if self._gc_thresholds is not None and self.started:
+            # What start-up built (the engine's graph, the app, imported modules) lives as long as
+            # the process: out of the collector's sight, so full collections no longer walk it.
+            gc.collect()
+            gc.freeze()
         if self.started and self._on_started is not None:
             self._on_started(self.base_url)
 

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     db: str = Field(default_factory=default_db, min_length=1, description='SQLite file, ":memory:", or a postgresql:// URL (replicas).')
     heartbeat_seconds: float = Field(default=30.0, gt=0, description="Interval of the stream's heartbeat event.")
     max_clients: int = Field(default=100, ge=1, description="Open event streams allowed at once.")
+    max_streams_per_address: int = Field(
+        default=32, ge=1, description="Open event streams (SSE and WebSocket together) from one client address."
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_CORS_ORIGINS),
         description="Origins allowed by CORS: a comma list of patterns, '*' matches anything.",

@@ -4,7 +4,9 @@ Every event is turned into a ``Frame`` ONCE, when it is published (or read back 
 a replay), and that frame is shared by every client. The SSE bytes are made by sse-starlette's
 own ``ServerSentEvent.encode()`` (the library made for the format; ``id`` must be a ``str`` and
 ``sep`` is ``"\\n"``: SDK_NOTES §6). The WebSocket message of the same event
-(``{"id", "type", "data"}``) is made on first use and shared the same way.
+(``{"id", "type", "data"}``) is made on first use and shared the same way, and so is the SSE
+frame as one chunk of a chunked HTTP/1.1 body (``http_chunk``: what a stream handed over from
+uvicorn writes itself, events/stream.py).
 
 A frame also carries what filters look at, computed once here, so that filtering costs an
 unfiltered client nothing: the tool ids the event names, the servers of those tools (through the
@@ -66,7 +68,7 @@ def _no_server(tool_id: str) -> str | None:
 class Frame:
     """One event as it goes on the wire: made once, shared by every client and every filter."""
 
-    __slots__ = ("type", "id", "sse", "data_json", "always", "tools", "servers", "workflow_id", "_ws")
+    __slots__ = ("type", "id", "sse", "data_json", "always", "tools", "servers", "workflow_id", "_ws", "_chunk")
 
     def __init__(
         self,
@@ -90,6 +92,15 @@ class Frame:
         self.servers = servers
         self.workflow_id = workflow_id
         self._ws: str | None = None
+        self._chunk: bytes | None = None
+
+    def http_chunk(self) -> bytes:
+        """The SSE bytes as one chunk of a chunked HTTP/1.1 body (what uvicorn would write)."""
+        chunk = self._chunk
+        if chunk is None:
+            sse = self.sse
+            chunk = self._chunk = b"%x\r\n%b\r\n" % (len(sse), sse)
+        return chunk
 
     def ws_text(self) -> str:
         """The WebSocket message: ``{"id": 42, "type": "edge_created", "data": {...}}``."""
