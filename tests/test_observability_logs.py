@@ -14,6 +14,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import pytest
 from mcp import Client
 
 from gateway_support import ROOT, free_port, wait_for, wait_listening, write_config
-from pml_gateway.observability.logs import JsonFormatter, configure_logging
+from pml_gateway.observability.logs import STDERR_LINE_CHARS, JsonFormatter, configure_logging, named_stderr
 
 pytestmark = pytest.mark.anyio
 
@@ -108,3 +109,25 @@ def test_text_format_is_the_default() -> None:
 
     assert Settings(db=":memory:").log_format == "text"
     assert Settings(db=":memory:", log_format="JSON").log_format == "json"
+
+
+def test_a_downstream_stderr_line_is_logged_cut_past_its_bound(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="pml_gateway.downstream")
+    copy = io.StringIO()
+    huge = "x" * (3 * STDERR_LINE_CHARS + 5)
+    with named_stderr("loud", copy_to=copy) as errlog:
+        child = subprocess.run(
+            [sys.executable, "-c", f"import sys; sys.stderr.write('before\\n' + 'x' * {len(huge)} + '\\nafter\\n')"],
+            stderr=errlog,
+            timeout=30,
+        )
+    assert child.returncode == 0
+    for _ in range(100):  # the pump is a thread: bounded wait for it to reach the end
+        if "after" in copy.getvalue():
+            break
+        time.sleep(0.05)
+    lines = copy.getvalue().splitlines()
+    assert lines[0] == "[loud] before" and lines[-1] == "[loud] after" and len(lines) == 3
+    assert lines[1].endswith(f"... (line cut at {STDERR_LINE_CHARS} characters)")
+    assert len(lines[1]) < STDERR_LINE_CHARS + 100  # the rest of the line was skipped, not logged
+    assert [r.server for r in caplog.records if r.name == "pml_gateway.downstream"] == ["loud"] * 3  # type: ignore[attr-defined]

@@ -7,9 +7,12 @@
   ``errlog`` to the child process as a file descriptor, so it cannot be a Python wrapper: it is
   the write end of a pipe, and a thread reads the other end line by line and logs each line to
   ``pml_gateway.downstream`` with the server's name (in the text and as ``server``).
-- ``current_downstream``: the server a supervisor task works for. The SDK logs a downstream's
-  non-JSON stdout line with a 10-line pydantic traceback that names no server; the
-  ``NonJsonStdout`` filter turns that record into one line naming the server and the line.
+  A line longer than ``STDERR_LINE_CHARS`` is logged cut, with the rest of it skipped, so a
+  server cannot make the gateway hold an unbounded line in memory.
+- ``current_downstream``: the server a supervisor task works for.
+
+A downstream's stdout (the protocol) is read by proxy/downstream/stdio_transport.py, which bounds
+its lines and logs what is not JSON-RPC itself, naming the server.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ from typing import IO, Any, Literal
 __all__ = [
     "JsonFormatter",
     "LogFormat",
-    "NonJsonStdout",
     "configure_logging",
     "current_downstream",
     "named_stderr",
@@ -37,10 +39,8 @@ __all__ = [
 LogFormat = Literal["text", "json"]
 DOWNSTREAM_LOGGER = "pml_gateway.downstream"
 TEXT_FORMAT = "%(levelname)s %(name)s: %(message)s"
-#: The SDK's message for a stdout line that is not JSON-RPC (mcp/client/stdio.py ``_parse_line``).
-SDK_PARSE_FAILURE = "Failed to parse JSONRPC message from server"
-#: Longest excerpt of an offending line quoted in a log line.
-EXCERPT = 200
+#: Longest stderr line of a downstream logged as it is; the rest of a longer one is skipped.
+STDERR_LINE_CHARS = 16 * 1024
 
 #: The downstream server the current task works for (set by its supervisor task).
 current_downstream: ContextVar[str | None] = ContextVar("pml_current_downstream", default=None)
@@ -73,41 +73,8 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-class NonJsonStdout(logging.Filter):
-    """Rewrites the SDK's traceback for a non-JSON stdout line into one line naming the server."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg != SDK_PARSE_FAILURE:
-            return True
-        server = current_downstream.get()
-        exc = record.exc_info[1] if record.exc_info else None
-        line = _offending_input(exc)
-        who = f"downstream {server!r}" if server else "a downstream server"
-        record.msg = "%s wrote a line to stdout that is not JSON-RPC (stdout is the protocol; logs belong on stderr): %s"
-        record.args = (who, line)
-        record.exc_info = None
-        record.exc_text = None
-        record.levelno, record.levelname = logging.WARNING, "WARNING"  # the server's fault, not ours
-        if server:
-            record.server = server
-        return True
-
-
-def _offending_input(exc: BaseException | None) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        try:
-            value = errors()[0].get("input")
-        except Exception:  # not a pydantic error after all
-            value = None
-        if isinstance(value, str | bytes):
-            text = value.decode(errors="replace") if isinstance(value, bytes) else value
-            return repr(text[:EXCERPT] + ("..." if len(text) > EXCERPT else ""))
-    return str(exc).splitlines()[0] if exc is not None and str(exc) else "(unreadable)"
-
-
 def configure_logging(level: str, log_format: LogFormat = "text", *, stream: IO[str] | None = None) -> None:
-    """The process's logging: level, format, and the downstream stdout filter."""
+    """The process's logging: level and format."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
@@ -115,14 +82,6 @@ def configure_logging(level: str, log_format: LogFormat = "text", *, stream: IO[
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel("DEBUG" if level == "trace" else level.upper())
-    install_stdout_filter()
-
-
-def install_stdout_filter() -> None:
-    """Attach ``NonJsonStdout`` to the SDK's stdio client logger (once)."""
-    sdk_logger = logging.getLogger("mcp.client.stdio")
-    if not any(isinstance(f, NonJsonStdout) for f in sdk_logger.filters):
-        sdk_logger.addFilter(NonJsonStdout())
 
 
 @contextmanager
@@ -147,9 +106,16 @@ def named_stderr(server: str, *, copy_to: IO[str] | None = None) -> Iterator[IO[
 
 def _pump(read_fd: int, server: str, copy_to: IO[str] | None) -> None:
     log = logging.getLogger(DOWNSTREAM_LOGGER)
+    cut = False  # inside the rest of an overlong line
     with os.fdopen(read_fd, "r", encoding="utf-8", errors="replace") as lines:
-        for line in lines:
-            text = line.rstrip("\r\n")
+        while chunk := lines.readline(STDERR_LINE_CHARS):
+            complete = chunk.endswith("\n")
+            if cut:
+                cut = not complete
+                continue
+            text = chunk.rstrip("\r\n")
+            if not complete and len(chunk) == STDERR_LINE_CHARS:
+                text, cut = f"{text}... (line cut at {STDERR_LINE_CHARS} characters)", True
             if not text:
                 continue
             log.info("[%s] %s", server, text, extra={"server": server, "stream": "stderr"})
