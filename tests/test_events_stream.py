@@ -42,8 +42,9 @@ async def test_every_event_type_is_emitted_with_the_contract_wire_format() -> No
 
             await post_executions(client, FLOW)
             await post_executions(client, FLOW)  # the same edges again: edge_updated
-            # tool_added / tool_removed need a downstream server: tests/test_events_gateway.py.
-            wanted = set(GRAPH_EVENT_TYPES) - {"tool_added", "tool_removed"} | {"heartbeat"}
+            # tool_added / tool_removed need a downstream server: tests/test_events_gateway.py;
+            # tool_forgotten / graph_reset an administrator: tests/test_http_admin.py.
+            wanted = set(GRAPH_EVENT_TYPES) - {"tool_added", "tool_removed", "tool_forgotten", "graph_reset"} | {"heartbeat"}
             seen_types: set[str] = set()
 
             def all_seen(event) -> bool:  # type: ignore[no-untyped-def]
