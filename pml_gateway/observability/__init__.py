@@ -8,9 +8,9 @@ What the rest of the process may use:
 - ``configure_tracing``: the OTLP exporter when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set.
 """
 
-from pml_gateway.observability.instrumentation import Instrumentation, spec_method_label
+from pml_gateway.observability.instrumentation import Instrumentation, SuggestionStats, spec_method_label
 from pml_gateway.observability.logs import configure_logging, current_downstream, named_stderr
-from pml_gateway.observability.metrics import EventCounter, SuggestionStats, scraped, suggestion_stats
+from pml_gateway.observability.metrics import EventCounter, scraped, suggestion_stats
 from pml_gateway.observability.tracing import configure_tracing
 
 __all__ = [

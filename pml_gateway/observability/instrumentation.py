@@ -25,6 +25,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
 from mcp_types import methods as _methods
@@ -36,7 +37,7 @@ from prometheus_client import CollectorRegistry, Histogram, disable_created_metr
 # the scrape and that Prometheus does not use (process-wide: prometheus-client's own switch).
 disable_created_metrics()
 
-__all__ = ["DOWNSTREAM_CALL", "ClientCall", "Instrumentation", "ServerCall", "error_type_of"]
+__all__ = ["DOWNSTREAM_CALL", "ClientCall", "Instrumentation", "ServerCall", "SuggestionStats", "error_type_of", "no_suggestion_stats"]
 
 #: Buckets for MCP operation durations, in seconds (a proxied call is ~1 ms, a slow tool minutes).
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -187,6 +188,18 @@ def _extract(meta: Mapping[str, Any] | None) -> Any:
     return context if trace.get_current_span(context).get_span_context().is_valid else None
 
 
+@dataclass(frozen=True, slots=True)
+class SuggestionStats:
+    """Live grading of suggestions: how many calls were checked, and hits per top-k."""
+
+    evaluations: int = 0
+    hits: dict[int, int] = field(default_factory=lambda: {1: 0, 3: 0})
+
+
+def no_suggestion_stats() -> SuggestionStats:
+    return SuggestionStats()
+
+
 class Instrumentation:
     """Histograms of MCP operations (one registry per app) and the spans around them.
 
@@ -220,7 +233,7 @@ class Instrumentation:
             registry=self.registry,
         )
         #: live suggestion grading for ``/metrics`` (metrics.py); the learning side sets it
-        self.suggestion_stats: Callable[[], Any] = _no_suggestion_stats
+        self.suggestion_stats: Callable[[], SuggestionStats] = no_suggestion_stats
         self._server_children: dict[tuple[str, str, str], Any] = {}
         self._client_children: dict[tuple[str, str, str], Any] = {}
 
@@ -324,12 +337,6 @@ def server_attributes(
 def spec_method_label(method: str) -> str:
     """A method label bounded to the MCP specification's request methods."""
     return method if method in _methods.SPEC_CLIENT_METHODS else UNKNOWN
-
-
-def _no_suggestion_stats() -> Any:
-    from pml_gateway.observability.metrics import SuggestionStats
-
-    return SuggestionStats()
 
 
 def tracing_installed() -> bool:

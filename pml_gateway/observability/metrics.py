@@ -21,13 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from graphrag import GraphEvent, GraphRAGEngine
+
+from pml_gateway.observability.instrumentation import SuggestionStats
 
 if TYPE_CHECKING:
     from pml_gateway.events.hub import EventHub
@@ -37,23 +38,9 @@ __all__ = [
     "EventCounter",
     "ScrapedState",
     "StateCollector",
-    "SuggestionStats",
-    "no_suggestion_stats",
     "scraped",
     "suggestion_stats",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class SuggestionStats:
-    """Live grading of suggestions: how many calls were checked, and hits per top-k."""
-
-    evaluations: int = 0
-    hits: dict[int, int] = field(default_factory=lambda: {1: 0, 3: 0})
-
-
-def no_suggestion_stats() -> SuggestionStats:
-    return SuggestionStats()
 
 
 def suggestion_stats(ranking: Any) -> SuggestionStats:
