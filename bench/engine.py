@@ -482,6 +482,35 @@ def bench_stalls(sizes: Sequence[tuple[int, int]]) -> None:
 
 
 # -- (e) on-loop costs ---------------------------------------------------------------------------
+def async_snapshot_stall(engine: GraphRAGEngine) -> tuple[float, float]:
+    """(time taken, longest gap of a 1 ms ticker) for one uncached ``snapshot_json_async``."""
+
+    async def run() -> tuple[float, float]:
+        engine._snapshot_cache = None
+        gaps: list[float] = []
+        done = False
+
+        async def ticker() -> None:
+            last = time.perf_counter()
+            while not done:
+                await anyio.sleep(0.001)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(ticker)
+            await anyio.sleep(0.01)
+            begin = time.perf_counter()
+            await engine.snapshot_json_async()
+            took = time.perf_counter() - begin
+            done = True
+        return took, max(gaps)
+
+    results = [anyio.run(run) for _ in range(3)]
+    return statistics.median(r[0] for r in results), statistics.median(r[1] for r in results)
+
+
 def bench_on_loop(sizes: Sequence[tuple[int, int]]) -> None:
     """What runs on the event loop itself, at scale: each of these stalls every client while it runs."""
     from datetime import datetime, timezone
@@ -513,7 +542,9 @@ def bench_on_loop(sizes: Sequence[tuple[int, int]]) -> None:
             engine._snapshot_cache = None  # measure the build, not the cache
             return engine.snapshot_json()
 
-        rows.append([label, "engine.snapshot_json() (GET /graph, uncached)", ms(median_time(fresh_snapshot_json, 1))])
+        rows.append([label, "engine.snapshot_json() (Python API, one go, uncached)", ms(median_time(fresh_snapshot_json, 1))])
+        took, stall = async_snapshot_stall(engine)
+        rows.append([label, f"engine.snapshot_json_async() (GET /graph, uncached): longest loop stall (build took {ms(took)})", ms(stall)])
         rows.append([label, "engine.get_top_pagerank(50)", ms(median_time(lambda: engine.get_top_pagerank(50), 3))])
         rows.append([label, "engine.suggest_next([tool], 5)", ms(median_time(lambda: engine.suggest_next([names[0]], 5), 3))])
         hub = max(engine.graph.out_degree(), key=lambda item: item[1])
@@ -524,7 +555,11 @@ def bench_on_loop(sizes: Sequence[tuple[int, int]]) -> None:
 
         rows.append([label, f"engine.grade_next after a hub of {hub[1]} successors, first call after learning", ms(median_time(grade_uncached, 5))])
         rows.append([label, "engine.grade_next, the same history again (cached until the graph changes)", ms(median_time(lambda: engine.grade_next([names[1], hub[0]], names[2]), 5))])
-        rows.append([label, "gc.collect() (a full collection, wherever it happens)", ms(median_time(gc.collect, 3))])
+        gc.unfreeze()  # as before the engine froze its graph after a sync or a large /graph build
+        rows.append([label, "gc.collect() (a full collection, wherever it happens), nothing frozen", ms(median_time(gc.collect, 3))])
+        gc.freeze()
+        rows.append([label, "gc.collect() after gc.freeze() (what sync_from_database and a large /graph build do)", ms(median_time(gc.collect, 3))])
+        gc.unfreeze()
         del engine, snapshot
         gc.collect()
     names, src, dst, weight = synthetic_graph(50_000, 1_000_000, seed=4)

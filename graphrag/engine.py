@@ -29,10 +29,12 @@ its own map of available tools.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from datetime import datetime
+from typing import Any
 
 import anyio
 import networkx as nx
@@ -67,6 +69,30 @@ Listener = Callable[[GraphEvent], None]
 #: Which server a tool id belongs to, as whoever named the tools knows it (``None``: unknown).
 ServerResolver = Callable[[str], str | None]
 
+#: Edges copied or serialised between two turns of the loop in ``snapshot_json_async``: a few ms.
+SNAPSHOT_SLICE_EDGES = 1_000
+#: A ``GET /graph`` build of at least this many edges ends with ``gc.freeze()``: a full collection
+#: walked a 100k-edge graph in 84 ms (bench/README.md, table (e)); frozen objects are skipped.
+FREEZE_AFTER_EDGES = 10_000
+
+
+def _edge_docs(graph: nx.DiGraph, source: str) -> list[dict[str, Any]]:
+    """The ``GET /graph`` entries of one node's outgoing edges (copies: safe to serialise later)."""
+    return [
+        {
+            "from_tool_id": source,
+            "to_tool_id": target,
+            "confidence": attrs["confidence"],
+            "observed_count": attrs["observed_count"],
+            "success_count": attrs["success_count"],
+            "failure_count": attrs["failure_count"],
+            "edge_type": attrs["edge_type"],
+            "last_observed": attrs["last_observed"],
+        }
+        for target, attrs in graph.adj[source].items()
+    ]
+
+
 class GraphRAGEngine:
     def __init__(self, store: GraphStore | None = None, *, metrics_computer: MetricsComputer | None = None) -> None:
         self.store: GraphStore = store if store is not None else MemoryStore()
@@ -83,7 +109,10 @@ class GraphRAGEngine:
         self._listeners: list[Listener] = []
         self._last_event_id: int | None = self.store.bounds().last_id
         self._metrics_lock: anyio.Lock | None = None
-        self._snapshot_cache: tuple[tuple[int, int | None], bytes] | None = None
+        self._snapshot_cache: tuple[tuple[int, int | None, int], bytes] | None = None
+        self._snapshot_task: asyncio.Future[bytes] | None = None
+        #: One set per ``GET /graph`` build under way: the sources whose edges changed meanwhile.
+        self._snapshot_dirty: list[set[str]] = []
         self._group: list[tuple[WorkflowExecution, asyncio.Future[list[GraphEvent]]]] = []
         #: False on a replica that is not the metrics leader: it computes, the leader logs the event.
         self.emits_metrics = True
@@ -155,6 +184,9 @@ class GraphRAGEngine:
             sync_duration_ms=round((time.perf_counter() - started) * 1000, 3),
         )
         (event,) = self._store_and_emit([payload])
+        # The graph just loaded lives as long as the process: full collections stop walking it
+        # (84 ms at 100k edges, on whichever thread triggers one; bench/README.md, table (e)).
+        gc.freeze()
         return event
 
     # -- learning -------------------------------------------------------------------------
@@ -334,6 +366,8 @@ class GraphRAGEngine:
             last_observed=edge.last_observed,
         )
         self._arrays.set_edge(edge.source, edge.target, edge.confidence)
+        for dirty in self._snapshot_dirty:
+            dirty.add(edge.source)
 
     def _apply_transition(self, transition: TransitionState) -> None:
         self.transitions.setdefault((transition.first, transition.second), {})[transition.third] = transition
@@ -462,39 +496,104 @@ class GraphRAGEngine:
     def snapshot_json(self) -> bytes:
         """The ``GET /graph`` document, built from plain dicts and cached until the next event.
 
-        ``GET /graph`` runs on the event loop: per-edge pydantic models cost ~8 µs an edge, plain
-        dicts serialised by pydantic-core ~2 µs; a dashboard refetching after each
-        ``metrics_updated`` hits the cache.
+        Per-edge pydantic models cost ~8 µs an edge, plain dicts serialised by pydantic-core ~2 µs;
+        a dashboard refetching after each ``metrics_updated`` hits the cache. This builds it in one
+        go; ``snapshot_json_async`` (the route's) is the same builder with the loop served between
+        slices.
         """
-        key = (id(self.graph), self._last_event_id, self.grader.version)
+        steps = self._snapshot_steps()
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+
+    async def snapshot_json_async(self) -> bytes:
+        """``snapshot_json`` without stalling the loop: the event loop runs between slices of
+        ``SNAPSHOT_SLICE_EDGES`` edges (at 100k edges the one-go build held it ~0.25 s). Requests
+        arriving during a build share it; a cancelled request does not stop it."""
+        task = self._snapshot_task
+        if task is None or task.done():
+            task = self._snapshot_task = asyncio.ensure_future(self._drive_snapshot())
+        return await asyncio.shield(task)
+
+    async def _drive_snapshot(self) -> bytes:
+        steps = self._snapshot_steps()
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            await asyncio.sleep(0)
+
+    def _snapshot_key(self) -> tuple[int, int | None, int]:
+        return (id(self.graph), self._last_event_id, self.grader.version)
+
+    def _snapshot_steps(self) -> Generator[None, None, bytes]:
+        """The builder: yields where the loop may run, returns the body.
+
+        Consistency across the yields: edges are copied into dicts per source node; every source
+        whose edges change meanwhile (``_apply_edge`` marks it) is copied again at the end, with
+        the nodes, the metrics and ``last_event_id``, without yielding: the document is the graph
+        as of that moment. Only then is it serialised, slice by slice (the dicts are copies).
+        """
+        key = self._snapshot_key()
         if self._snapshot_cache is not None and self._snapshot_cache[0] == key:
             return self._snapshot_cache[1]
-        metrics = self.metrics
-        pagerank = metrics.pagerank if metrics else {}
-        communities = metrics.communities if metrics else {}
-        document = {
-            "last_event_id": self._last_event_id,
-            "nodes": [
+        graph = self.graph
+        marks: set[str] = set()
+        dirty = marks
+        self._snapshot_dirty.append(marks)
+        try:
+            docs: dict[str, list[dict[str, Any]]] = {}
+            copied = 0
+            for source in list(graph):
+                docs[source] = _edge_docs(graph, source)
+                copied += len(docs[source])
+                if copied >= SNAPSHOT_SLICE_EDGES:
+                    copied = 0
+                    yield
+            # From here to the end of the copy, nothing yields: this is the moment the document shows.
+            if graph is not self.graph:  # replaced meanwhile (a sync): copy the new one, at once
+                graph, docs = self.graph, {}
+                dirty = set(graph)
+            for source in dirty:
+                docs[source] = _edge_docs(graph, source)
+            if sum(map(len, docs.values())) != graph.number_of_edges():  # changed past _apply_edge's marks
+                docs = {source: _edge_docs(graph, source) for source in graph}
+            key = self._snapshot_key()
+            last_event_id = self._last_event_id
+            metrics = self.metrics
+            pagerank = metrics.pagerank if metrics else {}
+            communities = metrics.communities if metrics else {}
+            nodes = [
                 {"id": node, "server": attrs.get("server"), "pagerank": pagerank.get(node), "community": communities.get(node)}
-                for node, attrs in self.graph.nodes(data=True)
-            ],
-            "edges": [
-                {
-                    "from_tool_id": source,
-                    "to_tool_id": target,
-                    "confidence": attrs["confidence"],
-                    "observed_count": attrs["observed_count"],
-                    "success_count": attrs["success_count"],
-                    "failure_count": attrs["failure_count"],
-                    "edge_type": attrs["edge_type"],
-                    "last_observed": attrs["last_observed"],
-                }
-                for source, target, attrs in self.graph.edges(data=True)
-            ],
-            "metrics": {**metrics.model_dump(mode="json"), "suggestions": self.grader.stats().model_dump()} if metrics else None,
-        }
-        body = to_json(document)  # pydantic-core: datetimes exactly as the models write them
+                for node, attrs in graph.nodes(data=True)
+            ]
+            order = list(graph)
+            metrics_doc = {**metrics.model_dump(mode="json"), "suggestions": self.grader.stats().model_dump()} if metrics else None
+        finally:
+            self._snapshot_dirty.remove(marks)
+        # pydantic-core writes datetimes exactly as the models do; the edge list goes out in slices,
+        # and the copies are dropped as they go (freeing 100k dicts at once is a stall of its own).
+        parts = [b'{"last_event_id":', to_json(last_event_id), b',"nodes":', to_json(nodes), b',"edges":[']
+        del nodes
+        batch: list[dict[str, Any]] = []
+        for node in order:
+            batch += docs.pop(node, ())
+            if len(batch) >= SNAPSHOT_SLICE_EDGES:
+                parts += (to_json(batch)[1:-1], b",")
+                batch = []
+                yield
+        if batch:
+            parts.append(to_json(batch)[1:-1])
+        elif parts[-1] == b",":
+            parts.pop()
+        parts += [b'],"metrics":', to_json(metrics_doc), b"}"]
+        body = b"".join(parts)
         self._snapshot_cache = (key, body)
+        if graph.number_of_edges() >= FREEZE_AFTER_EDGES:
+            gc.freeze()  # what the build left alive is long-lived: full collections stop walking it
         return body
 
     def snapshot(self) -> GraphSnapshot:

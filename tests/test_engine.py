@@ -270,3 +270,49 @@ async def test_a_rare_transition_borrows_what_is_known_of_its_target(tmp_path) -
         assert reliability(reloaded.graph, tool) == reliability(engine.graph, tool)
     assert reliability(engine.graph, "flaky") == (1 + 2 + 1) / (12 + 2)
     store.close()
+
+
+async def test_graph_built_while_learning_is_the_graph_at_its_last_event_id(monkeypatch) -> None:
+    """``snapshot_json_async`` lets the loop run between slices; executions learned meanwhile
+    (new edges, updated ones, new nodes) never leave the document half old, half new."""
+    import asyncio
+    import json
+    import random
+
+    import graphrag.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "SNAPSHOT_SLICE_EDGES", 5)  # many slices on a small graph
+    engine = GraphRAGEngine()
+    rng = random.Random(7)
+    tools = [f"s{i % 7}__t{i}" for i in range(60)]
+    for _ in range(150):
+        await engine.update_from_execution(sequence(rng.sample(tools, 4), success=rng.random() > 0.2))
+    edges_before = engine.graph.number_of_edges()
+    assert edges_before > 100  # dozens of slices
+
+    async def learn_meanwhile() -> int:
+        learned = 0
+        while not build.done():
+            await engine.update_from_execution(sequence(rng.sample(tools + ["late__x", "late__y"], 4)))
+            learned += 1
+        return learned
+
+    build = asyncio.ensure_future(engine.snapshot_json_async())
+    shared = asyncio.ensure_future(engine.snapshot_json_async())  # a second request joins the build
+    learned = await learn_meanwhile()
+    body = await build
+    assert await shared is body
+    assert learned > 5  # the loop did run during the build
+    document = json.loads(body)
+    # Replaying the log up to last_event_id gives exactly the edges and the counts in the document.
+    expected: dict[tuple[str, str], int] = {}
+    for event in engine.store.events_after(0, 100_000):
+        if event.id is not None and event.id <= document["last_event_id"] and event.type in ("edge_created", "edge_updated"):
+            expected[(event.data.from_tool_id, event.data.to_tool_id)] = event.data.observed_count
+    assert {(e["from_tool_id"], e["to_tool_id"]): e["observed_count"] for e in document["edges"]} == expected
+    assert len(document["edges"]) == len(expected)  # each edge once
+    # Nothing learned since: the same bytes as the one-go builder, which serves the Python API.
+    if engine.last_event_id == document["last_event_id"]:
+        assert engine.snapshot_json() == body
+    engine._snapshot_cache = None
+    assert json.loads(engine.snapshot_json()) == json.loads(engine.snapshot().model_dump_json())
