@@ -52,6 +52,7 @@ from .events import (
     ToolRemovedData,
     ToolRemovedReason,
     WorkflowExecutedData,
+    trusted,
     utcnow,
 )
 from .execution import WorkflowExecution
@@ -298,36 +299,46 @@ class GraphRAGEngine:
             previous = staged.get(key) or self._edge_state(*key)
             edge = staged[key] = learn(previous, observation, now)
             changes.append(edge)
+            # Payloads from values computed here (in range by construction): built, not validated.
             if previous is None:
                 payloads.append(
-                    EdgeCreatedData(
-                        from_tool_id=edge.source,
-                        to_tool_id=edge.target,
-                        confidence_score=edge.confidence,
-                        observed_count=edge.observed_count,
-                        edge_type=edge.edge_type,
-                        timestamp=now,
+                    trusted(
+                        EdgeCreatedData,
+                        {
+                            "from_tool_id": edge.source,
+                            "to_tool_id": edge.target,
+                            "confidence_score": edge.confidence,
+                            "observed_count": edge.observed_count,
+                            "edge_type": edge.edge_type,
+                            "timestamp": now,
+                        },
                     )
                 )
             else:
                 payloads.append(
-                    EdgeUpdatedData(
-                        from_tool_id=edge.source,
-                        to_tool_id=edge.target,
-                        old_confidence=previous.confidence,
-                        new_confidence=edge.confidence,
-                        observed_count=edge.observed_count,
-                        edge_type=edge.edge_type,
-                        timestamp=now,
+                    trusted(
+                        EdgeUpdatedData,
+                        {
+                            "from_tool_id": edge.source,
+                            "to_tool_id": edge.target,
+                            "old_confidence": previous.confidence,
+                            "new_confidence": edge.confidence,
+                            "observed_count": edge.observed_count,
+                            "edge_type": edge.edge_type,
+                            "timestamp": now,
+                        },
                     )
                 )
         payloads.append(
-            WorkflowExecutedData(
-                workflow_id=execution.workflow_id,
-                tool_ids=execution.tool_ids,
-                success=execution.success,
-                execution_time_ms=execution.execution_time_ms,
-                timestamp=now,
+            trusted(
+                WorkflowExecutedData,
+                {
+                    "workflow_id": execution.workflow_id,
+                    "tool_ids": execution.tool_ids,
+                    "success": execution.success,
+                    "execution_time_ms": execution.execution_time_ms,
+                    "timestamp": now,
+                },
             )
         )
         # Only tools the graph does not know yet (the store inserts nodes once), with their server

@@ -268,6 +268,7 @@ class SQLiteStore:
                 new_nodes = [item for r in records for item in r.nodes.items()]
                 if new_nodes:
                     db.executemany("INSERT OR IGNORE INTO nodes (tool_id, server) VALUES (?, ?)", new_nodes)
+                stamps: dict[Any, str] = {}  # a learning step's edges share one timestamp: format it once
                 db.executemany(
                     "INSERT OR REPLACE INTO edges VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [
@@ -279,7 +280,7 @@ class SQLiteStore:
                             e.success_count,
                             e.failure_count,
                             e.confidence,
-                            e.last_observed.isoformat(),
+                            stamps.get(e.last_observed) or stamps.setdefault(e.last_observed, e.last_observed.isoformat()),
                         )
                         for r in records
                         for e in r.edges

@@ -316,3 +316,23 @@ async def test_graph_built_while_learning_is_the_graph_at_its_last_event_id(monk
         assert engine.snapshot_json() == body
     engine._snapshot_cache = None
     assert json.loads(engine.snapshot_json()) == json.loads(engine.snapshot().model_dump_json())
+
+
+async def test_events_built_without_validation_equal_validated_ones() -> None:
+    """The learning step builds its payloads and events with ``events.trusted`` (no validation):
+    each must be what validating the same values gives, down to pydantic's instance state and
+    the JSON (a pydantic upgrade that changes its slots fails here)."""
+    from graphrag.events import GraphEvent as Event
+
+    engine = GraphRAGEngine()
+    events = await engine.update_from_execution(sequence(["a", "b", "c"], execution_time_ms=12.5))
+    events += await engine.update_from_execution(sequence(["a", "b"], success=False))
+    assert {e.type for e in events} == {"edge_created", "edge_updated", "workflow_executed"}
+    for event in events:
+        payload = event.data
+        validated = type(payload)(**dict(payload))  # the same values, validated
+        assert payload == validated and payload.model_fields_set == validated.model_fields_set
+        assert event.data_json() == validated.model_dump_json()
+        assert event == Event(type=event.type, data=validated, id=event.id)
+        assert event.model_fields_set == {"type", "data", "id"}
+        assert Event.model_validate_json(event.model_dump_json()).model_dump_json() == event.model_dump_json()
