@@ -7,13 +7,16 @@
 Prints markdown tables (pasted into bench/README.md, section "Engine"). Sections:
 
 (a) ingest: executions of 5 tools (walks over the TaskBench tool graphs) into a SQLite file and
-    into memory, each event serialised to its SSE bytes by a listener, as the event hub does.
+    into memory, each event serialised to its SSE bytes by a listener, as the event hub does: one
+    producer awaiting each, one producer keeping 16 in flight, 16 producers, batches of 50; with
+    the process's CPU time per execution, then (a'') what one durable commit (fsync) costs here.
 (b) metrics: recompute time (median of several runs, cold and warm) and peak memory on synthetic
     graphs, per part, against networkx's pagerank and Louvain on the same graph.
 (c) stalls: the longest event-loop lag (a 1 ms ticker) while a recompute runs in the background.
 (d) learning quality: how well suggest_next ranks next tools against the simulation's true model
     (the oracle), a bare success counter, the plain ratio (s+1)/(n+2) and the edge confidence,
     in a default, a harsh (many flaky tools) and a second-order scenario.
+(e) on-loop: what runs on the event loop at 10k / 100k, ``GET /graph``'s longest loop stall included.
 (f) second-order: what counting three-tool paths costs the learning step.
 """
 
@@ -153,7 +156,7 @@ def bench_ingest(count: int) -> None:
             ("SQLiteStore (file, WAL)", lambda: SQLiteStore(Path(tmp) / "ingest.db")),
             ("MemoryStore", MemoryStore),
         ):
-            for mode in ("one by one", "16 concurrent producers", "batches of 50"):
+            for mode in ("one by one", "one producer, 16 in flight", "16 concurrent producers", "batches of 50"):
                 store = make_store()
                 engine = GraphRAGEngine(store=store)
                 frames: list[bytes] = []
@@ -173,12 +176,27 @@ def bench_ingest(count: int) -> None:
                         await engine.update_from_execution(execution)
                     gc.collect()
                     sent[0] = 0
+                    cpu[0] = time.process_time()
                     begin = time.perf_counter()
                     if mode == "one by one":
                         for execution in timed:
                             t0 = time.perf_counter()
                             await engine.update_from_execution(execution)
                             latencies.append(time.perf_counter() - t0)
+                    elif mode == "one producer, 16 in flight":
+                        # One client that does not wait for each answer before sending the next
+                        # (pipelined, as over HTTP/2): up to 16 executions submitted, not awaited.
+                        window = anyio.Semaphore(16)
+
+                        async def submit(execution: WorkflowExecution, t0: float) -> None:
+                            await engine.update_from_execution(execution)
+                            latencies.append(time.perf_counter() - t0)
+                            window.release()
+
+                        async with anyio.create_task_group() as inflight:
+                            for execution in timed:
+                                await window.acquire()
+                                inflight.start_soon(submit, execution, time.perf_counter())
                     elif mode == "16 concurrent producers":
                         # As 16 clients posting at once: the engine's group commit batches them.
                         async def producer(share: list[WorkflowExecution]) -> None:
@@ -196,8 +214,11 @@ def bench_ingest(count: int) -> None:
                             t0 = time.perf_counter()
                             await engine.update_from_executions(batch)
                             latencies.append(time.perf_counter() - t0)
-                    return time.perf_counter() - begin
+                    elapsed = time.perf_counter() - begin
+                    cpu[0] = time.process_time() - cpu[0]
+                    return elapsed
 
+                cpu = [0.0]
                 elapsed = anyio.run(run)
                 events = sent[0]
                 lat = np.array(latencies) * 1e6
@@ -210,6 +231,7 @@ def bench_ingest(count: int) -> None:
                         f"{events / elapsed:,.0f}",
                         f"{np.percentile(lat, 50):.0f} µs{unit}",
                         f"{np.percentile(lat, 99):.0f} µs{unit}",
+                        f"{cpu[0] / len(timed) * 1e6:.0f} µs",
                     ]
                 )
                 store.close()
@@ -218,12 +240,47 @@ def bench_ingest(count: int) -> None:
                         Path(str(store.path) + suffix).unlink(missing_ok=True)
     table(
         f"(a) Ingest: {len(timed):,} executions of 5 tools (TaskBench walks), every event serialised to SSE bytes",
-        ["store", "mode", "executions/s", "events/s", "p50 latency", "p99 latency"],
+        ["store", "mode", "executions/s", "events/s", "p50 latency", "p99 latency", "CPU per execution"],
         rows,
         f"Goal: >= 5,000 executions/s into the file store. Validating the input (pydantic, full form) "
         f"costs another {validate_us:.0f} µs per execution, not included above. "
-        f"Warm-up: 500 executions first.",
+        f"Warm-up: 500 executions first. CPU per execution: this process's CPU time (time.process_time) "
+        f"over the timed executions, which a busy machine moves far less than the rates.",
     )
+    fsync_cost(Path(tempfile.gettempdir()))
+
+
+def fsync_cost(directory: Path, rounds: int = 2_000) -> None:
+    """What one durable commit costs on this disk, next to the ingest table: the floor of a
+    producer that awaits each execution (every commit waits for its fsync)."""
+    rows = []
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        handle = os.open(Path(tmp) / "f", os.O_RDWR | os.O_CREAT)
+        times = []
+        for _ in range(rounds):
+            os.write(handle, b"x" * 4096)
+            t0 = time.perf_counter()
+            os.fsync(handle)
+            times.append(time.perf_counter() - t0)
+        os.close(handle)
+        rows.append(["os.fsync after a 4 KB write", f"{statistics.median(times) * 1e6:.0f} µs"])
+        import sqlite3
+
+        for sync in ("NORMAL", "FULL"):
+            db = sqlite3.connect(Path(tmp) / f"{sync}.db", isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={sync}")
+            db.execute("CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT)")
+            times = []
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("INSERT INTO t (b) VALUES (?)", ("y" * 300,))
+                db.execute("COMMIT")
+                times.append(time.perf_counter() - t0)
+            db.close()
+            rows.append([f"SQLite WAL, one-row transaction, synchronous={sync}", f"{statistics.median(times) * 1e6:.0f} µs"])
+    table("(a'') The cost of one durable commit on this disk (median)", ["operation", "time"], rows)
 
 
 # -- synthetic graphs ---------------------------------------------------------------------------
