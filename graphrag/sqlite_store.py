@@ -2,7 +2,7 @@
 
 Durability: WAL with ``synchronous=FULL``: a commit is on disk (fsync'd) before the engine emits
 its events, across a crash of the process or of the OS, never half of one. That fsync is the floor
-of a producer awaiting each execution: 110-170 µs on the 2-core machine, against ~10 µs for the
+of a producer awaiting each execution: 110-200 µs on the 2-core machine, against ~10 µs for the
 whole transaction with ``NORMAL`` (bench/README.md, table (a'')); the engine's group commit shares
 it among the executions submitted in one event-loop turn.
 
