@@ -32,7 +32,7 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -512,12 +512,10 @@ class GraphRAGEngine:
         go; ``snapshot_json_async`` (the route's) is the same builder with the loop served between
         slices.
         """
-        steps = self._snapshot_steps()
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
+        for body in self._snapshot_steps():
+            if body is not None:
+                return body
+        raise AssertionError("the builder ends with the body")
 
     async def snapshot_json_async(self) -> bytes:
         """``snapshot_json`` without stalling the loop: the event loop runs between slices of
@@ -529,19 +527,17 @@ class GraphRAGEngine:
         return await asyncio.shield(task)
 
     async def _drive_snapshot(self) -> bytes:
-        steps = self._snapshot_steps()
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            await asyncio.sleep(0)
+        for body in self._snapshot_steps():
+            if body is not None:
+                return body
+            await asyncio.sleep(0)  # the rest of the loop runs here
+        raise AssertionError("the builder ends with the body")
 
     def _snapshot_key(self) -> tuple[int, int | None, int]:
         return (id(self.graph), self._last_event_id, self.grader.version)
 
-    def _snapshot_steps(self) -> Generator[None, None, bytes]:
-        """The builder: yields where the loop may run, returns the body.
+    def _snapshot_steps(self) -> Iterator[bytes | None]:
+        """The builder: yields None where the loop may run, and last the body.
 
         Consistency across the yields: edges are copied into dicts per source node; every source
         whose edges change meanwhile (``_apply_edge`` marks it) is copied again at the end, with
@@ -550,7 +546,8 @@ class GraphRAGEngine:
         """
         key = self._snapshot_key()
         if self._snapshot_cache is not None and self._snapshot_cache[0] == key:
-            return self._snapshot_cache[1]
+            yield self._snapshot_cache[1]
+            return
         graph = self.graph
         marks: set[str] = set()
         dirty = marks
@@ -605,7 +602,7 @@ class GraphRAGEngine:
         self._snapshot_cache = (key, body)
         if graph.number_of_edges() >= FREEZE_AFTER_EDGES:
             gc.freeze()  # what the build left alive is long-lived: full collections stop walking it
-        return body
+        yield body
 
     def snapshot(self) -> GraphSnapshot:
         """The graph as models (the ``GET /graph`` document, parsed): one builder serves both."""
