@@ -172,6 +172,7 @@ def bench_ingest(count: int) -> None:
                 latencies: list[float] = []
 
                 async def run() -> float:
+                    await engine.sync_from_database()  # as the gateway starts (then gc.freeze)
                     for execution in warmup:
                         await engine.update_from_execution(execution)
                     gc.collect()

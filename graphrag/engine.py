@@ -185,8 +185,12 @@ class GraphRAGEngine:
             sync_duration_ms=round((time.perf_counter() - started) * 1000, 3),
         )
         (event,) = self._store_and_emit([payload])
-        # The graph just loaded lives as long as the process: full collections stop walking it
-        # (84 ms at 100k edges, on whichever thread triggers one; bench/README.md, table (e)).
+        # Start-up is done: what is alive now (the imported modules, ~130k objects, and the graph
+        # just loaded) lives as long as the process. Frozen, the collector stops walking it: a full
+        # collection cost 50-75 ms after the imports alone, 138 ms at 100k edges, paid by whichever
+        # learning step triggers one; ingest spent a third of its CPU there (bench/README.md,
+        # issue 17). Collected first, so that no garbage is frozen with it.
+        gc.collect()
         gc.freeze()
         return event
 
