@@ -72,8 +72,9 @@ ServerResolver = Callable[[str], str | None]
 
 #: Edges copied or serialised between two turns of the loop in ``snapshot_json_async``: a few ms.
 SNAPSHOT_SLICE_EDGES = 1_000
-#: A ``GET /graph`` build of at least this many edges ends with ``gc.freeze()``: a full collection
-#: walked a 100k-edge graph in 84 ms (bench/README.md, table (e)); frozen objects are skipped.
+#: A ``GET /graph`` build of at least this many edges, and twice as many as at the last freeze,
+#: ends with ``gc.freeze()``: a full collection walked a 100k-edge graph in 84-138 ms
+#: (bench/README.md, table (e)); frozen objects are skipped.
 FREEZE_AFTER_EDGES = 10_000
 
 
@@ -112,6 +113,8 @@ class GraphRAGEngine:
         self._metrics_lock: anyio.Lock | None = None
         self._snapshot_cache: tuple[tuple[int, int | None, int], bytes] | None = None
         self._snapshot_task: asyncio.Future[bytes] | None = None
+        #: Edges in the graph at the last ``gc.freeze()`` (start-up, or a large ``GET /graph`` build).
+        self._frozen_edges = 0
         #: One set per ``GET /graph`` build under way: the sources whose edges changed meanwhile.
         self._snapshot_dirty: list[set[str]] = []
         self._group: list[tuple[WorkflowExecution, asyncio.Future[list[GraphEvent]]]] = []
@@ -192,6 +195,7 @@ class GraphRAGEngine:
         # issue 17). Collected first, so that no garbage is frozen with it.
         gc.collect()
         gc.freeze()
+        self._frozen_edges = self.graph.number_of_edges()
         return event
 
     # -- learning -------------------------------------------------------------------------
@@ -604,8 +608,13 @@ class GraphRAGEngine:
         parts += [b'],"metrics":', to_json(metrics_doc), b"}"]
         body = b"".join(parts)
         self._snapshot_cache = (key, body)
-        if graph.number_of_edges() >= FREEZE_AFTER_EDGES:
-            gc.freeze()  # what the build left alive is long-lived: full collections stop walking it
+        edges = graph.number_of_edges()
+        if edges >= max(FREEZE_AFTER_EDGES, 2 * self._frozen_edges):
+            # The graph grew large since start-up: freeze it, so full collections stop walking it.
+            # Not collected first (that full walk is the stall this avoids): garbage alive right
+            # now is pinned too, which is bounded because this happens once per doubling.
+            self._frozen_edges = edges
+            gc.freeze()
         yield body
 
     def snapshot(self) -> GraphSnapshot:

@@ -336,3 +336,28 @@ async def test_events_built_without_validation_equal_validated_ones() -> None:
         assert event == Event(type=event.type, data=validated, id=event.id)
         assert event.model_fields_set == {"type", "data", "id"}
         assert Event.model_validate_json(event.model_dump_json()).model_dump_json() == event.model_dump_json()
+
+
+async def test_startup_and_a_graph_that_doubled_are_frozen_for_the_collector(monkeypatch) -> None:
+    """``gc.freeze()`` after the sync (start-up) and after a ``/graph`` build once the graph has
+    doubled since the last freeze, not after every build (each freeze pins what is alive)."""
+    import gc
+
+    import graphrag.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "FREEZE_AFTER_EDGES", 3)
+    gc.unfreeze()
+    try:
+        engine = GraphRAGEngine()
+        await engine.update_from_execution(sequence(["a", "b", "c", "d"]))  # 3 edges
+        await engine.sync_from_database()
+        assert gc.get_freeze_count() > 0 and engine._frozen_edges == 3
+        gc.unfreeze()
+        await engine.update_from_execution(sequence(["d", "e", "f"]))  # 5 edges: not doubled
+        await engine.snapshot_json_async()
+        assert gc.get_freeze_count() == 0
+        await engine.update_from_execution(sequence(["f", "g"]))  # 6 edges: doubled
+        await engine.snapshot_json_async()
+        assert gc.get_freeze_count() > 0 and engine._frozen_edges == 6
+    finally:
+        gc.unfreeze()
