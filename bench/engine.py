@@ -251,6 +251,40 @@ def bench_ingest(count: int) -> None:
     fsync_cost(Path(tempfile.gettempdir()))
 
 
+def ingest_only(count: int, producers: int) -> None:
+    """Ingest ``count`` executions into a SQLite file and print nothing: for instruction counts.
+
+    ``valgrind --tool=callgrind`` of this with two counts; the difference of the totals over the
+    difference of the counts is the instructions per execution, start-up excluded, exact however
+    busy the machine is.
+    """
+    graphs = taskbench_graphs()
+    rng = random.Random(1)
+    executions = []
+    for i in range(count):
+        path = walk(graphs[i % len(graphs)], rng)
+        tasks = [{"id": f"t{j}", "tool_id": t, "success": rng.random() > 0.1} for j, t in enumerate(path)]
+        executions.append(WorkflowExecution.model_validate({"workflow_id": f"wf-{i}", "tasks": tasks, "execution_time_ms": 5.0}))
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SQLiteStore(Path(tmp) / "ingest.db")
+        engine = GraphRAGEngine(store=store)
+        engine.on(sse_frame)
+
+        async def run() -> None:
+            await engine.sync_from_database()  # as the gateway starts
+
+            async def producer(share: list[WorkflowExecution]) -> None:
+                for execution in share:
+                    await engine.update_from_execution(execution)
+
+            async with anyio.create_task_group() as group:
+                for k in range(producers):
+                    group.start_soon(producer, executions[k::producers])
+
+        anyio.run(run)
+        store.close()
+
+
 def fsync_cost(directory: Path, rounds: int = 2_000) -> None:
     """What one durable commit costs on this disk, next to the ingest table: the floor of a
     producer that awaits each execution (every commit waits for its fsync)."""
@@ -828,7 +862,14 @@ def main() -> None:
     parser.add_argument(
         "--only", default="ingest,metrics,stalls,on-loop,quality,second-order", help="comma list of sections"
     )
+    parser.add_argument(
+        "--ingest-only", nargs=2, type=int, metavar=("COUNT", "PRODUCERS"),
+        help="ingest COUNT executions from PRODUCERS producers into a SQLite file, silently (for callgrind)",
+    )
     args = parser.parse_args()
+    if args.ingest_only:
+        ingest_only(*args.ingest_only)
+        return
     sections = set(args.only.split(","))
     print(
         f"pml-gateway engine bench: Python {platform.python_version()}, {os.cpu_count()} cores, "
