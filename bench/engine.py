@@ -7,13 +7,16 @@
 Prints markdown tables (pasted into bench/README.md, section "Engine"). Sections:
 
 (a) ingest: executions of 5 tools (walks over the TaskBench tool graphs) into a SQLite file and
-    into memory, each event serialised to its SSE bytes by a listener, as the event hub does.
+    into memory, each event serialised to its SSE bytes by a listener, as the event hub does: one
+    producer awaiting each, one producer keeping 16 in flight, 16 producers, batches of 50; with
+    the process's CPU time per execution, then (a'') what one durable commit (fsync) costs here.
 (b) metrics: recompute time (median of several runs, cold and warm) and peak memory on synthetic
     graphs, per part, against networkx's pagerank and Louvain on the same graph.
 (c) stalls: the longest event-loop lag (a 1 ms ticker) while a recompute runs in the background.
 (d) learning quality: how well suggest_next ranks next tools against the simulation's true model
     (the oracle), a bare success counter, the plain ratio (s+1)/(n+2) and the edge confidence,
     in a default, a harsh (many flaky tools) and a second-order scenario.
+(e) on-loop: what runs on the event loop at 10k / 100k, ``GET /graph``'s longest loop stall included.
 (f) second-order: what counting three-tool paths costs the learning step.
 """
 
@@ -153,7 +156,7 @@ def bench_ingest(count: int) -> None:
             ("SQLiteStore (file, WAL)", lambda: SQLiteStore(Path(tmp) / "ingest.db")),
             ("MemoryStore", MemoryStore),
         ):
-            for mode in ("one by one", "16 concurrent producers", "batches of 50"):
+            for mode in ("one by one", "one producer, 16 in flight", "16 concurrent producers", "batches of 50"):
                 store = make_store()
                 engine = GraphRAGEngine(store=store)
                 frames: list[bytes] = []
@@ -169,16 +172,32 @@ def bench_ingest(count: int) -> None:
                 latencies: list[float] = []
 
                 async def run() -> float:
+                    await engine.sync_from_database()  # as the gateway starts (then gc.freeze)
                     for execution in warmup:
                         await engine.update_from_execution(execution)
                     gc.collect()
                     sent[0] = 0
+                    cpu[0] = time.process_time()
                     begin = time.perf_counter()
                     if mode == "one by one":
                         for execution in timed:
                             t0 = time.perf_counter()
                             await engine.update_from_execution(execution)
                             latencies.append(time.perf_counter() - t0)
+                    elif mode == "one producer, 16 in flight":
+                        # One client that does not wait for each answer before sending the next
+                        # (pipelined, as over HTTP/2): up to 16 executions submitted, not awaited.
+                        window = anyio.Semaphore(16)
+
+                        async def submit(execution: WorkflowExecution, t0: float) -> None:
+                            await engine.update_from_execution(execution)
+                            latencies.append(time.perf_counter() - t0)
+                            window.release()
+
+                        async with anyio.create_task_group() as inflight:
+                            for execution in timed:
+                                await window.acquire()
+                                inflight.start_soon(submit, execution, time.perf_counter())
                     elif mode == "16 concurrent producers":
                         # As 16 clients posting at once: the engine's group commit batches them.
                         async def producer(share: list[WorkflowExecution]) -> None:
@@ -196,8 +215,11 @@ def bench_ingest(count: int) -> None:
                             t0 = time.perf_counter()
                             await engine.update_from_executions(batch)
                             latencies.append(time.perf_counter() - t0)
-                    return time.perf_counter() - begin
+                    elapsed = time.perf_counter() - begin
+                    cpu[0] = time.process_time() - cpu[0]
+                    return elapsed
 
+                cpu = [0.0]
                 elapsed = anyio.run(run)
                 events = sent[0]
                 lat = np.array(latencies) * 1e6
@@ -210,6 +232,7 @@ def bench_ingest(count: int) -> None:
                         f"{events / elapsed:,.0f}",
                         f"{np.percentile(lat, 50):.0f} µs{unit}",
                         f"{np.percentile(lat, 99):.0f} µs{unit}",
+                        f"{cpu[0] / len(timed) * 1e6:.0f} µs",
                     ]
                 )
                 store.close()
@@ -218,12 +241,81 @@ def bench_ingest(count: int) -> None:
                         Path(str(store.path) + suffix).unlink(missing_ok=True)
     table(
         f"(a) Ingest: {len(timed):,} executions of 5 tools (TaskBench walks), every event serialised to SSE bytes",
-        ["store", "mode", "executions/s", "events/s", "p50 latency", "p99 latency"],
+        ["store", "mode", "executions/s", "events/s", "p50 latency", "p99 latency", "CPU per execution"],
         rows,
         f"Goal: >= 5,000 executions/s into the file store. Validating the input (pydantic, full form) "
         f"costs another {validate_us:.0f} µs per execution, not included above. "
-        f"Warm-up: 500 executions first.",
+        f"Warm-up: 500 executions first. CPU per execution: this process's CPU time (time.process_time) "
+        f"over the timed executions, which a busy machine moves far less than the rates.",
     )
+    fsync_cost(Path(tempfile.gettempdir()))
+
+
+def ingest_only(count: int, producers: int) -> None:
+    """Ingest ``count`` executions into a SQLite file and print nothing: for instruction counts.
+
+    ``valgrind --tool=callgrind`` of this with two counts; the difference of the totals over the
+    difference of the counts is the instructions per execution, start-up excluded, exact however
+    busy the machine is.
+    """
+    graphs = taskbench_graphs()
+    rng = random.Random(1)
+    executions = []
+    for i in range(count):
+        path = walk(graphs[i % len(graphs)], rng)
+        tasks = [{"id": f"t{j}", "tool_id": t, "success": rng.random() > 0.1} for j, t in enumerate(path)]
+        executions.append(WorkflowExecution.model_validate({"workflow_id": f"wf-{i}", "tasks": tasks, "execution_time_ms": 5.0}))
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SQLiteStore(Path(tmp) / "ingest.db")
+        engine = GraphRAGEngine(store=store)
+        engine.on(sse_frame)
+
+        async def run() -> None:
+            await engine.sync_from_database()  # as the gateway starts
+
+            async def producer(share: list[WorkflowExecution]) -> None:
+                for execution in share:
+                    await engine.update_from_execution(execution)
+
+            async with anyio.create_task_group() as group:
+                for k in range(producers):
+                    group.start_soon(producer, executions[k::producers])
+
+        anyio.run(run)
+        store.close()
+
+
+def fsync_cost(directory: Path, rounds: int = 2_000) -> None:
+    """What one durable commit costs on this disk, next to the ingest table: the floor of a
+    producer that awaits each execution (every commit waits for its fsync)."""
+    rows = []
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        handle = os.open(Path(tmp) / "f", os.O_RDWR | os.O_CREAT)
+        times = []
+        for _ in range(rounds):
+            os.write(handle, b"x" * 4096)
+            t0 = time.perf_counter()
+            os.fsync(handle)
+            times.append(time.perf_counter() - t0)
+        os.close(handle)
+        rows.append(["os.fsync after a 4 KB write", f"{statistics.median(times) * 1e6:.0f} µs"])
+        import sqlite3
+
+        for sync in ("NORMAL", "FULL"):
+            db = sqlite3.connect(Path(tmp) / f"{sync}.db", isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={sync}")
+            db.execute("CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT)")
+            times = []
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("INSERT INTO t (b) VALUES (?)", ("y" * 300,))
+                db.execute("COMMIT")
+                times.append(time.perf_counter() - t0)
+            db.close()
+            rows.append([f"SQLite WAL, one-row transaction, synchronous={sync}", f"{statistics.median(times) * 1e6:.0f} µs"])
+    table("(a'') The cost of one durable commit on this disk (median)", ["operation", "time"], rows)
 
 
 # -- synthetic graphs ---------------------------------------------------------------------------
@@ -482,6 +574,35 @@ def bench_stalls(sizes: Sequence[tuple[int, int]]) -> None:
 
 
 # -- (e) on-loop costs ---------------------------------------------------------------------------
+def async_snapshot_stall(engine: GraphRAGEngine) -> tuple[float, float]:
+    """(time taken, longest gap of a 1 ms ticker) for one uncached ``snapshot_json_async``."""
+
+    async def run() -> tuple[float, float]:
+        engine._snapshot_cache = None
+        gaps: list[float] = []
+        done = False
+
+        async def ticker() -> None:
+            last = time.perf_counter()
+            while not done:
+                await anyio.sleep(0.001)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(ticker)
+            await anyio.sleep(0.01)
+            begin = time.perf_counter()
+            await engine.snapshot_json_async()
+            took = time.perf_counter() - begin
+            done = True
+        return took, max(gaps)
+
+    results = [anyio.run(run) for _ in range(3)]
+    return statistics.median(r[0] for r in results), statistics.median(r[1] for r in results)
+
+
 def bench_on_loop(sizes: Sequence[tuple[int, int]]) -> None:
     """What runs on the event loop itself, at scale: each of these stalls every client while it runs."""
     from datetime import datetime, timezone
@@ -513,7 +634,9 @@ def bench_on_loop(sizes: Sequence[tuple[int, int]]) -> None:
             engine._snapshot_cache = None  # measure the build, not the cache
             return engine.snapshot_json()
 
-        rows.append([label, "engine.snapshot_json() (GET /graph, uncached)", ms(median_time(fresh_snapshot_json, 1))])
+        rows.append([label, "engine.snapshot_json() (Python API, one go, uncached)", ms(median_time(fresh_snapshot_json, 1))])
+        took, stall = async_snapshot_stall(engine)
+        rows.append([label, f"engine.snapshot_json_async() (GET /graph, uncached): longest loop stall (build took {ms(took)})", ms(stall)])
         rows.append([label, "engine.get_top_pagerank(50)", ms(median_time(lambda: engine.get_top_pagerank(50), 3))])
         rows.append([label, "engine.suggest_next([tool], 5)", ms(median_time(lambda: engine.suggest_next([names[0]], 5), 3))])
         hub = max(engine.graph.out_degree(), key=lambda item: item[1])
@@ -524,7 +647,11 @@ def bench_on_loop(sizes: Sequence[tuple[int, int]]) -> None:
 
         rows.append([label, f"engine.grade_next after a hub of {hub[1]} successors, first call after learning", ms(median_time(grade_uncached, 5))])
         rows.append([label, "engine.grade_next, the same history again (cached until the graph changes)", ms(median_time(lambda: engine.grade_next([names[1], hub[0]], names[2]), 5))])
-        rows.append([label, "gc.collect() (a full collection, wherever it happens)", ms(median_time(gc.collect, 3))])
+        gc.unfreeze()  # as before the engine froze its graph after a sync or a large /graph build
+        rows.append([label, "gc.collect() (a full collection, wherever it happens), nothing frozen", ms(median_time(gc.collect, 3))])
+        gc.freeze()
+        rows.append([label, "gc.collect() after gc.freeze() (what sync_from_database and a large /graph build do)", ms(median_time(gc.collect, 3))])
+        gc.unfreeze()
         del engine, snapshot
         gc.collect()
     names, src, dst, weight = synthetic_graph(50_000, 1_000_000, seed=4)
@@ -735,7 +862,14 @@ def main() -> None:
     parser.add_argument(
         "--only", default="ingest,metrics,stalls,on-loop,quality,second-order", help="comma list of sections"
     )
+    parser.add_argument(
+        "--ingest-only", nargs=2, type=int, metavar=("COUNT", "PRODUCERS"),
+        help="ingest COUNT executions from PRODUCERS producers into a SQLite file, silently (for callgrind)",
+    )
     args = parser.parse_args()
+    if args.ingest_only:
+        ingest_only(*args.ingest_only)
+        return
     sections = set(args.only.split(","))
     print(
         f"pml-gateway engine bench: Python {platform.python_version()}, {os.cpu_count()} cores, "

@@ -107,7 +107,7 @@ async def run(calls: int, repeat: int) -> dict[str, float]:
         upstream = gateway.upstream
         runner = ServerRunner(upstream.server, None, None)  # type: ignore[arg-type]  # _serialize reads .server
         session = SimpleNamespace(client_params=None)
-        ctx = SimpleNamespace(request=None, meta=None, protocol_version=MODERN, session=session)
+        ctx = SimpleNamespace(request=None, request_id=1, meta=None, protocol_version=MODERN, session=session)
         params = types.CallToolRequestParams(name="echo__echo", arguments={"text": "hello"})
 
         async def sdk_call() -> None:

@@ -34,10 +34,12 @@ replaces what it holds).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
+from typing import Any
 
 import anyio
 import networkx as nx
@@ -57,6 +59,7 @@ from .events import (
     ToolRemovedData,
     ToolRemovedReason,
     WorkflowExecutedData,
+    trusted,
     utcnow,
 )
 from .execution import WorkflowExecution
@@ -83,6 +86,13 @@ Listener = Callable[[GraphEvent], None]
 #: Which server a tool id belongs to, as whoever named the tools knows it (``None``: unknown).
 ServerResolver = Callable[[str], str | None]
 
+#: Edges copied or serialised between two turns of the loop in ``snapshot_json_async``: a few ms.
+SNAPSHOT_SLICE_EDGES = 1_000
+#: A ``GET /graph`` build of at least this many edges, and twice as many as at the last freeze,
+#: ends with ``gc.freeze()``: a full collection walked a 100k-edge graph in 84-138 ms
+#: (bench/README.md, table (e)); frozen objects are skipped.
+FREEZE_AFTER_EDGES = 10_000
+
 
 class UnknownTool(LookupError):
     """``forget_tool`` of a tool the graph has no history of."""
@@ -90,6 +100,23 @@ class UnknownTool(LookupError):
     def __init__(self, tool_id: str) -> None:
         super().__init__(f"unknown tool {tool_id!r}: the graph has no history of it")
         self.tool_id = tool_id
+
+
+def _edge_docs(graph: nx.DiGraph, source: str) -> list[dict[str, Any]]:
+    """The ``GET /graph`` entries of one node's outgoing edges (copies: safe to serialise later)."""
+    return [
+        {
+            "from_tool_id": source,
+            "to_tool_id": target,
+            "confidence": attrs["confidence"],
+            "observed_count": attrs["observed_count"],
+            "success_count": attrs["success_count"],
+            "failure_count": attrs["failure_count"],
+            "edge_type": attrs["edge_type"],
+            "last_observed": attrs["last_observed"],
+        }
+        for target, attrs in graph.adj[source].items()
+    ]
 
 
 class GraphRAGEngine:
@@ -108,7 +135,12 @@ class GraphRAGEngine:
         self._listeners: list[Listener] = []
         self._last_event_id: int | None = self.store.bounds().last_id
         self._metrics_lock: anyio.Lock | None = None
-        self._snapshot_cache: tuple[tuple[int, int | None], bytes] | None = None
+        self._snapshot_cache: tuple[tuple[int, int | None, int], bytes] | None = None
+        self._snapshot_task: asyncio.Future[bytes] | None = None
+        #: Edges in the graph at the last ``gc.freeze()`` (start-up, or a large ``GET /graph`` build).
+        self._frozen_edges = 0
+        #: One set per ``GET /graph`` build under way: the sources whose edges changed meanwhile.
+        self._snapshot_dirty: list[set[str]] = []
         self._group: list[tuple[WorkflowExecution, asyncio.Future[list[GraphEvent]]]] = []
         #: False on a replica that is not the metrics leader: it computes, the leader logs the event.
         self.emits_metrics = True
@@ -168,6 +200,14 @@ class GraphRAGEngine:
             sync_duration_ms=round((time.perf_counter() - started) * 1000, 3),
         )
         (event,) = self._store_and_emit([payload])
+        # Start-up is done: what is alive now (the imported modules, ~130k objects, and the graph
+        # just loaded) lives as long as the process. Frozen, the collector stops walking it: a full
+        # collection cost 50-75 ms after the imports alone, 138 ms at 100k edges, paid by whichever
+        # learning step triggers one; ingest spent a third of its CPU there (bench/README.md,
+        # issue 17). Collected first, so that no garbage is frozen with it.
+        gc.collect()
+        gc.freeze()
+        self._frozen_edges = self.graph.number_of_edges()
         return event
 
     def load(self) -> None:
@@ -298,36 +338,46 @@ class GraphRAGEngine:
             previous = staged.get(key) or self._edge_state(*key)
             edge = staged[key] = learn(previous, observation, now)
             changes.append(edge)
+            # Payloads from values computed here (in range by construction): built, not validated.
             if previous is None:
                 payloads.append(
-                    EdgeCreatedData(
-                        from_tool_id=edge.source,
-                        to_tool_id=edge.target,
-                        confidence_score=edge.confidence,
-                        observed_count=edge.observed_count,
-                        edge_type=edge.edge_type,
-                        timestamp=now,
+                    trusted(
+                        EdgeCreatedData,
+                        {
+                            "from_tool_id": edge.source,
+                            "to_tool_id": edge.target,
+                            "confidence_score": edge.confidence,
+                            "observed_count": edge.observed_count,
+                            "edge_type": edge.edge_type,
+                            "timestamp": now,
+                        },
                     )
                 )
             else:
                 payloads.append(
-                    EdgeUpdatedData(
-                        from_tool_id=edge.source,
-                        to_tool_id=edge.target,
-                        old_confidence=previous.confidence,
-                        new_confidence=edge.confidence,
-                        observed_count=edge.observed_count,
-                        edge_type=edge.edge_type,
-                        timestamp=now,
+                    trusted(
+                        EdgeUpdatedData,
+                        {
+                            "from_tool_id": edge.source,
+                            "to_tool_id": edge.target,
+                            "old_confidence": previous.confidence,
+                            "new_confidence": edge.confidence,
+                            "observed_count": edge.observed_count,
+                            "edge_type": edge.edge_type,
+                            "timestamp": now,
+                        },
                     )
                 )
         payloads.append(
-            WorkflowExecutedData(
-                workflow_id=execution.workflow_id,
-                tool_ids=execution.tool_ids,
-                success=execution.success,
-                execution_time_ms=execution.execution_time_ms,
-                timestamp=now,
+            trusted(
+                WorkflowExecutedData,
+                {
+                    "workflow_id": execution.workflow_id,
+                    "tool_ids": execution.tool_ids,
+                    "success": execution.success,
+                    "execution_time_ms": execution.execution_time_ms,
+                    "timestamp": now,
+                },
             )
         )
         # Only tools the graph does not know yet (the store inserts nodes once), with their server
@@ -366,6 +416,8 @@ class GraphRAGEngine:
             last_observed=edge.last_observed,
         )
         self._arrays.set_edge(edge.source, edge.target, edge.confidence)
+        for dirty in self._snapshot_dirty:
+            dirty.add(edge.source)
 
     def _apply_transition(self, transition: TransitionState) -> None:
         self.transitions.setdefault((transition.first, transition.second), {})[transition.third] = transition
@@ -501,6 +553,8 @@ class GraphRAGEngine:
     def _drop_tool(self, tool_id: str) -> None:
         """Remove a tool from memory as the store did: node, edges (and what they added to their
         targets' incoming sums), second-order counts; the array mirror is rebuilt (append-only)."""
+        for dirty in self._snapshot_dirty:  # a /graph build in progress copies their edges again
+            dirty.update(source for source in self.graph.predecessors(tool_id) if source != tool_id)
         for target in list(self.graph.successors(tool_id)):
             edge, node = self.graph.edges[tool_id, target], self.graph.nodes[target]
             node["in_observed"] -= edge["observed_count"]
@@ -586,40 +640,107 @@ class GraphRAGEngine:
     def snapshot_json(self) -> bytes:
         """The ``GET /graph`` document, built from plain dicts and cached until the next event.
 
-        ``GET /graph`` runs on the event loop: per-edge pydantic models cost ~8 µs an edge, plain
-        dicts serialised by pydantic-core ~2 µs; a dashboard refetching after each
-        ``metrics_updated`` hits the cache.
+        Per-edge pydantic models cost ~8 µs an edge, plain dicts serialised by pydantic-core ~2 µs;
+        a dashboard refetching after each ``metrics_updated`` hits the cache. This builds it in one
+        go; ``snapshot_json_async`` (the route's) is the same builder with the loop served between
+        slices.
         """
-        key = (id(self.graph), self._last_event_id, self.grader.version)
+        for body in self._snapshot_steps():
+            if body is not None:
+                return body
+        raise AssertionError("the builder ends with the body")
+
+    async def snapshot_json_async(self) -> bytes:
+        """``snapshot_json`` without stalling the loop: the event loop runs between slices of
+        ``SNAPSHOT_SLICE_EDGES`` edges (at 100k edges the one-go build held it ~0.25 s). Requests
+        arriving during a build share it; a cancelled request does not stop it."""
+        task = self._snapshot_task
+        if task is None or task.done():
+            task = self._snapshot_task = asyncio.ensure_future(self._drive_snapshot())
+        return await asyncio.shield(task)
+
+    async def _drive_snapshot(self) -> bytes:
+        for body in self._snapshot_steps():
+            if body is not None:
+                return body
+            await asyncio.sleep(0)  # the rest of the loop runs here
+        raise AssertionError("the builder ends with the body")
+
+    def _snapshot_key(self) -> tuple[int, int | None, int]:
+        return (id(self.graph), self._last_event_id, self.grader.version)
+
+    def _snapshot_steps(self) -> Iterator[bytes | None]:
+        """The builder: yields None where the loop may run, and last the body.
+
+        Consistency across the yields: edges are copied into dicts per source node; every source
+        whose edges change meanwhile (``_apply_edge`` marks it) is copied again at the end, with
+        the nodes, the metrics and ``last_event_id``, without yielding: the document is the graph
+        as of that moment. Only then is it serialised, slice by slice (the dicts are copies).
+        """
+        key = self._snapshot_key()
         if self._snapshot_cache is not None and self._snapshot_cache[0] == key:
-            return self._snapshot_cache[1]
-        metrics = self.metrics
-        pagerank = metrics.pagerank if metrics else {}
-        communities = metrics.communities if metrics else {}
-        document = {
-            "last_event_id": self._last_event_id,
-            "nodes": [
+            yield self._snapshot_cache[1]
+            return
+        graph = self.graph
+        marks: set[str] = set()
+        dirty = marks
+        self._snapshot_dirty.append(marks)
+        try:
+            docs: dict[str, list[dict[str, Any]]] = {}
+            copied = 0
+            for source in list(graph):
+                docs[source] = _edge_docs(graph, source)
+                copied += len(docs[source])
+                if copied >= SNAPSHOT_SLICE_EDGES:
+                    copied = 0
+                    yield
+            # From here to the end of the copy, nothing yields: this is the moment the document shows.
+            if graph is not self.graph:  # replaced meanwhile (a sync): copy the new one, at once
+                graph, docs = self.graph, {}
+                dirty = set(graph)
+            for source in dirty:
+                docs[source] = _edge_docs(graph, source)
+            if sum(map(len, docs.values())) != graph.number_of_edges():  # changed past _apply_edge's marks
+                docs = {source: _edge_docs(graph, source) for source in graph}
+            key = self._snapshot_key()
+            last_event_id = self._last_event_id
+            metrics = self.metrics
+            pagerank = metrics.pagerank if metrics else {}
+            communities = metrics.communities if metrics else {}
+            nodes = [
                 {"id": node, "server": attrs.get("server"), "pagerank": pagerank.get(node), "community": communities.get(node)}
-                for node, attrs in self.graph.nodes(data=True)
-            ],
-            "edges": [
-                {
-                    "from_tool_id": source,
-                    "to_tool_id": target,
-                    "confidence": attrs["confidence"],
-                    "observed_count": attrs["observed_count"],
-                    "success_count": attrs["success_count"],
-                    "failure_count": attrs["failure_count"],
-                    "edge_type": attrs["edge_type"],
-                    "last_observed": attrs["last_observed"],
-                }
-                for source, target, attrs in self.graph.edges(data=True)
-            ],
-            "metrics": {**metrics.model_dump(mode="json"), "suggestions": self.grader.stats().model_dump()} if metrics else None,
-        }
-        body = to_json(document)  # pydantic-core: datetimes exactly as the models write them
+                for node, attrs in graph.nodes(data=True)
+            ]
+            order = list(graph)
+            metrics_doc = {**metrics.model_dump(mode="json"), "suggestions": self.grader.stats().model_dump()} if metrics else None
+        finally:
+            self._snapshot_dirty.remove(marks)
+        # pydantic-core writes datetimes exactly as the models do; the edge list goes out in slices,
+        # and the copies are dropped as they go (freeing 100k dicts at once is a stall of its own).
+        parts = [b'{"last_event_id":', to_json(last_event_id), b',"nodes":', to_json(nodes), b',"edges":[']
+        del nodes
+        batch: list[dict[str, Any]] = []
+        for node in order:
+            batch += docs.pop(node, ())
+            if len(batch) >= SNAPSHOT_SLICE_EDGES:
+                parts += (to_json(batch)[1:-1], b",")
+                batch = []
+                yield
+        if batch:
+            parts.append(to_json(batch)[1:-1])
+        elif parts[-1] == b",":
+            parts.pop()
+        parts += [b'],"metrics":', to_json(metrics_doc), b"}"]
+        body = b"".join(parts)
         self._snapshot_cache = (key, body)
-        return body
+        edges = graph.number_of_edges()
+        if edges >= max(FREEZE_AFTER_EDGES, 2 * self._frozen_edges):
+            # The graph grew large since start-up: freeze it, so full collections stop walking it.
+            # Not collected first (that full walk is the stall this avoids): garbage alive right
+            # now is pinned too, which is bounded because this happens once per doubling.
+            self._frozen_edges = edges
+            gc.freeze()
+        yield body
 
     def snapshot(self) -> GraphSnapshot:
         """The graph as models (the ``GET /graph`` document, parsed): one builder serves both."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from functools import cached_property, lru_cache
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, SerializeAsAny, model_validator
 
@@ -313,12 +313,35 @@ class GraphEvent(BaseModel):
     @classmethod
     def stored(cls, data: EventPayload, id: int) -> GraphEvent:
         """A logged event, built without re-validation: ``data`` is already a validated payload."""
-        return cls.model_construct(type=data.event_type, data=data, id=id)
+        return trusted(cls, {"type": data.event_type, "data": data, "id": id})
 
     @cached_property
     def _data_json(self) -> str:
-        return self.data.model_dump_json()
+        # The payload's own serializer, called directly (what model_dump_json does, minus its wrapper).
+        data = self.data
+        return type(data).__pydantic_serializer__.to_json(data).decode()
 
     def data_json(self) -> str:
         """The payload as one line of compact JSON: the SSE ``data`` field (computed once)."""
-        return self._data_json
+        try:  # where cached_property keeps it, read without its descriptor (and its lock): hot path
+            return self.__dict__["_data_json"]  # type: ignore[no-any-return]
+        except KeyError:
+            return self._data_json
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def trusted(cls: type[_Model], fields: dict[str, Any]) -> _Model:
+    """A model from values this package computed itself, every field given: no validation.
+
+    What ``model_construct`` does, without its per-field loop: 0.7 µs against 3.2 µs for a
+    ``GraphEvent`` (5 events per learned execution). The one place that sets pydantic's instance
+    slots directly; tests/test_engine.py compares its models with validated ones, field by field.
+    """
+    model = cls.__new__(cls)
+    object.__setattr__(model, "__dict__", fields)
+    object.__setattr__(model, "__pydantic_fields_set__", set(fields))
+    object.__setattr__(model, "__pydantic_extra__", None)
+    object.__setattr__(model, "__pydantic_private__", None)
+    return model

@@ -54,7 +54,7 @@ async def events_stats(request: Request) -> Response:
 # -- GET /graph -------------------------------------------------------------------------------
 async def graph(request: Request) -> Response:
     # last_event_id in the snapshot is the id the graph reflects: resume the stream from it.
-    body = app_state(request).engine.snapshot_json()
+    body = await app_state(request).engine.snapshot_json_async()  # the loop runs between slices
     profile = request.scope.get(PROFILE_SCOPE_KEY)
     if profile is not None:  # [auth] a profile sees its tools only, as on its event stream
         return JSONResponse(profile.filter_snapshot(json.loads(body)))

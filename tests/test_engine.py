@@ -270,3 +270,119 @@ async def test_a_rare_transition_borrows_what_is_known_of_its_target(tmp_path) -
         assert reliability(reloaded.graph, tool) == reliability(engine.graph, tool)
     assert reliability(engine.graph, "flaky") == (1 + 2 + 1) / (12 + 2)
     store.close()
+
+
+async def test_graph_built_while_learning_is_the_graph_at_its_last_event_id(monkeypatch) -> None:
+    """``snapshot_json_async`` lets the loop run between slices; executions learned meanwhile
+    (new edges, updated ones, new nodes) never leave the document half old, half new."""
+    import asyncio
+    import json
+    import random
+
+    import graphrag.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "SNAPSHOT_SLICE_EDGES", 5)  # many slices on a small graph
+    engine = GraphRAGEngine()
+    rng = random.Random(7)
+    tools = [f"s{i % 7}__t{i}" for i in range(60)]
+    for _ in range(150):
+        await engine.update_from_execution(sequence(rng.sample(tools, 4), success=rng.random() > 0.2))
+    edges_before = engine.graph.number_of_edges()
+    assert edges_before > 100  # dozens of slices
+
+    async def learn_meanwhile() -> int:
+        learned = 0
+        while not build.done():
+            await engine.update_from_execution(sequence(rng.sample(tools + ["late__x", "late__y"], 4)))
+            learned += 1
+        return learned
+
+    build = asyncio.ensure_future(engine.snapshot_json_async())
+    shared = asyncio.ensure_future(engine.snapshot_json_async())  # a second request joins the build
+    learned = await learn_meanwhile()
+    body = await build
+    assert await shared is body
+    assert learned > 5  # the loop did run during the build
+    document = json.loads(body)
+    # Replaying the log up to last_event_id gives exactly the edges and the counts in the document.
+    expected: dict[tuple[str, str], int] = {}
+    for event in engine.store.events_after(0, 100_000):
+        if event.id is not None and event.id <= document["last_event_id"] and event.type in ("edge_created", "edge_updated"):
+            expected[(event.data.from_tool_id, event.data.to_tool_id)] = event.data.observed_count
+    assert {(e["from_tool_id"], e["to_tool_id"]): e["observed_count"] for e in document["edges"]} == expected
+    assert len(document["edges"]) == len(expected)  # each edge once
+    # Nothing learned since: the same bytes as the one-go builder, which serves the Python API.
+    if engine.last_event_id == document["last_event_id"]:
+        assert engine.snapshot_json() == body
+    engine._snapshot_cache = None
+    assert json.loads(engine.snapshot_json()) == json.loads(engine.snapshot().model_dump_json())
+
+
+async def test_a_tool_forgotten_during_a_graph_build_is_not_in_the_document(monkeypatch) -> None:
+    """An admin's forget between two slices of a ``GET /graph`` build: the edges into the tool,
+    copied before it, are copied again (``_drop_tool`` marks their sources)."""
+    import asyncio
+    import json
+
+    import graphrag.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "SNAPSHOT_SLICE_EDGES", 2)
+    engine = GraphRAGEngine()
+    for i in range(30):
+        await engine.update_from_execution(sequence([f"a{i}", "victim", f"b{i}"]))
+        await engine.update_from_execution(sequence([f"x{i}", f"y{i}"]))  # more to copy: a long build
+    build = asyncio.ensure_future(engine.snapshot_json_async())
+    await asyncio.sleep(0)  # the build has copied its first slices
+    await asyncio.sleep(0)
+    assert not build.done()
+    await engine.forget_tool("victim")
+    document = json.loads(await build)
+    assert all("victim" not in (e["from_tool_id"], e["to_tool_id"]) for e in document["edges"])
+    assert "victim" not in {n["id"] for n in document["nodes"]}
+    assert {(e["from_tool_id"], e["to_tool_id"]) for e in document["edges"]} == set(engine.graph.edges)
+    assert len(document["edges"]) == 30 and document["last_event_id"] == engine.last_event_id
+
+
+async def test_events_built_without_validation_equal_validated_ones() -> None:
+    """The learning step builds its payloads and events with ``events.trusted`` (no validation):
+    each must be what validating the same values gives, down to pydantic's instance state and
+    the JSON (a pydantic upgrade that changes its slots fails here)."""
+    from graphrag.events import GraphEvent as Event
+
+    engine = GraphRAGEngine()
+    events = await engine.update_from_execution(sequence(["a", "b", "c"], execution_time_ms=12.5))
+    events += await engine.update_from_execution(sequence(["a", "b"], success=False))
+    assert {e.type for e in events} == {"edge_created", "edge_updated", "workflow_executed"}
+    for event in events:
+        payload = event.data
+        validated = type(payload)(**dict(payload))  # the same values, validated
+        assert payload == validated and payload.model_fields_set == validated.model_fields_set
+        assert event.data_json() == validated.model_dump_json()
+        assert event == Event(type=event.type, data=validated, id=event.id)
+        assert event.model_fields_set == {"type", "data", "id"}
+        assert Event.model_validate_json(event.model_dump_json()).model_dump_json() == event.model_dump_json()
+
+
+async def test_startup_and_a_graph_that_doubled_are_frozen_for_the_collector(monkeypatch) -> None:
+    """``gc.freeze()`` after the sync (start-up) and after a ``/graph`` build once the graph has
+    doubled since the last freeze, not after every build (each freeze pins what is alive)."""
+    import gc
+
+    import graphrag.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "FREEZE_AFTER_EDGES", 3)
+    gc.unfreeze()
+    try:
+        engine = GraphRAGEngine()
+        await engine.update_from_execution(sequence(["a", "b", "c", "d"]))  # 3 edges
+        await engine.sync_from_database()
+        assert gc.get_freeze_count() > 0 and engine._frozen_edges == 3
+        gc.unfreeze()
+        await engine.update_from_execution(sequence(["d", "e", "f"]))  # 5 edges: not doubled
+        await engine.snapshot_json_async()
+        assert gc.get_freeze_count() == 0
+        await engine.update_from_execution(sequence(["f", "g"]))  # 6 edges: doubled
+        await engine.snapshot_json_async()
+        assert gc.get_freeze_count() > 0 and engine._frozen_edges == 6
+    finally:
+        gc.unfreeze()
