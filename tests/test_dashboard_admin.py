@@ -40,7 +40,7 @@ async def test_the_page_drops_a_forgotten_tool_and_empties_on_reset(tmp_path: Pa
             await browser.until("() => window.__pmlDashboard.node('a__x') == null")
             assert (await browser.summary())["edgeCount"] == 1
             assert await page.evaluate("() => window.__pmlDashboard.edge('files__read', 'files__write') != null")
-            assert await page.get_attribute("#graph", "data-external") == "0"
+            await browser.until("() => document.querySelector('#graph').dataset.external === '0'")  # at the next frame
             await until_caught_up(browser, client)
             assert await page.locator("#log li[data-type=tool_forgotten]").count() == 1
 
