@@ -574,8 +574,9 @@ def bench_stalls(sizes: Sequence[tuple[int, int]]) -> None:
 
 
 # -- (e) on-loop costs ---------------------------------------------------------------------------
-def async_snapshot_stall(engine: GraphRAGEngine) -> tuple[float, float]:
-    """(time taken, longest gap of a 1 ms ticker) for one uncached ``snapshot_json_async``."""
+def async_snapshot_stall(engine: GraphRAGEngine, visible: Callable[[str, str | None], bool] | None = None) -> tuple[float, float]:
+    """(time taken, longest gap of a 1 ms ticker) for one uncached ``snapshot_json_async``
+    (``visible``: a profile's view, as GET /graph builds it for a credential limited to one)."""
 
     async def run() -> tuple[float, float]:
         engine._snapshot_cache = None
@@ -594,7 +595,7 @@ def async_snapshot_stall(engine: GraphRAGEngine) -> tuple[float, float]:
             group.start_soon(ticker)
             await anyio.sleep(0.01)
             begin = time.perf_counter()
-            await engine.snapshot_json_async()
+            await engine.snapshot_json_async(visible)
             took = time.perf_counter() - begin
             done = True
         return took, max(gaps)
@@ -637,6 +638,20 @@ def bench_on_loop(sizes: Sequence[tuple[int, int]]) -> None:
         rows.append([label, "engine.snapshot_json() (Python API, one go, uncached)", ms(median_time(fresh_snapshot_json, 1))])
         took, stall = async_snapshot_stall(engine)
         rows.append([label, f"engine.snapshot_json_async() (GET /graph, uncached): longest loop stall (build took {ms(took)})", ms(stall)])
+        servers = sorted({name.partition("__")[0] for name in names})
+        half = set(servers[: len(servers) // 2])
+        took, stall = async_snapshot_stall(engine, lambda tool, server: server in half)
+        rows.append([label, f"engine.snapshot_json_async(visible) (GET /graph of a profile, half the servers): longest loop stall (build took {ms(took)})", ms(stall)])
+        whole = engine.snapshot_json()
+
+        def parse_and_filter() -> bytes:  # what a profile's GET /graph did before: on the loop
+            document = json.loads(whole)
+            shown = {n["id"] for n in document["nodes"] if n["server"] in half}
+            document["nodes"] = [n for n in document["nodes"] if n["id"] in shown]
+            document["edges"] = [e for e in document["edges"] if e["from_tool_id"] in shown and e["to_tool_id"] in shown]
+            return json.dumps(document).encode()
+
+        rows.append([label, "before: json.loads of the whole document, filter, json.dumps (a profile's GET /graph, on the loop)", ms(median_time(parse_and_filter, 1))])
         rows.append([label, "engine.get_top_pagerank(50)", ms(median_time(lambda: engine.get_top_pagerank(50), 3))])
         rows.append([label, "engine.suggest_next([tool], 5)", ms(median_time(lambda: engine.suggest_next([names[0]], 5), 3))])
         hub = max(engine.graph.out_degree(), key=lambda item: item[1])

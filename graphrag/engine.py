@@ -85,6 +85,8 @@ log = logging.getLogger(__name__)
 Listener = Callable[[GraphEvent], None]
 #: Which server a tool id belongs to, as whoever named the tools knows it (``None``: unknown).
 ServerResolver = Callable[[str], str | None]
+#: Whether a viewer sees a tool, given its id and server (``snapshot_json_async``).
+ToolFilter = Callable[[str, str | None], bool]
 
 #: Edges copied or serialised between two turns of the loop in ``snapshot_json_async``: a few ms.
 SNAPSHOT_SLICE_EDGES = 1_000
@@ -650,17 +652,24 @@ class GraphRAGEngine:
                 return body
         raise AssertionError("the builder ends with the body")
 
-    async def snapshot_json_async(self) -> bytes:
+    async def snapshot_json_async(self, visible: ToolFilter | None = None) -> bytes:
         """``snapshot_json`` without stalling the loop: the event loop runs between slices of
         ``SNAPSHOT_SLICE_EDGES`` edges (at 100k edges the one-go build held it ~0.25 s). Requests
-        arriving during a build share it; a cancelled request does not stop it."""
+        arriving during a build share it; a cancelled request does not stop it.
+
+        With ``visible``, the document as one who sees only those tools may see it: their nodes,
+        the edges between them, only them in the PageRank top list (counts and density stay the
+        whole graph's). Built by the same slices, neither shared nor cached.
+        """
+        if visible is not None:
+            return await self._drive_snapshot(visible)
         task = self._snapshot_task
         if task is None or task.done():
             task = self._snapshot_task = asyncio.ensure_future(self._drive_snapshot())
         return await asyncio.shield(task)
 
-    async def _drive_snapshot(self) -> bytes:
-        for body in self._snapshot_steps():
+    async def _drive_snapshot(self, visible: ToolFilter | None = None) -> bytes:
+        for body in self._snapshot_steps(visible):
             if body is not None:
                 return body
             await asyncio.sleep(0)  # the rest of the loop runs here
@@ -669,16 +678,17 @@ class GraphRAGEngine:
     def _snapshot_key(self) -> tuple[int, int | None, int]:
         return (id(self.graph), self._last_event_id, self.grader.version)
 
-    def _snapshot_steps(self) -> Iterator[bytes | None]:
+    def _snapshot_steps(self, visible: ToolFilter | None = None) -> Iterator[bytes | None]:
         """The builder: yields None where the loop may run, and last the body.
 
         Consistency across the yields: edges are copied into dicts per source node; every source
         whose edges change meanwhile (``_apply_edge`` marks it) is copied again at the end, with
         the nodes, the metrics and ``last_event_id``, without yielding: the document is the graph
         as of that moment. Only then is it serialised, slice by slice (the dicts are copies).
+        ``visible`` (``snapshot_json_async``) is applied at that moment too, to the copies.
         """
         key = self._snapshot_key()
-        if self._snapshot_cache is not None and self._snapshot_cache[0] == key:
+        if visible is None and self._snapshot_cache is not None and self._snapshot_cache[0] == key:
             yield self._snapshot_cache[1]
             return
         graph = self.graph
@@ -710,9 +720,13 @@ class GraphRAGEngine:
             nodes = [
                 {"id": node, "server": attrs.get("server"), "pagerank": pagerank.get(node), "community": communities.get(node)}
                 for node, attrs in graph.nodes(data=True)
+                if visible is None or visible(node, attrs.get("server"))
             ]
-            order = list(graph)
+            shown = None if visible is None else {node["id"] for node in nodes}
+            order = list(graph) if shown is None else [node for node in graph if node in shown]
             metrics_doc = {**metrics.model_dump(mode="json"), "suggestions": self.grader.stats().model_dump()} if metrics else None
+            if metrics_doc is not None and shown is not None:
+                metrics_doc["pagerank_top_10"] = [e for e in metrics_doc["pagerank_top_10"] if e["tool_id"] in shown]
         finally:
             self._snapshot_dirty.remove(marks)
         # pydantic-core writes datetimes exactly as the models do; the edge list goes out in slices,
@@ -721,7 +735,8 @@ class GraphRAGEngine:
         del nodes
         batch: list[dict[str, Any]] = []
         for node in order:
-            batch += docs.pop(node, ())
+            edges_of = docs.pop(node, ())
+            batch += edges_of if shown is None else [e for e in edges_of if e["to_tool_id"] in shown]
             if len(batch) >= SNAPSHOT_SLICE_EDGES:
                 parts += (to_json(batch)[1:-1], b",")
                 batch = []
@@ -732,6 +747,9 @@ class GraphRAGEngine:
             parts.pop()
         parts += [b'],"metrics":', to_json(metrics_doc), b"}"]
         body = b"".join(parts)
+        if shown is not None:
+            yield body  # one viewer's document: not the cache's, and no freeze for it
+            return
         self._snapshot_cache = (key, body)
         edges = graph.number_of_edges()
         if edges >= max(FREEZE_AFTER_EDGES, 2 * self._frozen_edges):

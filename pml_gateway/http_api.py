@@ -54,10 +54,10 @@ async def events_stats(request: Request) -> Response:
 # -- GET /graph -------------------------------------------------------------------------------
 async def graph(request: Request) -> Response:
     # last_event_id in the snapshot is the id the graph reflects: resume the stream from it.
-    body = await app_state(request).engine.snapshot_json_async()  # the loop runs between slices
     profile = request.scope.get(PROFILE_SCOPE_KEY)
-    if profile is not None:  # [auth] a profile sees its tools only, as on its event stream
-        return JSONResponse(profile.filter_snapshot(json.loads(body)))
+    # [auth] a profile sees its tools only, as on its event stream; the loop runs between slices
+    visible = profile.allows_tool if profile is not None else None
+    body = await app_state(request).engine.snapshot_json_async(visible)
     return Response(body, media_type="application/json")
 
 

@@ -343,6 +343,39 @@ async def test_a_tool_forgotten_during_a_graph_build_is_not_in_the_document(monk
     assert len(document["edges"]) == 30 and document["last_event_id"] == engine.last_event_id
 
 
+async def test_a_filtered_graph_build_is_the_document_with_only_the_visible_tools(monkeypatch) -> None:
+    """``snapshot_json_async(visible)`` (a profile's GET /graph): the same slices, the same document
+    as filtering the whole one (nodes, edges between visible tools, the PageRank top list), counts
+    and density of the whole graph; neither cached nor shared with unfiltered builds."""
+    import json
+    import random
+
+    import graphrag.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "SNAPSHOT_SLICE_EDGES", 3)
+    engine = GraphRAGEngine()
+    rng = random.Random(3)
+    tools = [f"s{i % 4}__t{i}" for i in range(30)]
+    for _ in range(80):
+        await engine.update_from_execution(sequence(rng.sample(tools, 4)))
+    await engine.refresh_metrics()
+
+    def visible(tool_id: str, server: str | None) -> bool:
+        return tool_id.startswith(("s0__", "s1__"))
+
+    whole = json.loads(await engine.snapshot_json_async())
+    seen = json.loads(await engine.snapshot_json_async(visible))
+    shown = {n["id"] for n in whole["nodes"] if visible(n["id"], n["server"])}
+    assert shown and len(shown) < len(whole["nodes"])
+    assert seen["nodes"] == [n for n in whole["nodes"] if n["id"] in shown]
+    assert seen["edges"] == [e for e in whole["edges"] if e["from_tool_id"] in shown and e["to_tool_id"] in shown]
+    assert seen["edges"] and len(seen["edges"]) < len(whole["edges"])
+    top = [e for e in whole["metrics"]["pagerank_top_10"] if e["tool_id"] in shown]
+    assert seen["metrics"] == {**whole["metrics"], "pagerank_top_10": top}
+    assert seen["last_event_id"] == whole["last_event_id"]
+    assert json.loads(engine.snapshot_json()) == whole  # the cache still holds the whole document
+
+
 async def test_events_built_without_validation_equal_validated_ones() -> None:
     """The learning step builds its payloads and events with ``events.trusted`` (no validation):
     each must be what validating the same values gives, down to pydantic's instance state and

@@ -13,7 +13,8 @@ server pass it; for a bare tool id, ``<server>__*`` patterns are derived by the 
 The upstream MCP server asks ``allows_tool`` / ``allows_prompt`` / ``allows_resource`` at one
 seam; the event stream asks ``filter_event``: an event that names any tool outside the profile is
 not delivered, and ``metrics_updated`` keeps only the profile's tools in its PageRank top list;
-``GET /graph`` asks ``filter_snapshot``, so a resumed stream and its snapshot agree.
+``GET /graph`` and ``graph://snapshot`` have the engine build the document with ``allows_tool`` as
+its filter (``snapshot_json_async(visible)``), so a resumed stream and its snapshot agree.
 """
 
 from __future__ import annotations
@@ -69,19 +70,6 @@ class Profile(BaseModel):
             if not self.allows_tool(tool, server if isinstance(server, str) else None):
                 return None
         return event
-
-
-    def filter_snapshot(self, document: dict[str, Any]) -> dict[str, Any]:
-        """A ``GET /graph`` document as this profile may see it: its tools, the edges between them,
-        its tools in the PageRank top list. Counts and density stay those of the whole graph."""
-        nodes = [node for node in document["nodes"] if self.allows_tool(node["id"], node.get("server"))]
-        visible = {node["id"] for node in nodes}
-        edges = [e for e in document["edges"] if e["from_tool_id"] in visible and e["to_tool_id"] in visible]
-        metrics = document.get("metrics")
-        if isinstance(metrics, dict):
-            top = [entry for entry in metrics.get("pagerank_top_10", []) if entry["tool_id"] in visible]
-            metrics = {**metrics, "pagerank_top_10": top}
-        return {**document, "nodes": nodes, "edges": edges, "metrics": metrics}
 
 
 def _named_tools(data: Any) -> list[str]:

@@ -18,7 +18,6 @@ once, when the first client wants a URI, and unsubscribed when the last one stop
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -233,10 +232,8 @@ class GraphResources:
         """The JSON as ``profile`` may see it: its tools only, as ``GET /graph`` and pml_graph_metrics answer."""
         if uri == GRAPH_METRICS_URI:
             text = await self._metrics_json(profile)
-        elif profile is None:
-            text = self.engine.snapshot_json().decode()
-        else:
-            text = json.dumps(profile.filter_snapshot(json.loads(self.engine.snapshot_json())), separators=(",", ":"))
+        else:  # built in slices, the loop served between them, as GET /graph
+            text = (await self.engine.snapshot_json_async(profile.allows_tool if profile is not None else None)).decode()
         return types.ReadResourceResult(
             contents=[types.TextResourceContents(uri=uri, mime_type="application/json", text=text)]
         )
