@@ -249,3 +249,47 @@ async def test_allowed_hosts_extend_dns_rebinding_protection(tmp_path: Path) -> 
             assert local.status_code != 421
             evil = await http.post(gw.mcp_url, json=ping, headers={**headers, "Host": "evil.example"})
             assert evil.status_code == 421
+
+
+def test_a_profiles_stream_view_decides_from_the_frame_as_filter_event_does() -> None:
+    """The stream's profile view reads the tools a frame names (no JSON decoding, but for
+    metrics_updated's top list): for every kind of event it lets through what ``filter_event``
+    lets through, and the same data."""
+    from graphrag import GraphEvent
+    from graphrag.events import (
+        EdgeCreatedData,
+        GraphResetData,
+        MetricsUpdatedData,
+        PageRankEntry,
+        ToolAddedData,
+        ToolForgottenData,
+        WorkflowExecutedData,
+    )
+    from pml_gateway.events.stream import profile_view
+    from pml_gateway.events.wire import encode_event
+
+    profile = Profile(name="p", tools=("a__*",), servers=("ops",))
+    view = profile_view(profile)
+    assert view is not None
+    payloads = [
+        EdgeCreatedData(from_tool_id="a__x", to_tool_id="a__y", confidence_score=0.5, observed_count=1, edge_type="sequence"),
+        EdgeCreatedData(from_tool_id="a__x", to_tool_id="b__y", confidence_score=0.5, observed_count=1, edge_type="sequence"),
+        WorkflowExecutedData(workflow_id="w", tool_ids=["a__x", "a__y"], success=True, execution_time_ms=1),
+        WorkflowExecutedData(workflow_id="v", tool_ids=["a__x", "c__z"], success=True, execution_time_ms=1),
+        ToolAddedData(tool_id="deploy", server="ops"),  # allowed by its own server
+        ToolAddedData(tool_id="deploy", server="other"),
+        ToolForgottenData(tool_id="b__y", server="b", edges_removed=1, transitions_removed=0),
+        GraphResetData(nodes_removed=3, edges_removed=2),
+        MetricsUpdatedData(node_count=2, edge_count=1, density=0.5, communities_count=1,
+                           pagerank_top_10=[PageRankEntry(tool_id="a__x", score=0.6), PageRankEntry(tool_id="b__y", score=0.4)]),
+    ]
+    passed = 0
+    for i, payload in enumerate(payloads, start=1):
+        event = GraphEvent(id=i, type=payload.event_type, data=payload)
+        expected = profile.filter_event(event)
+        seen = view(encode_event(event))
+        assert (seen is None) == (expected is None), payload
+        if seen is not None and expected is not None:
+            assert json.loads(seen.data_json) == json.loads(expected.data_json()), payload
+            passed += 1
+    assert passed == 5  # edge a->a, workflow w, deploy of ops, the reset, the metrics (cut to a__x)

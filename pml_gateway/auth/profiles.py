@@ -20,6 +20,7 @@ its filter (``snapshot_json_async(visible)``), so a resumed stream and its snaps
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -57,6 +58,10 @@ class Profile(BaseModel):
             return True
         return any(fnmatchcase(value, pattern) for pattern in patterns)
 
+    def allows_event(self, tools: Iterable[str], server: str | None = None) -> bool:
+        """Whether an event that names ``tools`` (and ``server``, its own) may reach this profile."""
+        return all(self.allows_tool(tool, server) for tool in tools)
+
     def filter_event(self, event: GraphEvent) -> GraphEvent | None:
         """The event as this profile may see it, or None when it names a tool outside the profile."""
         data = event.data
@@ -66,10 +71,7 @@ class Profile(BaseModel):
                 return event
             return event.model_copy(update={"data": data.model_copy(update={"pagerank_top_10": top})})
         server = getattr(data, "server", None)
-        for tool in _named_tools(data):
-            if not self.allows_tool(tool, server if isinstance(server, str) else None):
-                return None
-        return event
+        return event if self.allows_event(_named_tools(data), server if isinstance(server, str) else None) else None
 
 
 def _named_tools(data: Any) -> list[str]:

@@ -552,6 +552,9 @@ def profile_view(profile: object) -> Callable[[Frame], Frame | None] | None:
         return None
 
     def view(frame: Frame) -> Frame | None:
+        if frame.type != "metrics_updated":  # the frame knows the tools it names: nothing to decode
+            return frame if profile.allows_event(frame.tools, frame.server) else None
+        # its PageRank top list is cut to the profile's tools: a new frame (about once a second)
         event = GraphEvent.model_validate({"type": frame.type, "id": frame.id, "data": json.loads(frame.data_json)})
         seen = profile.filter_event(event)
         if seen is None:

@@ -68,7 +68,7 @@ def _no_server(tool_id: str) -> str | None:
 class Frame:
     """One event as it goes on the wire: made once, shared by every client and every filter."""
 
-    __slots__ = ("type", "id", "sse", "data_json", "always", "tools", "servers", "workflow_id", "_ws", "_chunk")
+    __slots__ = ("type", "id", "sse", "data_json", "always", "tools", "server", "servers", "workflow_id", "_ws", "_chunk")
 
     def __init__(
         self,
@@ -79,6 +79,7 @@ class Frame:
         *,
         always: bool = False,
         tools: frozenset[str] = frozenset(),
+        server: str | None = None,
         servers: frozenset[str] = frozenset(),
         workflow_id: str | None = None,
     ) -> None:
@@ -89,6 +90,9 @@ class Frame:
         #: A connection event (``connected``, ``heartbeat``, ``reset``): passes every filter.
         self.always = always
         self.tools = tools
+        #: The server the event names itself (``tool_added``'s, ``tool_forgotten``'s), if any.
+        self.server = server
+        #: ``server`` and the servers of ``tools``, as far as the gateway knows them (``?servers=``).
         self.servers = servers
         self.workflow_id = workflow_id
         self._ws: str | None = None
@@ -132,6 +136,7 @@ def _frame(payload: EventPayload, id: int | None, data_json: str, server_of: Ser
         sse,
         data_json,
         tools=frozenset(tools),
+        server=own,
         servers=frozenset(servers),
         workflow_id=payload.named_workflow(),
     )
