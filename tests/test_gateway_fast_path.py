@@ -25,7 +25,7 @@ from mcp import Client, ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import HEADER_MISMATCH, INVALID_PARAMS
 
-from gateway_support import free_port, http_downstream, run_gateway, stdio_entry, wait_for, wait_listening
+from gateway_support import MCP_HEADERS, free_port, http_downstream, run_gateway, stdio_entry, wait_for, wait_listening
 from pml_gateway.proxy import fast_path
 from pml_gateway.proxy.downstream.http_link import HttpLink
 FAST_PATH_ENV = "PML_FAST_PATH"
@@ -76,7 +76,7 @@ class RawClient:
         return self
 
     def headers(self, method: str, name: str | None) -> dict[str, str]:
-        headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+        headers = dict(MCP_HEADERS)
         if self.era == MODERN:
             headers.update({"mcp-protocol-version": MODERN, "mcp-method": method})
             if name is not None:

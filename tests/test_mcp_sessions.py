@@ -23,26 +23,17 @@ import pytest
 from mcp import Client, ClientSession, MCPError
 from mcp.client.streamable_http import streamable_http_client
 
-from gateway_support import RunningGateway, run_gateway, stdio_entry, text, wait_for
+from gateway_support import LEGACY_INITIALIZE, MCP_HEADERS, RunningGateway, run_gateway, stdio_entry, text, wait_for
 
 pytestmark = pytest.mark.anyio
 
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 0,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "abandoned", "version": "1"}},
-}
-HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
-
-
 def client_from(address: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(headers=HEADERS, transport=httpx.AsyncHTTPTransport(local_address=address), timeout=10)
+    return httpx.AsyncClient(headers=MCP_HEADERS, transport=httpx.AsyncHTTPTransport(local_address=address), timeout=10)
 
 
 async def open_session(http: httpx.AsyncClient, url: str) -> str:
     """A 2025-era session opened and then left alone (no GET stream, never DELETEd)."""
-    opened = await http.post(url, json=INIT)
+    opened = await http.post(url, json=LEGACY_INITIALIZE)
     assert opened.status_code == 200, opened.text
     session_id = opened.headers["mcp-session-id"]
     done = await http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=_session(session_id))
@@ -128,7 +119,7 @@ async def test_an_address_at_its_cap_evicts_its_oldest_idle_session_then_refuses
                     async with get_stream(http, gw, third):
                         # both sessions of 127.0.0.1 in use: a new one is refused, naming the setting
                         assert "max_mcp_sessions_per_client = 2" in await refusal(new_sdk_session(gw))
-                        answer = await http.post(gw.mcp_url, json=INIT)
+                        answer = await http.post(gw.mcp_url, json=LEGACY_INITIALIZE)
                         assert answer.status_code == 429
                         assert "max_mcp_sessions_per_client" in answer.json()["error"]["message"]
                         # the session in use still works
@@ -147,7 +138,7 @@ async def test_the_process_cap_evicts_the_oldest_idle_session_of_any_address(tmp
                 assert await status_of(one, gw.mcp_url, oldest) == 404
                 assert await status_of(two, gw.mcp_url, newer) == 200
                 async with get_stream(two, gw, newer), get_stream(three, gw, newest):
-                    answer = await one.post(gw.mcp_url, json=INIT)
+                    answer = await one.post(gw.mcp_url, json=LEGACY_INITIALIZE)
                     assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
                     assert answer.headers["content-type"] == "application/json"
                     assert "max_mcp_sessions = 2" in answer.json()["error"]["message"]

@@ -19,19 +19,10 @@ from mcp.server.lowlevel.server import Server
 from mcp.server.runner import ServerRunner
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
-from gateway_support import run_gateway
+from gateway_support import LEGACY_INITIALIZE, MCP_HEADERS, run_gateway
 from pml_gateway.proxy.sdk_compat import BoundedSessionManager, SdkInternals, serialize_tool_result
 
 pytestmark = pytest.mark.anyio
-
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 0,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "compat", "version": "1"}},
-}
-HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
-
 
 def test_the_session_tables_are_there() -> None:
     internals = SdkInternals(StreamableHTTPSessionManager(app=Server("compat")))
@@ -85,8 +76,8 @@ async def test_a_live_2025_session_is_found_held_and_forgotten(tmp_path: Path) -
     async with run_gateway(tmp_path, {}) as gw:
         internals = gw.gateway.fast_path.internals
         with anyio.fail_after(20):
-            async with httpx.AsyncClient(headers=HEADERS) as http:
-                opened = await http.post(gw.mcp_url, json=INIT)
+            async with httpx.AsyncClient(headers=MCP_HEADERS) as http:
+                opened = await http.post(gw.mcp_url, json=LEGACY_INITIALIZE)
                 session_id = opened.headers["mcp-session-id"]
                 headers = {"mcp-session-id": session_id, "mcp-protocol-version": "2025-11-25"}
                 done = await http.post(gw.mcp_url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
