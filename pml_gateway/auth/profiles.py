@@ -19,18 +19,14 @@ its filter (``snapshot_json_async(visible)``), so a resumed stream and its snaps
 
 from __future__ import annotations
 
-from fnmatch import fnmatchcase
 from collections.abc import Iterable
-from typing import Any
+from fnmatch import fnmatchcase
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from graphrag import GraphEvent
 from graphrag.events import MetricsUpdatedData
 
-#: Payload fields that name one tool, and the one that names several.
-_TOOL_FIELDS = ("tool_id", "from_tool_id", "to_tool_id")
-_TOOL_LIST_FIELDS = ("tool_ids",)
 
 
 class Profile(BaseModel):
@@ -70,14 +66,5 @@ class Profile(BaseModel):
             if len(top) == len(data.pagerank_top_10):
                 return event
             return event.model_copy(update={"data": data.model_copy(update={"pagerank_top_10": top})})
-        server = getattr(data, "server", None)
-        return event if self.allows_event(_named_tools(data), server if isinstance(server, str) else None) else None
-
-
-def _named_tools(data: Any) -> list[str]:
-    named = [value for field in _TOOL_FIELDS if isinstance(value := getattr(data, field, None), str)]
-    for field in _TOOL_LIST_FIELDS:
-        values = getattr(data, field, None)
-        if isinstance(values, list):
-            named.extend(v for v in values if isinstance(v, str))
-    return named
+        # the payload says which tools and server it names: the ?tools= / ?servers= filters ask the same
+        return event if self.allows_event(data.named_tools(), data.named_server()) else None
