@@ -9,7 +9,6 @@
   ``pml_gateway.downstream`` with the server's name (in the text and as ``server``).
   A line longer than ``STDERR_LINE_CHARS`` is logged cut, with the rest of it skipped, so a
   server cannot make the gateway hold an unbounded line in memory.
-- ``current_downstream``: the server a supervisor task works for.
 
 A downstream's stdout (the protocol) is read by proxy/downstream/stdio_transport.py, which bounds
 its lines and logs what is not JSON-RPC itself, naming the server.
@@ -24,7 +23,6 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import IO, Any, Literal
 
@@ -32,7 +30,6 @@ __all__ = [
     "JsonFormatter",
     "LogFormat",
     "configure_logging",
-    "current_downstream",
     "named_stderr",
 ]
 
@@ -41,9 +38,6 @@ DOWNSTREAM_LOGGER = "pml_gateway.downstream"
 TEXT_FORMAT = "%(levelname)s %(name)s: %(message)s"
 #: Longest stderr line of a downstream logged as it is; the rest of a longer one is skipped.
 STDERR_LINE_CHARS = 16 * 1024
-
-#: The downstream server the current task works for (set by its supervisor task).
-current_downstream: ContextVar[str | None] = ContextVar("pml_current_downstream", default=None)
 
 # Attributes every LogRecord has: whatever else is on a record came in through ``extra=``
 # (uvicorn's ``color_message`` repeats the message with terminal colours: left out).

@@ -54,7 +54,7 @@ from pml_gateway.proxy.downstream.sdk_link import SdkLink
 from pml_gateway.proxy.downstream.session_pool import OwnSession, SessionPool, SessionUnavailable
 from pml_gateway.proxy.downstream.stdio_transport import DEFAULT_MAX_LINE_BYTES, StdioTransport
 from pml_gateway.proxy.registry import ToolRegistry
-from pml_gateway.observability import Instrumentation, current_downstream
+from pml_gateway.observability import Instrumentation
 from pml_gateway.version import VERSION
 
 ResultT = TypeVar("ResultT", bound=types.Result)
@@ -202,7 +202,6 @@ class Downstream:
 
     async def run(self) -> None:
         """Supervise forever (until cancelled): connect, watch, restart with backoff."""
-        current_downstream.set(self.name)  # observability: SDK log lines from this task name the server
         failures = 0
         while True:
             self.state = DownstreamState.CONNECTING
