@@ -10,6 +10,7 @@ Prints markdown tables (pasted into bench/README.md, section "Engine"). Sections
     into memory, each event serialised to its SSE bytes by a listener, as the event hub does: one
     producer awaiting each, one producer keeping 16 in flight, 16 producers, batches of 50; with
     the process's CPU time per execution, then (a'') what one durable commit (fsync) costs here.
+    The collector runs with the thresholds the gateway serves with.
 (b) metrics: recompute time (median of several runs, cold and warm) and peak memory on synthetic
     graphs, per part, against networkx's pagerank and Louvain on the same graph.
 (c) stalls: the longest event-loop lag (a 1 ms ticker) while a recompute runs in the background.
@@ -135,7 +136,16 @@ def sse_frame(event: GraphEvent) -> bytes:
     return encode_event(event).sse
 
 
+def gateway_gc() -> None:
+    """The collector's thresholds the gateway serves with (``pml_gateway.server``): what ships."""
+    from pml_gateway.server import GC_THRESHOLDS
+
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def bench_ingest(count: int) -> None:
+    previous_gc = gc.get_threshold()
+    gateway_gc()
     graphs = taskbench_graphs()
     rng = random.Random(1)
     flaky = {t for g in graphs for t in g.tools if rng.random() < 0.2}
@@ -246,8 +256,10 @@ def bench_ingest(count: int) -> None:
         f"Goal: >= 5,000 executions/s into the file store. Validating the input (pydantic, full form) "
         f"costs another {validate_us:.0f} µs per execution, not included above. "
         f"Warm-up: 500 executions first. CPU per execution: this process's CPU time (time.process_time) "
-        f"over the timed executions, which a busy machine moves far less than the rates.",
+        f"over the timed executions, which a busy machine moves far less than the rates. "
+        f"The collector runs with the gateway's thresholds {gc.get_threshold()} (pml_gateway.server).",
     )
+    gc.set_threshold(*previous_gc)
     fsync_cost(Path(tempfile.gettempdir()))
 
 
@@ -258,6 +270,7 @@ def ingest_only(count: int, producers: int) -> None:
     difference of the counts is the instructions per execution, start-up excluded, exact however
     busy the machine is.
     """
+    gateway_gc()
     graphs = taskbench_graphs()
     rng = random.Random(1)
     executions = []
