@@ -12,7 +12,9 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,fast,semantic]'
+	@# setuptools' "Editable installation" box warns that a folder named like the package may
+	@# shadow it: here that folder is the package itself (this checkout, installed editable).
+	PYTHONWARNINGS='ignore:Editable installation' $(PY) -m pip install --quiet -e '.[dev,fast,semantic]'
 	touch $(STAMP)
 
 # Real MCP servers none of us wrote, for the end-to-end tests: npm's reference servers in
