@@ -57,6 +57,7 @@ class Replica:
         self.store = store
         self.leader = False
         self.caught_up = 0  # catch-ups that brought events (diagnostics, tests)
+        self._decided = False  # the first decision (at start) is not news; a change later is
         engine.emits_metrics = False  # until the leader lock is ours
 
     def wake(self, last_id: int | None = None) -> None:
@@ -78,7 +79,10 @@ class Replica:
 
     def lead(self, leader: bool) -> None:
         if leader != self.leader:
-            log.info("replica: %s the metrics leader", "now" if leader else "no longer")
+            # Leading from the start is every single-process gateway: said at debug level only.
+            level = logging.INFO if self._decided else logging.DEBUG
+            log.log(level, "replica: %s the metrics leader", "now" if leader else "no longer")
+        self._decided = True
         self.leader = leader
         self.engine.emits_metrics = leader
 

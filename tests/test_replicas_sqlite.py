@@ -91,3 +91,28 @@ async def test_two_stdio_gateways_on_the_same_database_learn_from_each_other(tmp
                 if metrics and metrics["edge_count"] == 2:
                     break
                 await anyio.sleep(0.05)
+
+
+def test_leading_from_the_start_is_not_news_a_change_later_is(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A single-process gateway leads from its first look at the lock: that stays out of the INFO
+    log (the demo said "replica: now the metrics leader" at every start); taking over or losing
+    the lead later is said at INFO."""
+    from graphrag import GraphRAGEngine
+    from graphrag.replication import Replica
+
+    store = SQLiteStore(tmp_path / "one.db")
+    try:
+        replica = Replica(GraphRAGEngine(store), store)
+        with caplog.at_level("DEBUG", logger="graphrag.replication"):
+            replica.lead(True)
+            replica.lead(False)
+            replica.lead(True)
+        said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "graphrag.replication"]
+        assert said == [
+            ("DEBUG", "replica: now the metrics leader"),
+            ("INFO", "replica: no longer the metrics leader"),
+            ("INFO", "replica: now the metrics leader"),
+        ]
+        assert replica.engine.emits_metrics
+    finally:
+        store.close()
