@@ -19,6 +19,7 @@ EXAMPLES = [
     errors.unreachable("remote", "cannot connect to 127.0.0.1:9: Connection refused"),
     errors.unavailable("notes__read_note", errors.server_down("notes", "failed", "Connection closed")),
     errors.unavailable("notes__read_note", errors.server_down("notes", "failed", errors.process_exited(1))),
+    errors.unavailable("remote__echo", errors.server_down("remote", "failed", errors.connect_timed_out(30))),
     errors.unknown_tool("nobody__nothing"),
     errors.no_session("web", "all 16 of its sessions (max_sessions) have requests in flight"),
     errors.not_allowed("files__write_file", "reader"),

@@ -5,11 +5,10 @@ stopped with SIGSTOP, so its socket still accepts connections but nothing answer
 stuck in a loop or a GC pause does. It is resumed at the worst moment for recovery: just as the
 supervisor starts its longest wait, the backoff's cap. The backoff is the product's (1 s doubling
 to 8 s, reset after 10 s of live connection); only the liveness check and each failed attempt are
-shortened so that the cap is reached in seconds. That includes the SDK's ``server/discover`` probe,
-whose 10 s timeout is fixed (``mcp.client.session.DISCOVER_TIMEOUT_SECONDS``, outside
-``connect_timeout``): against a hung server each connect attempt lasts 10 s more than
-``connect_timeout``. That does not slow recovery (an attempt under way when the hang clears gets
-its answers then), only how often a hung server is retried.
+shortened so that the cap is reached in seconds. One deadline bounds a whole connect attempt,
+the SDK's ``server/discover`` probe included (its own 10 s timeout is fixed, outside the client's
+read timeout): before, each attempt against a hung server lasted 10 s more than
+``connect_timeout``, and the four attempts below would have taken over 40 s.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ import pytest
 from mcp import Client
 
 from gateway_support import http_downstream, run_gateway, text, wait_for, wait_listening
-from pml_gateway.proxy.downstream import DownstreamState, SupervisionTiming
+from pml_gateway.proxy.downstream import DownstreamState, SupervisionTiming, errors
 
 pytestmark = pytest.mark.anyio
 
@@ -34,10 +33,7 @@ HANG = replace(SupervisionTiming(), ping_interval=0.5, ping_timeout=1.0, connect
 BOUND = 10.0
 
 
-async def test_an_http_downstream_whose_hang_clears_is_back_within_ten_seconds(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("mcp.client.session.DISCOVER_TIMEOUT_SECONDS", HANG.connect_timeout)
+async def test_an_http_downstream_whose_hang_clears_is_back_within_ten_seconds(tmp_path: Path) -> None:
     assert (HANG.backoff_initial, HANG.backoff_max, HANG.stable_after) == (1.0, 8.0, 10.0)
     with http_downstream() as (url, port, proc):
         await wait_listening(port)
@@ -51,9 +47,12 @@ async def test_an_http_downstream_whose_hang_clears_is_back_within_ten_seconds(
                     await wait_for(lambda: remote.state is not DownstreamState.CONNECTED, timeout=10)
                     noticed = time.monotonic() - hung
                     assert remote.last_error and "stopped answering" in remote.last_error
-                    # restart number 4 waits the cap (1, 2, 4, 8 s): resume just as that wait begins
-                    await wait_for(lambda: remote.restarts >= 4, timeout=30)
+                    # restart number 4 waits the cap (1, 2, 4, 8 s): resume just as that wait begins;
+                    # three 1 s attempts and 1 + 2 + 4 s of backoff: about 10 s (over 40 s before the
+                    # deadline covered the discover probe)
+                    await wait_for(lambda: remote.restarts >= 4, timeout=20)
                     assert HANG.backoff(remote.restarts) == HANG.backoff_max
+                    assert remote.last_error == errors.connect_timed_out(HANG.connect_timeout)
                 finally:
                     os.kill(proc.pid, signal.SIGCONT)
                 resumed = time.monotonic()

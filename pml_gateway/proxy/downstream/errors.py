@@ -138,6 +138,11 @@ def pipe_closed(which: str) -> str:
     return f"its process closed its {which}"
 
 
+def connect_timed_out(seconds: float) -> str:
+    """Starting, the handshake and the tool list took longer than the ``connect_timeout_seconds`` setting, together."""
+    return f"it did not finish connecting within connect_timeout_seconds = {seconds:g}"
+
+
 def line_too_long(limit: int) -> str:
     """The server wrote a stdout line over the ``downstream_max_line_bytes`` setting."""
     return f"it wrote a stdout line longer than downstream_max_line_bytes = {limit}"

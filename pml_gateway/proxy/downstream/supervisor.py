@@ -207,9 +207,16 @@ class Downstream:
             self.state = DownstreamState.CONNECTING
             connected_at: float | None = None
             try:
-                async with self._connect() as client:
-                    connected_at = time.monotonic()
-                    await self._serve(client)
+                # One deadline for the whole connect (start, handshake, tool list): the SDK's
+                # server/discover probe has a fixed 10 s timeout of its own, outside the client's
+                # read timeout, so a hung server held each attempt 10 s past connect_timeout.
+                with anyio.CancelScope(deadline=anyio.current_time() + self.timing.connect_timeout) as connecting:
+                    async with self._connect() as client:
+                        connecting.deadline = math.inf
+                        connected_at = time.monotonic()
+                        await self._serve(client)
+                if connecting.cancelled_caught:
+                    self.last_error = errors.connect_timed_out(self.timing.connect_timeout)
             except Exception as exc:  # includes ExceptionGroup from HTTP transports; never cancellation
                 self.last_error = errors.describe_error(exc)
             finally:
