@@ -59,10 +59,6 @@ LABEL_PRIOR = 2.0
 #: Weight of the parameter descriptions against the main field: "Asia/Tokyo" as an example value
 #: of ``time__convert_time``'s target must not outrank ``time__get_current_time`` for "time in Tokyo".
 PARAMETER_WEIGHT = 0.3
-#: Share of the words (BM25 with its learned field) in the fused score when the embedding model is
-#: installed; the rest is meaning. Chosen on the even half of bench/data/search_queries.json
-#: (best there with the learned history, tied with 0.1 without; 0.5 and up lose); the odd half is reported apart.
-LEXICAL_WEIGHT = 0.2
 #: Weight of the graph boost (the probability that a tool follows the context tools).
 GRAPH_WEIGHT = 0.5
 
@@ -180,12 +176,12 @@ class ToolSearch:
         self,
         feedback: SearchFeedback | None = None,
         embedder: Callable[[], Embedder | None] = load_embedder,
-        lexical_weight: float = LEXICAL_WEIGHT,
+        lexical_weight: float | None = None,
     ) -> None:
         self.feedback = feedback if feedback is not None else SearchFeedback()
         self._load_embedder = embedder  # called at the first update (the gateway has loaded it at start-up)
         self._embed: Embedder | None = None
-        self.lexical_weight = lexical_weight
+        self._lexical_weight = lexical_weight  # None: the model's own (``Embedder.lexical_weight``)
         self._vectors: np.ndarray | None = None  # one unit row per tool; None: words alone
         self._learned_vectors = np.zeros((0, 0))  # one row per past query ...
         self._learned_owner = np.zeros(0, dtype=int)  # ... and the index of the tool it led to
@@ -195,6 +191,17 @@ class ToolSearch:
         self._bm25: list[tuple[float, bm25s.BM25]] = []  # (weight, index) per field
         self._label_evidence = np.zeros(0)
         self._labels_indexed = -1
+
+    @property
+    def lexical_weight(self) -> float:
+        """Share of the words (BM25 with its learned field) in the fused score; the rest is meaning.
+
+        Each model has the share chosen for it on the even half of bench/data/search_queries.json
+        (the odd half is reported apart); without a model, words are all there is.
+        """
+        if self._lexical_weight is not None:
+            return self._lexical_weight
+        return self._embed.lexical_weight if self._embed is not None else 1.0
 
     def update(self, documents: Iterable[ToolDocument]) -> None:
         """Index these tools, unless they (and the labels learned) are the ones already indexed.
