@@ -190,7 +190,7 @@ class CountingEmbedder:
         return self.model(texts)
 
 
-def test_tools_are_embedded_once_per_catalog_change_and_labels_move_meaning() -> None:
+def test_each_text_is_embedded_once_and_labels_move_meaning() -> None:
     counting = CountingEmbedder()
     search = ToolSearch(embedder=lambda: counting)
     documents = snapshot_documents()
@@ -200,6 +200,8 @@ def test_tools_are_embedded_once_per_catalog_change_and_labels_move_meaning() ->
     before = search.search("erase what you know about Carol", 3)
     assert counting.batches == [len(documents), 1]  # the query alone
     assert before[0][1].document.tool_id == "memory__delete_observations"  # close, but not the one people meant
+    search.search("erase what you know about Carol", 3)
+    assert counting.batches == [len(documents), 1]  # the same request again: nothing embedded
 
     # a search, then a call: the label moves delete_entities toward the words of that request
     search.feedback.learn("erase all you know about Dave", "memory__delete_entities")
@@ -209,8 +211,29 @@ def test_tools_are_embedded_once_per_catalog_change_and_labels_move_meaning() ->
     assert max(after, key=lambda t: after[t][0]) == "memory__delete_entities"
     assert after["memory__delete_entities"][1].semantic_score == 1.0 and after["memory__delete_entities"][1].feedback_score > 0
 
-    search.update(documents[:-1])  # a server dropped a tool: the catalog is embedded again
-    assert counting.batches[-2:] == [len(documents) - 1, 1]  # the tools, then the past query again
+    # a server dropped a tool, or a profile sees fewer: re-indexed, but the texts are not embedded again
+    search.update(documents[:-1])
+    assert len(counting.batches) == 3 and len(search.search("erase what you know about Carol", 50)) <= len(documents) - 1
+    changed = ToolDocument("time__get_current_time", "time", None, "Tell the time somewhere.", {"properties": {"timezone": {}}})
+    search.update([*documents[:-1], changed])
+    assert counting.batches[3:] == [1]  # the one changed description
+
+
+def test_embed_ahead_leaves_nothing_for_the_search_to_embed() -> None:
+    # The gateway embeds off the event loop first (tools.py), then searches on it.
+    counting = CountingEmbedder()
+    search = ToolSearch(embedder=lambda: counting)
+    documents = snapshot_documents()
+    search.feedback.learn("wipe what you know about Dave", "memory__delete_entities")
+    texts = search.texts_to_embed(documents, "erase what you know about Carol")
+    assert len(texts) == len(documents) + 2  # the tools, the past query and the query
+    search.embed_ahead(texts)
+    assert search.texts_to_embed(documents, "erase what you know about Carol") == []
+    batches = len(counting.batches)
+    search.update(documents)
+    assert search.search("erase what you know about Carol", 3)[0][1].document.tool_id.startswith("memory__delete_")
+    assert len(counting.batches) == batches  # nothing embedded on the event loop's side
+    assert ToolSearch(embedder=words_only).texts_to_embed(documents, "anything") == []  # without a model: nothing to do
 
 
 def test_an_admin_forget_or_reset_forgets_search_labels() -> None:
