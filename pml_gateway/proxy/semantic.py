@@ -158,7 +158,7 @@ class Ensemble:
 _load_lock = threading.Lock()
 
 
-def _try(model: type[WordLlamaEmbedder] | type[MiniLMEmbedder]) -> Embedder | None:
+def _try(model: type[WordLlamaEmbedder | MiniLMEmbedder]) -> Embedder | None:
     try:
         return model()
     except ImportError:
