@@ -79,6 +79,7 @@ def test_the_wheel_holds_every_package_of_the_checkout(wheel: Path) -> None:
         assert package in names, f"{package} is missing from the wheel: add it to [tool.setuptools] packages"
     assert "pml_gateway/examples/mcp.json" in names and "pml_gateway/examples/workload.py" in names
     assert any(name.startswith("pml_gateway/static/") and name.endswith(".html") for name in names)
+    assert "pml_gateway/proxy/minilm/tokenizer.json.gz" in names  # the search model's tokenizer (semantic extra)
 
 
 def test_version_comes_from_the_installed_metadata(installed: Path, tmp_path: Path) -> None:

