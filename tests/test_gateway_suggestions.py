@@ -62,6 +62,8 @@ async def test_lean_exposure_search_call_and_live_grading(tmp_path: Path) -> Non
     servers = {"local": stdio_entry(), "time": {"command": str(PY_BIN / "mcp-server-time")}}
     async with run_gateway(tmp_path, servers, tool_exposure="lean") as gw:
         await wait_for(lambda: gw.gateway.registry.get("time__get_current_time") and gw.gateway.registry.get("local__echo"))
+        # lean: search is how clients find tools, so its models load at start-up, not at the first search
+        await wait_for(lambda: gw.gateway.upstream.tools.search.loaded, timeout=30)
         for mode in ("auto", "legacy"):  # 2026-07-28 and 2025-11-25
             async with Client(gw.mcp_url, mode=mode, cache=None) as client:
                 listed = (await client.list_tools()).tools

