@@ -133,6 +133,9 @@ _SCHEMA = [
         next_id bigint NOT NULL)""",
     # The gateway's traces still open (``save_open_traces``; pml_gateway/proxy/traces.py).
     "CREATE TABLE IF NOT EXISTS pml_open_traces (trace_id text PRIMARY KEY, body text NOT NULL, updated_at double precision NOT NULL)",
+    # What pml_search_tools learned (``add_search_labels``): the words of a search, the tool called after it.
+    "CREATE TABLE IF NOT EXISTS pml_search_labels (seq bigserial PRIMARY KEY, tool_id text NOT NULL, words text NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS pml_search_labels_by_tool ON pml_search_labels (tool_id, seq)",
 ]
 
 _INSERT_EXECUTIONS = (
@@ -201,10 +204,11 @@ def _forget(conn: psycopg.Connection[Any], forget: ForgetRecord) -> None:
     """Delete learned history inside the write transaction (``ForgetRecord``), under the log lock."""
     if forget.tool_id is None:  # ids go on from pml_log_head: the reset event is numbered after these
         # DELETE, not TRUNCATE: TRUNCATE is not MVCC-safe for replicas reading a snapshot meanwhile.
-        for table in ("pml_nodes", "pml_edges", "pml_transitions", "pml_executions", "pml_events"):
+        for table in ("pml_nodes", "pml_edges", "pml_transitions", "pml_executions", "pml_events", "pml_search_labels"):
             conn.execute(f"DELETE FROM {table}")
         return
     conn.execute("DELETE FROM pml_nodes WHERE tool_id = %s", (forget.tool_id,))
+    conn.execute("DELETE FROM pml_search_labels WHERE tool_id = %s", (forget.tool_id,))
     conn.execute("DELETE FROM pml_edges WHERE from_tool_id = %(t)s OR to_tool_id = %(t)s", {"t": forget.tool_id})
     conn.execute(
         "DELETE FROM pml_transitions WHERE first_tool_id = %(t)s OR second_tool_id = %(t)s OR third_tool_id = %(t)s",
@@ -375,6 +379,24 @@ class PostgresStore:
     def stale_open_traces(self, before: float) -> dict[str, str]:
         with self._session() as conn:
             return dict(conn.execute("SELECT trace_id, body FROM pml_open_traces WHERE updated_at < %s", (before,)).fetchall())
+
+    # -- search labels (pml_gateway/proxy/search.py) -----------------------------------------
+    def add_search_labels(self, labels: Sequence[tuple[str, str]], keep: int) -> None:
+        with self._session() as conn, conn.transaction():
+            conn.execute(
+                "INSERT INTO pml_search_labels (tool_id, words) SELECT t, w FROM unnest(%s::text[], %s::text[]) AS u(t, w)",
+                ([tool_id for tool_id, _ in labels], [words for _, words in labels]),
+            )
+            conn.execute(
+                "DELETE FROM pml_search_labels AS l USING (SELECT seq, row_number() OVER"
+                " (PARTITION BY tool_id ORDER BY seq DESC) AS newer FROM pml_search_labels WHERE tool_id = ANY(%s)) AS r"
+                " WHERE l.seq = r.seq AND r.newer > %s",
+                (sorted({tool_id for tool_id, _ in labels}), keep),
+            )
+
+    def search_labels(self) -> list[tuple[str, str]]:
+        with self._session() as conn:
+            return [(row[0], row[1]) for row in conn.execute("SELECT tool_id, words FROM pml_search_labels ORDER BY seq")]
 
     # -- writes ---------------------------------------------------------------------------
     def commit(

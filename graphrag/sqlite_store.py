@@ -111,6 +111,11 @@ CREATE TABLE IF NOT EXISTS transitions (
 #: Idempotent ingest looks executions up by workflow_id inside every write transaction.
 _WORKFLOW_INDEX = "CREATE INDEX IF NOT EXISTS executions_by_workflow_id ON executions (workflow_id)"
 _AVAILABLE_TOOLS = "CREATE TABLE IF NOT EXISTS available_tools (tool_id TEXT PRIMARY KEY, server TEXT NOT NULL) WITHOUT ROWID"
+#: What pml_search_tools learned (``add_search_labels``): the words of a search, and the tool called after it.
+_SEARCH_LABELS = (
+    "CREATE TABLE IF NOT EXISTS search_labels (seq INTEGER PRIMARY KEY AUTOINCREMENT, tool_id TEXT NOT NULL, words TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS search_labels_by_tool ON search_labels (tool_id, seq)",
+)
 #: The gateway's traces still open (``save_open_traces``), created where missing like the above.
 _OPEN_TRACES = (
     "CREATE TABLE IF NOT EXISTS open_traces (trace_id TEXT PRIMARY KEY, body TEXT NOT NULL, updated_at REAL NOT NULL)"
@@ -165,6 +170,8 @@ class SQLiteStore:
             self._db.execute(_AVAILABLE_TOOLS)
             self._db.execute(_WORKFLOW_INDEX)
             self._db.execute(_OPEN_TRACES)
+            for statement in _SEARCH_LABELS:
+                self._db.execute(statement)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"db: {self.path} is not a usable SQLite database ({exc})") from exc
         self._appended_since_prune = 0
@@ -322,10 +329,11 @@ class SQLiteStore:
         """Delete learned history inside the write transaction (``ForgetRecord``)."""
         tool_id = forget.tool_id
         if tool_id is None:  # the reset event is numbered after these: ids go on (sqlite_sequence)
-            for table in ("nodes", "edges", "transitions", "executions", "events"):
+            for table in ("nodes", "edges", "transitions", "executions", "events", "search_labels"):
                 self._db.execute(f"DELETE FROM {table}")
             return
         self._db.execute("DELETE FROM nodes WHERE tool_id = ?", (tool_id,))
+        self._db.execute("DELETE FROM search_labels WHERE tool_id = ?", (tool_id,))
         self._db.execute("DELETE FROM edges WHERE from_tool_id = ?1 OR to_tool_id = ?1", (tool_id,))
         self._db.execute(
             "DELETE FROM transitions WHERE first_tool_id = ?1 OR second_tool_id = ?1 OR third_tool_id = ?1", (tool_id,)
@@ -368,6 +376,28 @@ class SQLiteStore:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
+
+    # -- search labels (pml_gateway/proxy/search.py) -----------------------------------------
+    def add_search_labels(self, labels: Sequence[tuple[str, str]], keep: int) -> None:
+        with self._lock, _unavailable_on_storage_errors(self.path):
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany("INSERT INTO search_labels (tool_id, words) VALUES (?, ?)", labels)
+                db.executemany(
+                    "DELETE FROM search_labels WHERE tool_id = ?1 AND seq NOT IN"
+                    " (SELECT seq FROM search_labels WHERE tool_id = ?1 ORDER BY seq DESC LIMIT ?2)",
+                    [(tool_id, keep) for tool_id in sorted({tool_id for tool_id, _ in labels})],
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+    def search_labels(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return [(row[0], row[1]) for row in self._db.execute("SELECT tool_id, words FROM search_labels ORDER BY seq")]
 
     def stale_open_traces(self, before: float) -> dict[str, str]:
         with self._lock, _unavailable_on_storage_errors(self.path):

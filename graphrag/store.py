@@ -236,6 +236,16 @@ class GraphStore(Protocol):
         """The stored traces last saved before ``before`` (Unix time): trace id -> body."""
         ...
 
+    # -- search labels (pml_gateway/proxy/search.py) -----------------------------------------
+    def add_search_labels(self, labels: Sequence[tuple[str, str]], keep: int) -> None:
+        """In one transaction: add these (tool id, text) labels, then keep only the newest ``keep`` of
+        each tool named. Learned history like the edges: a ``ForgetRecord`` deletes a tool's, or all."""
+        ...
+
+    def search_labels(self) -> list[tuple[str, str]]:
+        """Every kept label, (tool id, text), oldest first."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -255,6 +265,7 @@ class MemoryStore:
         self._next_id = 1
         self._workflow_ids: set[str] = set()  # recorded executions: a retry is not counted twice
         self._open_traces: dict[str, tuple[str, float]] = {}  # trace id -> (body, saved at)
+        self._search_labels: list[tuple[str, str]] = []  # (tool id, text), oldest first
         self._lock = threading.Lock()  # events_after may be called from a worker thread
 
     def load(self) -> StoredGraph:
@@ -313,8 +324,10 @@ class MemoryStore:
             self._transitions.clear()
             self._workflow_ids.clear()
             self._events.clear()  # ids go on from _next_id
+            self._search_labels.clear()
             return
         self._nodes.pop(tool_id, None)
+        self._search_labels = [label for label in self._search_labels if label[0] != tool_id]
         self._edges = {key: edge for key, edge in self._edges.items() if tool_id not in key}
         self._transitions = {key: t for key, t in self._transitions.items() if tool_id not in key}
 
@@ -350,6 +363,25 @@ class MemoryStore:
     def stale_open_traces(self, before: float) -> dict[str, str]:
         with self._lock:
             return {trace_id: body for trace_id, (body, at) in self._open_traces.items() if at < before}
+
+    # -- search labels (pml_gateway/proxy/search.py) -----------------------------------------
+    def add_search_labels(self, labels: Sequence[tuple[str, str]], keep: int) -> None:
+        with self._lock:
+            self._search_labels += labels
+            named = {tool_id for tool_id, _ in labels}
+            left = {tool_id: keep for tool_id in named}
+            kept = []
+            for tool_id, text in reversed(self._search_labels):  # newest first: the last ``keep`` stay
+                if tool_id in named:
+                    if not left[tool_id]:
+                        continue
+                    left[tool_id] -= 1
+                kept.append((tool_id, text))
+            self._search_labels = kept[::-1]
+
+    def search_labels(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return list(self._search_labels)
 
     def close(self) -> None:
         pass

@@ -148,3 +148,17 @@ async def test_another_process_on_the_store_follows_a_forget_and_a_reset(new_sto
     server.follow(server.store.catch_up(server.last_event_id or 0))  # type: ignore[attr-defined]
     assert server.graph.number_of_nodes() == 0 and server.last_event_id == event.id
     assert server.available_tools == {"files__read": "files", "files__write": "files"}
+
+
+async def test_search_labels_keep_the_newest_per_tool_and_go_with_their_tool(new_store: StoreFactory) -> None:
+    engine = await learned(new_store())
+    engine.store.add_search_labels([("files__read", f"open file {i}") for i in range(4)], keep=3)
+    engine.store.add_search_labels([("ext__x", "do the x"), ("files__read", "show the file")], keep=3)
+    reads = [("files__read", "open file 2"), ("files__read", "open file 3")]
+    # oldest first, the newest 3 of each tool; another process (or a restart) reads the same
+    assert new_store().search_labels() == [*reads, ("ext__x", "do the x"), ("files__read", "show the file")]
+
+    await engine.forget_tool("ext__x")  # learned history: forgotten with its tool
+    assert new_store().search_labels() == [*reads, ("files__read", "show the file")]
+    await engine.reset_graph()
+    assert new_store().search_labels() == []

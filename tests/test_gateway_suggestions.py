@@ -125,3 +125,23 @@ async def test_lean_exposure_search_call_and_live_grading(tmp_path: Path) -> Non
 async def _graph_with_metrics(http: httpx.AsyncClient, base_url: str) -> dict[str, Any] | None:
     graph = (await http.get(f"{base_url}/graph")).json()
     return graph if graph["metrics"] is not None else None
+
+
+async def test_what_search_learned_survives_a_restart(tmp_path: Path) -> None:
+    """A search, then the tool called after it: the label is stored with the graph, and a gateway
+    started later on the same database (a desktop client's next ``stdio`` session) starts from it."""
+    db = str(tmp_path / "graph.db")
+    query = "hand me one random choice"
+    async with run_gateway(tmp_path, {"local": stdio_entry()}, db=db) as gw:
+        await wait_for(lambda: gw.gateway.registry.get("local__pick"))
+        async with Client(gw.mcp_url, cache=None) as client:
+            first = await call(client, "pml_search_tools", {"query": query})
+            assert all(t["feedback_score"] == 0 for t in first["tools"])
+            await call(client, "pml_call_tool", {"tool": "local__pick", "arguments": {"count": 1}})
+        await wait_for(lambda: gw.gateway.upstream.tools.search.feedback.labels >= 1)
+    async with run_gateway(tmp_path, {"local": stdio_entry()}, db=db) as gw:
+        await wait_for(lambda: gw.gateway.registry.get("local__pick"))
+        async with Client(gw.mcp_url, cache=None) as client:
+            again = {t["tool_id"]: t for t in (await call(client, "pml_search_tools", {"query": query}))["tools"]}
+        assert again["local__pick"]["feedback_score"] > 0 and "earlier searches" in again["local__pick"]["reason"]
+        assert gw.gateway.upstream.tools.search.feedback.queries["local__pick"] == [query]

@@ -42,7 +42,7 @@ from pml_gateway.proxy.tools import GatewayTools
 from pml_gateway.host_check import transport_settings
 from pml_gateway.settings import Settings
 from pml_gateway.proxy.registry import ToolRegistry
-from pml_gateway.proxy.search import ToolSearch
+from pml_gateway.proxy.search import SearchFeedback, ToolSearch
 from pml_gateway.proxy.traces import TraceRecorder
 from pml_gateway.proxy.server import UpstreamServer
 from pml_gateway.proxy.resources import GraphResources
@@ -138,7 +138,9 @@ class Gateway:
             record_tool_call(caller_in_context(), name, started, outcome_of(result))
             return result
 
-        search = ToolSearch()
+        # What search learned (a search, then the tool called) lives in the store like the graph.
+        search = ToolSearch(SearchFeedback(keep=engine.store))
+        search.feedback.restore()
 
         def search_label(query: str, ranked: Sequence[str], called: str) -> None:
             engine.grader.search.grade(ranked, called)

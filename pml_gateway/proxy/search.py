@@ -14,7 +14,7 @@ wheels, offline, used together), each tool's name, description and parameter nam
 and the query's cosine to them, scaled per query so the best tool scores 1 and the average 0, is
 blended with BM25: the model's ``lexical_weight`` (0.1 for the two together) words, the rest
 meaning. And what the gateway saw: the tool a client calls right after a search, in the same
-trace, is the one it was looking for. ``SearchFeedback`` keeps those labels, in memory, as the
+trace, is the one it was looking for. ``SearchFeedback`` keeps those labels (in the store too, so they outlive the process) as the
 words of the queries that led to each tool: a third BM25 field of the tool's document (document
 expansion from click logs), and, with the models, the embedded past queries themselves: a tool's
 cosine moves toward its mean cosine to them as its labels grow (n / (n + 2)). On 70 labelled
@@ -33,18 +33,19 @@ vectors ready; what is left there is 0.05 ms of CPU by words alone, 0.08 ms fuse
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import bm25s
 import numpy as np
 from bm25s.stopwords import STOPWORDS_EN
 
-from graphrag import GraphEvent
+from graphrag import GraphEvent, StoreUnavailable
 from graphrag.events import GraphResetData, ToolForgottenData
 
 from pml_gateway.proxy.semantic import Embedder, load_embedder
@@ -68,6 +69,8 @@ GRAPH_WEIGHT = 0.5
 #: Texts whose vectors are kept (tools, past queries, queries; the least recently used go first):
 #: 4,096 x 640 float32 is 10 MB, and a text is embedded once, not at each catalog or label change.
 VECTOR_CACHE_SIZE = 4096
+
+log = logging.getLogger(__name__)
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _WORD = re.compile(r"[a-z0-9]+")
@@ -136,6 +139,14 @@ class SearchHit:
     semantic_score: float = 0.0  #: closeness in meaning, per query: 1 the closest tool, 0 the average (can be < 0)
 
 
+class LabelStore(Protocol):
+    """Where search labels outlive the process (``graphrag.GraphStore`` implements it)."""
+
+    def add_search_labels(self, labels: Sequence[tuple[str, str]], keep: int) -> None: ...
+
+    def search_labels(self) -> list[tuple[str, str]]: ...
+
+
 @dataclass
 class SearchFeedback:
     """Labels the gateway saw: a search, then a call of ``tool_id`` in the same trace.
@@ -144,15 +155,41 @@ class SearchFeedback:
     adds to the tool as one more field: document expansion from click logs. BM25 then weighs the
     learned words as it weighs any other (a rare, telling word like "forget" much more than
     "what"), and a tool is found by the words people used to ask for it.
+
+    With ``keep`` (the gateway's store) each label is also written there and ``restore`` reads
+    them back at start-up: what search learned survives a restart, and a ``pml-gateway stdio``
+    that a desktop client starts per session starts from everything earlier sessions taught.
     """
 
     per_tool: int = 50
     queries: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     labels: int = 0  #: labels learned so far; also the version of ``queries``
+    keep: LabelStore | None = None
 
     def learn(self, query: str, tool_id: str) -> None:
+        words = generic_words(query)  # what is particular to one request is neither learned nor stored
+        self._add(tool_id, words)
+        if self.keep is not None:
+            try:
+                self.keep.add_search_labels([(tool_id, words)], self.per_tool)
+            except StoreUnavailable as exc:  # learned in memory all the same
+                log.warning("search label for %r not stored: %s", tool_id, exc)
+
+    def restore(self) -> None:
+        """Learn the labels ``keep`` holds, oldest first (at start-up)."""
+        if self.keep is None:
+            return
+        try:
+            kept = self.keep.search_labels()
+        except StoreUnavailable as exc:  # a database down at start: search starts from nothing learned
+            log.warning("search labels not read: %s", exc)
+            return
+        for tool_id, words in kept:
+            self._add(tool_id, words)
+
+    def _add(self, tool_id: str, words: str) -> None:
         learned = self.queries[tool_id]
-        learned.append(generic_words(query))
+        learned.append(words)
         del learned[: -self.per_tool]
         self.labels += 1
 
