@@ -115,3 +115,12 @@ async def test_a_profile_edit_applies_to_the_next_request(tmp_path: Path, caplog
             config.write_text(json.dumps({"mcpServers": {"one": one}, "profiles": {"p": {"tools": "nope"}}}))
             await wait_for(lambda: any("config change refused" in r.getMessage() for r in caplog.records), timeout=10)
             assert await visible() == {"one__a_pick"}
+
+
+async def test_a_gateway_watching_its_config_stops_at_once(tmp_path: Path) -> None:
+    """The config watcher ends with the gateway: watchfiles, cancelled alone, waited for its watcher
+    thread's 5 s timeout, so every Ctrl+C of a gateway with a config file took 5 s more."""
+    async with run_gateway(tmp_path, {"t": stdio_entry()}) as gw:
+        await wait_for(lambda: gw.gateway.registry.get("t__echo"))
+        stopping = anyio.current_time()
+    assert anyio.current_time() - stopping < 2.0
