@@ -51,8 +51,8 @@ browser:
 demo: $(STAMP)
 	$(VENV)/bin/pml-gateway demo
 
-# Two workers, each taking whole test files (module fixtures stay per file): 5.7 min instead of
-# 10-11 on the 2-core machine. Every test picks free ports and its own temporary directories.
+# Two workers, each taking whole test files (module fixtures stay per file): 3.4 min on the 2-core
+# machine. Every test picks free ports and its own temporary directories.
 test: $(STAMP) browser servers postgres
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
