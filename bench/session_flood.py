@@ -14,29 +14,20 @@ cores); tests/test_mcp_sessions.py checks the same rules with caps of 1-2.
 from __future__ import annotations
 
 import argparse
-import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import anyio
 import httpx
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 0,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "flood", "version": "1"}},
-}
-HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from gateway_support import LEGACY_INITIALIZE, MCP_HEADERS  # noqa: E402
+from server_helpers import free_port  # noqa: E402
 
 
 def rss_mb(pid: int) -> int:
@@ -50,7 +41,7 @@ async def main(sessions: int, concurrency: int) -> None:
     proc = subprocess.Popen([*command, "--log-level", "error"], stderr=subprocess.DEVNULL)
     base, url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/mcp"
     try:
-        async with httpx.AsyncClient(headers=HEADERS, timeout=30) as http:
+        async with httpx.AsyncClient(headers=MCP_HEADERS, timeout=30) as http:
             with anyio.fail_after(30):
                 while True:
                     try:
@@ -64,7 +55,7 @@ async def main(sessions: int, concurrency: int) -> None:
 
             async def abandon() -> None:
                 async with gate:
-                    status = (await http.post(url, json=INIT)).status_code
+                    status = (await http.post(url, json=LEGACY_INITIALIZE)).status_code
                     answers[status] = answers.get(status, 0) + 1
 
             started = time.perf_counter()

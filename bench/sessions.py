@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,13 +34,12 @@ import httpx
 from mcp import Client
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from gateway_support import wait_listening  # noqa: E402
+from server_helpers import free_port  # noqa: E402
+
 EVERYTHING = ROOT / ".tools" / "node_modules" / ".bin" / "mcp-server-everything"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def pss_kib(pid: int) -> int:
@@ -87,18 +85,6 @@ def tree_pss(pid: int) -> tuple[int, int]:
     return sum(pss_kib(p) for p in pids), len(pids)
 
 
-async def wait_listening(port: int, timeout: float = 30) -> None:
-    with anyio.fail_after(timeout):
-        while True:
-            try:
-                stream = await anyio.connect_tcp("127.0.0.1", port)
-            except OSError:
-                await anyio.sleep(0.05)
-            else:
-                await stream.aclose()
-                return
-
-
 async def echo(client: Client, server: str) -> float:
     started = time.perf_counter()
     result = await client.call_tool(f"{server}__echo", {"message": "hi"})
@@ -141,8 +127,8 @@ async def run(clients: int, calls: int, kinds: list[str]) -> None:
     )
     mcp_url = f"http://127.0.0.1:{gateway_port}/mcp"
     try:
-        await wait_listening(http_port)
-        await wait_listening(gateway_port)
+        await wait_listening(http_port, timeout=30)
+        await wait_listening(gateway_port, timeout=30)
         async with httpx.AsyncClient() as http:
             with anyio.fail_after(60):
                 while True:

@@ -32,7 +32,6 @@ ROOT = HERE.parent
 EXAMPLES = ROOT / "public" / "examples"
 TEST_SERVER = HERE / "gateway_test_server.py"
 
-#: Fast supervision for tests: restarts within a fraction of a second, dead servers noticed quickly.
 #: A raw 2025-era ``initialize`` request and the headers Streamable HTTP wants, for tests that
 #: open (and abandon) sessions by hand rather than through an SDK client.
 LEGACY_INITIALIZE = {
@@ -43,6 +42,7 @@ LEGACY_INITIALIZE = {
 }
 MCP_HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 
+#: Fast supervision for tests: restarts within a fraction of a second, dead servers noticed quickly.
 FAST = SupervisionTiming(
     backoff_initial=0.1, backoff_max=0.4, connect_timeout=20, ping_interval=0.3, ping_timeout=5, stable_after=5
 )
