@@ -74,6 +74,7 @@ from .store import (
     ForgetRecord,
     GraphStore,
     MemoryStore,
+    Plan,
     StoreUnavailable,
     ToolsRecord,
     apply_tool_event,
@@ -278,12 +279,7 @@ class GraphRAGEngine:
             records.extend(self._learn(e, staged, staged_paths, now) for e, new in zip(executions, fresh) if new)
             return records
 
-        try:
-            caught, stored = self.store.commit(executions, plan, after_id=self._last_event_id or 0)  # the commit
-        except StoreUnavailable as exc:
-            self.store_error = str(exc)  # nothing was applied; said by /health until a commit works again
-            raise
-        self.store_error = None
+        caught, stored = self._commit(executions, plan)
         for record in records:
             for tool_id, server in record.nodes.items():
                 self._add_node(tool_id, server)
@@ -535,16 +531,21 @@ class GraphRAGEngine:
         self._emit(events)
         return events[0]
 
-    def _commit_forget(self, plan: Callable[[CatchUp, Sequence[bool]], list[ExecutionRecord]]) -> list[GraphEvent]:
+    def _commit_forget(self, plan: Plan) -> list[GraphEvent]:
         """Commit a forget plan; emit what others committed before it; return its own events (not emitted)."""
-        try:
-            caught, stored = self.store.commit([], plan, after_id=self._last_event_id or 0)
-        except StoreUnavailable as exc:
-            self.store_error = str(exc)
-            raise
-        self.store_error = None
+        caught, stored = self._commit([], plan)
         self._emit(caught.events)
         return [event for batch in stored for event in batch]
+
+    def _commit(self, executions: Sequence[WorkflowExecution], plan: Plan) -> tuple[CatchUp, list[list[GraphEvent]]]:
+        """The store's commit after this engine's last event, remembering whether the store refused it."""
+        try:
+            caught, stored = self.store.commit(executions, plan, after_id=self._last_event_id or 0)
+        except StoreUnavailable as exc:
+            self.store_error = str(exc)  # nothing was applied; said by /health until a commit works again
+            raise
+        self.store_error = None
+        return caught, stored
 
     def _transitions_naming(self, tool_id: str) -> Iterable[TransitionState]:
         for (first, second), thirds in self.transitions.items():
